@@ -1,0 +1,113 @@
+# haloscope: every target is a thin call of one CLI verb, `haloscope <verb>`.
+# On first use the targets create .venv and install the pinned dependencies
+# (requirements.lock), so on a fresh clone `make demo` and `make test` are all you type.
+# Override any variable on the command line, e.g. `make shards DATA=/path/to/dr10 WORKERS=16`.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+HALO       := $(BIN)/haloscope
+STAMP      := $(VENV)/.installed
+
+# hive-partitioned parquet root (region_split=train|val|test)
+DATA       ?= data/mock
+# mock survey rows for `make data`
+ROWS       ?= 20000
+SEED       ?= 0
+WORKERS    ?= 2
+SHARDS     ?= data/shards
+RUN        ?= runs/gen4
+EPOCHS     ?= 50
+BATCH      ?= 256
+SPLIT      ?= test
+SCORES     ?= $(RUN)/scores_$(SPLIT).parquet
+REPORT     ?= $(RUN)/report
+# hard-negative lookup parquet for `make shards` (empty: none)
+LOOKUP     ?=
+HN_WEIGHT  ?= 5
+MINE_SCORES ?= $(RUN)/scores_train.parquet
+MINE_OUT   ?= $(RUN)/hard_neg_lookup.parquet
+GEN4_OUT   ?= runs/gen4_experiment
+GEN4_ROWS  ?= 60000
+DEMO_DIR   ?= runs/demo
+TRAIN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test test-slow test-dist lint data validate shards train infer eval mine gen4 bench clean
+
+help:
+	@echo "haloscope make targets (variables in CAPS can be overridden: make train EPOCHS=5)"
+	@echo "  demo     fresh clone -> install -> mock survey -> shards -> train -> infer -> eval report"
+	@echo "  test     the fast test suite (CPU, a few minutes)"
+	@echo "  data     write a mock DR10 survey to DATA=$(DATA) (ROWS=$(ROWS))"
+	@echo "  shards   convert DATA parquet to WebDataset shards in SHARDS (LOOKUP=... adds hard negatives)"
+	@echo "  train    train ConvNeXt-Tiny on SHARDS into RUN (torchrun: see README)"
+	@echo "  infer    score SPLIT with RUN/best.pt into SCORES"
+	@echo "  eval     stratified metrics + report from SCORES into REPORT"
+	@echo "  mine     hard-negative lookup from MINE_SCORES into MINE_OUT"
+	@echo "  gen4     the Gen3 -> mine -> Gen4 experiment into GEN4_OUT"
+	@echo "  bench    loader / converter / simulator benchmarks into bench/results/"
+	@echo "  clean    remove generated data and runs (keeps .venv)"
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(HALO) simulate --out $(DEMO_DIR)/data --rows 6000 --seed $(SEED) --workers $(WORKERS)
+	$(HALO) shards --data $(DEMO_DIR)/data --out $(DEMO_DIR)/shards --workers $(WORKERS)
+	$(HALO) train --shards $(DEMO_DIR)/shards --out-dir $(DEMO_DIR)/run --epochs 2 --batch-size 64 --preset demo
+	$(HALO) infer --ckpt $(DEMO_DIR)/run/best.pt --shards $(DEMO_DIR)/shards --split test --out $(DEMO_DIR)/run/scores_test.parquet
+	$(HALO) eval --scores $(DEMO_DIR)/run/scores_test.parquet --out-csv $(DEMO_DIR)/run/stratified_fpr.csv --report-dir $(DEMO_DIR)/run/report
+	@echo "demo done: report at $(DEMO_DIR)/run/report/report.md (and report.html)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-dist: $(STAMP)
+	$(BIN)/python -m pytest -q -m dist $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check haloscope preprocess shards train infer evaluate tests
+	$(BIN)/ruff format --check haloscope preprocess shards train infer evaluate tests
+
+data: $(STAMP)
+	$(HALO) simulate --out $(DATA) --rows $(ROWS) --seed $(SEED) --workers $(WORKERS)
+
+validate: $(STAMP)
+	$(HALO) validate --data $(DATA)
+
+shards: $(STAMP)
+	$(HALO) shards --data $(DATA) --out $(SHARDS) --workers $(WORKERS) \
+	  $(if $(LOOKUP),--hard-neg-path $(LOOKUP) --hard-neg-weight $(HN_WEIGHT),)
+
+train: $(STAMP)
+	$(HALO) train --shards $(SHARDS) --out-dir $(RUN) --epochs $(EPOCHS) --batch-size $(BATCH) $(TRAIN_ARGS)
+
+infer: $(STAMP)
+	$(HALO) infer --ckpt $(RUN)/best.pt --shards $(SHARDS) --split $(SPLIT) --out $(SCORES)
+
+eval: $(STAMP)
+	$(HALO) eval --scores $(SCORES) --out-csv $(REPORT)/stratified_fpr.csv --report-dir $(REPORT)
+
+mine: $(STAMP)
+	$(HALO) mine --scores $(MINE_SCORES) --out $(MINE_OUT)
+
+gen4: $(STAMP)
+	$(HALO) gen4 --out $(GEN4_OUT) --rows $(GEN4_ROWS) --workers $(WORKERS)
+
+bench: $(STAMP)
+	$(HALO) bench loader --out bench/results/loader.json
+	$(HALO) bench convert --out bench/results/convert.json
+	$(HALO) bench simulate --out bench/results/simulate.json
+
+clean:
+	rm -rf data/mock data/shards runs

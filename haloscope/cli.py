@@ -1,0 +1,79 @@
+"""The single entry point ``haloscope <verb> [flags]``.
+
+Each verb lives in the package that owns it and exposes ``main(argv) -> int``; this module
+only dispatches, so ``haloscope --help`` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["VERBS", "main", "run_verb"]
+
+# verb -> (module, one-line description)
+VERBS: dict[str, tuple[str, str]] = {
+    "validate": ("haloscope.preprocess.cli", "check a parquet root against the input contract"),
+    "simulate": ("haloscope.preprocess.simulate_cli", "write a mock DR10 survey in the real layout"),
+    "shards": ("haloscope.preprocess.convert_cli", "convert parquet splits into WebDataset shards"),
+    "train": ("haloscope.train.cli", "train ConvNeXt-Tiny (focal loss) on shards"),
+    "infer": ("haloscope.infer.cli", "score shards or parquet with a checkpoint"),
+    "eval": ("haloscope.evaluate.cli", "stratified metrics, confidence intervals and a report"),
+    "mine": ("haloscope.evaluate.mine_cli", "hard-negative lookup from control scores"),
+    "gen4": ("haloscope.evaluate.gen4_cli", "Gen3 -> mine -> Gen4 experiment end to end"),
+    "bench": ("haloscope.bench", "loader / converter / simulator / gpu benchmarks"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {verb:<9} {desc}" for verb, (_, desc) in VERBS.items()]
+    parser = argparse.ArgumentParser(
+        prog="haloscope",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Strong-lens finder for DESI Legacy Survey DR10 cutouts.\n\nverbs:\n"
+        + "\n".join(lines),
+        epilog="Run `haloscope <verb> --help` for the flags of one verb. "
+        "Flags accept both spellings, --batch-size and --batch_size.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("verb", nargs="?", choices=list(VERBS), metavar="verb", help="see above")
+    return parser
+
+
+def run_verb(verb: str, argv: Sequence[str]) -> int:
+    """Import the verb's module and run its ``main``; user errors become one line, exit 2."""
+    from haloscope.errors import HaloscopeError
+
+    module_name, _ = VERBS[verb]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"haloscope {verb}: not implemented in this version", file=sys.stderr)
+        return 3
+    try:
+        return int(module.main(list(argv)) or 0)
+    except HaloscopeError as exc:
+        print(f"haloscope {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"haloscope {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``haloscope <verb> ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in VERBS:
+        return run_verb(argv[0], argv[1:])
+    args = _top_parser().parse_args(argv)
+    if args.version:
+        from haloscope import __version__
+
+        print(f"haloscope {__version__}")
+        return 0
+    _top_parser().print_help()
+    return 0 if args.verb is None else 2
