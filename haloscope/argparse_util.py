@@ -43,9 +43,7 @@ class VerbParser(argparse.ArgumentParser):
 
         def add(*names: str, **kw: Any):
             extra = [
-                "--" + n[2:].replace("-", "_")
-                for n in names
-                if n.startswith("--") and "-" in n[2:]
+                "--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]
             ]
             return original(*names, *extra, **kw)
 

@@ -16,7 +16,10 @@ __all__ = ["VERBS", "main", "run_verb"]
 # verb -> (module, one-line description)
 VERBS: dict[str, tuple[str, str]] = {
     "validate": ("haloscope.preprocess.cli", "check a parquet root against the input contract"),
-    "simulate": ("haloscope.preprocess.simulate_cli", "write a mock DR10 survey in the real layout"),
+    "simulate": (
+        "haloscope.preprocess.simulate_cli",
+        "write a mock DR10 survey in the real layout",
+    ),
     "shards": ("haloscope.preprocess.convert_cli", "convert parquet splits into WebDataset shards"),
     "train": ("haloscope.train.cli", "train ConvNeXt-Tiny (focal loss) on shards"),
     "infer": ("haloscope.infer.cli", "score shards or parquet with a checkpoint"),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from haloscope.argparse_util import VerbParser, parse_csv
 from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS, validate_dataset
+
+from haloscope.argparse_util import VerbParser, parse_csv
 
 __all__ = ["main", "build_parser"]
 

@@ -11,14 +11,22 @@ from __future__ import annotations
 import ast
 import io
 import struct
-import zlib
 import zipfile
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BANDS", "STAMP_PX", "DECODE_OK", "DECODE_UNDECODABLE", "DECODE_BAD_KEYS",
-           "DECODE_BAD_SHAPE", "decode_stamp", "decode_stamps"]
+__all__ = [
+    "BANDS",
+    "STAMP_PX",
+    "DECODE_OK",
+    "DECODE_UNDECODABLE",
+    "DECODE_BAD_KEYS",
+    "DECODE_BAD_SHAPE",
+    "decode_stamp",
+    "decode_stamps",
+]
 
 BANDS: tuple[str, ...] = ("g", "r", "z")
 STAMP_PX = 64

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-
 from haloscope.preprocess import decode as dec
 
 __all__ = ["REASONS", "GateResult", "labels_of", "theta_over_psf", "gate_batch", "column_f64"]
@@ -118,8 +117,12 @@ def gate_batch(batch: pa.RecordBatch, min_theta_over_psf: float = 0.5) -> GateRe
     for code, name in _DECODE_REASON.items():
         reason[candidates[codes == code]] = REASONS.index(name)
     good = codes == dec.DECODE_OK
-    finite = np.isfinite(stamps.reshape(len(stamps), -1)).all(axis=1)
+    finite = np.isfinite(stamps).all(axis=(1, 2, 3))
     reason[candidates[good & ~finite]] = REASONS.index("non_finite")
     keep_local = good & finite
-    counts = Counter({REASONS[r]: int(c) for r, c in zip(*np.unique(reason[reason >= 0], return_counts=True))})
-    return GateResult(kept=candidates[keep_local].astype(np.int64), stamps=stamps[keep_local], rejected=counts)
+    counts = Counter(
+        {REASONS[r]: int(c) for r, c in zip(*np.unique(reason[reason >= 0], return_counts=True))}
+    )
+    return GateResult(
+        kept=candidates[keep_local].astype(np.int64), stamps=stamps[keep_local], rejected=counts
+    )

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NORM_METHODS", "OUTER_RADIUS_PX", "CLIP", "MAD_SCALE", "EPS", "outer_mask",
-           "outer_normalize", "norm_settings"]
+__all__ = [
+    "NORM_METHODS",
+    "OUTER_RADIUS_PX",
+    "CLIP",
+    "MAD_SCALE",
+    "EPS",
+    "outer_mask",
+    "outer_normalize",
+    "norm_settings",
+]
 
 NORM_METHODS: tuple[str, ...] = ("outer",)
 OUTER_RADIUS_PX = 16
@@ -53,5 +61,10 @@ def norm_settings(method: str = "outer") -> dict:
     """The normalisation settings recorded in manifests and checkpoints."""
     if method not in NORM_METHODS:
         raise ValueError(f"--norm-method must be one of {NORM_METHODS}, got {method!r}")
-    return {"method": method, "outer_radius_px": OUTER_RADIUS_PX, "clip": CLIP,
-            "mad_scale": MAD_SCALE, "eps": EPS}
+    return {
+        "method": method,
+        "outer_radius_px": OUTER_RADIUS_PX,
+        "clip": CLIP,
+        "mad_scale": MAD_SCALE,
+        "eps": EPS,
+    }

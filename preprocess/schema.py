@@ -83,9 +83,7 @@ def split_files(root: Path, split: str) -> list[Path]:
     return sorted(p for p in part.rglob("*.parquet") if p.is_file())
 
 
-def check_schema(
-    path: Path, schema: pa.Schema, columns: dict[str, str] = REQUIRED_COLUMNS
-) -> None:
+def check_schema(path: Path, schema: pa.Schema, columns: dict[str, str] = REQUIRED_COLUMNS) -> None:
     """Raise ``ContractError`` naming ``path`` and the first missing or mistyped column."""
     names = set(schema.names)
     missing = [c for c in columns if c not in names]
@@ -131,7 +129,9 @@ def validate_dataset(
     root = Path(root)
     if not root.is_dir():
         raise ContractError(f"{root}: no such directory (expected a parquet root)")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("region_split="))
+    found = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("region_split=")
+    )
     if not found:
         loose = sorted(p.name for p in root.glob("*.parquet"))[:3]
         hint = f" (found loose files such as {', '.join(loose)})" if loose else ""
@@ -141,12 +141,16 @@ def validate_dataset(
         )
     unknown = [n for n in found if n.split("=", 1)[1] not in SPLITS]
     if unknown:
-        raise ContractError(f"{root}: unknown partition(s) {', '.join(unknown)}; splits are {SPLITS}")
+        raise ContractError(
+            f"{root}: unknown partition(s) {', '.join(unknown)}; splits are {SPLITS}"
+        )
     layout = DatasetLayout(root=root)
     for split in splits:
         files = split_files(root, split)
         if not files:
-            raise ContractError(f"{root / f'region_split={split}'}: no parquet files for split {split!r}")
+            raise ContractError(
+                f"{root / f'region_split={split}'}: no parquet files for split {split!r}"
+            )
         rows = 0
         for path in files:
             schema, n = _read_schema(path)
