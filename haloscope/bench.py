@@ -1,0 +1,61 @@
+"""``haloscope bench``: run one benchmark and write its JSON result.
+
+Each benchmark lives in the package that owns what it measures and exposes
+``run_bench(out_path: str, **options) -> dict``; this module only dispatches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+from haloscope.argparse_util import VerbParser
+from haloscope.errors import ConfigError
+
+__all__ = ["BENCHES", "main"]
+
+# name -> (module, what it measures)
+BENCHES: dict[str, tuple[str, str]] = {
+    "loader": (
+        "haloscope.shards.bench",
+        "samples/s per core, shard bytes -> pinned batch: seed row reader vs plain WebDataset vs haloscope",
+    ),
+    "convert": (
+        "haloscope.preprocess.bench_convert",
+        "parquet -> shards converter rows/s per core and peak memory at two input sizes",
+    ),
+    "simulate": (
+        "haloscope.preprocess.bench_simulate",
+        "mock survey rows/s per core (npz + parquet included) and peak memory at two sizes",
+    ),
+    "gpu": (
+        "haloscope.train.bench_gpu",
+        "GPU training/inference img/s: synthetic vs real reader, eager vs compiled vs CUDA graph",
+    ),
+}
+
+
+def build_parser() -> VerbParser:
+    lines = "\n".join(f"  {name:<9} {desc}" for name, (_, desc) in BENCHES.items())
+    parser = VerbParser("bench", "Run one benchmark; results go to a JSON file.\n\n" + lines)
+    parser.add_argument("name", choices=list(BENCHES), help="which benchmark")
+    parser.add_argument(
+        "--out", default=None, help="result JSON path (default: bench/results/<name>.json)"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, _ = BENCHES[args.name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise ConfigError(f"benchmark {args.name!r} is not available in this version") from None
+    out = args.out or f"bench/results/{args.name}.json"
+    result = module.run_bench(out)
+    print(json.dumps(result, indent=2, default=str)[:4000])
+    print(f"written: {out}")
+    return 0
