@@ -1,0 +1,200 @@
+"""Hard-negative mining: high-scoring controls of earlier models -> a lookup parquet.
+
+Fixes the seed's mining flaws (``reference/original_pipeline.md`` section 4.3, B11):
+only controls (``label == 0``) are mined, never from the test split (a scores file that
+holds any test row is refused), above an explicit ``min_score``, top-k per model, merged
+over models and de-duplicated by position key ``(round(ra, 6), round(dec, 6))``. An empty
+result is an error, because an empty lookup silently disables hard negatives.
+
+Output layout: "Hard-negative lookup" of ``docs/architecture.md``: ``ra_key, dec_key,
+ra, dec, max_score, num_models, models, split``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from haloscope.evaluate.scores import ScoresFrame, load_scores
+
+from haloscope.errors import ConfigError, DataError
+
+__all__ = ["MINABLE_SPLITS", "LOOKUP_SCHEMA", "mine_frames", "mine_hard_negatives", "write_lookup"]
+
+logger = logging.getLogger(__name__)
+
+MINABLE_SPLITS: tuple[str, ...] = ("train", "val")
+KEY_DECIMALS = 6
+LOOKUP_SCHEMA = pa.schema([
+    ("ra_key", pa.float64()), ("dec_key", pa.float64()), ("ra", pa.float64()),
+    ("dec", pa.float64()), ("max_score", pa.float64()), ("num_models", pa.int32()),
+    ("models", pa.string()), ("split", pa.string()),
+])  # fmt: skip
+
+
+def _check_splits(splits: Sequence[str]) -> None:
+    bad = [s for s in splits if s not in MINABLE_SPLITS]
+    if "test" in bad:
+        raise ConfigError(
+            "--split test is refused: mining the test split leaks it into training "
+            f"(mine from {' or '.join(MINABLE_SPLITS)})"
+        )
+    if bad or not splits:
+        raise ConfigError(f"--split must be among {', '.join(MINABLE_SPLITS)}, got {list(splits)}")
+
+
+def _model_name(frame: ScoresFrame) -> str:
+    models = frame.columns.get("model")
+    if models is not None:
+        names = {m for m in models.tolist() if m}
+        if len(names) > 1:
+            raise DataError(f"{frame.source}: column 'model' holds several models {sorted(names)}; "
+                            "give one scores file per model")  # fmt: skip
+        if names:
+            return str(names.pop())
+    return Path(frame.source).stem
+
+
+def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int) -> dict:
+    split = frame.columns["split"]
+    if (split == "test").any():
+        raise DataError(f"{frame.source}: {int((split == 'test').sum())} rows have split == 'test'; "
+                        "test scores are never mined (score the train or val split)")  # fmt: skip
+    score = frame.columns["score"].astype(np.float64)
+    keep = (frame.labels == 0) & np.isin(split, list(splits)) & (score > min_score)
+    ra = frame.columns["ra"].astype(np.float64)[keep]
+    dec = frame.columns["dec"].astype(np.float64)[keep]
+    if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
+        raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
+    ra_key, dec_key = np.round(ra, KEY_DECIMALS), np.round(dec, KEY_DECIMALS)
+    score, split = score[keep], split[keep]
+    # best score first, then position, so duplicates keep their max and ties are deterministic
+    order = np.lexsort((dec_key, ra_key, -score))
+    _, first = np.unique(
+        np.stack([ra_key[order], dec_key[order]], axis=1), axis=0, return_index=True
+    )
+    best = order[np.sort(first)][:top_k]
+    return {"ra_key": ra_key[best], "dec_key": dec_key[best], "ra": ra[best], "dec": dec[best],
+            "score": score[best], "split": split[best]}  # fmt: skip
+
+
+def _merge(per_model: dict[str, dict]) -> pa.Table:
+    merged: dict[tuple[float, float], dict] = {}
+    for model, cand in per_model.items():
+        for i in range(cand["score"].size):
+            key = (float(cand["ra_key"][i]), float(cand["dec_key"][i]))
+            entry = merged.setdefault(key, {"models": set(), "splits": set(), "max_score": -1.0})
+            entry["models"].add(model)
+            entry["splits"].add(str(cand["split"][i]))
+            if cand["score"][i] > entry["max_score"]:
+                entry |= {"max_score": float(cand["score"][i]), "ra": float(cand["ra"][i]),
+                          "dec": float(cand["dec"][i])}  # fmt: skip
+    keys = sorted(merged, key=lambda k: (-merged[k]["max_score"], k))
+    rows = [merged[k] for k in keys]
+    return pa.table({
+        "ra_key": [k[0] for k in keys], "dec_key": [k[1] for k in keys],
+        "ra": [r["ra"] for r in rows], "dec": [r["dec"] for r in rows],
+        "max_score": [r["max_score"] for r in rows],
+        "num_models": [len(r["models"]) for r in rows],
+        "models": [",".join(sorted(r["models"])) for r in rows],
+        "split": [",".join(sorted(r["splits"])) for r in rows],
+    }, schema=LOOKUP_SCHEMA)  # fmt: skip
+
+
+def mine_frames(
+    frames: Sequence[ScoresFrame],
+    min_score: float = 0.9,
+    top_k: int = 20_000,
+    splits: Sequence[str] = ("train",),
+) -> pa.Table:
+    """Select hard negatives from validated scores tables (one per model).
+
+    Args:
+        frames: scores of earlier models; each needs ``ra, dec, split, label, score``.
+        min_score: keep controls with ``score > min_score``.
+        top_k: keep at most this many distinct positions per model (highest scores).
+        splits: splits to mine from (``train`` and/or ``val``; ``test`` is refused).
+
+    Returns:
+        The lookup table (``LOOKUP_SCHEMA``), highest ``max_score`` first.
+
+    Raises:
+        ConfigError: bad ``splits``/``top_k``/``min_score``.
+        DataError: test rows in an input, duplicate model names, or an empty result.
+    """
+    _check_splits(splits)
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    if not 0.0 <= min_score < 1.0:
+        raise ConfigError(f"--min-score must be in [0, 1), got {min_score}")
+    per_model: dict[str, dict] = {}
+    for frame in frames:
+        name = _model_name(frame)
+        if name in per_model:
+            raise DataError(f"{frame.source}: model name {name!r} given twice")
+        per_model[name] = _candidates(frame, splits, min_score, top_k)
+        logger.info("%s: %d controls above %.3g (model %s)",
+                    frame.source, per_model[name]["score"].size, min_score, name)  # fmt: skip
+    table = _merge(per_model)
+    if table.num_rows == 0:
+        raise DataError(
+            f"no control in split(s) {','.join(splits)} scored above --min-score {min_score} "
+            "in any input; a hard-negative lookup must not be empty (try a lower --min-score)"
+        )
+    return table
+
+
+def write_lookup(table: pa.Table, path: str | Path, provenance: dict) -> Path:
+    """Write the lookup parquet atomically, with the mining settings in its metadata.
+
+    Args:
+        table: output of :func:`mine_frames`.
+        path: destination parquet.
+        provenance: JSON-able settings stored under the ``haloscope.mine`` key.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.replace_schema_metadata({"haloscope.mine": json.dumps(provenance)})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def mine_hard_negatives(
+    score_paths: Sequence[str | Path],
+    out: str | Path,
+    min_score: float = 0.9,
+    top_k: int = 20_000,
+    splits: Sequence[str] = ("train",),
+) -> pa.Table:
+    """Read scores files, mine, and write the lookup parquet (the ``mine`` verb).
+
+    Args:
+        score_paths: one scores parquet per earlier model.
+        out: lookup parquet to write.
+        min_score: keep controls with ``score > min_score``.
+        top_k: per-model cap on distinct positions.
+        splits: splits to mine from.
+
+    Returns:
+        The lookup table written.
+    """
+    _check_splits(splits)
+    frames = [load_scores(p, require=("ra", "dec", "split"), need_both_classes=False)
+              for p in score_paths]  # fmt: skip
+    table = mine_frames(frames, min_score, top_k, splits)
+    provenance = {"scores": [Path(p).name for p in score_paths], "min_score": min_score,
+                  "top_k": top_k, "splits": list(splits)}  # fmt: skip
+    write_lookup(table, out, provenance)
+    logger.info("wrote %d hard negatives to %s", table.num_rows, out)
+    return table

@@ -1,0 +1,108 @@
+"""Mining: controls only, never test, min-score, top-k per model, merge and de-dup."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from haloscope.evaluate.mine import LOOKUP_SCHEMA, mine_frames, mine_hard_negatives
+from haloscope.evaluate.scores import scores_from_table
+
+from haloscope.errors import ConfigError, DataError
+
+HALOSCOPE = str(Path(sys.executable).with_name("haloscope"))
+
+
+def _table(rows: list[tuple], model: str = "gen3") -> pa.Table:
+    """rows of (ra, dec, label, score, split)."""
+    ra, dec, label, score, split = zip(*rows, strict=True)
+    return pa.table({"ra": ra, "dec": dec, "label": pa.array(label, pa.int8()),
+                     "score": pa.array(score, pa.float32()), "split": split,
+                     "model": [model] * len(rows)})  # fmt: skip
+
+
+def _frame(rows, model="gen3"):
+    return scores_from_table(_table(rows, model), f"{model}.parquet", need_both_classes=False)
+
+
+ROWS = [
+    (10.0, 1.0, 0, 0.99, "train"),
+    (10.0000001, 1.0000002, 0, 0.95, "train"),  # same position key as the first row
+    (11.0, 1.0, 1, 0.999, "train"),  # a lens: never mined
+    (12.0, 1.0, 0, 0.97, "val"),  # val: only with --split val
+    (13.0, 1.0, 0, 0.93, "train"),
+    (14.0, 1.0, 0, 0.5, "train"),  # below min-score
+]
+
+
+def test_controls_only_dedup_and_min_score():
+    table = mine_frames([_frame(ROWS)], min_score=0.9)
+    assert table.schema == LOOKUP_SCHEMA
+    assert table.column("ra_key").to_pylist() == [10.0, 13.0]
+    assert table.column("max_score").to_pylist() == pytest.approx([0.99, 0.93])
+    both = mine_frames([_frame(ROWS)], min_score=0.9, splits=("train", "val"))
+    assert both.column("ra_key").to_pylist() == [10.0, 12.0, 13.0]
+    assert set(both.column("split").to_pylist()) == {"train", "val"}
+
+
+def test_top_k_per_model_then_merge():
+    other = [(13.0, 1.0, 0, 0.96, "train"), (15.0, 2.0, 0, 0.91, "train"),
+             (16.0, 2.0, 0, 0.92, "train")]  # fmt: skip
+    table = mine_frames([_frame(ROWS, "gen2"), _frame(other, "gen3")], min_score=0.9, top_k=1)
+    # gen2's top-1 is (10,1); gen3's top-1 is (13,1): two positions, one model each
+    assert table.column("ra_key").to_pylist() == [10.0, 13.0]  # by max_score
+    table = mine_frames([_frame(ROWS, "gen2"), _frame(other, "gen3")], min_score=0.9, top_k=5)
+    row = table.filter(pa.compute.equal(table.column("ra_key"), 13.0)).to_pylist()[0]
+    assert (row["num_models"], row["models"], row["max_score"]) == (
+        2,
+        "gen2,gen3",
+        pytest.approx(0.96),
+    )
+    assert table.num_rows == 4
+
+
+def test_random_tables_never_yield_positives_or_test_rows():
+    rng = np.random.default_rng(0)
+    n = 500
+    rows = list(zip(rng.uniform(0, 5, n).round(2), rng.uniform(0, 5, n).round(2),
+                    rng.integers(0, 2, n).tolist(), rng.random(n).tolist(),
+                    rng.choice(["train", "val"], n).tolist(), strict=True))  # fmt: skip
+    table = mine_frames([_frame(rows)], min_score=0.5, top_k=10_000, splits=("train",))
+    controls = {(round(r[0], 6), round(r[1], 6)) for r in rows
+                if r[2] == 0 and r[4] == "train" and r[3] > 0.5}  # fmt: skip
+    keys = set(
+        zip(table.column("ra_key").to_pylist(), table.column("dec_key").to_pylist(), strict=True)
+    )
+    assert keys == controls and len(keys) == table.num_rows
+
+
+def test_test_split_and_empty_results_are_errors():
+    with pytest.raises(ConfigError, match="--split test is refused"):
+        mine_frames([_frame(ROWS)], splits=("test",))
+    with pytest.raises(DataError, match="split == 'test'"):
+        mine_frames([_frame([*ROWS, (20.0, 1.0, 0, 0.99, "test")])])
+    with pytest.raises(DataError, match="lower --min-score"):
+        mine_frames([_frame(ROWS)], min_score=0.999)
+
+
+def test_mine_writes_lookup_and_cli_errors(tmp_path):
+    pq.write_table(_table(ROWS), tmp_path / "gen3.parquet")
+    out = tmp_path / "lookup.parquet"
+    mine_hard_negatives([tmp_path / "gen3.parquet"], out, min_score=0.9)
+    written = pq.read_table(out)
+    assert written.num_rows == 2 and b"haloscope.mine" in written.schema.metadata
+    proc = subprocess.run([HALOSCOPE, "mine", "--scores", str(tmp_path / "gen3.parquet"),
+                           "--out", str(out), "--split", "test"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("haloscope mine: error: --split test")
+    proc = subprocess.run([HALOSCOPE, "mine", "--scores", str(tmp_path / "nope.parquet"),
+                           "--out", str(out), "--min_score", "0.5"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "scores file not found" in proc.stderr
