@@ -57,7 +57,7 @@ def test_top_k_per_model_then_merge():
     # gen2's top-1 is (10,1); gen3's top-1 is (13,1): two positions, one model each
     assert table.column("ra_key").to_pylist() == [10.0, 13.0]  # by max_score
     table = mine_frames([_frame(ROWS, "gen2"), _frame(other, "gen3")], min_score=0.9, top_k=5)
-    row = table.filter(pa.compute.equal(table.column("ra_key"), 13.0)).to_pylist()[0]
+    row = next(r for r in table.to_pylist() if r["ra_key"] == 13.0)
     assert (row["num_models"], row["models"], row["max_score"]) == (
         2,
         "gen2,gen3",
