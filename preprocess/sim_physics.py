@@ -1,0 +1,240 @@
+"""Analytic physics of the mock survey: photometry, Sersic light, SIE + shear, Moffat PSF, noise.
+
+Every function is vectorised over a leading batch axis and works in arcsec on the sky.
+Conventions (documented in ``docs/mock_survey.md``):
+
+* Pixel grid: 64x64 at 0.262"/px; pixel index ``(iy, ix)`` has its centre at
+  ``x = (ix - 32) * 0.262``, ``y = (iy - 32) * 0.262``, so the lens sits exactly at the centre of
+  pixel (32, 32). Axis 0 of an image is y, axis 1 is x.
+* Ellipses use the product-average (circularised) radius ``R = sqrt(q x'^2 + y'^2 / q)`` with
+  ``x'`` along the major axis at position angle ``phi`` (radians from +x towards +y); this is
+  lenstronomy's ``SERSIC_ELLIPSE`` / ``SIE`` convention, so a Sersic half-light radius is the
+  circularised one and the SIE Einstein radius is the product-averaged one (``b = theta_E sqrt(q)``).
+* Fluxes are nanomaggies (AB zero point 22.5); surface brightness is nmgy/arcsec^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "PIXEL_SCALE",
+    "STAMP_PX",
+    "CENTER_PX",
+    "MOFFAT_BETA",
+    "mag_to_nmgy",
+    "nmgy_to_mag",
+    "pixel_grid",
+    "sersic_bn",
+    "sersic_flux_per_ie",
+    "elliptical_radius",
+    "sersic_shape",
+    "sie_deflection",
+    "shear_deflection",
+    "moffat_fwhm_from_psfsize",
+    "moffat_kernels",
+    "convolve_stamps",
+    "sky_sigma_nmgy",
+    "bin_image",
+]
+
+PIXEL_SCALE = 0.262  # arcsec per pixel (DECam native, DR10 coadds)
+STAMP_PX = 64
+CENTER_PX = 32
+MOFFAT_BETA = 3.5
+_GAUSS_FWHM_PER_SIGMA = 2.3548
+
+
+def mag_to_nmgy(mag: np.ndarray | float) -> np.ndarray:
+    """AB magnitude -> flux in nanomaggies (zero point 22.5)."""
+    return np.power(10.0, -0.4 * (np.asarray(mag, dtype=np.float64) - 22.5))
+
+
+def nmgy_to_mag(flux: np.ndarray | float) -> np.ndarray:
+    """Flux in nanomaggies -> AB magnitude; non-positive flux gives +inf."""
+    flux = np.asarray(flux, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux > 0, 22.5 - 2.5 * np.log10(np.maximum(flux, 1e-300)), np.inf)
+
+
+def pixel_grid(num_px: int, oversample: int, center_px: float = CENTER_PX) -> np.ndarray:
+    """1-D sub-pixel centre coordinates in arcsec for pixels ``0..num_px-1``.
+
+    Args:
+        num_px: number of pixels along the axis.
+        oversample: sub-samples per pixel (1 = pixel centres).
+        center_px: pixel index whose centre is coordinate 0.
+
+    Returns:
+        float64 array of length ``num_px * oversample``; pixel ``i`` owns entries
+        ``i*oversample .. (i+1)*oversample-1``.
+    """
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    pix = np.arange(num_px, dtype=np.float64)[:, None] + sub[None, :]
+    return ((pix - center_px) * PIXEL_SCALE).reshape(-1)
+
+
+def sersic_bn(n: np.ndarray | float) -> np.ndarray:
+    """Sersic b_n from the Ciotti & Bertin (1999) expansion (accurate to <1e-4 for n >= 0.36)."""
+    n = np.asarray(n, dtype=np.float64)
+    return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n * n)
+
+
+def sersic_flux_per_ie(r_e: np.ndarray, n: np.ndarray, b_n: np.ndarray) -> np.ndarray:
+    """Total flux of a Sersic profile with unit surface brightness at R_e.
+
+    ``F / I_e = 2 pi n R_e^2 e^{b_n} b_n^{-2n} Gamma(2n)``, independent of q in the
+    product-average radius convention.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    lgam = np.array([math.lgamma(v) for v in np.atleast_1d(2.0 * n).ravel()]).reshape(n.shape)
+    log_f = np.log(2.0 * np.pi * n * np.asarray(r_e, np.float64) ** 2) + b_n - 2 * n * np.log(b_n)
+    return np.exp(log_f + lgam)
+
+
+def elliptical_radius(
+    x: np.ndarray, y: np.ndarray, q: np.ndarray, phi: np.ndarray
+) -> np.ndarray:
+    """Product-average elliptical radius ``sqrt(q x'^2 + y'^2/q)`` (broadcasting)."""
+    c, s = np.cos(phi), np.sin(phi)
+    xr = c * x + s * y
+    yr = -s * x + c * y
+    return np.sqrt(q * xr * xr + yr * yr / q)
+
+
+def sersic_shape(radius: np.ndarray, r_e: np.ndarray, n: np.ndarray, b_n: np.ndarray) -> np.ndarray:
+    """Sersic surface brightness with ``I(R_e) = 1``: ``exp(-b_n [(R/R_e)^{1/n} - 1])``."""
+    ratio = np.maximum(radius / r_e, 1e-6)
+    return np.exp(-b_n * (np.exp(np.log(ratio) / n) - 1.0))
+
+
+def sie_deflection(
+    x: np.ndarray,
+    y: np.ndarray,
+    theta_e: np.ndarray,
+    q: np.ndarray,
+    phi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deflection of a singular isothermal ellipsoid centred at the origin.
+
+    Standard normalisation (Kormann et al. 1994; lenstronomy ``SIE``): ``b = theta_E sqrt(q)``,
+    ``psi = sqrt(q^2 x'^2 + y'^2)``, ``alpha_x' = b/sqrt(1-q^2) arctan(sqrt(1-q^2) x'/psi)``,
+    ``alpha_y' = b/sqrt(1-q^2) artanh(sqrt(1-q^2) y'/psi)``, rotated back to the sky frame.
+
+    Args:
+        x, y: image-plane coordinates in arcsec (any broadcastable shape).
+        theta_e: product-averaged Einstein radius in arcsec.
+        q: mass axis ratio in (0, 1]; q >= 1 is clamped to 1 - 1e-6 (the SIS limit).
+        phi: position angle of the major axis in radians.
+
+    Returns:
+        ``(alpha_x, alpha_y)`` in arcsec, dtype of ``x``.
+    """
+    q64 = np.minimum(np.asarray(q, dtype=np.float64), 1.0 - 1e-6)
+    # NOTE: 1-q^2 is formed in float64 per galaxy so q -> 1 keeps its precision in float32 maps.
+    root = np.sqrt((1.0 - q64) * (1.0 + q64)).astype(x.dtype)
+    b = (np.asarray(theta_e, np.float64) * np.sqrt(q64)).astype(x.dtype)
+    qd = q64.astype(x.dtype)
+    c, s = np.cos(phi).astype(x.dtype), np.sin(phi).astype(x.dtype)
+    xr = c * x + s * y
+    yr = -s * x + c * y
+    psi = np.sqrt(qd * qd * xr * xr + yr * yr)
+    psi = np.maximum(psi, np.asarray(1e-9, dtype=x.dtype))
+    ax_r = b / root * np.arctan(root * xr / psi)
+    ay_r = b / root * np.arctanh(np.clip(root * yr / psi, -0.9999999, 0.9999999))
+    return c * ax_r - s * ay_r, s * ax_r + c * ay_r
+
+
+def shear_deflection(
+    x: np.ndarray, y: np.ndarray, gamma1: np.ndarray, gamma2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """External shear deflection ``(g1 x + g2 y, g2 x - g1 y)`` about the origin."""
+    return gamma1 * x + gamma2 * y, gamma2 * x - gamma1 * y
+
+
+def moffat_fwhm_from_psfsize(psfsize: np.ndarray | float, beta: float = MOFFAT_BETA) -> np.ndarray:
+    """Moffat FWHM whose noise-equivalent area matches a Legacy Survey ``psfsize``.
+
+    ``psfsize`` is the Gaussian-equivalent FWHM of the NEA (legacypipe coadds.py):
+    ``psfsize = 2.3548 sqrt(NEA / 4 pi)``. For a Moffat, ``NEA = pi alpha^2 (2 beta - 1)/(beta - 1)^2``
+    and ``FWHM = 2 alpha sqrt(2^{1/beta} - 1)``; for beta = 3.5 the ratio is psfsize/1.2325.
+    """
+    fwhm_per_alpha = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+    nea_per_alpha2 = math.pi * (2 * beta - 1) / (beta - 1) ** 2
+    alpha = np.asarray(psfsize, np.float64) / _GAUSS_FWHM_PER_SIGMA * math.sqrt(
+        4 * math.pi / nea_per_alpha2
+    )
+    return alpha * fwhm_per_alpha
+
+
+def moffat_kernels(
+    fwhm_px: np.ndarray, beta: float = MOFFAT_BETA, size: int = 49, oversample: int = 2
+) -> np.ndarray:
+    """Pixel-integrated Moffat kernels, centred on the middle pixel and normalised to sum 1.
+
+    Args:
+        fwhm_px: (K,) FWHM in pixels.
+        beta: Moffat index.
+        size: odd kernel width in pixels; at most the stamp size (the original's bug B1 built
+            kernels wider than the stamp and crashed).
+        oversample: sub-samples per pixel axis used to integrate over each pixel.
+
+    Returns:
+        float32 array (K, size, size).
+    """
+    if size % 2 == 0 or size > STAMP_PX:
+        raise ValueError(f"kernel size must be odd and <= {STAMP_PX}, got {size}")
+    alpha = np.asarray(fwhm_px, np.float32) / np.float32(2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    sub = ((np.arange(oversample) + 0.5) / oversample - 0.5).astype(np.float32)
+    axis = (np.arange(size, dtype=np.float32)[:, None] - size // 2 + sub[None, :]).reshape(-1)
+    r2 = axis[:, None] ** 2 + axis[None, :] ** 2  # (S, S) squared radius in px^2
+    inv_a2 = (1.0 / alpha**2)[:, None, None]
+    prof = np.exp(np.float32(-beta) * np.log1p(r2[None] * inv_a2))
+    k = prof.reshape(-1, size, oversample, size, oversample).sum(axis=(2, 4))
+    return (k / k.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
+def convolve_stamps(images: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Linear (zero-padded, not circular) convolution of each image with its own kernel.
+
+    The kernel centre ``(size//2, size//2)`` maps an image pixel onto itself: both arrays are
+    zero-padded to a common FFT size and the full linear convolution is cropped at offset
+    ``size//2`` (no ``ifftshift`` of a corner-placed kernel, see the original's bug B2).
+
+    Args:
+        images: (..., H, W) float32.
+        kernels: (..., K, K) float32, broadcastable against ``images`` on leading axes.
+
+    Returns:
+        float32 array with the shape of ``images``.
+    """
+    h, w = images.shape[-2:]
+    k = kernels.shape[-1]
+    n_fft = 1 << int(math.ceil(math.log2(h + k - 1)))
+    spec = np.fft.rfft2(images, s=(n_fft, n_fft)) * np.fft.rfft2(kernels, s=(n_fft, n_fft))
+    full = np.fft.irfft2(spec, s=(n_fft, n_fft))
+    c = k // 2
+    return np.ascontiguousarray(full[..., c : c + h, c : c + w], dtype=np.float32)
+
+
+def sky_sigma_nmgy(psfdepth_mag: np.ndarray, psfsize_arcsec: np.ndarray) -> np.ndarray:
+    """Per-pixel sky noise from a 5-sigma point-source depth and a PSF size.
+
+    Legacy Survey relation (dr10/nea.rst): ``1/sigma_pix^2 = psfdepth * NEA_px`` with
+    ``psfdepth = 25 / f_5sigma^2`` in nmgy^-2 and ``NEA_px = 4 pi (psfsize / (2.3548 * 0.262))^2``.
+    """
+    f5 = mag_to_nmgy(psfdepth_mag)
+    ivar = 25.0 / f5**2
+    nea_px = 4.0 * math.pi * (np.asarray(psfsize_arcsec) / (_GAUSS_FWHM_PER_SIGMA * PIXEL_SCALE)) ** 2
+    return 1.0 / np.sqrt(ivar * nea_px)
+
+
+def bin_image(fine: np.ndarray, oversample: int) -> np.ndarray:
+    """Average ``oversample x oversample`` blocks of the last two axes (pixel integration)."""
+    if oversample == 1:
+        return fine
+    *lead, hh, ww = fine.shape
+    shaped = fine.reshape(*lead, hh // oversample, oversample, ww // oversample, oversample)
+    return shaped.mean(axis=(-3, -1))
