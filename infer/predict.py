@@ -1,0 +1,144 @@
+"""Scoring: a model forward whose logits are fp32 even under bf16 autocast, and the loop.
+
+Why the output layer runs in fp32 (``reference/original_pipeline.md`` B3/B4): under bf16
+autocast the final ``Linear(256 -> 1)`` would return a bf16 logit. bf16 keeps 8 significant
+bits, so logits near 10 are spaced 0.0625 apart and thousands of controls share one value;
+casting that bf16 logit to fp32 afterwards cannot undo the rounding. We therefore run the
+backbone and the hidden head layers under autocast (that is where the time goes) and the
+last ``Linear(., 1)`` outside autocast, in fp32 on fp32-cast inputs. Its output is a
+fp32-rounded dot product of 256 terms, so the logit takes (practically) as many distinct
+values as in a full-fp32 model. ``score = float32(sigmoid(float64(logit)))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from haloscope.infer.sources import ScoreBatch
+from haloscope.infer.tta import tta_logits
+
+__all__ = ["Fp32Output", "fp32_output_layer", "make_forward", "score_batches", "sigmoid32"]
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Fp32Output(nn.Module):
+    """Wraps a ``Linear`` so it always computes in fp32, outside any autocast region."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F) any float dtype -> (B, out) float32."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            bias = None if self.linear.bias is None else self.linear.bias.float()
+            return F.linear(x.float(), self.linear.weight.float(), bias)
+
+
+def fp32_output_layer(model: nn.Module) -> nn.Module:
+    """Replace the model's last one-output ``Linear`` (the logit layer) by ``Fp32Output``.
+
+    Args:
+        model: the lens finder (``train.model.LensFinder`` or any module whose logit comes
+            from its last registered ``nn.Linear`` with ``out_features == 1``).
+
+    Returns:
+        The same model object, modified in place.
+
+    Raises:
+        ValueError: the model has no such layer.
+    """
+    target = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == 1:
+            target = name
+    if target is None:
+        if any(isinstance(m, Fp32Output) for m in model.modules()):
+            return model
+        raise ValueError("model has no Linear(., 1) logit layer to run in fp32")
+    parent_name, _, child = target.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, Fp32Output(getattr(parent, child)))
+    return model
+
+
+def make_forward(model: nn.Module, device: torch.device, use_bf16: bool) -> Forward:
+    """A no-grad ``(images, meta) -> (B,) fp32 logits`` function for an eval-mode model.
+
+    Args:
+        model: the lens finder, already on ``device`` and with ``fp32_output_layer`` applied.
+        device: where inputs live.
+        use_bf16: run under bf16 autocast (the output layer stays fp32 regardless).
+    """
+    model.eval()
+
+    def forward(images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        ctx = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+               if use_bf16 else contextlib.nullcontext())  # fmt: skip
+        with torch.inference_mode(), ctx:
+            out = model(images, meta if meta.shape[-1] else None)
+        return out.reshape(-1).float()
+
+    return forward
+
+
+def sigmoid32(logits: np.ndarray) -> np.ndarray:
+    """float32 scores from float32 logits, computed in float64 (no overflow warnings)."""
+    x = logits.astype(np.float64)
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+
+
+def _to_device(batch: ScoreBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.ascontiguousarray(batch.images))
+    meta = torch.from_numpy(np.ascontiguousarray(batch.meta, dtype=np.float32))
+    non_blocking = device.type == "cuda"
+    if non_blocking:
+        images, meta = images.pin_memory(), meta.pin_memory()
+    # float16 -> float32 on the device: the values the trainer fed the model
+    images = images.to(device, non_blocking=non_blocking).float()
+    return images, meta.to(device, non_blocking=non_blocking)
+
+
+def score_batches(
+    forward: Forward,
+    batches: Iterable[ScoreBatch],
+    device: torch.device,
+    *,
+    tta: bool = False,
+    progress: bool = True,
+    total_rows: int | None = None,
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Score every batch.
+
+    Args:
+        forward: from ``make_forward``.
+        batches: ``ScoreBatch``es of at most ``--batch-size`` rows.
+        device: the model's device.
+        tta: average logits over the 8 D4 transforms.
+        progress: show a tqdm bar (rows).
+        total_rows: expected rows for the bar (None: unknown).
+
+    Yields:
+        ``(columns, logits)`` with (K,) float32 logits per batch.
+    """
+    bar = tqdm(total=total_rows, unit="img", desc="infer", disable=not progress, smoothing=0.1)
+    try:
+        for batch in batches:
+            images, meta = _to_device(batch, device)
+            logits = tta_logits(forward, images, meta) if tta else forward(images, meta)
+            bar.update(len(batch.images))
+            yield batch.columns, logits.float().cpu().numpy()
+    finally:
+        bar.close()

@@ -1,0 +1,193 @@
+"""Inputs of ``haloscope infer``: batches of model-ready stamps plus the scores-table columns.
+
+Two sources give the *same* arrays for the same row:
+
+- ``iter_parquet_batches``: raw contract parquet, through ``preprocess`` only (read_parquet,
+  gates, decode, ``outer_normalize``), then rounded to float16 exactly as the converter
+  stores normalised stamps in shards, so the model sees the values it was trained on.
+- ``iter_shard_batches``: the shard reader in exact (non-shuffled, padded) eval mode.
+
+Each rank of a torchrun job reads a disjoint part: record batches ``k`` with
+``k % world_size == rank`` (parquet), or the reader's own rank split (shards).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from haloscope.preprocess import gates
+from haloscope.preprocess.normalize import outer_normalize
+from haloscope.preprocess.read_parquet import iter_record_batches
+from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
+
+__all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "iter_parquet_batches",
+           "iter_shard_batches", "columns_from_table"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+REJECT_KEYS: tuple[str, ...] = (*gates.REASONS, "hard_neg_copy")
+"""Every reason a row is not scored: the gates' reasons, and extra hard-negative copies."""
+_F32_STRATA = ("theta_e_arcsec", "psfsize_r", "psfdepth_r", "arc_snr", "src_dmag")
+
+
+@dataclass
+class ScoreBatch:
+    """Model inputs and table columns of up to one batch of kept rows."""
+
+    images: np.ndarray
+    """(K, 3, 64, 64) float16 normalised stamps, bands g, r, z."""
+    meta: np.ndarray
+    """(K, M) float32 raw meta values in the checkpoint's column order (NaN = missing)."""
+    columns: dict[str, np.ndarray]
+    """Scores-table columns (without split, logit, score, model), K rows each."""
+
+
+@dataclass
+class SourceStats:
+    """What one rank read: rows seen, kept and rejected by reason."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    """reason -> rows (the gate reasons of ``preprocess.gates``, plus ``hard_neg_copy``)."""
+
+
+def _theta_over_psf(theta: np.ndarray, psf: np.ndarray) -> np.ndarray:
+    """theta / psf in float32 from float32 inputs, NaN where the PSF is not positive."""
+    theta64, psf64 = theta.astype(np.float64), psf.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isfinite(psf64) & (psf64 > 0), theta64 / psf64, np.nan)
+    return ratio.astype(np.float32)
+
+
+def _strings(batch: pa.RecordBatch, name: str, kept: np.ndarray) -> np.ndarray:
+    values = batch.column(name).take(pa.array(kept)).to_pylist()
+    return np.array(values, dtype=object)
+
+
+def _parquet_columns(batch: pa.RecordBatch, kept: np.ndarray) -> dict[str, np.ndarray]:
+    """Table columns of the kept rows, with the precision the shards store them in."""
+    _, psf = gates.theta_over_psf(batch)
+    cols: dict[str, np.ndarray] = {
+        "task_id": _strings(batch, "task_id", kept),
+        "ra": gates.column_f64(batch, "ra")[kept],
+        "dec": gates.column_f64(batch, "dec")[kept],
+        "brickname": _strings(batch, "brickname", kept),
+        "label": gates.labels_of(batch)[kept].astype(np.int8),
+        "is_hard_neg": np.zeros(kept.size, dtype=bool),
+        "psf_fwhm_r": psf[kept].astype(np.float32),
+    }
+    for name in _F32_STRATA:
+        cols[name] = gates.column_f64(batch, name)[kept].astype(np.float32)
+    cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], cols["psf_fwhm_r"])
+    if "control_kind" in batch.schema.names:
+        # Same vocabulary as the shards (unknown names -> "other", "" -> null).
+        kinds = _strings(batch, "control_kind", kept).tolist()
+        cols["control_kind"] = np.array(decode_control_kind(encode_control_kind(kinds)), object)
+    else:
+        cols["control_kind"] = np.full(kept.size, None, dtype=object)
+    return cols
+
+
+def iter_parquet_batches(
+    files: Sequence[Path],
+    *,
+    meta_cols: Sequence[str],
+    min_theta_over_psf: float,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    stats: SourceStats | None = None,
+) -> Iterator[ScoreBatch]:
+    """Gate, decode and normalise this rank's record batches of a parquet split.
+
+    Args:
+        files: the split's parquet files (every rank must pass the same list).
+        meta_cols: raw meta columns in the model's order (each must exist in every file).
+        min_theta_over_psf: the resolvability cut the checkpoint's data was built with.
+        batch_size: rows per record batch, so a model call never exceeds it.
+        rank: this process's rank; it takes record batches k with k % world_size == rank.
+        world_size: number of ranks.
+        stats: updated in place with rows read, kept and rejected by reason.
+
+    Yields:
+        One ``ScoreBatch`` per record batch with at least one kept row.
+
+    Raises:
+        ContractError: a file cannot be read or lacks a required or meta column.
+    """
+    stats = stats if stats is not None else SourceStats()
+    batches = iter_record_batches(files, batch_rows=batch_size, extra=tuple(meta_cols))
+    for index, (_, batch) in enumerate(batches):
+        if index % world_size != rank:
+            continue
+        result = gates.gate_batch(batch, min_theta_over_psf)
+        stats.rows_read += batch.num_rows
+        stats.rows_kept += int(result.kept.size)
+        stats.rejected.update(result.rejected)
+        if result.kept.size == 0:
+            continue
+        images = outer_normalize(result.stamps).astype(IMAGE_DTYPE)  # as the converter stores
+        meta = np.stack(
+            [gates.column_f64(batch, c)[result.kept] for c in meta_cols], axis=1
+        ).astype(np.float32) if meta_cols else np.zeros((result.kept.size, 0), np.float32)
+        yield ScoreBatch(images=images, meta=meta, columns=_parquet_columns(batch, result.kept))
+
+
+def columns_from_table(table: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores-table columns from shard ``table.npy`` rows (``shards.schema.TABLE_DTYPE``)."""
+    psf = table["psf_fwhm_r"].astype(np.float32)
+    cols: dict[str, np.ndarray] = {
+        "task_id": np.array([v.decode("utf-8") for v in table["task_id"]], dtype=object),
+        "ra": table["ra"].astype(np.float64),
+        "dec": table["dec"].astype(np.float64),
+        "brickname": np.array([v.decode("utf-8") for v in table["brickname"]], dtype=object),
+        "label": table["label"].astype(np.int8),
+        "is_hard_neg": table["hard_neg"].astype(bool),
+        "psf_fwhm_r": psf,
+    }
+    for name in _F32_STRATA:
+        cols[name] = table[name].astype(np.float32)
+    cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], psf)
+    cols["control_kind"] = np.array(decode_control_kind(table["control_kind"]), dtype=object)
+    return cols
+
+
+def iter_shard_batches(
+    loader: Iterator[dict], *, stats: SourceStats | None = None
+) -> Iterator[ScoreBatch]:
+    """Turn shard-reader batches into ``ScoreBatch``es.
+
+    Padding rows (``valid`` False) and the extra copies of duplicated hard negatives
+    (``copy`` > 0, counted as ``hard_neg_copy``) are dropped, so every sample is scored once.
+
+    Args:
+        loader: batches of ``ShardReader`` (``with_table=True``).
+        stats: updated in place.
+
+    Yields:
+        One ``ScoreBatch`` per reader batch with at least one kept row.
+    """
+    stats = stats if stats is not None else SourceStats()
+    for batch in loader:
+        valid = np.asarray(batch["valid"], dtype=bool)
+        table = batch["table"]
+        first_copy = table["copy"] == 0
+        keep = valid & first_copy
+        stats.rows_read += int(valid.sum())
+        stats.rows_kept += int(keep.sum())
+        if int((valid & ~first_copy).sum()):
+            stats.rejected["hard_neg_copy"] += int((valid & ~first_copy).sum())
+        if not keep.any():
+            continue
+        idx = np.flatnonzero(keep)
+        images = np.asarray(batch["image"])[idx]
+        meta = np.asarray(batch["meta"], dtype=np.float32)[idx]
+        yield ScoreBatch(images=images, meta=meta, columns=columns_from_table(table[idx]))
