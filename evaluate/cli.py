@@ -1,0 +1,168 @@
+"""``haloscope eval``: stratified metrics with confidence intervals, JSON and a report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from haloscope.evaluate.compare import compare_frames
+from haloscope.evaluate.intervals import CI_METHODS, auroc_interval
+from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, auroc
+from haloscope.evaluate.scores import RANK_BY, ScoresFrame, load_scores
+from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec, stratify, write_stratified_csv
+
+from haloscope.argparse_util import VerbParser, parse_csv
+from haloscope.errors import ConfigError
+from haloscope.log import setup_logging
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in parse_csv(text))
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from exc
+    if not values:
+        raise ConfigError(f"{flag}: empty list")
+    return values
+
+
+def build_parser() -> VerbParser:
+    """The ``eval`` argument parser (every flag shows its default in --help)."""
+    p = VerbParser(
+        "eval",
+        "ROC with exact ties, TPR at FPR and FPR at TPR with thresholds and binomial\n"
+        "confidence intervals, strata (theta_E, theta_E/PSF, psfsize_r, psfdepth_r, arc SNR,\n"
+        "source magnitude, control kind) at thresholds set on all controls. Writes the\n"
+        "stratified CSV (the seed's column names + CI columns), a JSON with everything, and\n"
+        "with --report-dir a Markdown/HTML report with PNG plots.",
+    )
+    p.add_argument(
+        "--scores", required=True, metavar="SCORES.parquet", help="scores table (infer output)"
+    )
+    p.add_argument(
+        "--out-csv", required=True, metavar="STRAT.csv", help="stratified table to write"
+    )
+    p.add_argument("--out-json", default=None, metavar="JSON",
+                   help="full results JSON (default: --out-csv with .json)")  # fmt: skip
+    p.add_argument(
+        "--report-dir", default=None, metavar="DIR", help="write report.md/.html and PNGs here"
+    )
+    p.add_argument("--stamps", default=None, metavar="ZARR",
+                   help="stamps.zarr of the scored split, for galleries and the shortcut audit")  # fmt: skip
+    p.add_argument("--ci", default="wilson", choices=CI_METHODS, help="binomial interval method")
+    p.add_argument("--confidence", type=float, default=0.95, help="two-sided interval level")
+    p.add_argument("--rank-by", default="auto", choices=RANK_BY,
+                   help="value ranked: auto = logit when present (no fp32 sigmoid ties), else score")  # fmt: skip
+    p.add_argument("--compare", nargs="*", default=[], metavar="OTHER.parquet",
+                   help="scores of other models on the same rows; the first is the baseline of Δ")  # fmt: skip
+    p.add_argument(
+        "--fpr-targets",
+        default=",".join(f"{t:g}" for t in FPR_TARGETS),
+        help="FPR operating points",
+    )
+    p.add_argument(
+        "--tpr-targets",
+        default=",".join(f"{t:g}" for t in TPR_TARGETS),
+        help="TPR operating points",
+    )
+    p.add_argument(
+        "--theta-bins", default="0,0.5,0.75,1,1.25,1.5,2,3,inf", help="theta_E bin edges [arcsec]"
+    )
+    p.add_argument("--res-bins", default="0,0.4,0.6,0.8,1,1.5,2,inf", help="theta_E/PSF bin edges")
+    return p
+
+
+def _specs(args: Any) -> tuple[StratumSpec, ...]:
+    edges = {"theta_e_arcsec": _floats(args.theta_bins, "--theta-bins"),
+             "theta_over_psf": _floats(args.res_bins, "--res-bins")}  # fmt: skip
+    for flag, values in (
+        ("--theta-bins", edges["theta_e_arcsec"]),
+        ("--res-bins", edges["theta_over_psf"]),
+    ):
+        if len(values) < 2 or any(b <= a for a, b in zip(values, values[1:], strict=False)):
+            raise ConfigError(f"{flag}: need at least 2 increasing edges, got {values}")
+    return tuple(
+        replace(s, edges=edges[s.column]) if s.column in edges else s for s in DEFAULT_STRATA
+    )
+
+
+def _model_name(frame: ScoresFrame) -> str:
+    models = frame.columns.get("model")
+    names = sorted({m for m in models.tolist() if m}) if models is not None else []
+    return names[0] if len(names) == 1 else Path(frame.source).stem
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean(doc), indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``haloscope eval``; user errors raise ``HaloscopeError`` (one line, exit 2)."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
+    specs = _specs(args)
+    fpr_targets, tpr_targets = (
+        _floats(args.fpr_targets, "--fpr-targets"),
+        _floats(args.tpr_targets, "--tpr-targets"),
+    )
+    frame = load_scores(args.scores, args.rank_by)
+    others = {_model_name(f): f for f in (load_scores(p, args.rank_by) for p in args.compare)}
+    store = None
+    if args.stamps:
+        from haloscope.evaluate.gallery import open_stamp_store
+
+        store = open_stamp_store(args.stamps)
+    result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence)
+    out_csv = write_stratified_csv(result, args.out_csv)
+    out_json = Path(args.out_json) if args.out_json else out_csv.with_suffix(".json")
+    auc = auroc(frame.labels, frame.ranking)
+    doc: dict[str, Any] = {"scores": str(args.scores), "rank_by": frame.rank_by,
+                           "num_rows": frame.num_rows, "auroc": auc,
+                           "auroc_ci": list(auroc_interval(auc, result.rows[0]["P"], result.rows[0]["N"],
+                                                           args.confidence))}  # fmt: skip
+    doc |= result.to_dict()
+    comparison = None
+    if others:
+        comparison = compare_frames({**others, _model_name(frame): frame}, args.ci, args.confidence)
+        doc["comparison"] = comparison.rows
+        comparison.to_csv(out_csv.with_name(out_csv.stem + "_compare.csv"))
+    if args.report_dir:
+        from haloscope.evaluate.report import build_report
+
+        files = {"stratified CSV": out_csv.name, "full results JSON": out_json.name}
+        if comparison is not None:
+            files["comparison CSV"] = out_csv.stem + "_compare.csv"
+        doc["report"] = build_report(
+            frame, result, args.report_dir, files, store, comparison, others
+        )
+    _write_json(out_json, doc)
+    first = result.rows[0]["tpr@fpr"]
+    summary = ", ".join(
+        f"TPR@FPR{e['target']:g}={e['value']:.4g}" for e in first if e["target"] in (1e-4, 1e-3)
+    )
+    print(f"eval: AUROC={auc:.5f} {summary} -> {out_csv}, {out_json}"
+          + (f", {Path(args.report_dir) / 'report.md'}" if args.report_dir else ""))  # fmt: skip
+    return 0
