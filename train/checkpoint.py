@@ -1,0 +1,176 @@
+"""Checkpoints: atomic writes, ``torch.load(weights_only=True)``-safe contents, resume state.
+
+A checkpoint is a dict of tensors and plain data only (str, int, float, bool, None, lists,
+dicts). Keys (``FORMAT`` version 1):
+
+- ``format`` ("haloscope-train"), ``version`` (1), ``haloscope_version``;
+- ``model``: the unwrapped model's state_dict (incl. buffers ``meta_mean``/``meta_std``);
+- ``model_args``: kwargs of ``build_model`` (arch, meta_cols, meta_mean, meta_std, dropout,
+  drop_path_rate);
+- ``optimizer``, ``scheduler``: their state_dicts;
+- ``progress``: ``epoch`` (0-based, the epoch in progress), ``step_in_epoch`` (optimiser
+  steps done in it), ``global_step``, ``world_size``;
+- ``loader``: the train reader's ``state_dict()``;
+- ``rng``: ``torch`` (ByteTensor), ``cuda`` (list of ByteTensors), ``numpy`` (dict),
+  ``python`` (dict), ``augment`` (ByteTensor of the augmentation generator);
+- ``early_stopping``: the ``EarlyStopping`` state; ``val_metrics``: latest validation dict;
+- ``config``: the resolved ``TrainConfig`` as a JSON string;
+- ``preprocess``: the train manifest's preprocessing settings (dict); ``meta``: cols, mean, std.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from haloscope import __version__
+from haloscope.errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "capture_rng",
+    "restore_rng",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_for_inference",
+]
+
+FORMAT, VERSION = "haloscope-train", 1
+_REQUIRED = ("model", "model_args", "config", "preprocess", "meta")
+
+
+def capture_rng(aug_gen: torch.Generator | None) -> dict[str, Any]:
+    """Every RNG state as tensors and plain data."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
+        "augment": aug_gen.get_state() if aug_gen is not None else None,
+    }  # fmt: skip
+
+
+def restore_rng(state: dict[str, Any], aug_gen: torch.Generator | None) -> None:
+    """Inverse of ``capture_rng``."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    if aug_gen is not None and state["augment"] is not None:
+        aug_gen.set_state(state["augment"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+    Args:
+        path: destination (e.g. ``RUN/last.pt``).
+        payload: checkpoint dict (see the module docstring).
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "haloscope_version": __version__, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing file, unreadable/corrupt file, or not a haloscope checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a haloscope training checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}, this haloscope reads {VERSION}"
+        )
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks keys {missing}")
+    return payload
+
+
+def load_for_inference(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the trained model for scoring.
+
+    Args:
+        path: ``best.pt`` or ``last.pt``.
+        device: where to put the model.
+
+    Returns:
+        ``(model, info)``: the model in eval mode (fp32) on ``device``, taking images
+        (B, 3, 64, 64) normalised as the shards are and raw meta (B, M) in
+        ``info["meta_cols"]`` order; ``info`` has ``arch``, ``meta_cols``, ``meta_mean``,
+        ``meta_std``, ``preprocess`` (the train manifest's settings), ``config`` (dict),
+        ``epoch``, ``global_step``, ``val_metrics``, ``path``.
+
+    Raises:
+        CheckpointError: missing, corrupt or mismatched checkpoint.
+    """
+    from haloscope.errors import ConfigError
+    from haloscope.train.model import build_model
+
+    payload = load_checkpoint(path)
+    args = dict(payload["model_args"])
+    try:
+        model = build_model(**args)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {exc}") from None
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path}: weights do not match {args['arch']}: {first}") from None
+    model.to(device).eval()
+    progress = payload.get("progress", {})
+    info = {
+        "path": str(path),
+        "arch": args["arch"],
+        "meta_cols": list(args["meta_cols"]),
+        "meta_mean": list(args["meta_mean"]),
+        "meta_std": list(args["meta_std"]),
+        "preprocess": payload["preprocess"],
+        "config": json.loads(payload["config"]),
+        "epoch": progress.get("epoch"),
+        "global_step": progress.get("global_step"),
+        "val_metrics": payload.get("val_metrics"),
+    }
+    return model, info

@@ -1,0 +1,236 @@
+"""The trainer's typed configuration: one frozen dataclass per section.
+
+Sources, in precedence order: these defaults < a ``--preset`` < ``--config run.toml`` <
+the flat flags of ``haloscope train`` (the seed's names) < ``--section.field=value``.
+The resolved config is written to ``RUN/config.resolved.json`` and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "PRESETS",
+    "RESUME_MUTABLE_KEYS",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the shards are and how batches are drawn."""
+
+    shards: str = ""
+    """Shard root holding train/ and val/ (each with manifest.json), from `haloscope shards`."""
+    data_root: str | None = None
+    """The seed's --data: accepted only when it is a shard root (else run `haloscope shards`)."""
+    batch_size: int = 256
+    """Global training batch, split evenly over ranks (the seed's 256 on one GPU)."""
+    val_batch_size: int = 512
+    """Global validation batch, split evenly over ranks."""
+    num_workers: int = 4
+    """Loader worker processes per rank."""
+    samples_per_epoch: int | None = None
+    """Cap on training samples per epoch (all ranks together); None: the whole train split."""
+    max_steps_per_epoch: int | None = None
+    """Cap on optimiser steps per epoch; None: no cap."""
+    hard_neg_path: str | None = None
+    """Only checked against the train manifest (hard negatives are built into shards)."""
+    hard_neg_weight: int | None = None
+    """Only checked against the train manifest."""
+    min_theta_over_psf: float | None = None
+    """Only checked against the train manifest."""
+    norm_method: str | None = None
+    """Only checked against the train manifest."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+        for name in ("samples_per_epoch", "max_steps_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    def per_rank_batch(self, world_size: int, *, val: bool = False) -> int:
+        """Per-rank batch size; the global batch must divide evenly over ranks."""
+        total = self.val_batch_size if val else self.batch_size
+        flag = "--val-batch-size" if val else "--batch-size"
+        if total % world_size:
+            raise ValueError(f"{flag} {total} does not divide over {world_size} ranks")
+        return total // world_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The network: a timm ConvNeXt backbone and the seed's meta MLP head."""
+
+    arch: str = "convnext_tiny"
+    """timm ConvNeXt name (convnext_tiny; convnext_atto/femto/pico/nano for tests), random init."""
+    dropout: float = 0.1
+    """Dropout in the meta MLP and classifier head."""
+    drop_path_rate: float = 0.1
+    """Stochastic depth of the backbone (torchvision's ConvNeXt default, as in the seed)."""
+    meta_cols: tuple[str, ...] | None = None
+    """Meta inputs; None: the train manifest's columns (a given list must equal them)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"--drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """Training loss, always computed in fp32 from logits."""
+
+    name: Literal["focal", "bce"] = "focal"
+    """focal (the seed's Gen4 loss) or bce."""
+    alpha: float | None = 0.25
+    """Focal weight on positives (lenses), 1 - alpha on controls; None: no class weight."""
+    gamma: float = 2.0
+    """Focal-loss focusing parameter; 0 reduces to (alpha-weighted) BCE."""
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise ValueError(f"--focal-gamma must be >= 0, got {self.gamma}")
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"--focal-alpha must be in [0, 1], got {self.alpha}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay, stepped per optimiser step."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay, not applied to norms, biases or buffers."""
+    betas: tuple[float, ...] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int | None = None
+    """Linear warmup steps; None: use warmup_frac."""
+    warmup_frac: float = 0.05
+    """Warmup as a fraction of all planned steps (when warmup_steps is None)."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the cosine."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"--optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ValueError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"--min-lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.grad_clip < 0:
+            raise ValueError(f"--grad-clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Run length, devices, numerics, cadence and outputs."""
+
+    out_dir: str = ""
+    """Run directory: checkpoints, metrics.jsonl/csv, config.resolved.json."""
+    epochs: int = 50
+    """Maximum number of epochs."""
+    seed: int = 1337
+    """Seed of model init, dropout, augmentation and shard order."""
+    device: str = "auto"
+    """auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, or cuda:N (single process)."""
+    bf16: bool | None = None
+    """bf16 autocast; None: on for CUDA, off on CPU (fp32)."""
+    augment: bool = True
+    """D4 (rot90 x flip) augmentation per sample on the device."""
+    channels_last: bool = True
+    """Channels-last memory format for the model and images."""
+    compile: bool = False
+    """torch.compile the model."""
+    early_stopping_patience: int = 5
+    """Stop after this many validations without improvement of val tpr@fpr=1e-4 (0: never)."""
+    val_every: int = 1
+    """Validate every N epochs (and after the last)."""
+    ckpt_every_steps: int = 500
+    """Also write last.pt every N optimiser steps (0: only at epoch ends and on signals)."""
+    log_every: int = 10
+    """Console/TensorBoard cadence in steps (metrics.jsonl gets every step)."""
+    resume: bool = False
+    """Continue from OUT_DIR/last.pt."""
+    overwrite: bool = False
+    """Start afresh in an OUT_DIR that already holds last.pt."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to OUT_DIR/tb (needs the tensorboard package)."""
+    progress: bool = True
+    """tqdm progress bar on rank 0."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms (debugging; slower)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        for name in ("early_stopping_patience", "ckpt_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything `haloscope train` needs; stored resolved in every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# Named layers between the defaults and --config.
+PRESETS: dict[str, dict[str, dict[str, object]]] = {
+    "none": {},
+    # A few-minute CPU demo: small loader, frequent checkpoints, short warmup.
+    "demo": {
+        "data": {"num_workers": 1, "val_batch_size": 256, "max_steps_per_epoch": 40},
+        "optim": {"warmup_steps": 10},
+        "run": {"log_every": 5, "ckpt_every_steps": 20, "early_stopping_patience": 0},
+    },
+}
+
+# Keys a --resume may change; any other difference from the checkpoint is refused.
+RESUME_MUTABLE_KEYS: frozenset[str] = frozenset(
+    {
+        "data.shards",
+        "data.data_root",
+        "data.num_workers",
+        "run.out_dir",
+        "run.epochs",
+        "run.early_stopping_patience",
+        "run.ckpt_every_steps",
+        "run.log_every",
+        "run.resume",
+        "run.overwrite",
+        "run.tensorboard",
+        "run.progress",
+        "run.device",
+        "run.compile",
+    }
+)

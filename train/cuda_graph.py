@@ -1,0 +1,376 @@
+"""Training and inference steps without per-kernel launch cost: one CUDA graph per step.
+
+At 64x64 a ConvNeXt-Tiny step is launch-bound (issue 9): cudnn runs each bf16 NHWC depthwise
+7x7 convolution as ~105 tiny kernels, so the eager step spends more time launching than
+computing. ``GraphedTrainStep`` captures the whole step (D4 augmentation, bf16 autocast
+forward with stochastic depth, fp32 focal loss, backward, grad-norm clipping and the
+capturable AdamW update) in one ``torch.cuda.CUDAGraph`` and replays it.
+
+Static shapes: the graph always runs ``batch_size`` samples. A shorter (last) batch is
+*padded* with zero-weight samples: the loss is ``sum(w * l) / sum(w)``, ConvNeXt has only
+per-sample LayerNorm and per-sample stochastic depth, so padding gives exactly the gradient
+of the valid samples. Inference pads the same way and drops the padded logits.
+
+Data path: a pinned host batch is copied into a *staging* device buffer on a side stream
+(overlapping the previous replay), the main stream waits for that copy and moves staging
+into the graph's static buffers (a device-to-device copy of a few MB), then replays.
+Randomness (the D4 transform per sample, stochastic depth) comes from the default CUDA
+generator, which graph capture registers: every replay draws fresh numbers.
+
+Rules for callers: build the optimiser with ``capturable=True`` (``fused=True`` when
+available); load checkpoints *before* the first graphed step (the graph holds the
+addresses of the optimiser state); change the learning rate only by writing the tensor
+``param_group["lr"]`` in place (``set_lr`` or any torch ``LRScheduler``, which fills tensor
+lrs in place). ``EagerTrainStep``/``EagerPredictStep`` have the same interface and are what
+CPU runs and what ``--no-cuda-graphs`` selects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from haloscope.train.graph_io import StaticBatch, d4_apply, d4_table, resolve_loss_fn
+
+__all__ = [
+    "StepMode",
+    "EagerTrainStep",
+    "GraphedTrainStep",
+    "EagerPredictStep",
+    "GraphedPredictStep",
+    "make_train_step",
+    "make_predict_step",
+    "resolve_step_mode",
+]
+
+log = logging.getLogger(__name__)
+
+StepMode = Literal["auto", "graph", "compile", "eager"]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits fp32 (B,), labels fp32 (B,)) -> per-sample loss fp32 (B,)."""
+
+
+class EagerTrainStep:
+    """One optimiser step per call, op by op (CPU, ``--no-cuda-graphs``, or a compiled model).
+
+    Args:
+        model: maps ``(images float32 (B,3,H,W), meta float32 (B,M))`` to logits (B,) or (B,1).
+        loss_fn: per-sample loss from fp32 logits and labels (default: focal, alpha .25, gamma 2).
+        optimizer: the optimiser over ``model``'s parameters.
+        device: where the model lives.
+        augment: apply a random D4 transform (rot90 x flip) to each sample on the device.
+        amp_dtype: autocast dtype (torch.bfloat16 on CUDA) or None for fp32.
+        channels_last: feed the model channels-last images.
+        max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
+                 *, device: torch.device | str, augment: bool = True,
+                 amp_dtype: torch.dtype | None = None, channels_last: bool = True,
+                 max_grad_norm: float = 1.0) -> None:  # fmt: skip
+        if max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0, got {max_grad_norm}")
+        self.model, self.optimizer = model, optimizer
+        self.loss_fn = loss_fn if loss_fn is not None else resolve_loss_fn()
+        self.device = torch.device(device)
+        self.augment, self.amp_dtype, self.channels_last = augment, amp_dtype, channels_last
+        self.max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._table: torch.Tensor | None = None
+
+    def _loss_and_update(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
+                         weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Augment, forward, weighted loss, backward, clip, optimiser step: (loss, grad_norm)."""
+        x = images
+        if self.augment:
+            if self._table is None:
+                self._table = d4_table(x.shape[-2], x.shape[-1], x.device)
+            k = torch.randint(0, 8, (x.shape[0],), device=x.device)
+            x = d4_apply(x, k, self._table)
+        x = x.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
+            logits = self.model(x, meta)
+        per_sample = self.loss_fn(logits.float().reshape(-1), labels.float())
+        tiny = torch.finfo(torch.float32).tiny
+        loss = (per_sample * weight).sum() / weight.sum().clamp_min(tiny)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=None)
+        self.optimizer.step()
+        return loss.detach(), norm.detach()
+
+    def step(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
+             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Run one training step on a batch of any size.
+
+        Args:
+            images: (B, 3, H, W) float16/float32, host (pinned) or device.
+            meta: (B, M) float32 raw meta values (M may be 0).
+            labels: (B,) 1 = lens, 0 = control.
+            weight: (B,) per-sample loss weight; None: all ones.
+
+        Returns:
+            ``{"loss": (), "grad_norm": ()}`` fp32 device tensors (no host sync).
+        """
+        self.model.train()
+        to = {"device": self.device, "non_blocking": True}
+        images, meta, labels = images.to(**to), meta.to(**to), labels.to(**to)
+        weight = torch.ones_like(labels, dtype=torch.float32) if weight is None else weight.to(**to)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, norm = self._loss_and_update(images, meta, labels, weight.float())
+        return {"loss": loss, "grad_norm": norm}
+
+    def set_lr(self, lr: float) -> None:
+        """Set every param group's learning rate (in place for tensor lrs)."""
+        set_lr(self.optimizer, lr)
+
+
+class GraphedTrainStep(EagerTrainStep):
+    """The same step captured in one CUDA graph at a fixed ``batch_size`` (see the module doc).
+
+    The graph is captured lazily on the first ``step`` (3 warm-up steps on a side stream,
+    whose parameter and optimiser updates are undone, then the capture), so the first call
+    takes a few seconds and the model must already hold its starting (or resumed) weights.
+
+    Raises:
+        ValueError: the device is not CUDA, or a param group is not ``capturable``.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
+                 batch_size: int, *, device: torch.device | str, augment: bool = True,
+                 amp_dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True,
+                 max_grad_norm: float = 1.0, warmup_steps: int = 3) -> None:  # fmt: skip
+        super().__init__(model, loss_fn, optimizer, device=device, augment=augment,
+                         amp_dtype=amp_dtype, channels_last=channels_last,
+                         max_grad_norm=max_grad_norm)  # fmt: skip
+        if self.device.type != "cuda":
+            raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for group in optimizer.param_groups:
+            if not group.get("capturable", False):
+                raise ValueError("graph mode needs the optimiser built with capturable=True")
+            if not isinstance(group["lr"], torch.Tensor):  # a float lr would be baked into the graph
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        self.batch_size, self.warmup_steps = batch_size, warmup_steps
+        self.num_padded_samples = 0
+        self._batch: StaticBatch | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict[nn.Parameter, dict[str, torch.Tensor]]]:
+        params = [p.detach().clone() for p in self.params]
+        state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
+                 for p, s in self.optimizer.state.items()}  # fmt: skip
+        return params, state
+
+    @torch.no_grad()
+    def _restore(self, snap: tuple[list[torch.Tensor], dict]) -> None:
+        """Undo the warm-up in place (addresses stay, so the graph sees the restored values)."""
+        params, saved = snap
+        for p, value in zip(self.params, params, strict=True):
+            p.copy_(value)
+        for p, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    value.copy_(saved[p][key]) if p in saved else value.zero_()
+
+    def _capture(self) -> None:
+        assert self._batch is not None
+        s = self._batch.static
+        args = (s["images"], s["meta"], s["labels"], s["weight"])
+        snap = self._snapshot()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._loss_and_update(*args)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._restore(snap)
+        del snap
+        # grads are None at capture, so the captured backward writes (not accumulates) them
+        self.optimizer.zero_grad(set_to_none=True)
+        self._graph = torch.cuda.CUDAGraph()
+        # thread_local: loader pin-memory threads may call CUDA APIs during the capture
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+            self._out = self._loss_and_update(*args)
+        log.info("captured the training step in a CUDA graph (batch %d)", self.batch_size)
+
+    def step(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
+             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Copy the batch into the static buffers and replay the graph.
+
+        A batch shorter than ``batch_size`` is padded with zero-weight samples (counted in
+        ``num_padded_samples``); a longer one is an error. Returns like ``EagerTrainStep.step``.
+        """
+        if self._batch is None:
+            self.model.train()
+            self._batch = StaticBatch.for_batch(self.batch_size, images, meta, self.device,
+                                                with_labels=True)  # fmt: skip
+        n = self._batch.load(images, meta, labels, weight)
+        if n < self.batch_size:
+            self.num_padded_samples += self.batch_size - n
+            log.info("padded a batch of %d with %d zero-weight samples", n, self.batch_size - n)
+        if self._graph is None:
+            self._capture()
+        assert self._graph is not None and self._out is not None
+        self._graph.replay()
+        return {"loss": self._out[0].clone(), "grad_norm": self._out[1].clone()}
+
+
+class EagerPredictStep:
+    """Inference logits op by op: eval mode, no grad, autocast, fp32 logits out.
+
+    Args:
+        model: as for ``EagerTrainStep``.
+        device: where the model lives.
+        batch_size: largest batch run at once; longer inputs are chunked.
+        amp_dtype: autocast dtype or None for fp32.
+        channels_last: feed the model channels-last images.
+    """
+
+    def __init__(self, model: nn.Module, *, device: torch.device | str, batch_size: int = 1024,
+                 amp_dtype: torch.dtype | None = None, channels_last: bool = True) -> None:  # fmt: skip
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.device, self.batch_size = model, torch.device(device), batch_size
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+
+    @torch.no_grad()
+    def _forward(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
+            logits = self.model(x, meta)
+        return logits.float().reshape(-1)
+
+    def _chunk(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        to = {"device": self.device, "non_blocking": True}
+        return self._forward(images.to(**to), meta.to(**to))
+
+    def predict(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) fp32 on the device for images (N,3,H,W) and meta (N,M), any N."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = [self._chunk(images[i : i + self.batch_size], meta[i : i + self.batch_size])
+                    for i in range(0, images.shape[0], self.batch_size)]  # fmt: skip
+        finally:
+            self.model.train(was_training)
+        return torch.cat(outs) if outs else torch.empty(0, device=self.device)
+
+
+class GraphedPredictStep(EagerPredictStep):
+    """``EagerPredictStep`` captured in a CUDA graph at ``batch_size``; short chunks are padded."""
+
+    def __init__(self, model: nn.Module, *, device: torch.device | str, batch_size: int = 1024,
+                 amp_dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True,
+                 warmup_steps: int = 3) -> None:  # fmt: skip
+        super().__init__(model, device=device, batch_size=batch_size, amp_dtype=amp_dtype,
+                         channels_last=channels_last)  # fmt: skip
+        if self.device.type != "cuda":
+            raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
+        self.warmup_steps = warmup_steps
+        self._batch: StaticBatch | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._out: torch.Tensor | None = None
+
+    def _capture(self) -> None:
+        assert self._batch is not None
+        args = (self._batch.static["images"], self._batch.static["meta"])
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_steps):
+                self._forward(*args)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+            self._out = self._forward(*args)
+        log.info("captured the inference step in a CUDA graph (batch %d)", self.batch_size)
+
+    def _chunk(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        if self._batch is None:
+            self._batch = StaticBatch.for_batch(self.batch_size, images, meta, self.device,
+                                                with_labels=False)  # fmt: skip
+        n = self._batch.load(images, meta)
+        if self._graph is None:
+            self._capture()
+        assert self._graph is not None and self._out is not None
+        self._graph.replay()
+        return self._out[:n].clone()
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write ``lr`` into every param group: in place for tensor lrs (graph-safe), else assign."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def resolve_step_mode(mode: StepMode, device: torch.device | str, *, distributed: bool = False) -> str:
+    """Pick the concrete step kind: ``auto`` is graph on single-process CUDA, else eager.
+
+    Raises:
+        ValueError: ``graph`` asked for on a non-CUDA device or under DDP, or an unknown mode.
+    """
+    device = torch.device(device)
+    if mode not in ("auto", "graph", "compile", "eager"):
+        raise ValueError(f"unknown step mode {mode!r}: use auto, graph, compile or eager")
+    if mode == "graph" and (device.type != "cuda" or distributed):
+        raise ValueError(f"--cuda-graphs needs one CUDA process, got {device}, ddp={distributed}")
+    if mode == "auto":
+        # NOTE: DDP's gradient all-reduce is not captured here; multi-rank runs step eagerly.
+        return "graph" if device.type == "cuda" and not distributed else "eager"
+    return mode
+
+
+def make_train_step(model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
+                    batch_size: int, *, device: torch.device | str, mode: StepMode = "auto",
+                    distributed: bool = False, augment: bool = True, bf16: bool | None = None,
+                    channels_last: bool = True, max_grad_norm: float = 1.0,
+                    ) -> EagerTrainStep:  # fmt: skip
+    """Build the training step: ``graph``, ``compile`` (torch.compile default mode) or ``eager``.
+
+    Args:
+        bf16: bf16 autocast; None: on for CUDA, off (fp32) elsewhere.
+        Others: as for ``EagerTrainStep`` / ``GraphedTrainStep`` and ``resolve_step_mode``.
+    """
+    device = torch.device(device)
+    kind = resolve_step_mode(mode, device, distributed=distributed)
+    amp = torch.bfloat16 if (device.type == "cuda" if bf16 is None else bf16) else None
+    common = {"device": device, "augment": augment, "amp_dtype": amp,
+              "channels_last": channels_last, "max_grad_norm": max_grad_norm}  # fmt: skip
+    log.info("training step: %s (asked %s) on %s", kind, mode, device)
+    if kind == "graph":
+        return GraphedTrainStep(model, loss_fn, optimizer, batch_size, **common)
+    if kind == "compile":
+        model = torch.compile(model, dynamic=False)  # type: ignore[assignment]
+    return EagerTrainStep(model, loss_fn, optimizer, **common)
+
+
+def make_predict_step(model: nn.Module, *, device: torch.device | str, batch_size: int = 1024,
+                      mode: StepMode = "auto", bf16: bool | None = None,
+                      channels_last: bool = True) -> EagerPredictStep:  # fmt: skip
+    """Build the inference step; modes as for ``make_train_step`` (no DDP: scoring is per rank)."""
+    device = torch.device(device)
+    kind = resolve_step_mode(mode, device)
+    amp = torch.bfloat16 if (device.type == "cuda" if bf16 is None else bf16) else None
+    common = {"device": device, "batch_size": batch_size, "amp_dtype": amp,
+              "channels_last": channels_last}  # fmt: skip
+    if kind == "graph":
+        return GraphedPredictStep(model, **common)
+    if kind == "compile":
+        model = torch.compile(model, dynamic=False)  # type: ignore[assignment]
+    return EagerPredictStep(model, **common)

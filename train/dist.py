@@ -1,0 +1,183 @@
+"""The one home of distributed code: torchrun env, process group, collectives, DDP wrap.
+
+Works under ``torchrun`` (single or multi node: it reads ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` through ``init_process_group``) and as a
+plain single process (rank 0 of 1). nccl on CUDA, gloo on CPU. Nothing else in haloscope
+reads these variables or calls ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+from haloscope.errors import ConfigError
+
+__all__ = [
+    "DistEnv",
+    "init_distributed",
+    "barrier",
+    "all_reduce_mean",
+    "all_reduce_max",
+    "all_gather_1d",
+    "broadcast_object",
+    "wrap_ddp",
+    "unwrap",
+    "shutdown",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: global rank.
+        local_rank: rank on this node (selects the GPU).
+        world_size: number of processes.
+        device: the torch device this rank computes on.
+        is_main: rank 0, the only rank that logs to the console and writes files.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    is_main: bool = True
+
+    @property
+    def is_distributed(self) -> bool:
+        """True when a process group with more than one rank is active."""
+        return self.world_size > 1
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _pick_device(requested: str, local_rank: int, world_size: int) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not requested.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
+    if requested == "cuda":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if world_size > 1:
+        raise ConfigError("--device cuda:N is for one process; under torchrun use --device cuda")
+    return torch.device(requested)
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Read the torchrun environment, pick the device and start the process group.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The ``DistEnv`` of this process.
+    """
+    world_size = _int_env("WORLD_SIZE", 1)
+    rank = _int_env("RANK", 0)
+    local_rank = _int_env("LOCAL_RANK", 0)
+    dev = _pick_device(device, local_rank, world_size)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not torch_dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        torch_dist.init_process_group(backend=backend, **kwargs)
+        log.info("process group up: backend=%s world_size=%d", backend, world_size)
+    return DistEnv(rank, local_rank, world_size, dev, rank == 0)
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (no-op on one process)."""
+    if env.is_distributed:
+        torch_dist.barrier()
+
+
+def all_reduce_mean(values: dict[str, float], env: DistEnv) -> dict[str, float]:
+    """Mean of a flat dict of floats over ranks (same keys on every rank)."""
+    if not env.is_distributed or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=env.device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def all_reduce_max(value: int, env: DistEnv) -> int:
+    """Maximum of an integer over ranks (used to agree on stop requests)."""
+    if not env.is_distributed:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=env.device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_gather_1d(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Concatenate a 1-D tensor from every rank in rank order (lengths may differ)."""
+    if not env.is_distributed:
+        return tensor
+    tensor = tensor.to(env.device).contiguous()
+    size = torch.tensor([tensor.numel()], dtype=torch.int64, device=env.device)
+    sizes = [torch.zeros_like(size) for _ in range(env.world_size)]
+    torch_dist.all_gather(sizes, size)
+    lengths = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=tensor.dtype, device=env.device)
+    padded[: tensor.numel()] = tensor
+    parts = [torch.empty_like(padded) for _ in range(env.world_size)]
+    torch_dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, lengths, strict=True)])
+
+
+def broadcast_object(obj: object, env: DistEnv) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when there are several ranks, else ``model``."""
+    if not env.is_distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP and/or ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch.compile
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module  # DDP
+        else:
+            return model
+
+
+def shutdown(env: DistEnv) -> None:
+    """Destroy the process group if this process started one."""
+    if env.is_distributed and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,0 +1,186 @@
+"""The lens finder: timm ConvNeXt backbone + the seed's meta MLP head, one logit.
+
+``build_model`` is the one factory (``haloscope.infer`` imports it). The model takes the
+*raw* meta values (as stored in the shards) and standardises them with the train split's
+mean/std, kept as buffers, so a checkpoint scores raw meta without the shard manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import timm
+import torch
+from torch import nn
+
+from haloscope.errors import ConfigError
+
+__all__ = [
+    "ALLOWED_META_COLS",
+    "LEAKY_META_COLS",
+    "SUPPORTED_ARCHS",
+    "LensFinder",
+    "build_model",
+    "check_meta_cols",
+]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHS: tuple[str, ...] = (
+    "convnext_tiny",
+    "convnext_atto",
+    "convnext_femto",
+    "convnext_pico",
+    "convnext_nano",
+)
+# Observing conditions only: they describe the image, not the injection (B9: allow-list).
+ALLOWED_META_COLS: frozenset[str] = frozenset(
+    f"{kind}_{band}" for kind in ("psfsize", "psfdepth", "galdepth", "nobs") for band in "grz"
+) | frozenset({"ebv"})
+# Columns known to leak the label (the seed's denylist plus what it missed): named in errors.
+LEAKY_META_COLS: frozenset[str] = frozenset(
+    {
+        "theta_e_arcsec", "theta_e", "src_dmag", "src_reff_arcsec", "src_n", "src_e",
+        "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "lens_e", "lens_phi_deg",
+        "shear_gamma", "shear_phi_deg", "shear", "arc_snr", "arc_snr_sum", "magnification",
+        "tangential_stretch", "radial_stretch", "is_control", "label", "cutout_ok",
+        "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "lens_model", "config_id",
+        "src_gr", "src_rz", "metrics_ok", "expected_arc_radius", "control_kind",
+    }
+)  # fmt: skip
+_HEAD_WIDTH = 256
+
+
+def check_meta_cols(cols: Sequence[str]) -> tuple[str, ...]:
+    """Refuse label-leaking or unknown meta columns.
+
+    Args:
+        cols: meta column names.
+
+    Returns:
+        The columns as a tuple.
+
+    Raises:
+        ConfigError: a column leaks the label, is not on the allow-list, or repeats.
+    """
+    for col in cols:
+        if col in LEAKY_META_COLS or col.startswith("physics_") or col.endswith("_rad"):
+            raise ConfigError(
+                f"--meta-cols: {col!r} leaks the label (it is defined or NULL differently for "
+                f"lenses and controls); allowed: {', '.join(sorted(ALLOWED_META_COLS))}"
+            )
+        if col not in ALLOWED_META_COLS:
+            raise ConfigError(
+                f"--meta-cols: {col!r} is not an allowed meta column; "
+                f"allowed: {', '.join(sorted(ALLOWED_META_COLS))}"
+            )
+    if len(set(cols)) != len(cols):
+        raise ConfigError(f"--meta-cols has repeated columns: {list(cols)}")
+    return tuple(cols)
+
+
+class LensFinder(nn.Module):
+    """ConvNeXt features (+ standardised meta through an MLP) -> one logit per sample.
+
+    Args:
+        backbone: a timm model built with ``num_classes=0`` (returns pooled features).
+        meta_mean: (M,) train-split mean of the raw meta columns (M may be 0).
+        meta_std: (M,) train-split standard deviation.
+        dropout: dropout probability in the head.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, meta_mean: torch.Tensor, meta_std: torch.Tensor, dropout: float
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        num_features = int(backbone.num_features)  # 768 for convnext_tiny
+        num_meta = int(meta_mean.numel())
+        self.register_buffer("meta_mean", meta_mean.detach().float().reshape(num_meta).clone())
+        self.register_buffer("meta_std", meta_std.detach().float().reshape(num_meta).clone())
+        if num_meta:
+            self.meta_mlp = nn.Sequential(
+                nn.Linear(num_meta, _HEAD_WIDTH), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(_HEAD_WIDTH, _HEAD_WIDTH), nn.ReLU(),
+            )  # fmt: skip
+            self.classifier = nn.Sequential(
+                nn.Linear(num_features + _HEAD_WIDTH, _HEAD_WIDTH), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(_HEAD_WIDTH, 1),
+            )  # fmt: skip
+        else:
+            self.meta_mlp = None
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 1))
+
+    @property
+    def num_meta(self) -> int:
+        """Number of meta inputs M."""
+        return int(self.meta_mean.numel())
+
+    def standardize_meta(self, meta: torch.Tensor) -> torch.Tensor:
+        """(B, M) raw -> standardised; NaN (missing) becomes 0, i.e. the train mean."""
+        z = (meta.float() - self.meta_mean) / self.meta_std
+        return torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Score a batch.
+
+        Args:
+            images: (B, 3, 64, 64) normalised stamps, bands g, r, z.
+            meta: (B, M) raw meta values in the model's column order (None when M == 0).
+
+        Returns:
+            (B,) logits (the autocast dtype under autocast; cast to fp32 for scoring).
+        """
+        feats = self.backbone(images)  # (B, F)
+        if self.meta_mlp is not None:
+            if meta is None or meta.shape[-1] != self.num_meta:
+                got = None if meta is None else tuple(meta.shape)
+                raise ValueError(f"model expects meta (B, {self.num_meta}), got {got}")
+            z = self.standardize_meta(meta).to(feats.dtype)
+            feats = torch.cat([feats, self.meta_mlp(z)], dim=1)
+        return self.classifier(feats).squeeze(1)
+
+
+def build_model(
+    *,
+    arch: str = "convnext_tiny",
+    meta_cols: Sequence[str] = (),
+    meta_mean: Sequence[float] | torch.Tensor | None = None,
+    meta_std: Sequence[float] | torch.Tensor | None = None,
+    dropout: float = 0.1,
+    drop_path_rate: float = 0.1,
+) -> LensFinder:
+    """Build the lens finder from random init (never downloads weights).
+
+    Args:
+        arch: a timm ConvNeXt name from ``SUPPORTED_ARCHS``.
+        meta_cols: allow-listed meta columns (order = the meta tensor's columns).
+        meta_mean: per-column train mean (len(meta_cols)); default zeros.
+        meta_std: per-column train std; default ones. Non-positive stds are refused.
+        dropout: head dropout.
+        drop_path_rate: backbone stochastic depth.
+
+    Returns:
+        The model (fp32, on CPU, train mode).
+
+    Raises:
+        ConfigError: unknown arch, leaky/unknown meta column, or bad statistics.
+    """
+    if arch not in SUPPORTED_ARCHS:
+        raise ConfigError(f"--arch must be one of {list(SUPPORTED_ARCHS)}, got {arch!r}")
+    cols = check_meta_cols(meta_cols)
+    mean = torch.zeros(len(cols)) if meta_mean is None else torch.as_tensor(meta_mean).float()
+    std = torch.ones(len(cols)) if meta_std is None else torch.as_tensor(meta_std).float()
+    if mean.shape != (len(cols),) or std.shape != (len(cols),):
+        raise ConfigError(
+            f"meta statistics must have {len(cols)} values for {list(cols)}, "
+            f"got mean {tuple(mean.shape)} and std {tuple(std.shape)}"
+        )
+    if not (torch.isfinite(std).all() and (std > 0).all() and torch.isfinite(mean).all()):
+        raise ConfigError(f"meta statistics for {list(cols)} must be finite with std > 0: "
+                          f"mean={mean.tolist()} std={std.tolist()}")  # fmt: skip
+    backbone = timm.create_model(
+        arch, pretrained=False, num_classes=0, in_chans=3, drop_path_rate=drop_path_rate
+    )
+    return LensFinder(backbone, mean, std, dropout)

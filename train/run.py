@@ -1,0 +1,185 @@
+"""Assemble a training run from a resolved config: data, model, optimiser, resume, fit.
+
+``run_training`` reads like nanoGPT's train.py: init dist -> seed -> data -> model ->
+optimiser -> (resume) -> loop -> close, inside ``try/finally`` so the process group and
+files are closed on any exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from haloscope.config import config_to_dict
+from haloscope.errors import CheckpointError, ConfigError
+from haloscope.log import setup_logging
+from haloscope.train import checkpoint as ckpt
+from haloscope.train import data as tdata
+from haloscope.train.augment import make_generator
+from haloscope.train.config import RESUME_MUTABLE_KEYS, TrainConfig
+from haloscope.train.dist import DistEnv, init_distributed, shutdown, wrap_ddp
+from haloscope.train.loop import FitResult, RunContext, StopFlag, TrainState, catch_signals, fit
+from haloscope.train.loss import build_loss
+from haloscope.train.metrics import MetricsWriter
+from haloscope.train.model import build_model
+from haloscope.train.optim import build_optimizer, build_scheduler, warmup_steps
+from haloscope.train.validate import EarlyStopping
+
+__all__ = ["seed_everything", "amp_dtype_for", "build_state", "restore_state", "run_training"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) identically on every rank."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast dtype, or None for fp32 (default: bf16 on CUDA, fp32 on CPU)."""
+    use = cfg.run.bf16 if cfg.run.bf16 is not None else device.type == "cuda"
+    return torch.bfloat16 if use else None
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def build_state(cfg: TrainConfig, env: DistEnv, model_args: dict[str, Any], steps: int) -> TrainState:
+    """Fresh model, optimiser, schedule, augmentation generator and early stopping."""
+    seed_everything(cfg.run.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+    model = build_model(**model_args).to(env.device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.run.seed + 1000 * env.rank + 1)  # per-rank dropout/drop-path stream
+    o = cfg.optim
+    optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    total = cfg.run.epochs * steps
+    scheduler = build_scheduler(optimizer, total_steps=total, lr=o.lr, min_lr=o.min_lr,
+                                warmup=warmup_steps(total, o.warmup_steps, o.warmup_frac))  # fmt: skip
+    aug_gen = make_generator(cfg.run.seed, env.rank, env.device) if cfg.run.augment else None
+    early = EarlyStopping(cfg.run.early_stopping_patience)
+    return TrainState(model, model, optimizer, scheduler, aug_gen, early)
+
+
+def restore_state(state: TrainState, payload: dict[str, Any], cfg: TrainConfig, env: DistEnv) -> None:
+    """Load last.pt into a fresh state (before DDP wrapping), refusing incompatible runs.
+
+    Raises:
+        ConfigError: the run's config differs from the checkpoint's in a key that a resume
+            may not change.
+        CheckpointError: different world size, or state that does not fit the model.
+    """
+    saved = _flat(json.loads(payload["config"]))
+    now = _flat(config_to_dict(cfg))
+    diff = sorted(k for k in set(saved) | set(now)
+                  if k not in RESUME_MUTABLE_KEYS and saved.get(k) != now.get(k))  # fmt: skip
+    if diff:
+        pairs = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
+        raise ConfigError(f"--resume with a different config ({pairs}); start a new --out-dir "
+                          "to change these")  # fmt: skip
+    progress = payload["progress"]
+    if progress["world_size"] != env.world_size:
+        raise CheckpointError(f"last.pt was written by {progress['world_size']} ranks, this run "
+                              f"has {env.world_size}; resume with the same number of processes")  # fmt: skip
+    try:
+        state.raw_model.load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+        state.scheduler.load_state_dict(payload["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"last.pt does not fit this model/optimiser: {exc}") from None
+    state.early.load_state_dict(payload["early_stopping"])
+    state.val_metrics = dict(payload.get("val_metrics") or {})
+    state.epoch, state.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
+    state.global_step = progress["global_step"]
+    state.loader_state = payload["loader"]
+    ckpt.restore_rng(payload["rng"], state.aug_gen)
+
+
+def _prepare_run_dir(cfg: TrainConfig, env: DistEnv) -> Path:
+    if not cfg.run.out_dir:
+        raise ConfigError("--out-dir is required")
+    run_dir = Path(cfg.run.out_dir)
+    if not cfg.run.resume and not cfg.run.overwrite and (run_dir / "last.pt").exists():
+        raise ConfigError(f"--out-dir {run_dir} already holds last.pt: pass --resume to continue "
+                          "it, --overwrite to start over, or choose a new --out-dir")  # fmt: skip
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
+        (run_dir / "config.resolved.json").write_text(text)
+    return run_dir
+
+
+def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, RunContext]:
+    run_dir = _prepare_run_dir(cfg, env)
+    root = tdata.resolve_shards_root(cfg.data.shards, cfg.data.data_root)
+    train_reader, val_reader = tdata.build_readers(cfg, env, root)
+    manifest = train_reader.manifest
+    tdata.check_preprocess(cfg, manifest)
+    cols, mean, std = tdata.resolve_meta(cfg, manifest)
+    model_args = {"arch": cfg.model.arch, "meta_cols": cols, "meta_mean": mean, "meta_std": std,
+                  "dropout": cfg.model.dropout, "drop_path_rate": cfg.model.drop_path_rate}  # fmt: skip
+    steps = tdata.steps_per_epoch(cfg, train_reader.batches_per_rank())
+    state = build_state(cfg, env, model_args, steps)
+    if cfg.run.resume:
+        restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt", env.device), cfg, env)
+        log.info("resumed from %s at epoch %d step %d", run_dir / "last.pt", state.epoch,
+                 state.step_in_epoch)  # fmt: skip
+    state.model = wrap_ddp(state.raw_model, env)
+    if cfg.run.compile:
+        state.model = torch.compile(state.model)
+    static = {"model_args": model_args, "config": json.dumps(config_to_dict(cfg)),
+              "preprocess": tdata.preprocess_record(manifest),
+              "meta": {"cols": cols, "mean": mean, "std": std}}  # fmt: skip
+    writer = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.run.tensorboard)
+    ctx = RunContext(cfg, env, run_dir, train_reader, val_reader, tdata.loader_factory(cfg, env),
+                     build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
+                     writer, static, steps, amp_dtype_for(cfg, env.device), stop)  # fmt: skip
+    log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
+             "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
+             val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
+             "bf16" if ctx.amp_dtype else "fp32")  # fmt: skip
+    return state, ctx
+
+
+def run_training(cfg: TrainConfig) -> int:
+    """Train with ``cfg``; returns the exit code (0 done/early stop/SIGTERM, 130 SIGINT)."""
+    env = init_distributed(cfg.run.device)
+    setup_logging(env.rank)
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+    stop = StopFlag()
+    ctx = None
+    try:
+        with catch_signals(stop):
+            state, ctx = _setup(cfg, env, stop)
+            result = fit(state, ctx)
+        return _report(result, ctx)
+    finally:
+        if ctx is not None:
+            ctx.writer.close()
+        shutdown(env)
+
+
+def _report(result: FitResult, ctx: RunContext) -> int:
+    if result.reason == "signal":
+        name = signal.Signals(result.signum).name if result.signum else "signal"
+        log.warning("stopped by %s at epoch %d, global step %d; %s saved, continue with --resume",
+                    name, result.epoch, result.global_step, ctx.run_dir / "last.pt")  # fmt: skip
+        return 130 if result.signum == signal.SIGINT else 0
+    log.info("training %s after epoch %d (global step %d); best epoch %d -> %s",
+             result.reason.replace("_", " "), result.epoch, result.global_step,
+             result.best_epoch, ctx.run_dir / "best.pt")  # fmt: skip
+    return 0

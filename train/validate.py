@@ -1,0 +1,158 @@
+"""Validation over the whole val split (sharded over ranks, gathered) and early stopping.
+
+Each rank scores its share of the val split in fp32 (no autocast) with the reader in exact
+eval mode; padding rows (``valid == False``) are dropped; logits and labels from every rank
+are gathered, and every rank computes the same metrics with ``haloscope.evaluate.metrics``
+(exact tie handling), so the early-stopping decision is identical on all ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from haloscope.errors import DataError
+from haloscope.evaluate import metrics as roc
+from haloscope.train.dist import DistEnv, all_gather_1d
+
+__all__ = ["MONITOR", "score_batches", "compute_val_metrics", "validate", "EarlyStopping"]
+
+log = logging.getLogger(__name__)
+MONITOR = "val/tpr@fpr1e-4"
+"""The early-stopping and best-checkpoint metric (ties broken by val/auroc)."""
+
+
+@torch.no_grad()
+def score_batches(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    device: torch.device,
+    *,
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits and labels of every valid row of ``batches`` (this rank's share).
+
+    Returns:
+        ``(logits float32 (N,), labels float32 (N,))`` on CPU.
+    """
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in batches:
+        images = batch["image"].to(device, non_blocking=True).float()
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images, batch["meta"].to(device, non_blocking=True)).float()
+        valid = batch["valid"].to(device, non_blocking=True)
+        all_logits.append(logits[valid].cpu())
+        all_labels.append(batch["label"].to(device)[valid].float().cpu())
+    if not all_logits:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def compute_val_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, loss_fn: Callable | None = None
+) -> dict[str, float]:
+    """Metrics of gathered fp32 logits: AUROC, tpr@fpr 1e-4 / 1e-3, fpr@tpr 0.9, loss.
+
+    Ranking uses the fp32 logits (monotone in the score, and free of sigmoid saturation
+    ties). With a single class present the ROC metrics are NaN (logged as a warning).
+    """
+    y = labels.numpy().astype("int8")
+    s = logits.double().numpy()
+    num_pos = int(y.sum())
+    out: dict[str, float] = {"val/num": float(y.size), "val/num_pos": float(num_pos),
+                             "val/num_neg": float(y.size - num_pos)}  # fmt: skip
+    if loss_fn is not None and y.size:
+        out["val/loss"] = float(loss_fn(logits, labels))
+    p = torch.sigmoid(logits)
+    out["val/binary_frac"] = float(((p < 0.01) | (p > 0.99)).float().mean()) if y.size else math.nan
+    try:
+        out["val/auroc"] = roc.auroc(y, s)
+        out["val/tpr@fpr1e-4"] = roc.tpr_at_fpr(y, s, 1e-4).tpr
+        out["val/tpr@fpr1e-3"] = roc.tpr_at_fpr(y, s, 1e-3).tpr
+        out["val/fpr@tpr0.9"] = roc.fpr_at_tpr(y, s, 0.9).fpr
+    except DataError as exc:
+        log.warning("validation metrics undefined: %s", exc)
+        for key in ("val/auroc", "val/tpr@fpr1e-4", "val/tpr@fpr1e-3", "val/fpr@tpr0.9"):
+            out[key] = math.nan
+    return out
+
+
+def validate(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    env: DistEnv,
+    *,
+    loss_fn: Callable | None = None,
+    channels_last: bool = True,
+) -> dict[str, float]:
+    """Score this rank's share, gather every rank's logits/labels, compute the metrics.
+
+    Args:
+        model: the *unwrapped* model (no DDP: ranks may see different batch counts).
+        batches: this rank's val batches (reader with shuffle=False, drop_last=False).
+        env: the distributed context.
+        loss_fn: optional loss to report as ``val/loss``.
+        channels_last: memory format of the images.
+
+    Returns:
+        The same flat metrics dict on every rank (plus ``val/wall_s``).
+    """
+    t0 = time.perf_counter()
+    logits, labels = score_batches(model, batches, env.device, channels_last=channels_last)
+    logits = all_gather_1d(logits.to(env.device), env).cpu()
+    labels = all_gather_1d(labels.to(env.device), env).cpu()
+    out = compute_val_metrics(logits, labels, loss_fn)
+    out["val/wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def _key(metrics: dict[str, float]) -> tuple[float, float]:
+    def finite(x: float | None) -> float:
+        return x if x is not None and math.isfinite(x) else -math.inf
+
+    return finite(metrics.get(MONITOR)), finite(metrics.get("val/auroc"))
+
+
+class EarlyStopping:
+    """Patience on val tpr@fpr=1e-4, ties broken by AUROC; also picks the best checkpoint.
+
+    Args:
+        patience: stop after this many validations without improvement (0: never stop).
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best: tuple[float, float] | None = None
+        self.best_epoch = -1
+        self.num_bad = 0
+
+    def update(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Record one validation; returns True if it is the new best (the first always is)."""
+        key = _key(metrics)
+        if self.best is None or key > self.best:
+            self.best, self.best_epoch, self.num_bad = key, epoch, 0
+            return True
+        self.num_bad += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` validations in a row brought no improvement."""
+        return self.patience > 0 and self.num_bad >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-data state for the checkpoint."""
+        best = None if self.best is None else [float(v) for v in self.best]
+        return {"best": best, "best_epoch": self.best_epoch, "num_bad": self.num_bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of ``state_dict``."""
+        self.best = None if state["best"] is None else (state["best"][0], state["best"][1])
+        self.best_epoch, self.num_bad = int(state["best_epoch"]), int(state["num_bad"])
