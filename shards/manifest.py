@@ -1,0 +1,151 @@
+"""``manifest.json``: what a split directory of shards holds, written last by the converter.
+
+The manifest is the reader's index (files, samples per record) and the provenance of the
+data (preprocessing settings, rejected counts, sources, the exact command). It also carries
+the meta-input statistics of the *train* split, which every split uses to standardise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from haloscope.errors import DataError
+from haloscope.shards.schema import SCHEMA_VERSION
+from haloscope.shards.write import atomic_write_bytes
+
+__all__ = ["MANIFEST_NAME", "FORMAT", "Manifest", "load_manifest", "write_manifest",
+           "check_compatible"]
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "haloscope-shards"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed ``manifest.json`` (see ``docs/shards.md`` for every field)."""
+
+    split_dir: Path
+    split: str
+    num_samples: int
+    shards: list[dict[str, Any]]
+    """Per shard: file, num_samples, records (samples per record), bytes, sha256,
+    num_by_label, num_hard_neg."""
+    counts: dict[str, int]
+    """lens, control, hard_neg_samples, hard_neg_rows, duplicates_removed, ..."""
+    rejected: dict[str, int]
+    """reason -> rejected input rows."""
+    norm: dict[str, Any]
+    meta_columns: list[str]
+    meta_mean: list[float]
+    meta_std: list[float]
+    preprocess: dict[str, Any]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    record_samples: int = 256
+    zarr: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The whole JSON document."""
+
+    @property
+    def num_records(self) -> int:
+        """Packed records over all shards."""
+        return sum(len(s["records"]) for s in self.shards)
+
+    def shard_paths(self) -> list[Path]:
+        """Absolute paths of the shards, in manifest order."""
+        return [self.split_dir / s["file"] for s in self.shards]
+
+
+def _require(doc: dict, key: str, path: Path) -> Any:
+    if key not in doc:
+        raise DataError(f"{path}: manifest lacks field {key!r}; re-run `haloscope shards`")
+    return doc[key]
+
+
+def load_manifest(split_dir: str | Path) -> Manifest:
+    """Read and check ``<split_dir>/manifest.json``.
+
+    Raises:
+        DataError: missing or unreadable manifest, wrong format or schema version, or
+            per-shard counts that do not add up; the message names the file.
+    """
+    split_dir = Path(split_dir)
+    path = split_dir / MANIFEST_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no manifest (conversion unfinished or wrong --shards path?)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    if doc.get("format") != FORMAT:
+        raise DataError(f"{path}: not a haloscope shard manifest (format={doc.get('format')!r})")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema_version {doc.get('schema_version')} but this haloscope "
+                        f"reads {SCHEMA_VERSION}; re-run `haloscope shards`")
+    shards = _require(doc, "shards", path)
+    total = 0
+    for s in shards:
+        if sum(s["records"]) != s["num_samples"]:
+            raise DataError(f"{path}: shard {s['file']} records sum to {sum(s['records'])} "
+                            f"but num_samples is {s['num_samples']}")
+        total += s["num_samples"]
+    if total != _require(doc, "num_samples", path):
+        raise DataError(f"{path}: shards hold {total} samples but num_samples is {doc['num_samples']}")
+    meta = _require(doc, "meta", path)
+    return Manifest(
+        split_dir=split_dir, split=_require(doc, "split", path), num_samples=total,
+        shards=shards, counts=_require(doc, "counts", path),
+        rejected=_require(doc, "rejected", path), norm=_require(doc, "norm", path),
+        meta_columns=list(meta["columns"]), meta_mean=list(meta["mean"]),
+        meta_std=list(meta["std"]), preprocess=_require(doc, "preprocess", path),
+        sources=doc.get("sources", []), command=doc.get("command", []),
+        schema_version=doc["schema_version"], record_samples=doc.get("record_samples", 256),
+        zarr=doc.get("zarr"), raw=doc,
+    )
+
+
+def write_manifest(split_dir: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` (plus format and schema version) atomically as the split's manifest."""
+    doc = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **doc}
+    path = Path(split_dir) / MANIFEST_NAME
+    atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode())
+    return path
+
+
+def check_compatible(manifest: Manifest, expected: dict[str, Any]) -> None:
+    """Refuse shards whose preprocessing disagrees with what a model/config expects.
+
+    Args:
+        manifest: the shards' manifest.
+        expected: any of ``norm_method``, ``meta_columns``, ``min_theta_over_psf``,
+            ``hard_neg_weight``, ``meta_mean``, ``meta_std``, ``stamp_px``; absent keys
+            are not checked.
+
+    Raises:
+        DataError: naming the manifest, the setting, both values, and the fix.
+    """
+    actual = {
+        "norm_method": manifest.norm.get("method"),
+        "meta_columns": manifest.meta_columns,
+        "min_theta_over_psf": manifest.preprocess.get("min_theta_over_psf"),
+        "hard_neg_weight": manifest.preprocess.get("hard_neg_weight"),
+        "meta_mean": manifest.meta_mean,
+        "meta_std": manifest.meta_std,
+        "stamp_px": manifest.preprocess.get("stamp_px", 64),
+    }
+    for key, want in expected.items():
+        if key not in actual:
+            raise ValueError(f"check_compatible: unknown setting {key!r}")
+        have = actual[key]
+        if isinstance(want, tuple):
+            want = list(want)
+        if have != want:
+            raise DataError(
+                f"{manifest.split_dir / MANIFEST_NAME}: shards were made with {key}={have!r} "
+                f"but the run expects {key}={want!r}; re-run `haloscope shards` with the "
+                "same settings or change the run's flags"
+            )

@@ -1,0 +1,261 @@
+"""The distributed streaming reader: an IterableDataset of whole batches over the manifest.
+
+No per-sample Python work: shards are memory-mapped and indexed once per worker
+(``shards/index.py``), a batch is gathered record by record with ``np.take`` into one array
+per field (allocated directly in shared memory inside workers, so crossing the worker
+boundary costs no copy), and one tensor per field is yielded. Which samples go where is the
+pure function of ``shards/plan.py``: identical batch counts on every rank, an order fixed by
+(seed, epoch) whatever the number of workers, and a position that can be saved and restored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from haloscope.errors import ConfigError, DataError
+from haloscope.shards.index import RecordView, open_shard
+from haloscope.shards.manifest import load_manifest
+from haloscope.shards.plan import EpochPlan, rank_span
+from haloscope.shards.schema import IMAGE_DTYPE, STAMP_PX, TABLE_DTYPE
+from haloscope.shards.write import sha256_file
+
+__all__ = ["ShardReader", "ShardLoader", "build_loader", "DEFAULT_SHUFFLE_RECORDS"]
+
+log = logging.getLogger(__name__)
+DEFAULT_SHUFFLE_RECORDS = 16
+"""Records per cross-record shuffle window (16 x 256 = 4,096 samples)."""
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """A tensor, in shared memory when ``shared`` (workers), so IPC needs no copy."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    return torch.empty(0, dtype=dtype).set_(storage).view(-1)[: int(np.prod(shape))].view(shape)
+
+
+class ShardReader(IterableDataset):
+    """Batches of one split's shards for one rank.
+
+    Args:
+        split_dir: ``SHARDS/<split>`` holding ``manifest.json`` and the shards.
+        batch_size: samples per batch (per rank).
+        seed: seed of the epoch order (same on every rank).
+        rank: this process's rank.
+        world_size: number of ranks.
+        shuffle: training order (seeded permutation + cross-record window shuffle) if True,
+            manifest order if False.
+        drop_last: equal full batches on every rank (leftovers vary by epoch) if True; every
+            sample exactly once with ``valid = False`` padding if False.
+        with_table: also yield the per-sample ``table`` (numpy structured, TABLE_DTYPE).
+        shuffle_records: records per shuffle window.
+        verify: check each shard's sha256 against the manifest when first opened.
+        max_open_shards: memory maps kept open per worker.
+
+    Raises:
+        DataError: missing/corrupt manifest, missing shard, or a shard whose size disagrees
+            with the manifest.
+        ConfigError: invalid arguments, or too few samples for one batch per rank.
+    """
+
+    def __init__(self, split_dir: str | Path, *, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True, drop_last: bool = True,
+                 with_table: bool = False, shuffle_records: int = DEFAULT_SHUFFLE_RECORDS,
+                 verify: bool = False, max_open_shards: int = 64) -> None:
+        super().__init__()
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or shuffle_records < 1:
+            raise ConfigError(f"ShardReader: need batch_size >= 1, 0 <= rank < world_size, "
+                              f"shuffle_records >= 1 (got {batch_size}, {rank}, {world_size}, "
+                              f"{shuffle_records})")
+        self.manifest = load_manifest(split_dir)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.shuffle, self.drop_last, self.with_table = shuffle, drop_last, with_table
+        self.shuffle_records, self.verify, self.max_open_shards = shuffle_records, verify, max_open_shards
+        self.num_meta = len(self.manifest.meta_columns)
+        self._check_files()
+        shards = self.manifest.shards
+        self._rec_counts = np.array([n for s in shards for n in s["records"]], dtype=np.int64)
+        self._rec_shard = np.repeat(np.arange(len(shards)), [len(s["records"]) for s in shards])
+        self._rec_local = np.concatenate([np.arange(len(s["records"])) for s in shards]) \
+            if shards else np.empty(0, np.int64)
+        self._span = rank_span(self.manifest.num_samples, world_size, rank, batch_size, drop_last)
+        if self._span[2] == 0:
+            raise ConfigError(f"{split_dir}: {self.manifest.num_samples} samples are fewer than "
+                              f"world_size * batch_size = {world_size * batch_size}; lower "
+                              "--batch-size or use drop_last=False")
+        self.epoch, self._start_batch, self._consumed = 0, 0, 0
+        self._open: OrderedDict[int, list[RecordView]] = OrderedDict()
+        self._verified: set[int] = set()
+
+    def _check_files(self) -> None:
+        for entry, path in zip(self.manifest.shards, self.manifest.shard_paths()):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise DataError(f"{path}: shard listed in the manifest is missing") from None
+            if size != entry["bytes"]:
+                raise DataError(f"{path}: {size} bytes but the manifest says {entry['bytes']} "
+                                "(truncated or replaced shard; re-run `haloscope shards`)")
+
+    # ----------------------------------------------------------------- position
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields, from its start."""
+        self.epoch, self._start_batch, self._consumed = int(epoch), 0, 0
+
+    def batches_per_rank(self) -> int:
+        """Batches every rank yields per epoch (from the manifest counts)."""
+        return self._span[2]
+
+    def __len__(self) -> int:
+        return self.batches_per_rank()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position: epoch and batches consumed by the caller, plus what they depend on."""
+        return {"epoch": self.epoch, "batches_consumed": self._consumed, "seed": self.seed,
+                "world_size": self.world_size, "batch_size": self.batch_size,
+                "num_samples": self.manifest.num_samples, "shuffle": self.shuffle,
+                "drop_last": self.drop_last, "shuffle_records": self.shuffle_records}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration yields exactly the batches after the saved position.
+
+        Raises:
+            ConfigError: the state was saved with a different seed, world size, batch size,
+                sample count or order setting (the remaining samples would differ).
+        """
+        for key in ("seed", "world_size", "batch_size", "num_samples", "shuffle", "drop_last",
+                    "shuffle_records"):
+            if key in state and state[key] != getattr(self, key, self.manifest.num_samples):
+                raise ConfigError(f"loader state has {key}={state[key]!r} but this reader has "
+                                  f"{getattr(self, key, self.manifest.num_samples)!r}; resume "
+                                  "with the same settings")
+        self.epoch = int(state["epoch"])
+        self._start_batch = self._consumed = int(state["batches_consumed"])
+
+    # ----------------------------------------------------------------- reading
+    def _records_of(self, shard: int) -> list[RecordView]:
+        views = self._open.get(shard)
+        if views is not None:
+            self._open.move_to_end(shard)
+            return views
+        entry, path = self.manifest.shards[shard], self.manifest.shard_paths()[shard]
+        if self.verify and shard not in self._verified:
+            if sha256_file(path) != entry["sha256"]:
+                raise DataError(f"{path}: sha256 differs from the manifest (corrupt shard)")
+            self._verified.add(shard)
+        views = open_shard(path, entry["records"], self.num_meta)
+        self._open[shard] = views
+        if len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)
+        return views
+
+    def _gather(self, rec: np.ndarray, off: np.ndarray, shared: bool) -> dict[str, Any]:
+        b, n = self.batch_size, len(rec)
+        image = _empty((b, 3, STAMP_PX, STAMP_PX), torch.float16, shared)
+        meta = _empty((b, self.num_meta), torch.float32, shared)
+        img_np, meta_np = image.numpy(), meta.numpy()
+        table = np.zeros(b, dtype=TABLE_DTYPE)
+        # group the batch by record: one np.take per record and field, no per-sample work
+        order = np.argsort(rec, kind="stable")
+        rec, off = rec[order], off[order]
+        bounds = np.flatnonzero(np.diff(rec)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n]):
+            r = int(rec[lo])
+            view = self._records_of(int(self._rec_shard[r]))[int(self._rec_local[r])]
+            idx = off[lo:hi]
+            np.take(view.image, idx, axis=0, out=img_np[lo:hi])
+            np.take(view.meta, idx, axis=0, out=meta_np[lo:hi])
+            table[lo:hi] = view.table[idx]
+        if n < b:
+            img_np[n:] = 0
+            meta_np[n:] = 0
+        valid = torch.zeros(b, dtype=torch.bool)
+        valid[:n] = True
+        out = {"image": image, "label": torch.from_numpy(table["label"].astype(np.float32)),
+               "meta": meta, "valid": valid}
+        if self.with_table:
+            out["table"] = table
+        return out
+
+    def _batch(self, plan: EpochPlan, k: int, shared: bool) -> dict[str, Any]:
+        start, stop, _ = self._span
+        lo = start + k * self.batch_size
+        rec, off = plan.locate(lo, min(lo + self.batch_size, stop))
+        return self._gather(rec, off, shared)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        start = self._start_batch
+        self._start_batch = 0  # a resume position applies to one iteration only
+        plan = EpochPlan(self._rec_counts, self.seed, self.epoch, self.shuffle,
+                         self.shuffle_records)
+        for k in range(start + worker, self.batches_per_rank(), num_workers):
+            batch = self._batch(plan, k, shared=info is not None)
+            if info is None:
+                self._consumed = k + 1
+            yield batch
+
+
+def _identity(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+class ShardLoader:
+    """Iterable of batch dicts over a ``ShardReader`` through a torch ``DataLoader``.
+
+    Tracks the batches handed to the caller in the reader, so ``reader.state_dict()`` taken
+    between batches is the exact resume position.
+    """
+
+    def __init__(self, reader: ShardReader, *, num_workers: int, pin_memory: bool,
+                 prefetch_factor: int) -> None:
+        self.reader, self.num_workers = reader, num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.prefetch_factor = prefetch_factor
+
+    def __len__(self) -> int:
+        return self.reader.batches_per_rank() - self.reader._start_batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        reader = self.reader
+        start = reader._start_batch
+        loader = torch.utils.data.DataLoader(
+            reader, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            collate_fn=_identity, persistent_workers=False,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+        )
+        batches = iter(loader)  # workers fork here, with the resume position
+        reader._start_batch = 0
+        for i, batch in enumerate(batches):
+            reader._consumed = start + i + 1
+            yield batch
+
+
+def build_loader(reader: ShardReader, *, num_workers: int, pin_memory: bool = True,
+                 prefetch_factor: int = 4) -> ShardLoader:
+    """Wrap ``reader`` in worker processes.
+
+    Args:
+        reader: the rank's reader (call ``set_epoch`` on it before each epoch).
+        num_workers: loader processes (0 = read in the calling process).
+        pin_memory: pin batches (DataLoader pin thread) when CUDA is available.
+        prefetch_factor: batches each worker prepares ahead.
+
+    Returns:
+        An iterable of batch dicts: ``image`` float16 (B,3,64,64), ``label`` float32 (B,),
+        ``meta`` float32 (B,M) raw, ``valid`` bool (B,), ``table`` when ``with_table``.
+    """
+    if num_workers < 0:
+        raise ConfigError(f"--num-workers must be >= 0, got {num_workers}")
+    return ShardLoader(reader, num_workers=num_workers, pin_memory=pin_memory,
+                       prefetch_factor=prefetch_factor)

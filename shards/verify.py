@@ -1,0 +1,53 @@
+"""Full verification of converted shards against their manifests (``haloscope shards --verify``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from haloscope.errors import DataError
+from haloscope.shards.index import open_shard
+from haloscope.shards.manifest import MANIFEST_NAME, load_manifest
+from haloscope.shards.write import sha256_file
+
+__all__ = ["verify_split", "verify_shards"]
+
+log = logging.getLogger(__name__)
+
+
+def verify_split(split_dir: Path) -> str:
+    """Check every shard of one split: sha256, tar structure, samples per record, labels.
+
+    Returns:
+        A one-line summary.
+
+    Raises:
+        DataError: the first shard that disagrees with the manifest, naming the file.
+    """
+    manifest = load_manifest(split_dir)
+    num_meta = len(manifest.meta_columns)
+    for entry, path in tqdm(list(zip(manifest.shards, manifest.shard_paths())),
+                            desc=f"verify {split_dir.name}", unit="shard", mininterval=1.0):
+        if not path.exists():
+            raise DataError(f"{path}: shard listed in the manifest is missing")
+        if sha256_file(path) != entry["sha256"]:
+            raise DataError(f"{path}: sha256 differs from {split_dir / MANIFEST_NAME}")
+        views = open_shard(path, entry["records"], num_meta)
+        lens = sum(int((v.table["label"] == 1).sum()) for v in views)
+        if lens != entry["num_by_label"]["1"]:
+            raise DataError(f"{path}: {lens} lenses but the manifest says "
+                            f"{entry['num_by_label']['1']}")
+    return (f"{split_dir}: OK ({manifest.num_samples:,} samples, {len(manifest.shards)} "
+            "shards, sha256 and structure verified)")
+
+
+def verify_shards(out: Path, splits: list[str]) -> Iterator[str]:
+    """Verify the splits of ``out`` that have a manifest; at least one must exist."""
+    found = [s for s in splits if (out / s / MANIFEST_NAME).exists()]
+    if not found:
+        raise DataError(f"{out}: no <split>/{MANIFEST_NAME} for splits {', '.join(splits)}")
+    for split in found:
+        yield verify_split(out / split)
