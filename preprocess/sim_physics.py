@@ -36,6 +36,7 @@ __all__ = [
     "moffat_fwhm_from_psfsize",
     "moffat_kernels",
     "convolve_stamps",
+    "kernel_spectra",
     "sky_sigma_nmgy",
     "bin_image",
 ]
@@ -170,7 +171,7 @@ def moffat_fwhm_from_psfsize(psfsize: np.ndarray | float, beta: float = MOFFAT_B
 
 
 def moffat_kernels(
-    fwhm_px: np.ndarray, beta: float = MOFFAT_BETA, size: int = 49, oversample: int = 2
+    fwhm_px: np.ndarray, beta: float = MOFFAT_BETA, size: int = 33, oversample: int = 2
 ) -> np.ndarray:
     """Pixel-integrated Moffat kernels, centred on the middle pixel and normalised to sum 1.
 
@@ -196,25 +197,55 @@ def moffat_kernels(
     return (k / k.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
 
 
-def convolve_stamps(images: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-    """Linear (zero-padded, not circular) convolution of each image with its own kernel.
+def _fft_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (sizes pocketfft handles fast)."""
+    size = n
+    while True:
+        m = size
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return size
+        size += 1
 
-    The kernel centre ``(size//2, size//2)`` maps an image pixel onto itself: both arrays are
-    zero-padded to a common FFT size and the full linear convolution is cropped at offset
-    ``size//2`` (no ``ifftshift`` of a corner-placed kernel, see the original's bug B2).
+
+def kernel_spectra(kernels: np.ndarray, image_px: int = STAMP_PX) -> np.ndarray:
+    """Real FFTs of centred kernels, zero-padded for a linear convolution of ``image_px`` stamps.
 
     Args:
-        images: (..., H, W) float32.
+        kernels: (..., K, K) float32 with odd K.
+        image_px: size of the images they will convolve.
+
+    Returns:
+        complex64 spectra (..., N, N//2 + 1) with ``N = fft size >= image_px + K - 1``.
+    """
+    n_fft = _fft_size(image_px + kernels.shape[-1] - 1)
+    return np.fft.rfft2(kernels, s=(n_fft, n_fft))
+
+
+def convolve_stamps(images: np.ndarray, kernels: np.ndarray, spectra: np.ndarray | None = None) -> np.ndarray:
+    """Linear (zero-padded, not circular) convolution of each image with its own kernel.
+
+    The kernel centre ``(K//2, K//2)`` maps an image pixel onto itself: both arrays are
+    zero-padded to one FFT size ``>= H + K - 1`` (so nothing wraps around) and the full linear
+    convolution is cropped at offset ``K//2``. There is no ``ifftshift`` of a corner-placed
+    kernel (the original's bug B2).
+
+    Args:
+        images: (..., H, W) float32 with H == W.
         kernels: (..., K, K) float32, broadcastable against ``images`` on leading axes.
+        spectra: optional precomputed ``kernel_spectra(kernels)`` (reused across calls).
 
     Returns:
         float32 array with the shape of ``images``.
     """
     h, w = images.shape[-2:]
     k = kernels.shape[-1]
-    n_fft = 1 << int(math.ceil(math.log2(h + k - 1)))
-    spec = np.fft.rfft2(images, s=(n_fft, n_fft)) * np.fft.rfft2(kernels, s=(n_fft, n_fft))
-    full = np.fft.irfft2(spec, s=(n_fft, n_fft))
+    if spectra is None:
+        spectra = kernel_spectra(kernels, h)
+    n_fft = spectra.shape[-2]
+    full = np.fft.irfft2(np.fft.rfft2(images, s=(n_fft, n_fft)) * spectra, s=(n_fft, n_fft))
     c = k // 2
     return np.ascontiguousarray(full[..., c : c + h, c : c + w], dtype=np.float32)
 

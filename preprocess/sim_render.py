@@ -21,6 +21,7 @@ from haloscope.preprocess.sim_physics import (
     STAMP_PX,
     bin_image,
     convolve_stamps,
+    kernel_spectra,
     elliptical_radius,
     mag_to_nmgy,
     moffat_fwhm_from_psfsize,
@@ -176,18 +177,21 @@ def _flux_for_snr(unit_r: np.ndarray, var_r: np.ndarray, gain_r: np.ndarray, snr
     return np.clip(flux, lo, hi)
 
 
-def render_batch(rng: np.random.Generator, pop: Population) -> RenderedBatch:
+def render_batch(rng: np.random.Generator, pop: Population, with_neighbours: bool = True) -> RenderedBatch:
     """Render every galaxy of ``pop`` (a slice of a chunk's population).
 
     Args:
         rng: the chunk's generator (consumed in a fixed order, so output is reproducible).
         pop: per-galaxy parameters from :func:`draw_population`.
+        with_neighbours: add field galaxies and stars (off only for noise tests).
 
     Returns:
         The batch's images and measured truth.
     """
     num = len(pop["ra"])
-    model = _lens_light(pop) + _neighbours(rng, num)
+    model = _lens_light(pop)
+    if with_neighbours:
+        model += _neighbours(rng, num)
     lens_flux_r = mag_to_nmgy(pop["lens_mag"][:, 1])
     g_r = pop["lens_mag"][:, 0] - pop["lens_mag"][:, 1]
     r_z = pop["lens_mag"][:, 1] - pop["lens_mag"][:, 2]
@@ -196,17 +200,21 @@ def render_batch(rng: np.random.Generator, pop: Population) -> RenderedBatch:
         if len(sel):
             model[sel] += render_confusers(rng, kind, lens_flux_r[sel], g_r[sel], r_z[sel])
     fwhm_px = moffat_fwhm_from_psfsize(pop["psf_local"]) / PIXEL_SCALE  # (B, 3)
-    kernels = moffat_kernels(fwhm_px.reshape(-1)).reshape(num, 3, 49, 49)
-    model = convolve_stamps(model, kernels)
+    kernels = moffat_kernels(fwhm_px.reshape(-1))
+    kernels = kernels.reshape(num, 3, *kernels.shape[-2:])
+    spectra = kernel_spectra(kernels)  # shared by the lens image and both arc replicates
+    model = convolve_stamps(model, kernels, spectra)
     sky = sky_sigma_nmgy(pop["depth_local"], pop["psf_local"])
     gain = GAIN_E_PER_NMGY_S * EXPTIME_S * pop["n_exp"][:, None]
     var = noise_variance(model, sky, gain)
     base = model + rng.standard_normal(model.shape, dtype=F32) * np.sqrt(var)
-    return _add_arcs(rng, pop, base, var, kernels, gain)
+    return _add_arcs(rng, pop, base, var, (kernels, spectra), gain)
 
 
-def _add_arcs(rng, pop, base, var, kernels, gain) -> RenderedBatch:
+def _add_arcs(rng, pop, base, var, psf, gain) -> RenderedBatch:
+    """Lens the sources of the batch's positives onto their base images, two replicates each."""
     idx = np.flatnonzero(~pop["is_control"])
+    kernels, spectra = psf[0][idx], psf[1][idx]
     num_pos = len(idx)
     out = np.empty((num_pos, 2, 3, STAMP_PX, STAMP_PX), F32)
     snr, mag = np.zeros((num_pos, 2, 3)), np.zeros((num_pos, 2))
@@ -217,7 +225,7 @@ def _add_arcs(rng, pop, base, var, kernels, gain) -> RenderedBatch:
         unit_box, mag[:, rep] = _unit_arcs(pop, idx, rep)
         unit = np.zeros((num_pos, 3, STAMP_PX, STAMP_PX), F32)
         unit[:, :, BOX_LO : BOX_LO + BOX_PX, BOX_LO : BOX_LO + BOX_PX] = unit_box
-        unit = convolve_stamps(unit, kernels[idx])
+        unit = convolve_stamps(unit, kernels, spectra)
         if rep == 0:
             flux = _flux_for_snr(unit[:, 1], var[idx, 1], gain[idx, 1], pop["snr_target"][idx])
         arc = unit * flux.astype(F32)[:, None, None, None]

@@ -62,7 +62,10 @@ def encode_npz(arrays: dict[str, np.ndarray], level: int = 1) -> bytes:
         for name, arr in arrays.items():
             member = io.BytesIO()
             np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-            zf.writestr(name + ".npy", member.getvalue())
+            # fixed timestamp: the bytes must not depend on the wall clock (determinism)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue(), compresslevel=level)
     return buf.getvalue()
 
 
