@@ -34,7 +34,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from haloscope.train.graph_io import StaticBatch, d4_apply, d4_table, resolve_loss_fn
+from haloscope.train.augment import D4_SIZE, d4_transform
+from haloscope.train.graph_io import StaticBatch, default_loss_fn, per_sample_loss
 
 __all__ = [
     "StepMode",
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 StepMode = Literal["auto", "graph", "compile", "eager"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(logits fp32 (B,), labels fp32 (B,)) -> per-sample loss fp32 (B,)."""
+"""(logits (B,), labels (B,)) -> batch-mean fp32 loss, as ``haloscope.train.loss.build_loss``."""
 
 
 class EagerTrainStep:
@@ -59,10 +60,13 @@ class EagerTrainStep:
 
     Args:
         model: maps ``(images float32 (B,3,H,W), meta float32 (B,M))`` to logits (B,) or (B,1).
-        loss_fn: per-sample loss from fp32 logits and labels (default: focal, alpha .25, gamma 2).
+        loss_fn: batch-mean loss from fp32 logits and labels (default: the trainer's focal
+            loss, alpha 0.25, gamma 2); the step weights its per-sample values (``vmap``).
         optimizer: the optimiser over ``model``'s parameters.
         device: where the model lives.
         augment: apply a random D4 transform (rot90 x flip) to each sample on the device.
+        aug_generator: CUDA/CPU generator of the D4 draws (the trainer's per-rank one, whose
+            state goes into checkpoints); None: the default generator of the device.
         amp_dtype: autocast dtype (torch.bfloat16 on CUDA) or None for fp32.
         channels_last: feed the model channels-last images.
         max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
@@ -70,34 +74,33 @@ class EagerTrainStep:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
                  *, device: torch.device | str, augment: bool = True,
+                 aug_generator: torch.Generator | None = None,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = True,
                  max_grad_norm: float = 1.0) -> None:  # fmt: skip
         if max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0, got {max_grad_norm}")
         self.model, self.optimizer = model, optimizer
-        self.loss_fn = loss_fn if loss_fn is not None else resolve_loss_fn()
+        self.loss_fn = loss_fn if loss_fn is not None else default_loss_fn()
         self.device = torch.device(device)
-        self.augment, self.amp_dtype, self.channels_last = augment, amp_dtype, channels_last
+        self.augment, self.aug_generator = augment, aug_generator
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
         self.max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self._table: torch.Tensor | None = None
 
     def _loss_and_update(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
                          weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Augment, forward, weighted loss, backward, clip, optimiser step: (loss, grad_norm)."""
-        x = images
-        if self.augment:
-            if self._table is None:
-                self._table = d4_table(x.shape[-2], x.shape[-1], x.device)
-            k = torch.randint(0, 8, (x.shape[0],), device=x.device)
-            x = d4_apply(x, k, self._table)
-        x = x.float()
+        x = images.float()
+        if self.augment:  # per-sample D4 element; shapes never depend on the draw
+            k = torch.randint(0, D4_SIZE, (x.shape[0],), device=x.device,
+                              generator=self.aug_generator)  # fmt: skip
+            x = d4_transform(x, k)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
             logits = self.model(x, meta)
-        per_sample = self.loss_fn(logits.float().reshape(-1), labels.float())
+        per_sample = per_sample_loss(self.loss_fn, logits.float().reshape(-1), labels.float())
         tiny = torch.finfo(torch.float32).tiny
         loss = (per_sample * weight).sum() / weight.sum().clamp_min(tiny)
         loss.backward()
@@ -144,11 +147,12 @@ class GraphedTrainStep(EagerTrainStep):
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
                  batch_size: int, *, device: torch.device | str, augment: bool = True,
+                 aug_generator: torch.Generator | None = None,
                  amp_dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True,
                  max_grad_norm: float = 1.0, warmup_steps: int = 3) -> None:  # fmt: skip
         super().__init__(model, loss_fn, optimizer, device=device, augment=augment,
-                         amp_dtype=amp_dtype, channels_last=channels_last,
-                         max_grad_norm=max_grad_norm)  # fmt: skip
+                         aug_generator=aug_generator, amp_dtype=amp_dtype,
+                         channels_last=channels_last, max_grad_norm=max_grad_norm)  # fmt: skip
         if self.device.type != "cuda":
             raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
         if batch_size < 1:
@@ -198,6 +202,8 @@ class GraphedTrainStep(EagerTrainStep):
         # grads are None at capture, so the captured backward writes (not accumulates) them
         self.optimizer.zero_grad(set_to_none=True)
         self._graph = torch.cuda.CUDAGraph()
+        if self.augment and self.aug_generator is not None:  # the default one is registered
+            self._graph.register_generator_state(self.aug_generator)
         # thread_local: loader pin-memory threads may call CUDA APIs during the capture
         with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
             self._out = self._loss_and_update(*args)
@@ -338,7 +344,8 @@ def resolve_step_mode(mode: StepMode, device: torch.device | str, *, distributed
 
 def make_train_step(model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
                     batch_size: int, *, device: torch.device | str, mode: StepMode = "auto",
-                    distributed: bool = False, augment: bool = True, bf16: bool | None = None,
+                    distributed: bool = False, augment: bool = True,
+                    aug_generator: torch.Generator | None = None, bf16: bool | None = None,
                     channels_last: bool = True, max_grad_norm: float = 1.0,
                     ) -> EagerTrainStep:  # fmt: skip
     """Build the training step: ``graph``, ``compile`` (torch.compile default mode) or ``eager``.
@@ -350,8 +357,9 @@ def make_train_step(model: nn.Module, loss_fn: LossFn | None, optimizer: torch.o
     device = torch.device(device)
     kind = resolve_step_mode(mode, device, distributed=distributed)
     amp = torch.bfloat16 if (device.type == "cuda" if bf16 is None else bf16) else None
-    common = {"device": device, "augment": augment, "amp_dtype": amp,
-              "channels_last": channels_last, "max_grad_norm": max_grad_norm}  # fmt: skip
+    common = {"device": device, "augment": augment, "aug_generator": aug_generator,
+              "amp_dtype": amp, "channels_last": channels_last,
+              "max_grad_norm": max_grad_norm}  # fmt: skip
     log.info("training step: %s (asked %s) on %s", kind, mode, device)
     if kind == "graph":
         return GraphedTrainStep(model, loss_fn, optimizer, batch_size, **common)
