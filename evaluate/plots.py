@@ -76,7 +76,7 @@ def plot_completeness(rows: Sequence[dict[str, Any]], column: str, fpr_targets: 
         y = np.array([e["value"] for e in entries], dtype=float)
         err = np.array([[e["value"] - e["ci_low"], e["ci_high"] - e["value"]] for e in entries]).T
         ax.errorbar(x + 0.08 * j, y, yerr=err, marker="o", capsize=3, label=f"FPR {target:g}")
-    labels = [f"{r['stratum'].split('[', 1)[-1]}\nP={r['P']}" for r in strata]
+    labels = [f"{r['stratum'][r['stratum'].find('['):]}\nP={r['P']}" for r in strata]
     ax.set_xticks(x, labels, fontsize=7)
     ax.set(ylim=(-0.02, 1.02), xlabel=xlabel, ylabel="completeness (TPR)",
            title=f"completeness vs {column} (thresholds from all controls)")  # fmt: skip
@@ -116,7 +116,7 @@ def plot_gallery(stamps: np.ndarray, titles: Sequence[str], path: Path, title: s
     num = len(stamps)
     cols = min(num, 6)
     rows = max(1, math.ceil(num / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, stamp, caption in zip(axes.ravel(), stamps, titles, strict=False):

@@ -52,6 +52,8 @@ def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]
             lines.append(f"- FPR@TPR0.90: {_ci(entry)}, threshold {_thr(entry['threshold'])}")
     counts = f"{frame.num_rows} rows: {all_row['P']} lenses, {all_row['N']} controls"
     level = f"{result.confidence:.0%} {result.ci_method}"
+    files = files | {"this report": "report.md and report.html (same content)",
+                     "plots and galleries": "the *.png files next to this report"}  # fmt: skip
     where = "\n".join(f"- {k}: `{v}`" for k, v in files.items())
     return [
         ("h1", "haloscope evaluation report"),
@@ -157,8 +159,8 @@ def _render_md(blocks: list[Block]) -> str:
             out.append(f"![{body[1]}]({body[0]})\n\n*{body[1]}* (`{body[0]}`)")
         elif kind == "table":
             heads, rows = body
-            out += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-            out[-1] += "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+            lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+            out.append("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]))
         elif kind == "md":
             out.append(body)
     return "\n\n".join(out) + "\n"

@@ -109,23 +109,21 @@ class StratifiedResult:
         }
 
 
-def _rate(k: int, n: int, threshold: float, target: float, ci: tuple[Any, Any]) -> dict[str, Any]:
-    lo, hi = float(ci[0]), float(ci[1])
+def _rate(k: int, n: int, threshold: float, target: float) -> dict[str, Any]:
+    # ci_low / ci_high are filled for all strata at once by _fill_intervals
     return {
         "target": target, "value": k / n if n else None, "k": int(k), "n": int(n),
         "threshold": threshold if math.isfinite(threshold) else None,
-        "ci_low": lo if math.isfinite(lo) else None, "ci_high": hi if math.isfinite(hi) else None,
+        "ci_low": None, "ci_high": None,
     }  # fmt: skip
 
 
 class _Counter:
     """Counts at the global thresholds, shared by every stratum."""
 
-    def __init__(self, frame: ScoresFrame, points: dict[str, list[OperatingPoint]],
-                 ci_method: str, confidence: float) -> None:  # fmt: skip
+    def __init__(self, frame: ScoresFrame, points: dict[str, list[OperatingPoint]]) -> None:
         self.frame = frame
         self.points = points
-        self.ci = lambda k, n: binomial_interval(k, n, ci_method, confidence)
         self.neg_sorted = np.sort(frame.ranking[frame.labels == 0])
         self.fpr_thresholds = np.array([p.threshold for p in points["tpr@fpr"]])
 
@@ -135,26 +133,39 @@ class _Counter:
     def positive_row(self, pos: np.ndarray) -> dict[str, Any]:
         num_pos, num_neg = int(pos.size), int(self.neg_sorted.size)
         k_tp = (pos[None, :] >= self.fpr_thresholds[:, None]).sum(axis=1)
-        lo, hi = self.ci(k_tp, num_pos)
-        tpr = [_rate(int(k), num_pos, self._score(t), p.target, (a, b)) for k, t, p, a, b
-               in zip(k_tp, self.fpr_thresholds, self.points["tpr@fpr"], lo, hi, strict=True)]  # fmt: skip
+        tpr = [_rate(int(k), num_pos, self._score(t), p.target) for k, t, p
+               in zip(k_tp, self.fpr_thresholds, self.points["tpr@fpr"], strict=True)]  # fmt: skip
         pos_desc = np.sort(pos)[::-1]
         fpr = []
         for p in self.points["fpr@tpr"]:
             required = int(math.ceil(p.target * num_pos * (1 - 1e-9)))
             t = INF if required == 0 else float(pos_desc[required - 1])
             k = num_neg - int(np.searchsorted(self.neg_sorted, t, side="left"))
-            a, b = self.ci(k, num_neg)
-            fpr.append(_rate(k, num_neg, self._score(t), p.target, (a, b)))
+            fpr.append(_rate(k, num_neg, self._score(t), p.target))
         return {"n": num_pos + num_neg, "P": num_pos, "N": num_neg,
                 "tpr@fpr": tpr, "fpr@tpr": fpr}  # fmt: skip
 
     def control_row(self, neg: np.ndarray) -> dict[str, Any]:
         k_fp = (neg[None, :] >= self.fpr_thresholds[:, None]).sum(axis=1)
-        lo, hi = self.ci(k_fp, neg.size)
-        obs = [_rate(int(k), int(neg.size), self._score(t), p.target, (a, b)) for k, t, p, a, b
-               in zip(k_fp, self.fpr_thresholds, self.points["tpr@fpr"], lo, hi, strict=True)]  # fmt: skip
+        obs = [_rate(int(k), int(neg.size), self._score(t), p.target) for k, t, p
+               in zip(k_fp, self.fpr_thresholds, self.points["tpr@fpr"], strict=True)]  # fmt: skip
         return {"n": int(neg.size), "P": 0, "N": int(neg.size), "fpr_obs@fpr": obs}
+
+
+def _fill_intervals(rows: list[dict[str, Any]], method: str, confidence: float) -> None:
+    """One vectorised interval call for every rate of every stratum (Clopper-Pearson is slow
+    per call, fast per element)."""
+    entries = [
+        e for r in rows for key in ("tpr@fpr", "fpr@tpr", "fpr_obs@fpr") for e in r.get(key, [])
+    ]
+    if not entries:
+        return
+    lo, hi = binomial_interval(
+        [e["k"] for e in entries], [e["n"] for e in entries], method, confidence
+    )
+    for entry, a, b in zip(entries, lo.tolist(), hi.tolist(), strict=True):
+        entry["ci_low"] = a if math.isfinite(a) else None
+        entry["ci_high"] = b if math.isfinite(b) else None
 
 
 def _column_values(frame: ScoresFrame, spec: StratumSpec) -> np.ndarray | None:
@@ -185,7 +196,8 @@ def _bins(
         return [(f"{spec.prefix}={c}", c, c, member & (values == c)) for c in cats]
     vals = values.astype(np.float64)
     finite = member & np.isfinite(vals)
-    edges = spec.edges or _quantile_edges(vals[finite], spec.num_quantiles)
+    # quantiles over both classes, so lens and control strata share their bins
+    edges = spec.edges or _quantile_edges(vals[np.isfinite(vals)], spec.num_quantiles)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         out.append((f"{spec.prefix}[{lo:g},{hi:g})", lo, hi, finite & (vals >= lo) & (vals < hi)))
@@ -248,13 +260,14 @@ def stratify(
         A :class:`StratifiedResult`; ``rows[0]`` is the ``ALL`` stratum.
     """
     points = operating_points(frame.labels, frame.ranking, fpr_targets, tpr_targets)
-    counter = _Counter(frame, points, ci_method, confidence)
+    counter = _Counter(frame, points)
     all_row = {"stratum": "ALL", "kind": "positives", "column": None, "lo": None, "hi": None}
     all_row |= counter.positive_row(frame.ranking[frame.labels == 1])
     all_row["fpr_obs@fpr"] = counter.control_row(counter.neg_sorted)["fpr_obs@fpr"]
     rows, skipped = [all_row], {}
     for spec in specs:
         rows.extend(_spec_rows(counter, spec, skipped))
+    _fill_intervals(rows, ci_method, confidence)
     for column, reason in skipped.items():
         logger.info("strata %s skipped: %s", column, reason)
     return StratifiedResult(points, rows, skipped, ci_method, confidence,

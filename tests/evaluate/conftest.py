@@ -36,3 +36,9 @@ def make_scores_table(num_rows: int = 600, seed: int = 0, split: str = "test",
 def scores_table() -> pa.Table:
     """600 rows, ~40% lenses, tied logits."""
     return make_scores_table()
+
+
+@pytest.fixture
+def make_scores():
+    """The :func:`make_scores_table` factory (importlib mode cannot import conftest)."""
+    return make_scores_table
