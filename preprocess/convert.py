@@ -144,7 +144,7 @@ def rows_of_batch(batch: pa.RecordBatch, *, cfg: ConvertConfig, file_index: int,
 
     Returns:
         ``(rows, rejected, counts)``: ``row_dtype`` samples (hard negatives repeated),
-        rejected rows by reason, and ``accepted_rows``/``hard_neg_rows``/
+        rejected rows by reason, and ``accepted_rows``/``hard_neg_matches``/
         ``lookup_lens_matches`` counts.
     """
     gate = gate_batch(batch, cfg.min_theta_over_psf)
@@ -167,7 +167,7 @@ def rows_of_batch(batch: pa.RecordBatch, *, cfg: ConvertConfig, file_index: int,
         hard = hit & ~is_lens
         counts["lookup_lens_matches"] += int((hit & is_lens).sum())
     counts["accepted_rows"] += len(good)
-    counts["hard_neg_rows"] += int(hard.sum())
+    counts["hard_neg_matches"] += int(hard.sum())  # before de-duplication
     repeats = np.where(hard, cfg.hard_neg_weight, 1)
     src = np.repeat(np.arange(len(good)), repeats)
     copy = (np.arange(len(src)) - np.repeat(np.cumsum(repeats) - repeats, repeats)).astype(np.uint8)

@@ -122,6 +122,7 @@ def assemble_split(split_dir: Path, doc: dict[str, Any], records: list[dict[str,
     counts["lens"] = sum(s["num_by_label"]["1"] for s in shards)
     counts["control"] = sum(s["num_by_label"]["0"] for s in shards)
     counts["hard_neg_samples"] = sum(s["num_hard_neg"] for s in shards)
+    counts["hard_neg_rows"] = sum(s["num_hard_neg_rows"] for s in shards)
     counts["duplicates_removed"] = sum(r["duplicates"] for r in records)
     rejected = dict(doc.get("rejected", {}))
     if counts["duplicates_removed"]:

@@ -234,8 +234,9 @@ class ShardLoader:
             collate_fn=_identity, persistent_workers=False,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
-        batches = iter(loader)  # workers fork here, with the resume position
-        reader._start_batch = 0
+        batches = iter(loader)  # workers fork here, taking the resume position with them
+        if self.num_workers > 0:
+            reader._start_batch = 0  # in-process iteration clears it itself
         for i, batch in enumerate(batches):
             reader._consumed = start + i + 1
             yield batch

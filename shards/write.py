@@ -49,12 +49,15 @@ class ShardInfo:
     """``{"0": controls, "1": lenses}``."""
     num_hard_neg: int = 0
     """Samples flagged hard negative (every copy counts)."""
+    num_hard_neg_rows: int = 0
+    """Distinct hard-negative rows (their copy 0)."""
 
     def to_json(self) -> dict:
         """The manifest entry."""
         return {"file": self.file, "num_samples": self.num_samples, "records": self.records,
                 "bytes": self.bytes, "sha256": self.sha256, "num_by_label": self.num_by_label,
-                "num_hard_neg": self.num_hard_neg}
+                "num_hard_neg": self.num_hard_neg,
+                "num_hard_neg_rows": self.num_hard_neg_rows}
 
 
 def record_key(index: int) -> str:
@@ -166,4 +169,5 @@ def write_shard(
         sha256=hashlib.sha256(data).hexdigest(),
         num_by_label={"0": int((labels == 0).sum()), "1": int((labels == 1).sum())},
         num_hard_neg=int(table["hard_neg"].sum()),
+        num_hard_neg_rows=int(((table["hard_neg"] == 1) & (table["copy"] == 0)).sum()),
     )

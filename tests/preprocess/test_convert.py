@@ -1,0 +1,180 @@
+"""parquet -> shards converter: round trip, counted rejects, dedup, hard negatives, manifest."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from haloscope.errors import ConfigError, ContractError, DataError
+from haloscope.preprocess.normalize import norm_settings, outer_normalize
+from haloscope.shards.manifest import load_manifest
+from haloscope.shards.read import ShardReader
+from tests.shards.shard_fixtures import HN_WEIGHT, make_survey, run_convert
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conv")
+    survey = make_survey(root)
+    run_convert(survey.root, root / "shards", hard_neg_path=survey.lookup,
+                hard_neg_weight=HN_WEIGHT)
+    return survey, root / "shards"
+
+
+def _all_samples(split_dir: Path) -> dict[str, np.ndarray]:
+    reader = ShardReader(split_dir, batch_size=7, shuffle=False, drop_last=False, with_table=True)
+    out = {"image": [], "meta": [], "table": []}
+    for batch in reader:
+        valid = batch["valid"].numpy()
+        out["image"].append(batch["image"].numpy()[valid])
+        out["meta"].append(batch["meta"].numpy()[valid])
+        out["table"].append(batch["table"][valid])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_round_trip_is_bit_exact(converted, split):
+    survey, shards = converted
+    got = _all_samples(shards / split)
+    ids = [t.decode() for t in got["table"]["task_id"]]
+    for i, tid in enumerate(ids):
+        want = outer_normalize(survey.stamps[tid][None]).astype(np.float16)[0]
+        assert got["image"][i].tobytes() == want.tobytes(), tid
+        np.testing.assert_array_equal(got["meta"][i], np.float32(survey.meta[tid]))
+    assert got["table"]["label"].tolist() == [survey.labels[t] for t in ids]
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_each_accepted_row_once_and_hard_negatives_weight_times(converted, split):
+    survey, shards = converted
+    got = _all_samples(shards / split)
+    ids = Counter(t.decode() for t in got["table"]["task_id"])
+    assert set(ids) == survey.accepted[split]
+    for tid, n in ids.items():
+        expected = HN_WEIGHT if tid in survey.hard_neg else 1
+        assert n == expected, tid
+    copies = got["table"][got["table"]["hard_neg"] == 1]
+    for tid in {t.decode() for t in copies["task_id"]}:
+        assert sorted(copies["copy"][copies["task_id"] == tid.encode()]) == list(range(HN_WEIGHT))
+    assert (got["table"]["label"][got["table"]["hard_neg"] == 1] == 0).all()
+
+
+def test_rejected_rows_are_counted_by_reason(converted):
+    survey, shards = converted
+    for split in ("train", "val", "test"):
+        m = load_manifest(shards / split)
+        assert m.rejected == survey.rejected[split]
+        assert m.counts["accepted_rows"] == m.counts["input_rows"] - sum(
+            v for k, v in m.rejected.items() if k != "duplicate")
+
+
+def test_manifest_contents(converted):
+    survey, shards = converted
+    train = load_manifest(shards / "train")
+    hn_train = len([t for t in survey.hard_neg if t in survey.accepted["train"]])
+    assert train.counts["hard_neg_rows"] == hn_train
+    assert train.counts["hard_neg_samples"] == hn_train * HN_WEIGHT
+    # the lens in the lookup is input row 0, which also has a pixel-identical duplicate row:
+    # both input rows match (counted before de-duplication) and neither is flagged
+    assert train.counts["lookup_lens_matches"] == 2
+    assert train.num_samples == len(survey.accepted["train"]) + hn_train * (HN_WEIGHT - 1)
+    assert train.preprocess["hard_neg_weight"] == HN_WEIGHT
+    assert train.preprocess["hard_neg_lookup"]["sha256"]
+    assert train.preprocess["min_theta_over_psf"] == 0.5
+    assert train.norm == norm_settings("outer")
+    files = train.raw["sources"]["files"]
+    assert len(files) == 2 and sum(f["rows"] for f in files) == train.counts["input_rows"]
+    assert len(train.shards) > 1 and all(len(s["sha256"]) == 64 for s in train.shards)
+    # meta statistics: train samples (hard-negative copies included), reused by val/test
+    got = _all_samples(shards / "train")["meta"].astype(np.float64)
+    np.testing.assert_allclose(train.meta_mean, got.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(train.meta_std, got.std(axis=0), rtol=1e-9)
+    for split in ("val", "test"):
+        m = load_manifest(shards / split)
+        assert m.meta_mean == train.meta_mean and m.meta_std == train.meta_std
+        assert m.meta_columns == ["psfsize_r", "psfdepth_r"]
+
+
+def test_zarr_store_matches_shard_order(converted):
+    import zarr
+
+    _, shards = converted
+    got = _all_samples(shards / "val")
+    store = zarr.open_group(str(shards / "val" / "stamps.zarr"), mode="r")
+    assert store["stamps"].shape == got["image"].shape
+    np.testing.assert_array_equal(store["stamps"][:], got["image"])
+    np.testing.assert_array_equal(store["meta"][:], got["meta"])
+    assert list(store["task_id"][:]) == [t.decode() for t in got["table"]["task_id"]]
+    np.testing.assert_array_equal(store["label"][:], got["table"]["label"])
+    assert store["stamps"].chunks[0] == 256
+
+
+def test_missing_column_and_layout_errors(tmp_path):
+    import pyarrow.parquet as pq
+
+    survey = make_survey(tmp_path, sizes={"train": 9, "val": 3, "test": 3})
+    victim = next((survey.root / "region_split=val").glob("*.parquet"))
+    pq.write_table(pq.read_table(victim).drop(["psfdepth_r"]), victim)
+    with pytest.raises(ContractError, match=r"part-00000.parquet.*psfdepth_r"):
+        run_convert(survey.root, tmp_path / "out")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    pq.write_table(pq.read_table(victim), flat / "x.parquet")
+    with pytest.raises(ContractError, match="not a hive-partitioned"):
+        run_convert(flat, tmp_path / "out2")
+
+
+@pytest.mark.parametrize("col", ["theta_e_arcsec", "src_dmag", "psf_fwhm_used_r", "arc_snr",
+                                 "is_control", "lens_model", "magnification"])
+def test_label_leaking_meta_refused(tmp_path, col):
+    with pytest.raises(ConfigError, match=col):
+        run_convert(tmp_path, tmp_path / "out", meta_cols=("psfsize_r", col))
+
+
+def test_unknown_meta_and_bad_flags_refused(tmp_path):
+    with pytest.raises(ConfigError, match="allow-list"):
+        run_convert(tmp_path, tmp_path / "o", meta_cols=("ra",))
+    with pytest.raises(ConfigError, match="hard-neg-weight"):
+        run_convert(tmp_path, tmp_path / "o", hard_neg_weight=0)
+    with pytest.raises(ConfigError, match="task-index"):
+        run_convert(tmp_path, tmp_path / "o", task_index=2, num_tasks=2)
+
+
+def test_missing_or_empty_lookup_is_an_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    survey = make_survey(tmp_path, sizes={"train": 9, "val": 3, "test": 3})
+    with pytest.raises(DataError, match="not found"):
+        run_convert(survey.root, tmp_path / "o", hard_neg_path=tmp_path / "nope.parquet")
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"ra_key": pa.array([], pa.float64()),
+                             "dec_key": pa.array([], pa.float64())}), empty)
+    with pytest.raises(DataError, match="empty"):
+        run_convert(survey.root, tmp_path / "o", hard_neg_path=empty)
+
+
+def test_no_meta_columns_and_val_only_reuse_train_stats(tmp_path):
+    survey = make_survey(tmp_path, sizes={"train": 12, "val": 6, "test": 3})
+    run_convert(survey.root, tmp_path / "a", splits=("train",))
+    run_convert(survey.root, tmp_path / "a", splits=("val",))
+    train, val = load_manifest(tmp_path / "a" / "train"), load_manifest(tmp_path / "a" / "val")
+    assert val.meta_mean == train.meta_mean
+    with pytest.raises(DataError, match="train"):
+        run_convert(survey.root, tmp_path / "b", splits=("val",))
+    run_convert(survey.root, tmp_path / "c", meta_cols=(), splits=("train",))
+    assert load_manifest(tmp_path / "c" / "train").meta_columns == []
+    batch = next(iter(ShardReader(tmp_path / "c" / "train", batch_size=4)))
+    assert batch["meta"].shape == (4, 0)
+
+
+def test_manifest_json_is_plain_json(converted):
+    _, shards = converted
+    doc = json.loads((shards / "train" / "manifest.json").read_text())
+    assert doc["format"] == "haloscope-shards" and doc["schema_version"] == 1
+    assert set(doc["counts"]) >= {"lens", "control", "hard_neg_samples", "hard_neg_rows",
+                                  "duplicates_removed", "input_rows", "accepted_rows"}
