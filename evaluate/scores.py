@@ -79,6 +79,8 @@ def _resolve_rank_by(table: pa.Table, rank_by: str, source: str) -> str:
 
 def _check_numeric(table: pa.Table, name: str, source: str) -> np.ndarray:
     column = table.column(name)
+    if pa.types.is_boolean(column.type):
+        column = column.cast(pa.int8())
     if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
         raise DataError(f"{source}: column '{name}' must be numeric, got {column.type}")
     if column.null_count:
