@@ -59,13 +59,13 @@ def fp32_output_layer(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: the model has no such layer.
     """
+    if any(isinstance(m, Fp32Output) for m in model.modules()):
+        return model  # already applied
     target = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.out_features == 1:
             target = name
     if target is None:
-        if any(isinstance(m, Fp32Output) for m in model.modules()):
-            return model
         raise ValueError("model has no Linear(., 1) logit layer to run in fp32")
     parent_name, _, child = target.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

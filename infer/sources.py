@@ -32,8 +32,8 @@ __all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "iter_parquet_batches",
 
 log = logging.getLogger(__name__)
 
-REJECT_KEYS: tuple[str, ...] = (*gates.REASONS, "hard_neg_copy")
-"""Every reason a row is not scored: the gates' reasons, and extra hard-negative copies."""
+REJECT_KEYS: tuple[str, ...] = (*gates.REASONS, "bad_meta", "hard_neg_copy")
+"""Every reason a row is not scored: the gates', non-finite meta, extra hard-negative copies."""
 _F32_STRATA = ("theta_e_arcsec", "psfsize_r", "psfdepth_r", "arc_snr", "src_dmag")
 
 
@@ -88,9 +88,10 @@ def _parquet_columns(batch: pa.RecordBatch, kept: np.ndarray) -> dict[str, np.nd
         cols[name] = gates.column_f64(batch, name)[kept].astype(np.float32)
     cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], cols["psf_fwhm_r"])
     if "control_kind" in batch.schema.names:
-        # Same vocabulary as the shards (unknown names -> "other", "" -> null).
-        kinds = _strings(batch, "control_kind", kept).tolist()
-        cols["control_kind"] = np.array(decode_control_kind(encode_control_kind(kinds)), object)
+        # Same vocabulary as the shards: unknown names -> "other", ""/lenses -> null.
+        codes = encode_control_kind(_strings(batch, "control_kind", kept).tolist())
+        codes = np.where(cols["label"] == 0, codes, 0)
+        cols["control_kind"] = np.array(decode_control_kind(codes), dtype=object)
     else:
         cols["control_kind"] = np.full(kept.size, None, dtype=object)
     return cols
@@ -130,15 +131,25 @@ def iter_parquet_batches(
             continue
         result = gates.gate_batch(batch, min_theta_over_psf)
         stats.rows_read += batch.num_rows
-        stats.rows_kept += int(result.kept.size)
         stats.rejected.update(result.rejected)
-        if result.kept.size == 0:
+        meta = _parquet_meta(batch, result.kept, meta_cols)
+        # NOTE: the converter refuses rows with non-finite meta ("bad_meta"); so do we, so
+        # that both paths score the same rows and the model never sees inputs it never saw.
+        meta_ok = np.isfinite(meta).all(axis=1)
+        stats.rejected["bad_meta"] += int((~meta_ok).sum())
+        kept = result.kept[meta_ok]
+        stats.rows_kept += int(kept.size)
+        if kept.size == 0:
             continue
-        images = outer_normalize(result.stamps).astype(IMAGE_DTYPE)  # as the converter stores
-        meta = np.stack(
-            [gates.column_f64(batch, c)[result.kept] for c in meta_cols], axis=1
-        ).astype(np.float32) if meta_cols else np.zeros((result.kept.size, 0), np.float32)
-        yield ScoreBatch(images=images, meta=meta, columns=_parquet_columns(batch, result.kept))
+        images = outer_normalize(result.stamps[meta_ok]).astype(IMAGE_DTYPE)  # as in shards
+        yield ScoreBatch(images=images, meta=meta[meta_ok], columns=_parquet_columns(batch, kept))
+
+
+def _parquet_meta(batch: pa.RecordBatch, kept: np.ndarray, meta_cols: Sequence[str]) -> np.ndarray:
+    """(K, M) float32 raw meta values of the kept rows (NULL -> NaN)."""
+    if not meta_cols:
+        return np.zeros((kept.size, 0), np.float32)
+    return np.stack([gates.column_f64(batch, c)[kept] for c in meta_cols], axis=1).astype(np.float32)
 
 
 def columns_from_table(table: np.ndarray) -> dict[str, np.ndarray]:
