@@ -101,6 +101,16 @@ def _model_name(frame: ScoresFrame) -> str:
     return names[0] if len(names) == 1 else Path(frame.source).stem
 
 
+def _add_unique(frames: dict[str, ScoresFrame], frame: ScoresFrame, reserved: str) -> None:
+    """Add ``frame`` under its model name, or ``name (file stem)`` when that is taken."""
+    name = _model_name(frame)
+    if name in frames or name == reserved:
+        name = f"{name} ({Path(frame.source).stem})"
+    if name in frames or name == reserved:
+        raise ConfigError(f"--compare {frame.source}: model {name!r} is given twice")
+    frames[name] = frame
+
+
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
@@ -129,7 +139,9 @@ def main(argv: list[str]) -> int:
         _floats(args.tpr_targets, "--tpr-targets"),
     )
     frame = load_scores(args.scores, args.rank_by)
-    others = {_model_name(f): f for f in (load_scores(p, args.rank_by) for p in args.compare)}
+    others: dict[str, ScoresFrame] = {}
+    for other in (load_scores(p, args.rank_by) for p in args.compare):
+        _add_unique(others, other, reserved=_model_name(frame))
     store = None
     if args.stamps:
         from haloscope.evaluate.gallery import open_stamp_store

@@ -58,7 +58,8 @@ def _model_name(frame: ScoresFrame) -> str:
                             "give one scores file per model")  # fmt: skip
         if names:
             return str(names.pop())
-    return Path(frame.source).stem
+    path = Path(frame.source)  # no model column: "<run folder>/<file stem>"
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
 
 
 def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int) -> dict:

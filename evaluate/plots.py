@@ -76,7 +76,7 @@ def plot_completeness(rows: Sequence[dict[str, Any]], column: str, fpr_targets: 
         y = np.array([e["value"] for e in entries], dtype=float)
         err = np.array([[e["value"] - e["ci_low"], e["ci_high"] - e["value"]] for e in entries]).T
         ax.errorbar(x + 0.08 * j, y, yerr=err, marker="o", capsize=3, label=f"FPR {target:g}")
-    labels = [f"{r['stratum'][r['stratum'].find('['):]}\nP={r['P']}" for r in strata]
+    labels = [f"{r['stratum'][r['stratum'].find('[') :]}\nP={r['P']}" for r in strata]
     ax.set_xticks(x, labels, fontsize=7)
     ax.set(ylim=(-0.02, 1.02), xlabel=xlabel, ylabel="completeness (TPR)",
            title=f"completeness vs {column} (thresholds from all controls)")  # fmt: skip

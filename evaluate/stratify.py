@@ -219,6 +219,9 @@ def _spec_rows(
     if values is None:
         skipped[spec.column] = "column absent"
         return []
+    if not spec.categorical and values.dtype == object:
+        skipped[spec.column] = f"not numeric ({type(next(iter(values), None)).__name__} values)"
+        return []
     rows = []
     for kind, wanted, label in (("positives", spec.positives, 1), ("controls", spec.controls, 0)):
         member = frame.labels == label

@@ -106,3 +106,19 @@ def test_help_lists_flags_and_defaults():
     for needle in ("--scores", "--out-csv", "--report-dir", "--stamps", "--ci", "--compare",
                    "(default: wilson)", "(default: auto)"):  # fmt: skip
         assert needle in proc.stdout
+
+
+def test_eval_compare_writes_side_by_side_table(tmp_path, scores_table):
+    labels = np.asarray(scores_table["label"])
+    better = np.asarray(scores_table["logit"]) + 3.0 * labels
+    gen4 = scores_table.set_column(scores_table.schema.get_field_index("logit"), "logit",
+                                   pa.array(better.astype(np.float32)))  # fmt: skip
+    pq.write_table(scores_table, tmp_path / "gen3.parquet")  # model column "m" in both files
+    pq.write_table(gen4, tmp_path / "gen4.parquet")
+    proc = _run("--scores", str(tmp_path / "gen4.parquet"), "--out-csv", str(tmp_path / "s.csv"),
+                "--compare", str(tmp_path / "gen3.parquet"), "--report-dir", str(tmp_path / "r"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "s_compare.csv").open()))
+    assert [r["model"] for r in rows] == ["m", "m (gen4)"]
+    assert float(rows[1]["AUROC_delta"]) > 0
+    assert "Comparison on the same test set" in (tmp_path / "r/report.md").read_text()

@@ -117,3 +117,9 @@ def test_default_strata_on_a_full_table(scores_table):
     assert sum(r["P"] for r in theta_rows) == result.rows[0]["P"]
     assert math.isclose(sum(r["N"] for r in result.rows if r["kind"] == "controls"
                             and r["column"] == "control_kind"), result.rows[0]["N"])  # fmt: skip
+
+
+def test_non_numeric_strata_column_is_skipped_not_fatal():
+    table = _hand_table(False).append_column("arc_snr", pa.array(["high"] * 14))
+    result = stratify(scores_from_table(table), fpr_targets=(0.1,), tpr_targets=(0.5,))
+    assert result.skipped["arc_snr"].startswith("not numeric")
