@@ -1,0 +1,346 @@
+"""``haloscope bench gpu``: ConvNeXt-Tiny img/s on one GPU, eager vs compiled vs CUDA graph.
+
+One run measures, for the trainer's model (``build_model``: timm ConvNeXt-Tiny, random init,
+64x64, meta head with 2 columns), bf16 autocast, channels_last, fused capturable AdamW:
+
+- training img/s at each batch size for the ``eager``, ``compile`` (torch.compile, default
+  mode) and ``graph`` steps of ``train/cuda_graph.py``, fed (a) by synthetic batches already
+  on the device and (b) by the real ``ShardReader`` + ``build_loader`` over shards on local
+  disk (written with the shards writer, random data), with the loader-wait fraction;
+- inference img/s at batch 1024, the same three modes, (a) and (b);
+- the loader alone (samples/s into pinned batches), peak GPU memory per row, the time of
+  the first call (compile or capture), and a depthwise-7x7 probe (layouts, dtypes, cudnn
+  benchmark) that tells whether another depthwise path would pay.
+
+Timing: warm-up steps first, then ``steps`` steps between two ``cuda.synchronize`` calls;
+no per-step host sync (the loop should read the loss at its log cadence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from haloscope.train.cuda_graph import make_predict_step, make_train_step
+
+__all__ = ["run_bench", "main", "write_random_shards"]
+
+log = logging.getLogger(__name__)
+META_COLS = ("psfsize_r", "psfdepth_r")
+MODES = ("eager", "compile", "graph")
+
+
+def write_random_shards(split_dir: Path, num_samples: int, *, seed: int = 0,
+                        shard_samples: int = 8192) -> Path:  # fmt: skip
+    """Write ``num_samples`` random samples as packed-record shards + manifest (the real writer)."""
+    from haloscope.shards.manifest import write_manifest
+    from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE
+    from haloscope.shards.write import write_shard
+
+    rng = np.random.default_rng(seed)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    # stamps drawn from a pool of random ones: content does not change the speed
+    pool = rng.standard_normal((2048, 3, 64, 64), dtype=np.float32).astype(np.float16)
+    infos, num_lens = [], 0
+    for s, lo in enumerate(range(0, num_samples, shard_samples)):
+        n = min(shard_samples, num_samples - lo)
+        image = pool[rng.integers(0, len(pool), n)]
+        meta = np.stack([rng.normal(1.3, 0.2, n), rng.normal(24.5, 0.5, n)], 1).astype(np.float32)
+        table = np.zeros(n, dtype=TABLE_DTYPE)
+        table["label"] = rng.random(n) < 0.3
+        table["task_id"] = [f"b{lo + i}".encode() for i in range(n)]
+        num_lens += int(table["label"].sum())
+        info = write_shard(split_dir / f"shard-{s:06d}.tar", image, meta, table, RECORD_SAMPLES)
+        infos.append(info.to_json())
+    write_manifest(split_dir, {
+        "split": "train", "num_samples": num_samples, "shards": infos,
+        "counts": {"lens": num_lens, "control": num_samples - num_lens}, "rejected": {},
+        "norm": {"method": "outer", "clip": 10.0},
+        "meta": {"columns": list(META_COLS), "mean": [1.3, 24.5], "std": [0.2, 0.5]},
+        "preprocess": {"min_theta_over_psf": 0.5, "hard_neg_path": None, "hard_neg_weight": 1,
+                       "stamp_px": 64},
+        "record_samples": RECORD_SAMPLES, "command": ["haloscope", "bench", "gpu"],
+    })  # fmt: skip
+    return split_dir
+
+
+def _model() -> torch.nn.Module:
+    from haloscope.train.model import build_model
+
+    model = build_model(arch="convnext_tiny", meta_cols=META_COLS, meta_mean=[1.3, 24.5],
+                        meta_std=[0.2, 0.5], dropout=0.1, drop_path_rate=0.1)  # fmt: skip
+    return model.cuda().to(memory_format=torch.channels_last)
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    from haloscope.train.optim import param_groups
+
+    return torch.optim.AdamW(param_groups(model, 1e-2), lr=3e-4, fused=True, capturable=True)
+
+
+def _synthetic(batch_size: int, count: int = 4) -> Iterable[dict[str, torch.Tensor]]:
+    """Batches already on the device, cycled (the (a) feed)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batches = [{"image": torch.randn(batch_size, 3, 64, 64, device="cuda", generator=g).half(),
+                "meta": torch.rand(batch_size, 2, device="cuda", generator=g) + 1.0,
+                "label": (torch.rand(batch_size, device="cuda", generator=g) < 0.3).float()}
+               for _ in range(count)]  # fmt: skip
+    return itertools.cycle(batches)
+
+
+def _reader(split_dir: Path, batch_size: int, workers: int, *, train: bool) -> Iterable[dict]:
+    """The real reader (the (b) feed): shuffled full batches for training, ordered for scoring."""
+    from haloscope.shards.read import ShardReader, build_loader
+
+    reader = ShardReader(split_dir, batch_size=batch_size, seed=0, shuffle=train, drop_last=train)
+    return build_loader(reader, num_workers=workers, pin_memory=True)
+
+
+def _measure(run: Callable[[dict], Any], feed: Iterable[dict], batch_size: int, *,
+             warmup: int, steps: int) -> dict[str, float]:  # fmt: skip
+    """img/s over ``steps`` steps after ``warmup`` ones, with the time spent waiting on the feed."""
+    it = iter(feed)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run(next(it))
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        run(next(it))
+    torch.cuda.synchronize()
+    wait = 0.0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tw = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - tw
+        run(batch)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"img_per_s": round(steps * batch_size / dt, 1), "step_ms": round(1e3 * dt / steps, 3),
+            "loader_wait_frac": round(wait / dt, 4), "first_call_s": round(first_s, 2),
+            "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "steps": steps}  # fmt: skip
+
+
+def _free() -> None:
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def bench_train(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterable[dict], *,
+                warmup: int, steps: int) -> dict[str, float]:  # fmt: skip
+    """One training row: a fresh optimiser and step of ``mode`` over ``feed``."""
+    opt = _optimizer(model)
+    step = make_train_step(model, None, opt, batch_size, device="cuda", mode=mode)  # type: ignore[arg-type]
+
+    def run(b: dict) -> Any:
+        return step.step(b["image"], b["meta"], b["label"])
+
+    try:
+        return _measure(run, feed, batch_size, warmup=warmup, steps=steps)
+    finally:
+        del step, opt
+        _free()
+
+
+def bench_infer(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterable[dict], *,
+                warmup: int, steps: int) -> dict[str, float]:  # fmt: skip
+    """One inference row: fp32 logits of ``mode`` over ``feed``."""
+    step = make_predict_step(model, device="cuda", batch_size=batch_size, mode=mode)  # type: ignore[arg-type]
+    try:
+        return _measure(lambda b: step.predict(b["image"], b["meta"]), feed, batch_size,
+                        warmup=warmup, steps=steps)  # fmt: skip
+    finally:
+        del step
+        _free()
+
+
+def loader_rate(split_dir: Path, batch_size: int, workers: int, batches: int) -> dict[str, float]:
+    """Samples/s of the loader alone into pinned batches (first batch, i.e. fork, excluded)."""
+    it = iter(_reader(split_dir, batch_size, workers, train=True))
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    dt = time.perf_counter() - t0
+    return {"batch_size": batch_size, "num_workers": workers,
+            "samples_per_s": round(batches * batch_size / dt, 1)}  # fmt: skip
+
+
+def _time_graph(fn: Callable[[], Any], reps: int = 20) -> float:
+    """Median-free mean ms of ``fn`` replayed from a CUDA graph (launch cost removed)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def depthwise_probe(batch_size: int) -> list[dict[str, Any]]:
+    """ms per training step spent in the 18 depthwise 7x7 convs (fwd + bwd), per variant.
+
+    Variants keep the math (same weights, same conv): input layout NHWC (as the model runs)
+    or NCHW (with the layout conversions counted), bf16 or fp32, cudnn.benchmark off or on.
+    """
+    stages = ((96, 16, 3), (192, 8, 3), (384, 4, 9), (768, 2, 3))  # (C, H, blocks)
+    rows = []
+    for dtype, layout, bench in itertools.product((torch.bfloat16, torch.float32),
+                                                  ("nhwc", "nchw"), (False, True)):  # fmt: skip
+        torch.backends.cudnn.benchmark = bench
+        total = 0.0
+        for c, h, blocks in stages:
+            x = torch.randn(batch_size, c, h, h, device="cuda").to(memory_format=torch.channels_last)
+            x = x.to(torch.bfloat16).requires_grad_()
+            w = (0.1 * torch.randn(c, 1, 7, 7, device="cuda")).requires_grad_()
+            gy = torch.randn(batch_size, c, h, h, device="cuda", dtype=torch.bfloat16)
+
+            def fwd_bwd() -> None:
+                xi = x.contiguous() if layout == "nchw" else x
+                y = F.conv2d(xi.to(dtype), w.to(dtype), padding=3, groups=c)
+                y = y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+                torch.autograd.backward(y, gy, inputs=[x, w])
+
+            total += blocks * _time_graph(fwd_bwd)
+        rows.append({"dtype": str(dtype).split(".")[-1], "layout": layout,
+                     "cudnn_benchmark": bench, "ms_per_step": round(total, 3)})  # fmt: skip
+    torch.backends.cudnn.benchmark = False
+    return rows
+
+
+def _env() -> dict[str, Any]:
+    import timm
+
+    props = torch.cuda.get_device_properties(0)
+    return {"device": torch.cuda.get_device_name(0), "gpu_mem_gib": round(props.total_memory / 2**30, 1),
+            "torch": torch.__version__, "timm": timm.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}  # fmt: skip
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """(b)/(a) per mode and batch, and each mode over eager on synthetic batches."""
+    by = {(r["mode"], r["batch_size"], r["feed"]): r["img_per_s"] for r in rows}
+    out = {}
+    for (mode, b, feed), v in by.items():
+        if feed == "reader" and (mode, b, "synthetic") in by:
+            out[f"{mode}_b{b}_reader_over_synthetic"] = round(v / by[(mode, b, "synthetic")], 3)
+        if feed == "synthetic" and mode != "eager" and ("eager", b, "synthetic") in by:
+            out[f"{mode}_b{b}_over_eager"] = round(v / by[("eager", b, "synthetic")], 3)
+    return out
+
+
+def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
+              modes: tuple[str, ...] = MODES, num_workers: int = 8, num_samples: int = 65536,
+              steps: int = 0, probe: bool = True, work_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the GPU benchmark and write its JSON to ``out_path``.
+
+    Args:
+        out_path: result JSON.
+        batch_sizes: training batch sizes (inference always runs at 1024).
+        modes: any of eager, compile, graph.
+        num_workers: loader worker processes of the (b) rows.
+        num_samples: samples in the benchmark shards (steps must fit in one epoch).
+        steps: timed steps per row; 0: about 30k training / 55k inference samples.
+        probe: also run the depthwise probe.
+        work_dir: where to write the shards (default: a temporary directory).
+
+    Returns:
+        The result document.
+
+    Raises:
+        RuntimeError: no CUDA device.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("haloscope bench gpu needs a CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    tmp = tempfile.TemporaryDirectory(dir=work_dir)
+    split = write_random_shards(Path(tmp.name) / "train", num_samples)
+    doc: dict[str, Any] = {"env": _env(), "settings": {
+        "model": "haloscope build_model: timm convnext_tiny (random init) + meta MLP head (2 cols), "
+                 "drop_path 0.1, dropout 0.1", "input": "3x64x64", "amp": "bf16 autocast",
+        "memory_format": "channels_last", "optimizer": "AdamW fused capturable, 2 groups",
+        "num_workers": num_workers, "num_samples": num_samples,
+        "feeds": {"synthetic": "4 device batches, cycled",
+                  "reader": "ShardReader+build_loader, pinned, from local disk (page cache)"}},
+        "train": [], "infer": [], "loader": []}  # fmt: skip
+    model = _model()
+    for b in batch_sizes:
+        n = steps or max(20, 30720 // b)
+        for mode, feed in itertools.product(modes, ("synthetic", "reader")):
+            src = _synthetic(b) if feed == "synthetic" else _reader(split, b, num_workers, train=True)
+            row = bench_train(model, mode, b, src, warmup=6, steps=n)
+            doc["train"].append({"mode": mode, "batch_size": b, "feed": feed, **row})
+            log.info("train %s", doc["train"][-1])
+        doc["loader"].append(loader_rate(split, b, num_workers, n))
+    for mode, feed in itertools.product(modes, ("synthetic", "reader")):
+        src = _synthetic(1024) if feed == "synthetic" else _reader(split, 1024, num_workers, train=False)
+        row = bench_infer(model, mode, 1024, src, warmup=6, steps=min(54, num_samples // 1024 - 8))
+        doc["infer"].append({"mode": mode, "batch_size": 1024, "feed": feed, **row})
+        log.info("infer %s", doc["infer"][-1])
+    doc["ratios"] = {"train": _ratios(doc["train"]), "infer": _ratios(doc["infer"])}
+    if probe:
+        doc["depthwise_probe_b256"] = depthwise_probe(256)
+    tmp.cleanup()
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def main(argv: list[str]) -> int:
+    """``haloscope bench gpu`` flags; prints a one-line summary per row."""
+    p = argparse.ArgumentParser(prog="haloscope bench gpu", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="bench/results/gpu.json")
+    p.add_argument("--batch-sizes", default="256,1024", help="comma-separated training batches")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: eager,compile,graph")
+    p.add_argument("--num-workers", type=int, default=8)
+    p.add_argument("--num-samples", type=int, default=65536)
+    p.add_argument("--steps", type=int, default=0, help="timed steps per row (0: auto)")
+    p.add_argument("--no-probe", action="store_true", help="skip the depthwise probe")
+    p.add_argument("--work-dir", default=None, help="where the benchmark shards go")
+    a = p.parse_args(argv)
+    doc = run_bench(a.out, batch_sizes=tuple(int(x) for x in a.batch_sizes.split(",")),
+                    modes=tuple(a.modes.split(",")), num_workers=a.num_workers,
+                    num_samples=a.num_samples, steps=a.steps, probe=not a.no_probe,
+                    work_dir=a.work_dir)  # fmt: skip
+    for kind in ("train", "infer"):
+        for r in doc[kind]:
+            print(f"{kind:5s} {r['mode']:7s} b{r['batch_size']:<5d} {r['feed']:9s} "
+                  f"{r['img_per_s']:>9.0f} img/s  wait {r['loader_wait_frac']:.3f}  "
+                  f"mem {r['max_mem_gib']:.1f} GiB  first {r['first_call_s']:.1f} s")
+    print(json.dumps({"loader": doc["loader"], "ratios": doc["ratios"],
+                      "probe": doc.get("depthwise_probe_b256")}, indent=None))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    raise SystemExit(main(__import__("sys").argv[1:]))
