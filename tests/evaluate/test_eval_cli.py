@@ -119,6 +119,6 @@ def test_eval_compare_writes_side_by_side_table(tmp_path, scores_table):
                 "--compare", str(tmp_path / "gen3.parquet"), "--report-dir", str(tmp_path / "r"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "s_compare.csv").open()))
-    assert [r["model"] for r in rows] == ["m", "m (gen4)"]
+    assert [r["model"] for r in rows] == ["m (gen3)", "m"]  # baseline first, names made unique
     assert float(rows[1]["AUROC_delta"]) > 0
     assert "Comparison on the same test set" in (tmp_path / "r/report.md").read_text()
