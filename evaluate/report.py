@@ -111,6 +111,20 @@ def _plots(frame: ScoresFrame, result: StratifiedResult, out: Path, others: Mapp
     return blocks
 
 
+def _caption(frame: ScoresFrame, i: int) -> str:
+    tid = str(frame.columns["task_id"][i])
+    parts = [tid if len(tid) <= 14 else tid[:12] + "..", f"{frame.rank_by}={frame.ranking[i]:.3g}"]
+    for column, fmt in (
+        ("control_kind", "{}"),
+        ("theta_e_arcsec", "θE={:.2f}"),
+        ("arc_snr", "snr={:.1f}"),
+    ):
+        value = frame.columns.get(column, [None] * (i + 1))[i]
+        if value is not None and value == value:  # skips None and NaN
+            parts.append(fmt.format(value))
+    return "\n".join([parts[0], " ".join(parts[1:])])
+
+
 def _gallery(frame: ScoresFrame, store: StampStore | None, out: Path) -> list[Block]:
     blocks: list[Block] = [("h2", "Galleries")]
     if store is None or "task_id" not in frame.columns:
@@ -128,9 +142,7 @@ def _gallery(frame: ScoresFrame, store: StampStore | None, out: Path) -> list[Bl
         if idx.size == 0:
             blocks.append(("p", f"No {title}: none of their task_ids is in the store."))
             continue
-        kinds = frame.columns.get("control_kind")
-        caps = [f"{ids[i]}\n{frame.rank_by}={frame.ranking[i]:.3g}"
-                + (f" {kinds[i]}" if kinds is not None and kinds[i] else "") for i in idx]  # fmt: skip
+        caps = [_caption(frame, int(i)) for i in idx]
         plots.plot_gallery(store.read(rows[:GALLERY_SIZE]), caps, out / fname, title)
         blocks.append(("img", (fname, f"{title} (bands z,r,g as RGB)")))
     return blocks
