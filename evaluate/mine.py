@@ -74,9 +74,10 @@ def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top
     if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
         raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
     ra_key, dec_key = np.round(ra, KEY_DECIMALS), np.round(dec, KEY_DECIMALS)
-    score, split = score[keep], split[keep]
-    # best score first, then position, so duplicates keep their max and ties are deterministic
-    order = np.lexsort((dec_key, ra_key, -score))
+    score, split, rank = score[keep], split[keep], frame.ranking[keep]
+    # best first by the ranked value (logit when present: fp32 scores saturate and tie
+    # near 1), then by position, so duplicates keep their best and ties are deterministic
+    order = np.lexsort((dec_key, ra_key, -rank))
     _, first = np.unique(
         np.stack([ra_key[order], dec_key[order]], axis=1), axis=0, return_index=True
     )

@@ -106,3 +106,12 @@ def test_mine_writes_lookup_and_cli_errors(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "scores file not found" in proc.stderr
+
+
+def test_top_k_breaks_saturated_score_ties_by_logit():
+    table = _table(
+        [(1.0, 1.0, 0, 1.0, "train"), (2.0, 1.0, 0, 1.0, "train"), (3.0, 1.0, 0, 1.0, "train")]
+    )
+    table = table.append_column("logit", pa.array([17.0, 30.0, 20.0], pa.float32()))
+    frame = scores_from_table(table, "gen3.parquet", need_both_classes=False)
+    assert mine_frames([frame], min_score=0.9, top_k=2).column("ra_key").to_pylist() == [2.0, 3.0]
