@@ -224,6 +224,10 @@ def _finalise(plan: Plan) -> dict[str, Path]:
         doc = _manifest_doc(plan, split, meta)
         out[split] = assemble_split(plan.cfg.out / split, doc, recs, len(plan.cfg.meta_cols),
                                     with_zarr=split != "train")
+    for split in plan.cfg.splits:  # temporaries of killed runs (all work is done now)
+        for d in (plan.work_dir(split), plan.cfg.out / split):
+            for tmp in d.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
     if not plan.cfg.keep_work:
         for split in plan.cfg.splits:
             for dat in plan.work_dir(split).glob("p1-*.dat"):
@@ -241,7 +245,7 @@ def _up_to_date(plan: Plan) -> bool:
             return False
         for s in doc.get("shards", []):
             tar = plan.cfg.out / split / s["file"]
-            if not tar.exists() or tar.stat().st_size != s["bytes"]:
+            if not tar.exists() or tar.stat().st_size != s["bytes"] or sha256_file(tar) != s["sha256"]:
                 return False
     return True
 
