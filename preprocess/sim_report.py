@@ -149,7 +149,7 @@ def plot_examples(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> Non
                 ax.imshow(_rgb(imgs[j]), origin="lower", interpolation="nearest")
         axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.2, wspace=0.03, hspace=0.03)
-    fig.savefig(path, dpi=56, bbox_inches="tight")
+    fig.savefig(path, dpi=46, bbox_inches="tight")
     plt.close(fig)
 
 
