@@ -52,8 +52,8 @@ def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]
             lines.append(f"- FPR@TPR0.90: {_ci(entry)}, threshold {_thr(entry['threshold'])}")
     counts = f"{frame.num_rows} rows: {all_row['P']} lenses, {all_row['N']} controls"
     level = f"{result.confidence:.0%} {result.ci_method}"
-    files = files | {"this report": "report.md and report.html (same content)",
-                     "plots and galleries": "the *.png files next to this report"}  # fmt: skip
+    files = files | {"this report (same content)": "report.md, report.html",
+                     "plots and galleries (this folder)": "*.png"}  # fmt: skip
     where = "\n".join(f"- {k}: `{v}`" for k, v in files.items())
     return [
         ("h1", "haloscope evaluation report"),
