@@ -39,7 +39,10 @@ def _measure(rows: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mock"
         proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(rows), str(out)], capture_output=True, text=True, check=False
+            [sys.executable, "-c", _CHILD, str(rows), str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"simulate bench child failed:\n{proc.stderr[-2000:]}")
@@ -74,8 +77,10 @@ def run_bench(out_path: str) -> dict:
         "runs": runs,
         "rows_per_s_per_core": min(r["rows_per_cpu_s"] for r in runs),
         "machine": {
-            "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "loadavg_before": [round(v, 2) for v in load_before],
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": [round(v, 2) for v in load_before],
             "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         },
     }
@@ -86,4 +91,8 @@ def run_bench(out_path: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_bench(sys.argv[1] if len(sys.argv) > 1 else "bench/results/simulate.json"), indent=2))
+    print(
+        json.dumps(
+            run_bench(sys.argv[1] if len(sys.argv) > 1 else "bench/results/simulate.json"), indent=2
+        )
+    )

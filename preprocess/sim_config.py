@@ -90,7 +90,9 @@ class SimConfig:
             raise ConfigError("--fail-frac + --nan-frac + --r-only-frac must be <= 0.5")
         fracs = self.split_fracs
         if len(fracs) != 3 or min(fracs) < 0 or abs(sum(fracs) - 1.0) > 1e-6:
-            raise ConfigError(f"--split-fracs must be three non-negative numbers summing to 1, got {fracs}")
+            raise ConfigError(
+                f"--split-fracs must be three non-negative numbers summing to 1, got {fracs}"
+            )
         if self.chunk_rows < 64:
             raise ConfigError(f"chunk_rows must be >= 64, got {self.chunk_rows}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
 from haloscope.preprocess.sim_physics import (
     STAMP_PX,
     bin_image,
@@ -41,7 +40,9 @@ def _unit(shape: np.ndarray) -> np.ndarray:
     return pix / np.maximum(pix.sum(axis=(1, 2), keepdims=True), 1e-30)
 
 
-def _bands(unit_img: np.ndarray, flux_r: np.ndarray, g_r: np.ndarray, r_z: np.ndarray) -> np.ndarray:
+def _bands(
+    unit_img: np.ndarray, flux_r: np.ndarray, g_r: np.ndarray, r_z: np.ndarray
+) -> np.ndarray:
     """(n, 64, 64) unit map + r flux and colours -> (n, 3, 64, 64) nmgy per pixel."""
     scale = np.stack([10 ** (-0.4 * g_r), np.ones_like(g_r), 10 ** (0.4 * r_z)], axis=1)
     return (unit_img[:, None] * (flux_r[:, None] * scale)[:, :, None, None]).astype(np.float32)
@@ -54,9 +55,13 @@ def _sersic_at(rng, n, dist_lo, dist_hi, reff_lo, reff_hi, q_lo, q_hi, radial_pa
     cy = (dist * np.sin(ang))[:, None, None].astype(np.float32)
     idx = rng.uniform(0.5, 1.5, n)
     pa = np.where(radial_pa, ang, rng.uniform(0, np.pi, n))
-    radius = elliptical_radius(_X - cx, _Y - cy, _u(rng, q_lo, q_hi, n), pa[:, None, None].astype(np.float32))
+    radius = elliptical_radius(
+        _X - cx, _Y - cy, _u(rng, q_lo, q_hi, n), pa[:, None, None].astype(np.float32)
+    )
     bn = sersic_bn(idx)[:, None, None].astype(np.float32)
-    shape = sersic_shape(radius, _u(rng, reff_lo, reff_hi, n), idx[:, None, None].astype(np.float32), bn)
+    shape = sersic_shape(
+        radius, _u(rng, reff_lo, reff_hi, n), idx[:, None, None].astype(np.float32), bn
+    )
     return _unit(shape)
 
 
@@ -76,7 +81,9 @@ def _ring(rng: np.random.Generator, n: int, host: dict) -> np.ndarray:
     blue = rng.uniform(size=n) < 0.6
     g_r = np.where(blue, rng.uniform(0.2, 0.7, n), host["g_r"])
     r_z = np.where(blue, rng.uniform(0.0, 0.5, n), host["r_z"])
-    return _bands(_unit(shape), host["flux_r"] * mag_to_nmgy(22.5 + rng.uniform(1.0, 3.0, n)), g_r, r_z)
+    return _bands(
+        _unit(shape), host["flux_r"] * mag_to_nmgy(22.5 + rng.uniform(1.0, 3.0, n)), g_r, r_z
+    )
 
 
 def _spiral(rng: np.random.Generator, n: int, host: dict) -> np.ndarray:
@@ -103,7 +110,9 @@ def _edge_on(rng: np.random.Generator, n: int, host: dict) -> np.ndarray:
     reff = np.where(centred, rng.uniform(1.0, 3.0, n), rng.uniform(0.5, 1.5, n))
     q, phi = _u(rng, 0.08, 0.25, n), rng.uniform(0, np.pi, n)[:, None, None].astype(np.float32)
     radius = elliptical_radius(_X - cx, _Y - cy, q, phi)
-    shape = sersic_shape(radius, reff[:, None, None].astype(np.float32), np.float32(1.0), np.float32(sersic_bn(1.0)))
+    shape = sersic_shape(
+        radius, reff[:, None, None].astype(np.float32), np.float32(1.0), np.float32(sersic_bn(1.0))
+    )
     minor = -np.sin(phi) * (_X - cx) + np.cos(phi) * (_Y - cy)
     lane = 1.0 - 0.6 * centred[:, None, None] * np.exp(-0.5 * (minor / 0.12) ** 2)
     dmag = np.where(centred, rng.uniform(0.0, 1.5, n), rng.uniform(1.0, 3.0, n))
@@ -166,4 +175,3 @@ def render_confusers(
         raise ValueError(f"unknown confuser kind {kind!r}; expected one of {sorted(RENDERERS)}")
     host = {"flux_r": np.asarray(flux_r), "g_r": np.asarray(g_r), "r_z": np.asarray(r_z)}
     return RENDERERS[kind](rng, len(flux_r), host)
-

@@ -95,9 +95,7 @@ def sersic_flux_per_ie(r_e: np.ndarray, n: np.ndarray, b_n: np.ndarray) -> np.nd
     return np.exp(log_f + lgam)
 
 
-def elliptical_radius(
-    x: np.ndarray, y: np.ndarray, q: np.ndarray, phi: np.ndarray
-) -> np.ndarray:
+def elliptical_radius(x: np.ndarray, y: np.ndarray, q: np.ndarray, phi: np.ndarray) -> np.ndarray:
     """Product-average elliptical radius ``sqrt(q x'^2 + y'^2/q)`` (broadcasting)."""
     c, s = np.cos(phi), np.sin(phi)
     xr = c * x + s * y
@@ -164,8 +162,10 @@ def moffat_fwhm_from_psfsize(psfsize: np.ndarray | float, beta: float = MOFFAT_B
     """
     fwhm_per_alpha = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
     nea_per_alpha2 = math.pi * (2 * beta - 1) / (beta - 1) ** 2
-    alpha = np.asarray(psfsize, np.float64) / _GAUSS_FWHM_PER_SIGMA * math.sqrt(
-        4 * math.pi / nea_per_alpha2
+    alpha = (
+        np.asarray(psfsize, np.float64)
+        / _GAUSS_FWHM_PER_SIGMA
+        * math.sqrt(4 * math.pi / nea_per_alpha2)
     )
     return alpha * fwhm_per_alpha
 
@@ -224,7 +224,9 @@ def kernel_spectra(kernels: np.ndarray, image_px: int = STAMP_PX) -> np.ndarray:
     return np.fft.rfft2(kernels, s=(n_fft, n_fft))
 
 
-def convolve_stamps(images: np.ndarray, kernels: np.ndarray, spectra: np.ndarray | None = None) -> np.ndarray:
+def convolve_stamps(
+    images: np.ndarray, kernels: np.ndarray, spectra: np.ndarray | None = None
+) -> np.ndarray:
     """Linear (zero-padded, not circular) convolution of each image with its own kernel.
 
     The kernel centre ``(K//2, K//2)`` maps an image pixel onto itself: both arrays are
@@ -258,7 +260,9 @@ def sky_sigma_nmgy(psfdepth_mag: np.ndarray, psfsize_arcsec: np.ndarray) -> np.n
     """
     f5 = mag_to_nmgy(psfdepth_mag)
     ivar = 25.0 / f5**2
-    nea_px = 4.0 * math.pi * (np.asarray(psfsize_arcsec) / (_GAUSS_FWHM_PER_SIGMA * PIXEL_SCALE)) ** 2
+    nea_px = (
+        4.0 * math.pi * (np.asarray(psfsize_arcsec) / (_GAUSS_FWHM_PER_SIGMA * PIXEL_SCALE)) ** 2
+    )
     return 1.0 / np.sqrt(ivar * nea_px)
 
 

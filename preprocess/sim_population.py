@@ -7,7 +7,6 @@ All randomness of a chunk comes from one ``np.random.Generator``; numbers follow
 from __future__ import annotations
 
 import numpy as np
-
 from haloscope.preprocess.sim_config import (
     CONFUSER_KINDS,
     NUM_SELECTION_SETS,
@@ -33,7 +32,9 @@ def brickname_of(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     ra10 = np.floor(np.asarray(ra_deg) * 10).astype(int)
     dec10 = np.floor(np.abs(np.asarray(dec_deg)) * 10).astype(int)
     signs = np.where(np.asarray(dec_deg) >= 0, "p", "m")
-    return np.array([f"{r:04d}{s}{d:03d}" for r, s, d in zip(ra10, signs, dec10)], dtype=object)
+    return np.array(
+        [f"{r:04d}{s}{d:03d}" for r, s, d in zip(ra10, signs, dec10, strict=False)], dtype=object
+    )
 
 
 def _rows_per_galaxy(rng: np.random.Generator, num_rows: int) -> np.ndarray:
@@ -100,7 +101,9 @@ def _conditions(rng: np.random.Generator, brick_key: np.ndarray) -> Population:
     n_exp = np.where(is_des, 10.0, rng.integers(2, 5, nb).astype(float))
     num = len(brick_key)
     out = {"psfsize": psfsize[inverse], "psfdepth": depth[inverse], "n_exp": n_exp[inverse]}
-    out["psf_local"] = np.clip(out["psfsize"] * np.exp(0.03 * rng.standard_normal((num, 3))), 0.8, 2.8)
+    out["psf_local"] = np.clip(
+        out["psfsize"] * np.exp(0.03 * rng.standard_normal((num, 3))), 0.8, 2.8
+    )
     out["depth_local"] = out["psfdepth"] + 0.05 * rng.standard_normal((num, 3))
     return out
 
@@ -158,7 +161,9 @@ def _lens_mass_and_source(rng: np.random.Generator, pop: Population) -> Populati
     out["knot_w"] = weights / weights.sum(axis=1, keepdims=True)
     out["knot_dx"] = rng.standard_normal((num, MAX_KNOTS)) * out["src_reff"][:, None]
     out["knot_dy"] = rng.standard_normal((num, MAX_KNOTS)) * out["src_reff"][:, None]
-    out["knot_sigma"] = np.maximum(rng.uniform(0.3, 0.6, (num, MAX_KNOTS)) * out["src_reff"][:, None], 0.04)
+    out["knot_sigma"] = np.maximum(
+        rng.uniform(0.3, 0.6, (num, MAX_KNOTS)) * out["src_reff"][:, None], 0.04
+    )
     # Two replicates: new source offset (area-uniform within theta_E) and source angle each.
     beta = out["theta_e"][:, None] * np.sqrt(rng.uniform(size=(num, 2)))
     ang = rng.uniform(0.0, 2 * np.pi, (num, 2))
@@ -167,7 +172,9 @@ def _lens_mass_and_source(rng: np.random.Generator, pop: Population) -> Populati
     return out
 
 
-def draw_population(rng: np.random.Generator, cfg: SimConfig, chunk: int, num_rows: int) -> Population:
+def draw_population(
+    rng: np.random.Generator, cfg: SimConfig, chunk: int, num_rows: int
+) -> Population:
     """Draw every unique galaxy of a chunk, sorted by (split, brick).
 
     Args:
@@ -209,4 +216,3 @@ def draw_population(rng: np.random.Generator, cfg: SimConfig, chunk: int, num_ro
     pop["galaxy_id"] = chunk * 1_000_000 + np.arange(num, dtype=np.int64)
     order = np.lexsort((pop["ra"], pop["brickname"].astype(str), pop["split_index"]))
     return {k: v[order] for k, v in pop.items()}
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from haloscope.preprocess.sim_config import CONTROL_KINDS
 from haloscope.preprocess.sim_confusers import render_confusers
 from haloscope.preprocess.sim_physics import (
@@ -21,8 +20,8 @@ from haloscope.preprocess.sim_physics import (
     STAMP_PX,
     bin_image,
     convolve_stamps,
-    kernel_spectra,
     elliptical_radius,
+    kernel_spectra,
     mag_to_nmgy,
     moffat_fwhm_from_psfsize,
     moffat_kernels,
@@ -87,9 +86,13 @@ def _lens_light(pop: Population) -> np.ndarray:
     bn = sersic_bn(n)
     ie = mag_to_nmgy(pop["lens_mag"]) / sersic_flux_per_ie(re, n, bn)[:, None]  # (B, 3)
     args = (_c(re), _c(n), _c(bn))
-    radius = elliptical_radius(_AX2[None, None, :], _AX2[None, :, None], _c(pop["lens_q"]), _c(pop["lens_phi"]))
+    radius = elliptical_radius(
+        _AX2[None, None, :], _AX2[None, :, None], _c(pop["lens_q"]), _c(pop["lens_phi"])
+    )
     pix = bin_image(sersic_shape(radius, *args), 2)
-    core_r = elliptical_radius(_CORE[None, None, :], _CORE[None, :, None], _c(pop["lens_q"]), _c(pop["lens_phi"]))
+    core_r = elliptical_radius(
+        _CORE[None, None, :], _CORE[None, :, None], _c(pop["lens_q"]), _c(pop["lens_phi"])
+    )
     pix[:, 31:34, 31:34] = bin_image(sersic_shape(core_r, *args), 8)  # resolve the cusp
     return pix[:, None] * (ie * PIX_AREA).astype(F32)[:, :, None, None]
 
@@ -101,22 +104,43 @@ def _neighbours(rng: np.random.Generator, num: int) -> np.ndarray:
     for k in range(3):
         cx, cy = rng.uniform(-8.4, 8.4, (2, num))
         radius = elliptical_radius(
-            _AX1[None, None, :] - _c(cx), _AX1[None, :, None] - _c(cy),
-            _c(rng.uniform(0.4, 1.0, num)), _c(rng.uniform(0, np.pi, num)),
+            _AX1[None, None, :] - _c(cx),
+            _AX1[None, :, None] - _c(cy),
+            _c(rng.uniform(0.4, 1.0, num)),
+            _c(rng.uniform(0, np.pi, num)),
         )
         blob = sersic_shape(radius, _c(rng.uniform(0.2, 1.0, num)), F32(1.0), F32(sersic_bn(1.0)))
         blob /= np.maximum(blob.sum(axis=(1, 2), keepdims=True), 1e-30)
         flux = mag_to_nmgy(rng.uniform(20.0, 24.5, num)) * (count > k)
-        colour = np.stack([10 ** (-0.4 * rng.uniform(0.3, 1.6, num)), np.ones(num), 10 ** (0.4 * rng.uniform(0.2, 1.2, num))], 1)
+        colour = np.stack(
+            [
+                10 ** (-0.4 * rng.uniform(0.3, 1.6, num)),
+                np.ones(num),
+                10 ** (0.4 * rng.uniform(0.2, 1.2, num)),
+            ],
+            1,
+        )
         out += blob[:, None] * (flux[:, None] * colour).astype(F32)[:, :, None, None]
     has_star = rng.uniform(size=num) < 0.25
     sx, sy = rng.uniform(0, STAMP_PX - 1, (2, num))
     flux = mag_to_nmgy(rng.uniform(17.0, 23.0, num)) * has_star
-    colour = np.stack([10 ** (-0.4 * rng.uniform(0.3, 1.4, num)), np.ones(num), 10 ** (0.4 * rng.uniform(0.1, 0.8, num))], 1)
+    colour = np.stack(
+        [
+            10 ** (-0.4 * rng.uniform(0.3, 1.4, num)),
+            np.ones(num),
+            10 ** (0.4 * rng.uniform(0.1, 0.8, num)),
+        ],
+        1,
+    )
     ix, iy = np.floor(sx).astype(int), np.floor(sy).astype(int)
     fx, fy = sx - ix, sy - iy
     rows = np.arange(num)
-    for dy, dx, w in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+    for dy, dx, w in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (0, 1, fx * (1 - fy)),
+        (1, 0, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         out[rows, :, iy + dy, ix + dx] += (flux * w)[:, None] * colour  # bilinear point source
     return out
 
@@ -136,7 +160,9 @@ def noise_variance(model: np.ndarray, sky_sigma: np.ndarray, gain: np.ndarray) -
 def _unit_arcs(pop: Population, idx: np.ndarray, rep: int) -> tuple[np.ndarray, np.ndarray]:
     """Lensed source of unit intrinsic r flux: (P, 3, 40, 40) pre-PSF box and magnification."""
     x, y = _BOX[None, None, :], _BOX[None, :, None]
-    ax, ay = sie_deflection(x, y, _c(pop["theta_e"][idx]), _c(pop["mass_q"][idx]), _c(pop["mass_phi"][idx]))
+    ax, ay = sie_deflection(
+        x, y, _c(pop["theta_e"][idx]), _c(pop["mass_q"][idx]), _c(pop["mass_phi"][idx])
+    )
     gx, gy = shear_deflection(x, y, _c(pop["gamma1"][idx]), _c(pop["gamma2"][idx]))
     bx = x - ax - gx - _c(pop["src_x"][idx, rep])
     by = y - ay - gy - _c(pop["src_y"][idx, rep])
@@ -158,12 +184,20 @@ def _unit_arcs(pop: Population, idx: np.ndarray, rep: int) -> tuple[np.ndarray, 
     f = pop["knot_frac"][idx]
     gr, rz = pop["src_gr"][idx], pop["src_rz"][idx]
     c_s = np.stack([10 ** (-0.4 * gr), np.ones_like(gr), 10 ** (0.4 * rz)], 1) * (1 - f)[:, None]
-    c_k = np.stack([10 ** (-0.4 * (gr - 0.3)), np.ones_like(gr), 10 ** (0.4 * (rz - 0.2))], 1) * f[:, None]
-    unit = smooth_pix[:, None] * c_s.astype(F32)[:, :, None, None] + knot_pix[:, None] * c_k.astype(F32)[:, :, None, None]
+    c_k = (
+        np.stack([10 ** (-0.4 * (gr - 0.3)), np.ones_like(gr), 10 ** (0.4 * (rz - 0.2))], 1)
+        * f[:, None]
+    )
+    unit = (
+        smooth_pix[:, None] * c_s.astype(F32)[:, :, None, None]
+        + knot_pix[:, None] * c_k.astype(F32)[:, :, None, None]
+    )
     return unit, unit[:, 1].sum(axis=(1, 2))
 
 
-def _flux_for_snr(unit_r: np.ndarray, var_r: np.ndarray, gain_r: np.ndarray, snr: np.ndarray) -> np.ndarray:
+def _flux_for_snr(
+    unit_r: np.ndarray, var_r: np.ndarray, gain_r: np.ndarray, snr: np.ndarray
+) -> np.ndarray:
     """Source r flux giving peak SNR ``snr`` at the best pixel (shot noise of the arc included)."""
     num = len(snr)
     flat_u, flat_v = unit_r.reshape(num, -1), var_r.reshape(num, -1)
@@ -177,7 +211,9 @@ def _flux_for_snr(unit_r: np.ndarray, var_r: np.ndarray, gain_r: np.ndarray, snr
     return np.clip(flux, lo, hi)
 
 
-def render_batch(rng: np.random.Generator, pop: Population, with_neighbours: bool = True) -> RenderedBatch:
+def render_batch(
+    rng: np.random.Generator, pop: Population, with_neighbours: bool = True
+) -> RenderedBatch:
     """Render every galaxy of ``pop`` (a slice of a chunk's population).
 
     Args:
@@ -234,6 +270,12 @@ def _add_arcs(rng, pop, base, var, psf, gain) -> RenderedBatch:
         snr[:, rep] = (arc / np.sqrt(var[idx] + arc_var)).max(axis=(2, 3))
     src_mag = 22.5 - 2.5 * np.log10(np.maximum(flux, 1e-30))
     return RenderedBatch(
-        base=base, pos_index=idx, positives=out, arc_snr=snr[:, :, 1], magnification=mag,
-        src_mag_r=src_mag, arc_snr_g=snr[:, :, 0], arc_snr_z=snr[:, :, 2],
+        base=base,
+        pos_index=idx,
+        positives=out,
+        arc_snr=snr[:, :, 1],
+        magnification=mag,
+        src_mag_r=src_mag,
+        arc_snr_g=snr[:, :, 0],
+        arc_snr_z=snr[:, :, 2],
     )

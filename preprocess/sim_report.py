@@ -20,11 +20,32 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-__all__ = ["load_unique", "aperture_features", "difficulty_check", "plot_examples", "plot_distributions", "main"]
+__all__ = [
+    "load_unique",
+    "aperture_features",
+    "difficulty_check",
+    "plot_examples",
+    "plot_distributions",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
-_COLS = ["is_control", "control_kind", "arc_snr", "theta_e_arcsec", "psf_fwhm_used_r", "psfsize_r",
-         "psfdepth_r", "src_mag_r", "mock_galaxy_id", "replicate", "region_split", "cutout_ok", "bandset", "mock_defect"]
+_COLS = [
+    "is_control",
+    "control_kind",
+    "arc_snr",
+    "theta_e_arcsec",
+    "psf_fwhm_used_r",
+    "psfsize_r",
+    "psfdepth_r",
+    "src_mag_r",
+    "mock_galaxy_id",
+    "replicate",
+    "region_split",
+    "cutout_ok",
+    "bandset",
+    "mock_defect",
+]
 
 
 def load_unique(data: str, examples_per_class: int = 6) -> dict[str, np.ndarray]:
@@ -37,12 +58,18 @@ def load_unique(data: str, examples_per_class: int = 6) -> dict[str, np.ndarray]
         (list of (class label, (3, 64, 64) stamp)).
     """
     dset = ds.dataset(data, format="parquet", partitioning="hive")
-    flt = (pc.field("cutout_ok") == 1) & (pc.field("bandset") == "grz") & pc.field("mock_defect").is_null()
+    flt = (
+        (pc.field("cutout_ok") == 1)
+        & (pc.field("bandset") == "grz")
+        & pc.field("mock_defect").is_null()
+    )
     seen: set[int] = set()
     cols: dict[str, list] = {c: [] for c in _COLS}
     feats, examples, counts = [], [], {}
     for batch in dset.to_batches(columns=[*_COLS, "stamp_npz"], filter=flt, batch_size=512):
-        gal, rep, ctrl = (batch.column(c).to_numpy() for c in ("mock_galaxy_id", "replicate", "is_control"))
+        gal, rep, ctrl = (
+            batch.column(c).to_numpy() for c in ("mock_galaxy_id", "replicate", "is_control")
+        )
         keys = gal * 2 + np.where(ctrl == 1, 0, rep)
         keep = [i for i, k in enumerate(keys.tolist()) if not (k in seen or seen.add(k))]
         if not keep:
@@ -53,7 +80,9 @@ def load_unique(data: str, examples_per_class: int = 6) -> dict[str, np.ndarray]
         for c in _COLS:
             cols[c].append(sub.column(c).to_numpy(zero_copy_only=False))
         for i in range(len(keep)):
-            label = _example_class(sub.column("control_kind")[i].as_py(), sub.column("arc_snr")[i].as_py())
+            label = _example_class(
+                sub.column("control_kind")[i].as_py(), sub.column("arc_snr")[i].as_py()
+            )
             if label and counts.get(label, 0) < examples_per_class:
                 counts[label] = counts.get(label, 0) + 1
                 examples.append((label, stamps[i]))
@@ -102,24 +131,34 @@ def difficulty_check(u: dict[str, np.ndarray]) -> dict:
     tr, te = u["region_split"] == "train", u["region_split"] == "test"
     res: dict = {"num_train": int(tr.sum()), "num_test": int(te.sum())}
     for name, feats in (("aperture_lr", x), ("meta_only_lr", meta)):
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(feats[tr], y[tr])
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
+            feats[tr], y[tr]
+        )
         score = model.predict_proba(feats[te])[:, 1]
         res[f"{name}_auc"] = round(float(roc_auc_score(y[te], score)), 4)
         if name == "aperture_lr":
             kinds = u["control_kind"][te]
-            ctrl_scores = {k: score[(y[te] == 0) & (kinds == k)] for k in np.unique(kinds[y[te] == 0])}
-            res["mean_score_by_control_kind"] = {str(k): round(float(v.mean()), 4) for k, v in ctrl_scores.items()}
+            ctrl_scores = {
+                k: score[(y[te] == 0) & (kinds == k)] for k in np.unique(kinds[y[te] == 0])
+            }
+            res["mean_score_by_control_kind"] = {
+                str(k): round(float(v.mean()), 4) for k, v in ctrl_scores.items()
+            }
             res["mean_score_lenses"] = round(float(score[y[te] == 1].mean()), 4)
             thr = np.quantile(score[y[te] == 0], 0.99)
             res["tpr_at_fpr_1e-2"] = round(float((score[y[te] == 1] > thr).mean()), 4)
             ordinary = (y[te] == 0) & (kinds == "ordinary")
             confuser = (y[te] == 0) & (kinds != "ordinary")
-            res["confuser_vs_ordinary_auc"] = round(float(roc_auc_score(confuser[ordinary | confuser], score[ordinary | confuser])), 4)
+            res["confuser_vs_ordinary_auc"] = round(
+                float(roc_auc_score(confuser[ordinary | confuser], score[ordinary | confuser])), 4
+            )
             snr = u["arc_snr"][te]
             res["auc_by_arc_snr"] = {}
             for lo, hi in ((0, 2), (2, 8), (8, 20), (20, np.inf)):
                 sel = (y[te] == 0) | ((snr >= lo) & (snr < hi))
-                res["auc_by_arc_snr"][f"[{lo},{hi})"] = round(float(roc_auc_score(y[te][sel], score[sel])), 4)
+                res["auc_by_arc_snr"][f"[{lo},{hi})"] = round(
+                    float(roc_auc_score(y[te][sel], score[sel])), 4
+                )
     return res
 
 
@@ -138,7 +177,10 @@ def plot_examples(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> Non
     import matplotlib.pyplot as plt
 
     labels = ["lens, arc SNR > 20", "lens, SNR 8-20", "lens, SNR 2-8"]
-    labels += [f"control: {k}" for k in ("ordinary", "ring", "spiral", "edge_on", "merger", "blue_companion")]
+    labels += [
+        f"control: {k}"
+        for k in ("ordinary", "ring", "spiral", "edge_on", "merger", "blue_companion")
+    ]
     rows = [(lab, [img for name, img in u["examples"] if name == lab]) for lab in labels]
     fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 1.1, len(rows) * 1.15))
     for i, (label, imgs) in enumerate(rows):
@@ -163,21 +205,65 @@ def plot_distributions(u: dict[str, np.ndarray], path: Path) -> None:
     lens = u["is_control"] == 0
     psf = np.where(u["psf_fwhm_used_r"] > 0, u["psf_fwhm_used_r"], u["psfsize_r"])
     panels = [
-        ("theta_E [arcsec] (lenses)", u["theta_e_arcsec"][lens], np.linspace(0.4, 2.6, 23), [], "grid_sota: 0.5-2.5"),
-        ("theta_E / PSF FWHM (lenses)", u["theta_e_arcsec"][lens] / psf[lens], np.linspace(0, 3, 31), [0.5], "cut 0.5"),
-        ("log10 arc SNR (peak pixel, r)", np.log10(u["arc_snr"][lens].astype(float)), np.linspace(-0.5, 2.6, 32), np.log10([0.8, 2, 8, 20]), "target bins 40/40/15/5 %"),
-        ("psfsize_r [arcsec]", u["psfsize_r"], np.linspace(0.7, 2.7, 41), [0.754, 1.305, 1.600], "v3: 0.754 / 1.305 / 1.600"),
-        ("psfdepth_r [AB mag]", u["psfdepth_r"], np.linspace(22.5, 26.5, 41), [24.2, 25.1, 24.55], "DR10 peaks 24.2, 25.1; v3 median 24.55"),
-        ("src_mag_r (lenses)", u["src_mag_r"][lens].astype(float), np.linspace(19.5, 29, 39), [22.5, 26], "sheet: 22.5-26"),
+        (
+            "theta_E [arcsec] (lenses)",
+            u["theta_e_arcsec"][lens],
+            np.linspace(0.4, 2.6, 23),
+            [],
+            "grid_sota: 0.5-2.5",
+        ),
+        (
+            "theta_E / PSF FWHM (lenses)",
+            u["theta_e_arcsec"][lens] / psf[lens],
+            np.linspace(0, 3, 31),
+            [0.5],
+            "cut 0.5",
+        ),
+        (
+            "log10 arc SNR (peak pixel, r)",
+            np.log10(u["arc_snr"][lens].astype(float)),
+            np.linspace(-0.5, 2.6, 32),
+            np.log10([0.8, 2, 8, 20]),
+            "target bins 40/40/15/5 %",
+        ),
+        (
+            "psfsize_r [arcsec]",
+            u["psfsize_r"],
+            np.linspace(0.7, 2.7, 41),
+            [0.754, 1.305, 1.600],
+            "v3: 0.754 / 1.305 / 1.600",
+        ),
+        (
+            "psfdepth_r [AB mag]",
+            u["psfdepth_r"],
+            np.linspace(22.5, 26.5, 41),
+            [24.2, 25.1, 24.55],
+            "DR10 peaks 24.2, 25.1; v3 median 24.55",
+        ),
+        (
+            "src_mag_r (lenses)",
+            u["src_mag_r"][lens].astype(float),
+            np.linspace(19.5, 29, 39),
+            [22.5, 26],
+            "sheet: 22.5-26",
+        ),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(9, 5))
-    for ax, (title, vals, bins, lines, note) in zip(axes.ravel(), panels):
+    for ax, (title, vals, bins, lines, note) in zip(axes.ravel(), panels, strict=False):
         vals = vals[np.isfinite(vals)]
         ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8)
         for v in lines:
             ax.axvline(v, color="tab:red", ls="--", lw=1)
         ax.set_title(title, fontsize=8)
-        ax.text(0.98, 0.95, f"real: {note}\nmock median {np.median(vals):.2f}", transform=ax.transAxes, ha="right", va="top", fontsize=6)
+        ax.text(
+            0.98,
+            0.95,
+            f"real: {note}\nmock median {np.median(vals):.2f}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=6,
+        )
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -186,7 +272,9 @@ def plot_distributions(u: dict[str, np.ndarray], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the figures and the difficulty JSON for a survey directory."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", required=True, help="survey root written by haloscope simulate")
     p.add_argument("--out-dir", default="docs/img", help="where the PNGs go")
     p.add_argument("--json", default=None, help="write the difficulty numbers here")
@@ -198,9 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     plot_distributions(u, out / "mock_distributions.png")
     res = difficulty_check(u)
     res["snr_bin_fractions"] = {
-        k: round(float(v), 4) for k, v in zip(
+        k: round(float(v), 4)
+        for k, v in zip(
             ("[0.8,2)", "[2,8)", "[8,20)", ">=20"),
-            np.histogram(u["arc_snr"][u["is_control"] == 0].astype(float), [0.8, 2, 8, 20, np.inf])[0] / max(1, (u["is_control"] == 0).sum()),
+            np.histogram(u["arc_snr"][u["is_control"] == 0].astype(float), [0.8, 2, 8, 20, np.inf])[
+                0
+            ]
+            / max(1, (u["is_control"] == 0).sum()),
+            strict=False,
         )
     }
     text = json.dumps(res, indent=2)

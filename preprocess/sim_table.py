@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from haloscope.preprocess.sim_config import BANDS, CONTROL_KINDS, EXPERIMENT_ID, PIPELINE_VERSION
 
 __all__ = ["SCHEMA", "encode_npz", "failed_stamp", "task_id", "SplitWriters", "DEFECTS"]
@@ -25,25 +24,69 @@ __all__ = ["SCHEMA", "encode_npz", "failed_stamp", "task_id", "SplitWriters", "D
 DEFECTS = (None, "cutout_fail", "nan_stamp", "r_only")
 _F64, _I32, _STR = pa.float64(), pa.int32(), pa.string()
 _COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("task_id", _STR), ("experiment_id", _STR), ("selection_set_id", _STR),
-    ("ranking_mode", _STR), ("selection_strategy", _STR), ("region_id", _I32),
-    ("brickname", _STR), ("ra", _F64), ("dec", _F64), ("stamp_size", _I32), ("bandset", _STR),
-    ("config_id", _STR), ("theta_e_arcsec", _F64), ("src_dmag", _F64), ("src_reff_arcsec", _F64),
-    ("src_e", _F64), ("shear", _F64), ("replicate", _I32), ("is_control", _I32),
-    ("task_seed64", pa.int64()), ("src_x_arcsec", _F64), ("src_y_arcsec", _F64),
-    ("src_phi_rad", _F64), ("shear_phi_rad", _F64), ("src_gr", _F64), ("src_rz", _F64),
-    ("psf_bin", _I32), ("depth_bin", _I32), ("ab_zp_nmgy", _F64), ("pipeline_version", _STR),
-    ("psfsize_g", _F64), ("psfsize_r", _F64), ("psfsize_z", _F64),
-    ("psfdepth_g", _F64), ("psfdepth_r", _F64), ("psfdepth_z", _F64), ("ebv", _F64),
-    ("stamp_npz", pa.binary()), ("cutout_ok", _I32), ("arc_snr", _F64),
-    ("bad_pixel_frac", _F64), ("wise_brightmask_frac", _F64), ("metrics_ok", _I32),
-    ("psf_fwhm_used_g", _F64), ("psf_fwhm_used_r", _F64), ("psf_fwhm_used_z", _F64),
-    ("metrics_only", _I32), ("lens_model", _STR), ("lens_e", _F64), ("lens_phi_rad", _F64),
-    ("magnification", _F64), ("physics_valid", pa.bool_()), ("physics_warnings", _STR),
+    ("task_id", _STR),
+    ("experiment_id", _STR),
+    ("selection_set_id", _STR),
+    ("ranking_mode", _STR),
+    ("selection_strategy", _STR),
+    ("region_id", _I32),
+    ("brickname", _STR),
+    ("ra", _F64),
+    ("dec", _F64),
+    ("stamp_size", _I32),
+    ("bandset", _STR),
+    ("config_id", _STR),
+    ("theta_e_arcsec", _F64),
+    ("src_dmag", _F64),
+    ("src_reff_arcsec", _F64),
+    ("src_e", _F64),
+    ("shear", _F64),
+    ("replicate", _I32),
+    ("is_control", _I32),
+    ("task_seed64", pa.int64()),
+    ("src_x_arcsec", _F64),
+    ("src_y_arcsec", _F64),
+    ("src_phi_rad", _F64),
+    ("shear_phi_rad", _F64),
+    ("src_gr", _F64),
+    ("src_rz", _F64),
+    ("psf_bin", _I32),
+    ("depth_bin", _I32),
+    ("ab_zp_nmgy", _F64),
+    ("pipeline_version", _STR),
+    ("psfsize_g", _F64),
+    ("psfsize_r", _F64),
+    ("psfsize_z", _F64),
+    ("psfdepth_g", _F64),
+    ("psfdepth_r", _F64),
+    ("psfdepth_z", _F64),
+    ("ebv", _F64),
+    ("stamp_npz", pa.binary()),
+    ("cutout_ok", _I32),
+    ("arc_snr", _F64),
+    ("bad_pixel_frac", _F64),
+    ("wise_brightmask_frac", _F64),
+    ("metrics_ok", _I32),
+    ("psf_fwhm_used_g", _F64),
+    ("psf_fwhm_used_r", _F64),
+    ("psf_fwhm_used_z", _F64),
+    ("metrics_only", _I32),
+    ("lens_model", _STR),
+    ("lens_e", _F64),
+    ("lens_phi_rad", _F64),
+    ("magnification", _F64),
+    ("physics_valid", pa.bool_()),
+    ("physics_warnings", _STR),
     # mock-only truth
-    ("control_kind", _STR), ("lens_mag_g", _F64), ("lens_mag_r", _F64), ("lens_mag_z", _F64),
-    ("src_mag_r", _F64), ("arc_snr_g", _F64), ("arc_snr_z", _F64),
-    ("mock_galaxy_id", pa.int64()), ("mock_defect", _STR),
+    ("control_kind", _STR),
+    ("lens_mag_g", _F64),
+    ("lens_mag_r", _F64),
+    ("lens_mag_z", _F64),
+    ("src_mag_r", _F64),
+    ("arc_snr_g", _F64),
+    ("arc_snr_z", _F64),
+    ("mock_galaxy_id", pa.int64()),
+    ("mock_defect", _STR),
 ]
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ in _COLUMNS])
 _PSF_EDGES = np.array([1.15, 1.30, 1.47])  # r psfsize quartile edges of the mock (arcsec)
@@ -81,7 +124,9 @@ def stamp_bytes(image: np.ndarray, r_only: bool) -> bytes:
     return encode_npz({f"image_{b}": image[i] for i, b in enumerate(BANDS)})
 
 
-def task_id(sel: str, split: str, brick: str, ra: float, dec: float, config_id: str, rep: int) -> str:
+def task_id(
+    sel: str, split: str, brick: str, ra: float, dec: float, config_id: str, rep: int
+) -> str:
     """``sha256(experiment_id|selection_set_id|region_split|brickname|ra|dec|config_id|replicate)``."""
     key = f"{EXPERIMENT_ID}|{sel}|{split}|{brick}|{ra:.6f}|{dec:.6f}|{config_id}|{rep}"
     return hashlib.sha256(key.encode()).hexdigest()
@@ -94,36 +139,77 @@ def galaxy_columns(pop: dict, g: int) -> dict:
     psf, depth = pop["psfsize"][g], pop["psfdepth"][g]
     ra, dec = float(pop["ra"][g]), float(pop["dec"][g])
     row = {
-        "experiment_id": EXPERIMENT_ID, "ranking_mode": "mock", "selection_strategy": "psf_depth_strata",
-        "region_id": int(pop["region_id"][g]), "brickname": str(pop["brickname"][g]), "ra": ra, "dec": dec,
-        "stamp_size": 64, "bandset": "r" if pop["defect"][g] == 3 else "grz",
-        "task_seed64": int(pop["task_seed64"][g]), "psf_bin": int(np.searchsorted(_PSF_EDGES, psf[1])),
-        "depth_bin": int(np.searchsorted(_DEPTH_EDGES, depth[1])), "ab_zp_nmgy": 22.5,
+        "experiment_id": EXPERIMENT_ID,
+        "ranking_mode": "mock",
+        "selection_strategy": "psf_depth_strata",
+        "region_id": int(pop["region_id"][g]),
+        "brickname": str(pop["brickname"][g]),
+        "ra": ra,
+        "dec": dec,
+        "stamp_size": 64,
+        "bandset": "r" if pop["defect"][g] == 3 else "grz",
+        "task_seed64": int(pop["task_seed64"][g]),
+        "psf_bin": int(np.searchsorted(_PSF_EDGES, psf[1])),
+        "depth_bin": int(np.searchsorted(_DEPTH_EDGES, depth[1])),
+        "ab_zp_nmgy": 22.5,
         "pipeline_version": PIPELINE_VERSION,
         "ebv": float(0.02 + 0.04 * (1 + np.sin(np.deg2rad(3 * ra)) * np.cos(np.deg2rad(5 * dec)))),
-        "bad_pixel_frac": 0.0, "wise_brightmask_frac": 0.0, "metrics_only": 0,
-        "is_control": int(is_control), "mock_galaxy_id": int(pop["galaxy_id"][g]),
+        "bad_pixel_frac": 0.0,
+        "wise_brightmask_frac": 0.0,
+        "metrics_only": 0,
+        "is_control": int(is_control),
+        "mock_galaxy_id": int(pop["galaxy_id"][g]),
         "mock_defect": DEFECTS[int(pop["defect"][g])],
-        "lens_mag_g": float(lens_mag[0]), "lens_mag_r": float(lens_mag[1]), "lens_mag_z": float(lens_mag[2]),
+        "lens_mag_g": float(lens_mag[0]),
+        "lens_mag_r": float(lens_mag[1]),
+        "lens_mag_z": float(lens_mag[2]),
     }
     for i, b in enumerate(BANDS):
         row[f"psfsize_{b}"], row[f"psfdepth_{b}"] = float(psf[i]), float(depth[i])
     if is_control:
-        row.update({k: 0.0 for k in ("theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear",
-                                     "src_x_arcsec", "src_y_arcsec", "src_phi_rad", "shear_phi_rad", "src_gr", "src_rz")})
-        row.update(config_id="CONTROL", lens_model="CONTROL", control_kind=CONTROL_KINDS[int(pop["control_kind"][g])])
+        row.update(
+            {
+                k: 0.0
+                for k in (
+                    "theta_e_arcsec",
+                    "src_dmag",
+                    "src_reff_arcsec",
+                    "src_e",
+                    "shear",
+                    "src_x_arcsec",
+                    "src_y_arcsec",
+                    "src_phi_rad",
+                    "shear_phi_rad",
+                    "src_gr",
+                    "src_rz",
+                )
+            }
+        )
+        row.update(
+            config_id="CONTROL",
+            lens_model="CONTROL",
+            control_kind=CONTROL_KINDS[int(pop["control_kind"][g])],
+        )
         for b in BANDS:
             row[f"psf_fwhm_used_{b}"] = None
         return row
     src_q = pop["src_q"][g]
-    row.update({
-        "theta_e_arcsec": float(pop["theta_e"][g]), "src_reff_arcsec": float(pop["src_reff"][g]),
-        "src_e": float((1 - src_q) / (1 + src_q)), "shear": float(pop["shear"][g]),
-        "shear_phi_rad": float(pop["shear_phi"][g]), "src_gr": float(pop["src_gr"][g]),
-        "src_rz": float(pop["src_rz"][g]), "config_id": f"mock_te{pop['theta_e'][g]:.3f}", "lens_model": "SIE",
-        "lens_e": float((1 - pop["mass_q"][g]) / (1 + pop["mass_q"][g])),
-        "lens_phi_rad": float(np.mod(pop["mass_phi"][g], np.pi)), "control_kind": None,
-    })
+    row.update(
+        {
+            "theta_e_arcsec": float(pop["theta_e"][g]),
+            "src_reff_arcsec": float(pop["src_reff"][g]),
+            "src_e": float((1 - src_q) / (1 + src_q)),
+            "shear": float(pop["shear"][g]),
+            "shear_phi_rad": float(pop["shear_phi"][g]),
+            "src_gr": float(pop["src_gr"][g]),
+            "src_rz": float(pop["src_rz"][g]),
+            "config_id": f"mock_te{pop['theta_e'][g]:.3f}",
+            "lens_model": "SIE",
+            "lens_e": float((1 - pop["mass_q"][g]) / (1 + pop["mass_q"][g])),
+            "lens_phi_rad": float(np.mod(pop["mass_phi"][g], np.pi)),
+            "control_kind": None,
+        }
+    )
     for i, b in enumerate(BANDS):
         row[f"psf_fwhm_used_{b}"] = float(pop["psf_local"][g, i])
     return row
@@ -132,7 +218,9 @@ def galaxy_columns(pop: dict, g: int) -> dict:
 class SplitWriters:
     """One parquet part file per split for a chunk, written to a temp name and renamed on close."""
 
-    def __init__(self, out: str | os.PathLike, chunk: int, compression: str, row_group_rows: int = 1024) -> None:
+    def __init__(
+        self, out: str | os.PathLike, chunk: int, compression: str, row_group_rows: int = 1024
+    ) -> None:
         self.out, self.chunk = Path(out), chunk
         self.codec = None if compression == "none" else compression
         self.row_group_rows = row_group_rows
@@ -155,7 +243,11 @@ class SplitWriters:
             final = self.out / f"region_split={split}" / f"part-{self.chunk:05d}.parquet"
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f".{final.name}.tmp")
-            self._writers[split] = (pq.ParquetWriter(tmp, SCHEMA, compression=self.codec), tmp, final)
+            self._writers[split] = (
+                pq.ParquetWriter(tmp, SCHEMA, compression=self.codec),
+                tmp,
+                final,
+            )
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         self._writers[split][0].write_table(table)
         self.rows_written[split] = self.rows_written.get(split, 0) + len(rows)

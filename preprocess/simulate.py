@@ -18,13 +18,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
-from haloscope.errors import ConfigError
 from haloscope.preprocess.sim_config import NUM_SELECTION_SETS, SPLITS, SimConfig
 from haloscope.preprocess.sim_population import Population, draw_population
 from haloscope.preprocess.sim_render import RenderedBatch, render_batch
-from haloscope.preprocess.sim_table import SplitWriters, failed_stamp, galaxy_columns, stamp_bytes, task_id
+from haloscope.preprocess.sim_table import (
+    SplitWriters,
+    failed_stamp,
+    galaxy_columns,
+    stamp_bytes,
+    task_id,
+)
+from tqdm import tqdm
+
+from haloscope.errors import ConfigError
 
 __all__ = ["simulate", "simulate_chunk", "RENDER_BATCH", "SUMMARY_NAME"]
 
@@ -42,7 +48,9 @@ def _apply_nan_patch(rng: np.random.Generator, images: np.ndarray) -> np.ndarray
     return images
 
 
-def _galaxy_rows(pop: Population, g: int, split: str, stamps: list[bytes], truth: dict | None) -> list[dict]:
+def _galaxy_rows(
+    pop: Population, g: int, split: str, stamps: list[bytes], truth: dict | None
+) -> list[dict]:
     """Expand one galaxy into its rows (selection sets x replicates)."""
     shared = galaxy_columns(pop, g)
     failed = pop["defect"][g] == 1
@@ -52,11 +60,29 @@ def _galaxy_rows(pop: Population, g: int, split: str, stamps: list[bytes], truth
         sel = f"ss{int(pop['sel_sets'][g, j // 2]):02d}"
         row = dict(shared)
         row.update(
-            task_id=task_id(sel, split, shared["brickname"], shared["ra"], shared["dec"], shared["config_id"], rep),
-            selection_set_id=sel, replicate=rep, stamp_npz=stamps[rep if len(stamps) > 1 else 0],
-            cutout_ok=0 if failed else 1, metrics_ok=0 if failed else 1, physics_valid=not failed,
-            physics_warnings="Processing error: cutout extends past the brick edge" if failed else None,
-            arc_snr=None, magnification=None, src_mag_r=None, arc_snr_g=None, arc_snr_z=None,
+            task_id=task_id(
+                sel,
+                split,
+                shared["brickname"],
+                shared["ra"],
+                shared["dec"],
+                shared["config_id"],
+                rep,
+            ),
+            selection_set_id=sel,
+            replicate=rep,
+            stamp_npz=stamps[rep if len(stamps) > 1 else 0],
+            cutout_ok=0 if failed else 1,
+            metrics_ok=0 if failed else 1,
+            physics_valid=not failed,
+            physics_warnings="Processing error: cutout extends past the brick edge"
+            if failed
+            else None,
+            arc_snr=None,
+            magnification=None,
+            src_mag_r=None,
+            arc_snr_g=None,
+            arc_snr_z=None,
         )
         if truth is not None:
             row["src_dmag"] = truth["src_mag_r"] - shared["lens_mag_r"]
@@ -65,12 +91,16 @@ def _galaxy_rows(pop: Population, g: int, split: str, stamps: list[bytes], truth
             row["src_phi_rad"] = truth["src_phi"][rep]
             row["magnification"] = truth["magnification"][rep]
             if not failed:
-                row["arc_snr"], row["arc_snr_g"], row["arc_snr_z"] = (truth[k][rep] for k in ("arc_snr", "arc_snr_g", "arc_snr_z"))
+                row["arc_snr"], row["arc_snr_g"], row["arc_snr_z"] = (
+                    truth[k][rep] for k in ("arc_snr", "arc_snr_g", "arc_snr_z")
+                )
         rows.append(row)
     return rows
 
 
-def _batch_rows(rng: np.random.Generator, pop: Population, rb: RenderedBatch, fail_bytes: bytes) -> Iterator[tuple[str, list[dict]]]:
+def _batch_rows(
+    rng: np.random.Generator, pop: Population, rb: RenderedBatch, fail_bytes: bytes
+) -> Iterator[tuple[str, list[dict]]]:
     """Encode each unique image once and yield (split, rows) per galaxy of the batch."""
     pos_of = {int(g): p for p, g in enumerate(rb.pos_index)}
     for g in range(len(pop["ra"])):
@@ -87,10 +117,14 @@ def _batch_rows(rng: np.random.Generator, pop: Population, rb: RenderedBatch, fa
         truth = None
         if p is not None:
             truth = {
-                "src_mag_r": float(rb.src_mag_r[p]), "magnification": rb.magnification[p].tolist(),
-                "arc_snr": rb.arc_snr[p].tolist(), "arc_snr_g": rb.arc_snr_g[p].tolist(),
-                "arc_snr_z": rb.arc_snr_z[p].tolist(), "src_x": pop["src_x"][g].tolist(),
-                "src_y": pop["src_y"][g].tolist(), "src_phi": pop["src_phi"][g].tolist(),
+                "src_mag_r": float(rb.src_mag_r[p]),
+                "magnification": rb.magnification[p].tolist(),
+                "arc_snr": rb.arc_snr[p].tolist(),
+                "arc_snr_g": rb.arc_snr_g[p].tolist(),
+                "arc_snr_z": rb.arc_snr_z[p].tolist(),
+                "src_x": pop["src_x"][g].tolist(),
+                "src_y": pop["src_y"][g].tolist(),
+                "src_phi": pop["src_phi"][g].tolist(),
             }
         yield split, _galaxy_rows(pop, g, split, stamps, truth)
 
@@ -125,7 +159,9 @@ def _run_chunk(args: tuple[SimConfig, int]) -> tuple[int, dict[str, int]]:
 def _check_out(out: Path, overwrite: bool) -> None:
     existing = sorted(out.glob("region_split=*")) if out.exists() else []
     if existing and not overwrite:
-        raise ConfigError(f"--out {out} already holds a survey ({existing[0].name}); pass --overwrite or pick another directory")
+        raise ConfigError(
+            f"--out {out} already holds a survey ({existing[0].name}); pass --overwrite or pick another directory"
+        )
     for split_dir in existing:
         for part in split_dir.glob("*.parquet"):
             part.unlink()
@@ -172,11 +208,20 @@ def simulate(cfg: SimConfig, overwrite: bool = False, progress: bool = True) -> 
             pool.join()
     seconds = time.perf_counter() - t0
     summary = {
-        "rows": sum(totals.values()), "rows_per_split": totals, "seconds": round(seconds, 3),
+        "rows": sum(totals.values()),
+        "rows_per_split": totals,
+        "seconds": round(seconds, 3),
         "rows_per_s": round(sum(totals.values()) / max(seconds, 1e-9), 1),
-        "num_chunks": cfg.num_chunks, "selection_sets": NUM_SELECTION_SETS,
+        "num_chunks": cfg.num_chunks,
+        "selection_sets": NUM_SELECTION_SETS,
         "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
     }
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("wrote %d rows to %s in %.1f s (%.0f rows/s)", summary["rows"], out, seconds, summary["rows_per_s"])
+    logger.info(
+        "wrote %d rows to %s in %.1f s (%.0f rows/s)",
+        summary["rows"],
+        out,
+        seconds,
+        summary["rows_per_s"],
+    )
     return summary

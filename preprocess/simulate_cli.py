@@ -6,11 +6,12 @@ import argparse
 import json
 import logging
 
+from haloscope.preprocess.sim_config import CHUNK_ROWS, SimConfig
+from haloscope.preprocess.simulate import simulate
+
 from haloscope.argparse_util import VerbParser
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
-from haloscope.preprocess.sim_config import CHUNK_ROWS, SimConfig
-from haloscope.preprocess.simulate import simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -49,9 +50,13 @@ def _split_fracs(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.7,0.15,0.15, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers like 0.7,0.15,0.15, got {text!r}"
+        ) from None
     if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"expected three non-negative numbers summing to 1, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected three non-negative numbers summing to 1, got {text!r}"
+        )
     return parts  # type: ignore[return-value]
 
 
@@ -61,25 +66,57 @@ def build_parser() -> VerbParser:
     p.add_argument("--out", required=True, help="output root directory (hive layout)")
     p.add_argument("--rows", type=_positive_int, required=True, help="total number of table rows")
     p.add_argument("--seed", type=int, default=0, help="master random seed")
-    p.add_argument("--workers", type=_positive_int, default=1, help="processes (output does not depend on it)")
     p.add_argument(
-        "--compression", choices=["zstd", "gzip", "snappy", "none"], default="zstd",
+        "--workers", type=_positive_int, default=1, help="processes (output does not depend on it)"
+    )
+    p.add_argument(
+        "--compression",
+        choices=["zstd", "gzip", "snappy", "none"],
+        default="zstd",
         help="parquet codec; gzip reproduces the real DR10 files but is ~10x slower to write",
     )
-    p.add_argument("--control-frac", type=_fraction, default=0.5, help="fraction of galaxies that are controls")
     p.add_argument(
-        "--confuser-frac", type=_fraction, default=0.25,
+        "--control-frac", type=_fraction, default=0.5, help="fraction of galaxies that are controls"
+    )
+    p.add_argument(
+        "--confuser-frac",
+        type=_fraction,
+        default=0.25,
         help="fraction of controls drawn as confusers (ring, spiral, edge_on, merger, blue_companion)",
     )
-    p.add_argument("--split-fracs", type=_split_fracs, default=(0.7, 0.15, 0.15), help="train,val,test fractions of sky regions")
-    p.add_argument("--fail-frac", type=_fraction, default=0.005, help="fraction of galaxies with cutout_ok=0 (r-only zero stamps)")
-    p.add_argument("--nan-frac", type=_fraction, default=0.0005, help="fraction of galaxies with a NaN patch and cutout_ok=1")
-    p.add_argument("--r-only-frac", type=_fraction, default=0.002, help="fraction of galaxies stored with bandset='r'")
     p.add_argument(
-        "--chunk-rows", type=_positive_int, default=CHUNK_ROWS,
+        "--split-fracs",
+        type=_split_fracs,
+        default=(0.7, 0.15, 0.15),
+        help="train,val,test fractions of sky regions",
+    )
+    p.add_argument(
+        "--fail-frac",
+        type=_fraction,
+        default=0.005,
+        help="fraction of galaxies with cutout_ok=0 (r-only zero stamps)",
+    )
+    p.add_argument(
+        "--nan-frac",
+        type=_fraction,
+        default=0.0005,
+        help="fraction of galaxies with a NaN patch and cutout_ok=1",
+    )
+    p.add_argument(
+        "--r-only-frac",
+        type=_fraction,
+        default=0.002,
+        help="fraction of galaxies stored with bandset='r'",
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=_positive_int,
+        default=CHUNK_ROWS,
         help="rows per work unit and part file group (changes the output; keep the default)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing survey under --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing survey under --out"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -95,10 +132,17 @@ def main(argv: list[str]) -> int:
     if args.chunk_rows < 64:
         raise ConfigError(f"--chunk-rows must be >= 64, got {args.chunk_rows}")
     cfg = SimConfig(
-        out=args.out, rows=args.rows, seed=args.seed, workers=args.workers,
-        compression=args.compression, control_frac=args.control_frac,
-        confuser_frac=args.confuser_frac, split_fracs=args.split_fracs,
-        fail_frac=args.fail_frac, nan_frac=args.nan_frac, r_only_frac=args.r_only_frac,
+        out=args.out,
+        rows=args.rows,
+        seed=args.seed,
+        workers=args.workers,
+        compression=args.compression,
+        control_frac=args.control_frac,
+        confuser_frac=args.confuser_frac,
+        split_fracs=args.split_fracs,
+        fail_frac=args.fail_frac,
+        nan_frac=args.nan_frac,
+        r_only_frac=args.r_only_frac,
         chunk_rows=args.chunk_rows,
     )
     summary = simulate(cfg, overwrite=args.overwrite, progress=not args.no_progress)

@@ -12,20 +12,29 @@ import pytest
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "haloscope", "simulate", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "haloscope", "simulate", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_cli_writes_a_readable_survey(tmp_path):
     out = tmp_path / "mock"
-    proc = _run("--out", str(out), "--rows", "2000", "--workers", "2", "--no-progress", "--seed", "4")
+    proc = _run(
+        "--out", str(out), "--rows", "2000", "--workers", "2", "--no-progress", "--seed", "4"
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["rows"] == 2000 and set(summary["rows_per_split"]) == {"train", "val", "test"}
-    table = ds.dataset(out, format="parquet", partitioning="hive").to_table(columns=["is_control", "region_split"])
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table(
+        columns=["is_control", "region_split"]
+    )
     assert table.num_rows == 2000
     again = _run("--out", str(out), "--rows", "10", "--no-progress")
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert (
+        again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    )
 
 
 @pytest.mark.parametrize(

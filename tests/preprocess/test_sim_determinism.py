@@ -18,7 +18,9 @@ def _digest(root) -> dict[str, str]:
 def test_same_seed_same_bytes_for_any_worker_count(tmp_path):
     runs = {}
     for name, workers, seed in (("a", 1, 11), ("b", 2, 11), ("c", 1, 12)):
-        cfg = SimConfig(out=str(tmp_path / name), rows=700, seed=seed, workers=workers, chunk_rows=256)
+        cfg = SimConfig(
+            out=str(tmp_path / name), rows=700, seed=seed, workers=workers, chunk_rows=256
+        )
         simulate(cfg, progress=False)
         runs[name] = _digest(tmp_path / name)
     assert len(runs["a"]) >= 3

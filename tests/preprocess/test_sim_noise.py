@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from haloscope.preprocess.sim_config import SimConfig
 from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,
@@ -41,7 +40,9 @@ def test_sky_sigma_on_source_free_stamps_within_5_percent():
 def test_point_source_depth_is_self_consistent():
     """A PSF-weighted flux on the rendered noise has sigma = 5-sigma flux / 5 (psfdepth)."""
     depth, psfsize = 24.2, 1.35
-    kernel = moffat_kernels(np.array([float(moffat_fwhm_from_psfsize(psfsize)) / PIXEL_SCALE]), oversample=4)[0]
+    kernel = moffat_kernels(
+        np.array([float(moffat_fwhm_from_psfsize(psfsize)) / PIXEL_SCALE]), oversample=4
+    )[0]
     nea_px = 1.0 / np.sum(kernel.astype(np.float64) ** 2)
     sigma_flux = float(sky_sigma_nmgy(np.array(depth), np.array(psfsize))) * np.sqrt(nea_px)
     assert sigma_flux == pytest.approx(float(mag_to_nmgy(depth)) / 5, rel=0.03)

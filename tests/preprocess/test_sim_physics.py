@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,
     convolve_stamps,
@@ -74,13 +73,26 @@ def test_lensed_extended_source_matches_lenstronomy(config):
     n = src["n_sersic"]
     ours = sersic_shape(
         elliptical_radius(bx - src["cx"], by - src["cy"], src["q"], src["phi"]),
-        src["R_sersic"], n, 1.9992 * n - 0.3271,  # lenstronomy's b_n approximation
+        src["R_sersic"],
+        n,
+        1.9992 * n - 0.3271,  # lenstronomy's b_n approximation
     )
     rx, ry = LensModel(["SIE", "SHEAR"]).ray_shooting(x, y, _kwargs(*config))
     e1, e2 = _e1e2(src["q"], src["phi"])
     ref = LightModel(["SERSIC_ELLIPSE"]).surface_brightness(
-        rx, ry, [{"amp": 1.0, "R_sersic": src["R_sersic"], "n_sersic": n, "e1": e1, "e2": e2,
-                  "center_x": src["cx"], "center_y": src["cy"]}]
+        rx,
+        ry,
+        [
+            {
+                "amp": 1.0,
+                "R_sersic": src["R_sersic"],
+                "n_sersic": n,
+                "e1": e1,
+                "e2": e2,
+                "center_x": src["cx"],
+                "center_y": src["cy"],
+            }
+        ],
     )
     assert ours.max() > 1.0  # the source is actually lensed into the box
     np.testing.assert_allclose(ours, ref.reshape(ours.shape), rtol=2e-5, atol=1e-9)
@@ -92,15 +104,30 @@ def test_point_source_images_and_magnification_match_lenstronomy(config):
     kw = _kwargs(*config)
     beta = (0.1 * config[0], -0.05 * config[0])
     xs, ys = LensEquationSolver(lens).image_position_from_source(
-        beta[0], beta[1], kw, min_distance=0.01, search_window=4 * config[0] + 2, precision_limit=1e-10
+        beta[0],
+        beta[1],
+        kw,
+        min_distance=0.01,
+        search_window=4 * config[0] + 2,
+        precision_limit=1e-10,
     )
     assert len(xs) >= 2  # multiply imaged
     bx, by = _ray_shoot(np.asarray(xs), np.asarray(ys), *config)
     np.testing.assert_allclose(bx, beta[0], atol=1e-6)
     np.testing.assert_allclose(by, beta[1], atol=1e-6)
     h = 1e-6
-    dxx, dyx = [(a - b) / (2 * h) for a, b in zip(_ray_shoot(xs + h, ys, *config), _ray_shoot(xs - h, ys, *config))]
-    dxy, dyy = [(a - b) / (2 * h) for a, b in zip(_ray_shoot(xs, ys + h, *config), _ray_shoot(xs, ys - h, *config))]
+    dxx, dyx = [
+        (a - b) / (2 * h)
+        for a, b in zip(
+            _ray_shoot(xs + h, ys, *config), _ray_shoot(xs - h, ys, *config), strict=False
+        )
+    ]
+    dxy, dyy = [
+        (a - b) / (2 * h)
+        for a, b in zip(
+            _ray_shoot(xs, ys + h, *config), _ray_shoot(xs, ys - h, *config), strict=False
+        )
+    ]
     mu = 1.0 / (dxx * dyy - dxy * dyx)
     np.testing.assert_allclose(mu, lens.magnification(xs, ys, kw), rtol=1e-4)
 
@@ -165,7 +192,10 @@ def test_convolution_is_linear_centred_and_matches_direct_sum():
     direct = np.zeros((64, 64))
     for dy in range(ker.shape[0]):
         for dx in range(ker.shape[1]):
-            direct += ker[ker.shape[0] - 1 - dy, ker.shape[1] - 1 - dx] * padded[dy : dy + 64, dx : dx + 64]
+            direct += (
+                ker[ker.shape[0] - 1 - dy, ker.shape[1] - 1 - dx]
+                * padded[dy : dy + 64, dx : dx + 64]
+            )
     np.testing.assert_allclose(ours, direct, atol=2e-5)
     delta = np.zeros((1, 64, 64), np.float32)
     delta[0, 5, 60] = 1.0  # near an edge: no wrap-around onto the far side

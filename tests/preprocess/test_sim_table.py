@@ -11,31 +11,61 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
 from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
 from haloscope.preprocess.simulate import simulate
 
 # reference/original_pipeline.md section 1.6 (names and types that readers rely on)
 REQUIRED = {
-    "task_id": pa.string(), "experiment_id": pa.string(), "selection_set_id": pa.string(),
-    "ranking_mode": pa.string(), "selection_strategy": pa.string(), "region_id": pa.int32(),
-    "brickname": pa.string(), "ra": pa.float64(), "dec": pa.float64(), "stamp_size": pa.int32(),
-    "bandset": pa.string(), "config_id": pa.string(), "theta_e_arcsec": pa.float64(),
-    "src_dmag": pa.float64(), "src_reff_arcsec": pa.float64(), "src_e": pa.float64(),
-    "shear": pa.float64(), "replicate": pa.int32(), "is_control": pa.int32(),
-    "psf_bin": pa.int32(), "depth_bin": pa.int32(), "ab_zp_nmgy": pa.float64(),
-    "psfsize_r": pa.float64(), "psfdepth_r": pa.float64(), "ebv": pa.float64(),
-    "stamp_npz": pa.binary(), "cutout_ok": pa.int32(), "arc_snr": pa.float64(),
-    "psf_fwhm_used_g": pa.float64(), "psf_fwhm_used_r": pa.float64(), "psf_fwhm_used_z": pa.float64(),
-    "lens_model": pa.string(), "magnification": pa.float64(), "control_kind": pa.string(),
+    "task_id": pa.string(),
+    "experiment_id": pa.string(),
+    "selection_set_id": pa.string(),
+    "ranking_mode": pa.string(),
+    "selection_strategy": pa.string(),
+    "region_id": pa.int32(),
+    "brickname": pa.string(),
+    "ra": pa.float64(),
+    "dec": pa.float64(),
+    "stamp_size": pa.int32(),
+    "bandset": pa.string(),
+    "config_id": pa.string(),
+    "theta_e_arcsec": pa.float64(),
+    "src_dmag": pa.float64(),
+    "src_reff_arcsec": pa.float64(),
+    "src_e": pa.float64(),
+    "shear": pa.float64(),
+    "replicate": pa.int32(),
+    "is_control": pa.int32(),
+    "psf_bin": pa.int32(),
+    "depth_bin": pa.int32(),
+    "ab_zp_nmgy": pa.float64(),
+    "psfsize_r": pa.float64(),
+    "psfdepth_r": pa.float64(),
+    "ebv": pa.float64(),
+    "stamp_npz": pa.binary(),
+    "cutout_ok": pa.int32(),
+    "arc_snr": pa.float64(),
+    "psf_fwhm_used_g": pa.float64(),
+    "psf_fwhm_used_r": pa.float64(),
+    "psf_fwhm_used_z": pa.float64(),
+    "lens_model": pa.string(),
+    "magnification": pa.float64(),
+    "control_kind": pa.string(),
 }
 
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
     out = tmp_path_factory.mktemp("mock")
-    cfg = SimConfig(out=str(out), rows=1600, seed=3, chunk_rows=512, fail_frac=0.03,
-                    nan_frac=0.03, r_only_frac=0.03, confuser_frac=0.5)
+    cfg = SimConfig(
+        out=str(out),
+        rows=1600,
+        seed=3,
+        chunk_rows=512,
+        fail_frac=0.03,
+        nan_frac=0.03,
+        r_only_frac=0.03,
+        confuser_frac=0.5,
+    )
     summary = simulate(cfg, progress=False)
     table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
     return out, summary, table
@@ -46,7 +76,9 @@ def test_columns_types_and_hive_layout(survey):
     for name, typ in REQUIRED.items():
         assert table.schema.field(name).type == typ, name
     assert table.num_rows == 1600 == summary["rows"]
-    assert {p.name for p in out.iterdir() if p.is_dir()} == {f"region_split={s}" for s in ("train", "val", "test")}
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {
+        f"region_split={s}" for s in ("train", "val", "test")
+    }
     for part in out.glob("region_split=*/part-*.parquet"):
         assert "region_split" not in pq.read_schema(part).names  # partition lives in the path
     ids = table["task_id"].to_pylist()
@@ -60,11 +92,19 @@ def test_controls_and_positives_follow_the_contract(survey):
     assert 0.3 < len(controls) / len(rows) < 0.7
     for r in controls:
         assert r["theta_e_arcsec"] == 0.0 and r["arc_snr"] is None and r["config_id"] == "CONTROL"
-        assert r["psf_fwhm_used_r"] is None and r["psf_fwhm_used_g"] is None and r["lens_model"] == "CONTROL"
+        assert (
+            r["psf_fwhm_used_r"] is None
+            and r["psf_fwhm_used_g"] is None
+            and r["lens_model"] == "CONTROL"
+        )
         assert r["control_kind"] in CONTROL_KINDS
     assert {r["control_kind"] for r in controls} == set(CONTROL_KINDS)
     for r in lenses:
-        assert 0.5 <= r["theta_e_arcsec"] <= 2.5 and r["control_kind"] is None and r["lens_model"] == "SIE"
+        assert (
+            0.5 <= r["theta_e_arcsec"] <= 2.5
+            and r["control_kind"] is None
+            and r["lens_model"] == "SIE"
+        )
         assert r["psf_fwhm_used_r"] > 0.5
         assert (r["arc_snr"] is None) == (r["cutout_ok"] == 0)
 
@@ -73,10 +113,19 @@ def test_duplication_and_pixel_identity(survey):
     table = survey[2]
     gal = table["mock_galaxy_id"].to_numpy()
     assert 7.5 < len(gal) / len(np.unique(gal)) < 10.5  # ~9 rows per galaxy
-    stamps = defaultdict(set)
-    for g, rep, ctrl, blob in zip(gal, table["replicate"].to_pylist(), table["is_control"].to_pylist(),
-                                  table["stamp_npz"].to_pylist()):
+    stamps, failed = defaultdict(set), set()
+    for g, rep, ctrl, blob, ok in zip(
+        gal,
+        table["replicate"].to_pylist(),
+        table["is_control"].to_pylist(),
+        table["stamp_npz"].to_pylist(),
+        table["cutout_ok"].to_pylist(),
+        strict=True,
+    ):
         stamps[(g, ctrl)].add((rep, blob))
+        if ok == 0:
+            failed.add(g)
+    checked = 0
     for (g, ctrl), items in stamps.items():
         per_rep = defaultdict(set)
         for rep, blob in items:
@@ -85,8 +134,10 @@ def test_duplication_and_pixel_identity(survey):
         blobs = {b for _, b in items}
         if ctrl == 1:
             assert len(blobs) == 1  # controls identical across replicates too
-        elif len(per_rep) == 2 and blobs != {next(iter(blobs))}:
-            assert len(blobs) == 2
+        elif len(per_rep) == 2 and g not in failed:
+            assert len(blobs) == 2  # the two replicates of a lens differ
+            checked += 1
+    assert checked > 20
 
 
 def test_files_sorted_by_brick_and_splits_region_disjoint(survey):
@@ -96,14 +147,20 @@ def test_files_sorted_by_brick_and_splits_region_disjoint(survey):
         assert bricks == sorted(bricks), part.name
     split = table["region_split"].to_pylist()
     regions, bricks = defaultdict(set), defaultdict(set)
-    for s, reg, b in zip(split, table["region_id"].to_pylist(), table["brickname"].to_pylist()):
+    for s, reg, b in zip(
+        split, table["region_id"].to_pylist(), table["brickname"].to_pylist(), strict=False
+    ):
         regions[reg].add(s)
         bricks[b].add(s)
     assert all(len(v) == 1 for v in regions.values()) and all(len(v) == 1 for v in bricks.values())
 
 
 def test_stamps_decode_with_np_load_and_defects_present(survey):
-    rows = survey[2].select(["stamp_npz", "cutout_ok", "bandset", "mock_defect", "control_kind"]).to_pylist()
+    rows = (
+        survey[2]
+        .select(["stamp_npz", "cutout_ok", "bandset", "mock_defect", "control_kind"])
+        .to_pylist()
+    )
     seen, offsets = defaultdict(int), []
     for r in rows:
         z = np.load(io.BytesIO(r["stamp_npz"]))
