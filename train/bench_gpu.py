@@ -12,8 +12,8 @@ One run measures, for the trainer's model (``build_model``: timm ConvNeXt-Tiny, 
   the first call (compile or capture), and a depthwise-7x7 probe (layouts, dtypes, cudnn
   benchmark) that tells whether another depthwise path would pay.
 
-Timing: warm-up steps first, then ``steps`` steps between two ``cuda.synchronize`` calls;
-no per-step host sync (the loop should read the loss at its log cadence).
+Timing: warm-up steps, then ``steps`` steps between two ``cuda.synchronize`` calls, no host
+sync per step (one extra row shows the cost of reading the loss after every step).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from haloscope.train.cuda_graph import make_predict_step, make_train_step
 
 __all__ = ["run_bench", "main", "write_random_shards"]
@@ -84,6 +84,20 @@ def _model() -> torch.nn.Module:
     model = build_model(arch="convnext_tiny", meta_cols=META_COLS, meta_mean=[1.3, 24.5],
                         meta_std=[0.2, 0.5], dropout=0.1, drop_path_rate=0.1)  # fmt: skip
     return model.cuda().to(memory_format=torch.channels_last)
+
+
+class _PlainTimm(torch.nn.Module):
+    """timm convnext_tiny with ``num_classes=1`` and no meta head: the issue's "eager timm step"."""
+
+    def __init__(self) -> None:
+        import timm
+
+        super().__init__()
+        self.net = timm.create_model("convnext_tiny", pretrained=False, num_classes=1,
+                                     drop_path_rate=0.1)  # fmt: skip
+
+    def forward(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.net(images).squeeze(1)
 
 
 def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -144,30 +158,36 @@ def _free() -> None:
 
 
 def bench_train(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterable[dict], *,
-                warmup: int, steps: int) -> dict[str, float]:  # fmt: skip
-    """One training row: a fresh optimiser and step of ``mode`` over ``feed``."""
-    opt = _optimizer(model)
-    step = make_train_step(model, None, opt, batch_size, device="cuda", mode=mode)  # type: ignore[arg-type]
+                warmup: int, steps: int, augment: bool = True,
+                sync_each_step: bool = False) -> dict[str, float]:  # fmt: skip
+    """One training row: a fresh optimiser and step of ``mode`` over ``feed``.
+
+    ``sync_each_step`` reads the loss on the host after every step, as a loop that logs
+    every step does (it stops the host from queueing ahead of the GPU).
+    """
+    held = {"step": make_train_step(model, None, _optimizer(model), batch_size, device="cuda",
+                                    mode=mode, augment=augment)}  # type: ignore[arg-type]
 
     def run(b: dict) -> Any:
-        return step.step(b["image"], b["meta"], b["label"])
+        out = held["step"].step(b["image"], b["meta"], b["label"])
+        return float(out["loss"]) if sync_each_step else out
 
     try:
         return _measure(run, feed, batch_size, warmup=warmup, steps=steps)
     finally:
-        del step, opt
+        held.clear()  # frees the graph, its memory pool and the optimiser state
         _free()
 
 
 def bench_infer(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterable[dict], *,
                 warmup: int, steps: int) -> dict[str, float]:  # fmt: skip
     """One inference row: fp32 logits of ``mode`` over ``feed``."""
-    step = make_predict_step(model, device="cuda", batch_size=batch_size, mode=mode)  # type: ignore[arg-type]
+    held = {"step": make_predict_step(model, device="cuda", batch_size=batch_size, mode=mode)}  # type: ignore[arg-type]
     try:
-        return _measure(lambda b: step.predict(b["image"], b["meta"]), feed, batch_size,
+        return _measure(lambda b: held["step"].predict(b["image"], b["meta"]), feed, batch_size,
                         warmup=warmup, steps=steps)  # fmt: skip
     finally:
-        del step
+        held.clear()
         _free()
 
 
@@ -184,7 +204,7 @@ def loader_rate(split_dir: Path, batch_size: int, workers: int, batches: int) ->
 
 
 def _time_graph(fn: Callable[[], Any], reps: int = 20) -> float:
-    """Median-free mean ms of ``fn`` replayed from a CUDA graph (launch cost removed)."""
+    """Mean ms of ``fn`` replayed from a CUDA graph (launch cost removed)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -204,17 +224,25 @@ def _time_graph(fn: Callable[[], Any], reps: int = 20) -> float:
     return start.elapsed_time(end) / reps
 
 
+def _dw_fwd_bwd(x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, dtype: torch.dtype,
+                layout: str) -> None:  # fmt: skip
+    """Depthwise 7x7 conv forward + backward of one block, bf16 channels-last in and out."""
+    xi = x.contiguous() if layout == "nchw" else x
+    y = F.conv2d(xi.to(dtype), w.to(dtype), padding=3, groups=x.shape[1])
+    y = y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    torch.autograd.backward(y, gy, inputs=[x, w])
+
+
 def depthwise_probe(batch_size: int) -> list[dict[str, Any]]:
     """ms per training step spent in the 18 depthwise 7x7 convs (fwd + bwd), per variant.
 
     Variants keep the math (same weights, same conv): input layout NHWC (as the model runs)
-    or NCHW (with the layout conversions counted), bf16 or fp32, cudnn.benchmark off or on.
+    or NCHW (with the layout conversions counted), bf16 or fp32. (cudnn.benchmark made no
+    difference in the first run: docs/gpu_notes.md.)
     """
     stages = ((96, 16, 3), (192, 8, 3), (384, 4, 9), (768, 2, 3))  # (C, H, blocks)
     rows = []
-    for dtype, layout, bench in itertools.product((torch.bfloat16, torch.float32),
-                                                  ("nhwc", "nchw"), (False, True)):  # fmt: skip
-        torch.backends.cudnn.benchmark = bench
+    for dtype, layout in itertools.product((torch.bfloat16, torch.float32), ("nhwc", "nchw")):
         total = 0.0
         for c, h, blocks in stages:
             x = torch.randn(batch_size, c, h, h, device="cuda").to(memory_format=torch.channels_last)
@@ -222,16 +250,9 @@ def depthwise_probe(batch_size: int) -> list[dict[str, Any]]:
             w = (0.1 * torch.randn(c, 1, 7, 7, device="cuda")).requires_grad_()
             gy = torch.randn(batch_size, c, h, h, device="cuda", dtype=torch.bfloat16)
 
-            def fwd_bwd() -> None:
-                xi = x.contiguous() if layout == "nchw" else x
-                y = F.conv2d(xi.to(dtype), w.to(dtype), padding=3, groups=c)
-                y = y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-                torch.autograd.backward(y, gy, inputs=[x, w])
-
-            total += blocks * _time_graph(fwd_bwd)
-        rows.append({"dtype": str(dtype).split(".")[-1], "layout": layout,
-                     "cudnn_benchmark": bench, "ms_per_step": round(total, 3)})  # fmt: skip
-    torch.backends.cudnn.benchmark = False
+            total += blocks * _time_graph(partial(_dw_fwd_bwd, x, w, gy, dtype, layout))
+        rows.append({"batch_size": batch_size, "dtype": str(dtype).split(".")[-1],
+                     "layout": layout, "ms_per_step": round(total, 3)})  # fmt: skip
     return rows
 
 
@@ -246,19 +267,54 @@ def _env() -> dict[str, Any]:
 
 
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """(b)/(a) per mode and batch, and each mode over eager on synthetic batches."""
-    by = {(r["mode"], r["batch_size"], r["feed"]): r["img_per_s"] for r in rows}
+    """(b)/(a) per mode and batch, and each mode over the eager baselines on synthetic batches."""
+    by = {(r["mode"], r["batch_size"], r["feed"]): r["img_per_s"] for r in rows
+          if "host_sync" not in r}  # fmt: skip
     out = {}
     for (mode, b, feed), v in by.items():
         if feed == "reader" and (mode, b, "synthetic") in by:
             out[f"{mode}_b{b}_reader_over_synthetic"] = round(v / by[(mode, b, "synthetic")], 3)
-        if feed == "synthetic" and mode != "eager" and ("eager", b, "synthetic") in by:
-            out[f"{mode}_b{b}_over_eager"] = round(v / by[("eager", b, "synthetic")], 3)
+        for base in ("eager", "eager_timm_plain"):
+            if feed == "synthetic" and not mode.startswith("eager") and (base, b, feed) in by:
+                out[f"{mode}_b{b}_over_{base}"] = round(v / by[(base, b, feed)], 3)
     return out
 
 
+def _warm_clocks(seconds: float = 3.0) -> None:
+    """Run matrix products for a few seconds so the first row does not meet idle clocks."""
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x = (x @ x).clamp_(-1, 1)
+        torch.cuda.synchronize()
+    del x
+    _free()
+
+
+def _train_rows(doc: dict[str, Any], model: torch.nn.Module, split: Path, b: int,
+                modes: tuple[str, ...], workers: int, steps: int) -> None:  # fmt: skip
+    """All training rows of one batch size (plus the plain-timm baseline and a synced row)."""
+    def add(mode: str, feed: str, row: dict[str, float], **extra: Any) -> None:
+        doc["train"].append({"mode": mode, "batch_size": b, "feed": feed, **extra, **row})
+        log.info("train %s", doc["train"][-1])
+
+    if "eager" in modes:  # the issue's baseline: plain timm, no meta head, no augmentation
+        plain = _PlainTimm().cuda().to(memory_format=torch.channels_last)
+        add("eager_timm_plain", "synthetic", bench_train(plain, "eager", b, _synthetic(b),
+                                                         warmup=6, steps=steps, augment=False))
+        del plain
+        _free()
+    for mode, feed in itertools.product(modes, ("synthetic", "reader")):
+        src = _synthetic(b) if feed == "synthetic" else _reader(split, b, workers, train=True)
+        add(mode, feed, bench_train(model, mode, b, src, warmup=6, steps=steps))
+    if "graph" in modes and b == 256:
+        src = _reader(split, b, workers, train=True)
+        row = bench_train(model, "graph", b, src, warmup=6, steps=steps, sync_each_step=True)
+        add("graph", "reader", row, host_sync="every step")
+
+
 def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
-              modes: tuple[str, ...] = MODES, num_workers: int = 8, num_samples: int = 65536,
+              modes: tuple[str, ...] = MODES, num_workers: int = 8, num_samples: int = 98304,
               steps: int = 0, probe: bool = True, work_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the GPU benchmark and write its JSON to ``out_path``.
 
@@ -267,8 +323,8 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
         batch_sizes: training batch sizes (inference always runs at 1024).
         modes: any of eager, compile, graph.
         num_workers: loader worker processes of the (b) rows.
-        num_samples: samples in the benchmark shards (steps must fit in one epoch).
-        steps: timed steps per row; 0: about 30k training / 55k inference samples.
+        num_samples: samples in the benchmark shards (each row's steps fit in one epoch).
+        steps: timed steps per training row; 0: about 61k samples (at least 20 steps).
         probe: also run the depthwise probe.
         work_dir: where to write the shards (default: a temporary directory).
 
@@ -277,38 +333,39 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
 
     Raises:
         RuntimeError: no CUDA device.
+        ValueError: too few samples for the timed steps of a row.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("haloscope bench gpu needs a CUDA device")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    per_b = {b: steps or max(20, 61440 // b) for b in batch_sizes}
+    infer_steps = num_samples // 1024 - 8
+    if infer_steps < 10 or any((n + 7) * b > num_samples for b, n in per_b.items()):
+        raise ValueError(f"--num-samples {num_samples} is too small for {per_b} steps")
     tmp = tempfile.TemporaryDirectory(dir=work_dir)
+    t0 = time.perf_counter()
     split = write_random_shards(Path(tmp.name) / "train", num_samples)
     doc: dict[str, Any] = {"env": _env(), "settings": {
         "model": "haloscope build_model: timm convnext_tiny (random init) + meta MLP head (2 cols), "
-                 "drop_path 0.1, dropout 0.1", "input": "3x64x64", "amp": "bf16 autocast",
-        "memory_format": "channels_last", "optimizer": "AdamW fused capturable, 2 groups",
-        "num_workers": num_workers, "num_samples": num_samples,
+                 "drop_path 0.1, dropout 0.1", "input": "3x64x64 float16 shards -> fp32 -> D4",
+        "amp": "bf16 autocast", "memory_format": "channels_last",
+        "optimizer": "AdamW fused capturable, 2 groups", "num_workers": num_workers,
+        "num_samples": num_samples, "shard_write_s": round(time.perf_counter() - t0, 1),
         "feeds": {"synthetic": "4 device batches, cycled",
-                  "reader": "ShardReader+build_loader, pinned, from local disk (page cache)"}},
+                  "reader": "ShardReader+build_loader, pinned, local disk (page cache)"}},
         "train": [], "infer": [], "loader": []}  # fmt: skip
+    _warm_clocks()
     model = _model()
     for b in batch_sizes:
-        n = steps or max(20, 30720 // b)
-        for mode, feed in itertools.product(modes, ("synthetic", "reader")):
-            src = _synthetic(b) if feed == "synthetic" else _reader(split, b, num_workers, train=True)
-            row = bench_train(model, mode, b, src, warmup=6, steps=n)
-            doc["train"].append({"mode": mode, "batch_size": b, "feed": feed, **row})
-            log.info("train %s", doc["train"][-1])
-        doc["loader"].append(loader_rate(split, b, num_workers, n))
+        _train_rows(doc, model, split, b, modes, num_workers, per_b[b])
+        doc["loader"].append(loader_rate(split, b, num_workers, per_b[b]))
     for mode, feed in itertools.product(modes, ("synthetic", "reader")):
         src = _synthetic(1024) if feed == "synthetic" else _reader(split, 1024, num_workers, train=False)
-        row = bench_infer(model, mode, 1024, src, warmup=6, steps=min(54, num_samples // 1024 - 8))
+        row = bench_infer(model, mode, 1024, src, warmup=6, steps=infer_steps)
         doc["infer"].append({"mode": mode, "batch_size": 1024, "feed": feed, **row})
         log.info("infer %s", doc["infer"][-1])
     doc["ratios"] = {"train": _ratios(doc["train"]), "infer": _ratios(doc["infer"])}
     if probe:
-        doc["depthwise_probe_b256"] = depthwise_probe(256)
+        doc["depthwise_probe"] = [r for b in batch_sizes for r in depthwise_probe(b)]
     tmp.cleanup()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
@@ -322,7 +379,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-sizes", default="256,1024", help="comma-separated training batches")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: eager,compile,graph")
     p.add_argument("--num-workers", type=int, default=8)
-    p.add_argument("--num-samples", type=int, default=65536)
+    p.add_argument("--num-samples", type=int, default=98304)
     p.add_argument("--steps", type=int, default=0, help="timed steps per row (0: auto)")
     p.add_argument("--no-probe", action="store_true", help="skip the depthwise probe")
     p.add_argument("--work-dir", default=None, help="where the benchmark shards go")
@@ -333,11 +390,12 @@ def main(argv: list[str]) -> int:
                     work_dir=a.work_dir)  # fmt: skip
     for kind in ("train", "infer"):
         for r in doc[kind]:
-            print(f"{kind:5s} {r['mode']:7s} b{r['batch_size']:<5d} {r['feed']:9s} "
+            sync = " sync" if "host_sync" in r else ""
+            print(f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed'] + sync:14s} "
                   f"{r['img_per_s']:>9.0f} img/s  wait {r['loader_wait_frac']:.3f}  "
                   f"mem {r['max_mem_gib']:.1f} GiB  first {r['first_call_s']:.1f} s")
     print(json.dumps({"loader": doc["loader"], "ratios": doc["ratios"],
-                      "probe": doc.get("depthwise_probe_b256")}, indent=None))  # fmt: skip
+                      "probe": doc.get("depthwise_probe")}, indent=None))  # fmt: skip
     return 0
 
 

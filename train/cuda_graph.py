@@ -32,10 +32,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from torch import nn
-
 from haloscope.train.augment import D4_SIZE, d4_transform
 from haloscope.train.graph_io import StaticBatch, default_loss_fn, per_sample_loss
+from torch import nn
 
 __all__ = [
     "StepMode",
