@@ -71,6 +71,10 @@ class SimConfig:
     """Fraction of galaxies stored with ``bandset='r'`` (only ``image_r`` in the npz)."""
     chunk_rows: int = CHUNK_ROWS
     """Rows per work unit (changing it changes the output)."""
+    selection_frac: float = 0.32
+    """Chance that each of the 11 further selection sets also picks a galaxy (0: 2 rows each)."""
+    quantize: float = 0.0
+    """Round pixels to a power-of-two step <= sky sigma / quantize (0: exact float32)."""
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -81,7 +85,10 @@ class SimConfig:
             raise ConfigError(
                 f"--compression must be one of {', '.join(_CODECS)}, got {self.compression!r}"
             )
-        for name in ("control_frac", "confuser_frac", "fail_frac", "nan_frac", "r_only_frac"):
+        if self.quantize < 0:
+            raise ConfigError(f"--quantize must be >= 0, got {self.quantize}")
+        names = ("control_frac", "confuser_frac", "fail_frac", "nan_frac", "r_only_frac")
+        for name in (*names, "selection_frac"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 flag = "--" + name.replace("_", "-")

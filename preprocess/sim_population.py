@@ -37,11 +37,11 @@ def brickname_of(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     )
 
 
-def _rows_per_galaxy(rng: np.random.Generator, num_rows: int) -> np.ndarray:
-    """Selection-set counts (1 + Binomial(11, 0.32): mean 4.5, so ~9 rows with 2 replicates)."""
+def _rows_per_galaxy(rng: np.random.Generator, num_rows: int, p: float = 0.32) -> np.ndarray:
+    """Selection-set counts (1 + Binomial(11, p); p=0.32: mean 4.5, ~9 rows with 2 replicates)."""
     est = int(num_rows / 7) + 16
     while True:
-        k = 1 + rng.binomial(NUM_SELECTION_SETS - 1, 0.32, size=est)
+        k = 1 + rng.binomial(NUM_SELECTION_SETS - 1, p, size=est)
         rows = 2 * k
         if rows.sum() >= num_rows:
             break
@@ -188,7 +188,7 @@ def draw_population(
         ``sel_sets`` a (G, 12) int8 array of its selection-set ids, sorted, 99 for unused
         slots; row ``j`` of a galaxy is selection set ``sel_sets[j // 2]``, replicate ``j % 2``.
     """
-    rows = _rows_per_galaxy(rng, num_rows)
+    rows = _rows_per_galaxy(rng, num_rows, cfg.selection_frac)
     num = len(rows)
     pop: Population = {"num_rows": rows}
     pop.update(_sky(rng, cfg, chunk, num))

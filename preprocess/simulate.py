@@ -143,7 +143,7 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> dict[str, int]:
     try:
         for start in range(0, len(pop["ra"]), RENDER_BATCH):
             sub = {k: v[start : start + RENDER_BATCH] for k, v in pop.items()}
-            rb = render_batch(rng, sub)
+            rb = render_batch(rng, sub, quantize=cfg.quantize)
             for split, rows in _batch_rows(rng, sub, rb, fail_bytes):
                 writers.add(split, rows)
     finally:

@@ -117,6 +117,20 @@ def build_parser() -> VerbParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing survey under --out"
     )
+    p.add_argument(
+        "--selection-frac",
+        type=float,
+        default=0.32,
+        help="chance that each of 11 further selection sets repeats a galaxy (about 9 rows per "
+        "galaxy at 0.32, as the real tables; 0 gives 2 rows per galaxy, for large runs)",
+    )
+    p.add_argument(
+        "--quantize",
+        type=float,
+        default=0.0,
+        help="round pixels to a power-of-two step <= sky sigma / Q, as lossy tile compression "
+        "does (about 3x smaller files at Q=4; 0 keeps exact float32)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -143,6 +157,8 @@ def main(argv: list[str]) -> int:
         fail_frac=args.fail_frac,
         nan_frac=args.nan_frac,
         r_only_frac=args.r_only_frac,
+        selection_frac=args.selection_frac,
+        quantize=args.quantize,
         chunk_rows=args.chunk_rows,
     )
     summary = simulate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
