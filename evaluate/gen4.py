@@ -1,0 +1,400 @@
+"""The seed's Gen3 -> mine -> Gen4 experiment as resumable stages of real ``haloscope`` calls.
+
+Every stage but the last is a subprocess ``python -m haloscope <verb> ...`` (or its
+``torchrun`` launch with ``--nproc-per-node`` > 1), so the experiment exercises exactly the
+commands a user types, each in a fresh process. A stage is *done* when its marker
+``DIR/stages/<name>.json`` exists (written atomically after the stage succeeded and its
+outputs were checked) and its outputs still exist; done stages are skipped, so re-running
+the same command continues a killed run. A stage that does run invalidates every later
+stage. Training resumes from ``last.pt`` (``haloscope train --resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from haloscope.errors import HaloscopeError
+
+if TYPE_CHECKING:
+    from haloscope.evaluate.gen4_cli import Gen4Config
+
+__all__ = ["StageFailed", "Stage", "Paths", "run_stages", "stage_done", "haloscope_argv",
+           "plan_experiment", "reuse_eval_shards", "write_comparison"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+STAGES_DIR, LOGS_DIR = "stages", "logs"
+_TAIL_LINES = 25
+
+
+class StageFailed(HaloscopeError):
+    """A stage's command exited non-zero or did not produce its outputs."""
+
+
+@dataclass
+class Stage:
+    """One step of the experiment.
+
+    Attributes:
+        name: marker/log name, e.g. ``train_gen3``.
+        outputs: files or folders that must exist once the stage has run.
+        argv: builds the ``haloscope`` argv (verb first) when the stage runs; None for an
+            in-process ``action``.
+        action: in-process work (checks, the comparison table); None for a command.
+        distributed: launched through torchrun when the experiment uses several processes.
+        finished: optional check that the outputs are complete (not only present).
+    """
+
+    name: str
+    outputs: tuple[Path, ...]
+    argv: Callable[[], list[str]] | None = None
+    action: Callable[[], dict] | None = None
+    distributed: bool = False
+    finished: Callable[[], bool] | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def haloscope_argv(args: Sequence[str], nproc_per_node: int = 1) -> list[str]:
+    """The command line of one verb: this interpreter's ``-m haloscope``, or torchrun of it."""
+    if nproc_per_node > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={nproc_per_node}", "-m", "haloscope", *args]  # fmt: skip
+    return [sys.executable, "-m", "haloscope", *args]
+
+
+def _marker(out: Path, stage: Stage) -> Path:
+    return out / STAGES_DIR / f"{stage.name}.json"
+
+
+def stage_done(out: Path, stage: Stage) -> bool:
+    """True when the stage's marker and all of its outputs exist (and it is finished)."""
+    if not _marker(out, stage).is_file() or not all(p.exists() for p in stage.outputs):
+        return False
+    return stage.finished() if stage.finished is not None else True
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)
+
+
+def _run_command(argv: list[str], log_path: Path, echo: bool) -> int:
+    """Run ``argv``, copying its output to ``log_path`` (and to stderr when ``echo``)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("ab") as sink:
+        sink.write(f"$ {' '.join(argv)}\n".encode())
+        sink.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read1(65536):
+                sink.write(chunk)
+                if echo:
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
+        finally:
+            code = proc.wait()
+    return code
+
+
+def _execute(out: Path, stage: Stage, nproc_per_node: int, echo: bool) -> dict:
+    if stage.action is not None:
+        return stage.action() or {}
+    assert stage.argv is not None
+    args = stage.argv()
+    argv = haloscope_argv(args, nproc_per_node if stage.distributed else 1)
+    log_path = out / LOGS_DIR / f"{stage.name}.log"
+    log.info("stage %s: %s (log: %s)", stage.name, " ".join(["haloscope", *args]), log_path)
+    code = _run_command(argv, log_path, echo)
+    if code != 0:
+        raise StageFailed(
+            f"stage {stage.name} failed (exit {code}) running `haloscope {' '.join(args)}`; "
+            f"fix the cause and re-run the same command to resume. Last lines of {log_path}:\n"
+            f"{_tail(log_path)}"
+        )
+    return {"command": ["haloscope", *args], "log": str(log_path)}
+
+
+def run_stages(out: Path, stages: Sequence[Stage], *, nproc_per_node: int = 1,
+               echo: bool = True) -> list[dict]:  # fmt: skip
+    """Run the stages in order, skipping done ones; returns one timing record per stage.
+
+    Args:
+        out: experiment folder (markers in ``out/stages``, logs in ``out/logs``).
+        stages: the plan, in dependency order.
+        nproc_per_node: processes for ``distributed`` stages (torchrun when > 1).
+        echo: copy each command's output to stderr as well as to its log.
+
+    Raises:
+        StageFailed: a command failed or left an output missing.
+    """
+    records, ran = [], False
+    for index, stage in enumerate(stages):
+        if not ran and stage_done(out, stage):
+            prev = json.loads(_marker(out, stage).read_text())
+            log.info("stage %s: done earlier (%.1f s), skipped", stage.name, prev.get("wall_s", 0))
+            records.append({**prev, "skipped": True})
+            continue
+        if not ran:  # everything after the first stage that runs is stale
+            for later in stages[index:]:
+                _marker(out, later).unlink(missing_ok=True)
+        ran = True
+        t0 = time.perf_counter()
+        info = _execute(out, stage, nproc_per_node, echo)
+        wall_s = time.perf_counter() - t0
+        missing = [str(p) for p in stage.outputs if not p.exists()]
+        if missing or (stage.finished is not None and not stage.finished()):
+            raise StageFailed(f"stage {stage.name} ended but its outputs are missing or "
+                              f"incomplete: {missing or [str(p) for p in stage.outputs]}")  # fmt: skip
+        record = {"stage": stage.name, "wall_s": round(wall_s, 3), **info, **stage.notes,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        _write_json(_marker(out, stage), record)
+        log.info("stage %s: done in %.1f s", stage.name, wall_s)
+        records.append({**record, "skipped": False})
+    return records
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every stage of one experiment writes."""
+
+    out: Path
+    data: Path
+
+    def shards(self, gen: str) -> Path:
+        return self.out / "shards" / gen
+
+    def run(self, gen: str) -> Path:
+        return self.out / gen
+
+    def scores(self, gen: str, split: str) -> Path:
+        return self.run(gen) / f"scores_{split}.parquet"
+
+    @property
+    def lookup(self) -> Path:
+        return self.out / "hard_neg_lookup.parquet"
+
+
+def _train_finished(run_dir: Path, epochs: int) -> bool:
+    """last.pt says the run ended: all epochs done, or early stopping fired."""
+    from haloscope.train.checkpoint import load_checkpoint
+
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return False
+    payload = load_checkpoint(path)
+    progress, early = payload["progress"], payload.get("early_stopping") or {}
+    patience = json.loads(payload["config"]).get("run", {}).get("early_stopping_patience", 0)
+    stopped = patience > 0 and early.get("num_bad", 0) >= patience
+    return progress.get("step_in_epoch", 0) == 0 and (progress["epoch"] >= epochs or stopped)
+
+
+def _train_stage(cfg: Gen4Config, p: Paths, gen: str) -> Stage:
+    run_dir = p.run(gen)
+
+    def argv() -> list[str]:
+        resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
+        return ["train", "--shards", str(p.shards(gen)), "--out-dir", str(run_dir),
+                "--arch", cfg.arch, "--epochs", str(cfg.epochs), "--batch-size",
+                str(cfg.batch_size), "--seed", str(cfg.seed), "--num-workers",
+                str(cfg.num_workers), "--device", cfg.device, "--no-progress", *resume,
+                *cfg.train_args]  # fmt: skip
+
+    return Stage(
+        f"train_{gen}",
+        (run_dir / "best.pt", run_dir / "last.pt"),
+        argv=argv,
+        distributed=True,
+        finished=lambda: _train_finished(run_dir, cfg.epochs),
+    )
+
+
+def _infer_stage(cfg: Gen4Config, p: Paths, gen: str, split: str) -> Stage:
+    out = p.scores(gen, split)
+    args = ["infer", "--ckpt", str(p.run(gen) / "best.pt"), "--shards", str(p.shards("gen3")),
+            "--split", split, "--out", str(out), "--batch-size", str(cfg.infer_batch_size),
+            "--model-name", gen, "--device", cfg.device, "--num-workers", str(cfg.num_workers),
+            "--no-progress"]  # fmt: skip
+    return Stage(f"infer_{gen}_{split}", (out,), argv=lambda: args, distributed=True)
+
+
+def _eval_stage(p: Paths, gen: str, baseline: str | None) -> Stage:
+    run_dir, stamps = p.run(gen), p.shards("gen3") / "test" / "stamps.zarr"
+    args = ["eval", "--scores", str(p.scores(gen, "test")), "--out-csv",
+            str(run_dir / "stratified_fpr.csv"), "--report-dir", str(run_dir / "report")]  # fmt: skip
+    if stamps.exists():
+        args += ["--stamps", str(stamps)]
+    if baseline is not None:
+        args += ["--compare", str(p.scores(baseline, "test"))]
+    outputs = (run_dir / "stratified_fpr.csv", run_dir / "report" / "report.md")
+    return Stage(f"eval_{gen}", outputs, argv=lambda: args)
+
+
+def plan_experiment(cfg: Gen4Config) -> list[Stage]:
+    """Every stage of the experiment, in order."""
+    p = Paths(cfg.out, cfg.data if cfg.data is not None else cfg.out / "data")
+    stages: list[Stage] = []
+    if cfg.data is None:
+        over = ["--overwrite"] if p.data.exists() else []
+        stages.append(Stage("simulate", (p.data / "region_split=test",), argv=lambda: [
+            "simulate", "--out", str(p.data), "--rows", str(cfg.rows), "--seed", str(cfg.seed),
+            "--workers", str(cfg.workers), "--no-progress", *over]))  # fmt: skip
+    common = ["--data", str(p.data), "--workers", str(cfg.workers), "--seed", str(cfg.seed)]
+    gen3_out = tuple(p.shards("gen3") / s / "manifest.json" for s in ("train", "val", "test"))
+    stages += [
+        Stage("shards_gen3", gen3_out, argv=lambda: ["shards", "--out", str(p.shards("gen3")), *common]),
+        _train_stage(cfg, p, "gen3"),
+        _infer_stage(cfg, p, "gen3", "train"),  # mining never touches test
+        Stage("mine", (p.lookup,), argv=lambda: [
+            "mine", "--scores", str(p.scores("gen3", "train")), "--out", str(p.lookup),
+            "--min-score", str(cfg.min_score), "--top-k", str(cfg.top_k), "--split", "train"]),
+        Stage("shards_gen4", (p.shards("gen4") / "train" / "manifest.json",), argv=lambda: [
+            "shards", "--out", str(p.shards("gen4")), "--splits", "train", "--hard-neg-path",
+            str(p.lookup), "--hard-neg-weight", str(cfg.hard_neg_weight), *common]),
+        Stage("reuse_eval_shards", tuple(p.shards("gen4") / s / "manifest.json" for s in ("val", "test")),
+              action=lambda: reuse_eval_shards(p.shards("gen3"), p.shards("gen4"), p.lookup)),
+        _train_stage(cfg, p, "gen4"),
+        _infer_stage(cfg, p, "gen3", "test"),
+        _infer_stage(cfg, p, "gen4", "test"),
+        _eval_stage(p, "gen3", None),
+        _eval_stage(p, "gen4", "gen3"),
+    ]  # fmt: skip
+    names = ("gen3_vs_gen4.md", "gen3_vs_gen4.csv", "gen3_vs_gen4.json")
+    scores = {gen: p.scores(gen, "test") for gen in ("gen3", "gen4")}
+    stages.append(
+        Stage(
+            "compare",
+            tuple(cfg.out / n for n in names),
+            action=lambda: write_comparison(cfg, scores),
+        )
+    )
+    return stages
+
+
+# ----------------------------------------------------------------------------- checks, table
+
+
+def _split_positions(split_dir: Path) -> tuple:
+    """(ra, dec, label) of every sample of a shard split, read through the shard reader."""
+    import numpy as np
+
+    from haloscope.shards.read import ShardReader
+
+    reader = ShardReader(split_dir, batch_size=4096, shuffle=False, drop_last=False,
+                         with_table=True)  # fmt: skip
+    ra, dec, label = [], [], []
+    for batch in reader:
+        table = batch["table"][np.asarray(batch["valid"], dtype=bool)]
+        ra.append(table["ra"]), dec.append(table["dec"]), label.append(table["label"])
+    return np.concatenate(ra), np.concatenate(dec), np.concatenate(label)
+
+
+def reuse_eval_shards(gen3: Path, gen4: Path, lookup: Path) -> dict:
+    """Give Gen4 the Gen3 val/test shards unchanged and prove it.
+
+    ``gen4/<split>`` becomes a relative symlink to ``gen3/<split>``; then every shard's
+    sha256 is checked against the Gen3 manifest (the bytes Gen3 was validated/tested on),
+    the lookup must match no val/test control (mining saw the train split only), and the
+    Gen4 train shards must share the Gen3 preprocessing, differing only in hard negatives.
+
+    Returns:
+        What was verified (stored in the stage marker).
+
+    Raises:
+        StageFailed: any check fails.
+    """
+    from haloscope.preprocess.hardneg import load_lookup
+    from haloscope.shards.manifest import load_manifest
+    from haloscope.shards.write import sha256_file
+
+    keys = load_lookup(lookup)
+    notes: dict = {}
+    for split in ("val", "test"):
+        src, dst = gen3 / split, gen4 / split
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(src, dst.parent), dst)
+        manifest = load_manifest(src)
+        bad = [s["file"] for s in manifest.shards if sha256_file(dst / s["file"]) != s["sha256"]]
+        if bad:
+            raise StageFailed(f"{dst}: shard(s) {bad[:3]} differ from {src / 'manifest.json'}")
+        ra, dec, label = _split_positions(dst)
+        leaks = int((keys.match(ra, dec) & (label == 0)).sum())
+        if leaks:
+            raise StageFailed(f"{lookup}: {leaks} {split} controls are in the hard-negative "
+                              "lookup; mining must use the train split only")  # fmt: skip
+        notes[split] = {"shards": len(manifest.shards), "samples": manifest.num_samples,
+                        "sha256_verified": True, "lookup_matches": 0}  # fmt: skip
+    t3, t4 = load_manifest(gen3 / "train"), load_manifest(gen4 / "train")
+    for key in ("min_theta_over_psf", "meta_cols", "seed"):
+        if t3.preprocess.get(key) != t4.preprocess.get(key):
+            raise StageFailed(f"{gen4 / 'train'}: {key}={t4.preprocess.get(key)!r} differs from "
+                              f"Gen3's {t3.preprocess.get(key)!r}")  # fmt: skip
+    if t3.norm != t4.norm or t3.meta_columns != t4.meta_columns:
+        raise StageFailed(f"{gen4 / 'train'}: normalisation or meta columns differ from Gen3's")
+    notes["train"] = {"gen3_samples": t3.num_samples, "gen4_samples": t4.num_samples,
+                      "gen4_counts": t4.counts}  # fmt: skip
+    log.info("val/test shards reused unchanged (sha256 verified, no lookup match); Gen4 train "
+             "%d samples vs Gen3 %d", t4.num_samples, t3.num_samples)  # fmt: skip
+    return notes
+
+
+def _stage_times(out: Path) -> list[tuple[str, float]]:
+    times = []
+    for path in sorted((out / STAGES_DIR).glob("*.json"), key=lambda q: q.stat().st_mtime):
+        doc = json.loads(path.read_text())
+        times.append((doc["stage"], float(doc.get("wall_s", 0.0))))
+    return times
+
+
+def write_comparison(cfg: Gen4Config, scores: dict[str, Path]) -> dict:
+    """DIR/gen3_vs_gen4.{md,csv,json}: side-by-side metrics with confidence intervals.
+
+    Args:
+        cfg: the experiment's settings (written into the table's header and JSON).
+        scores: generation -> test scores parquet, baseline (Gen3) first.
+    """
+    from haloscope.evaluate.compare import compare_generations
+
+    comparison = compare_generations(scores)
+    reuse = json.loads((cfg.out / STAGES_DIR / "reuse_eval_shards.json").read_text())
+    times = _stage_times(cfg.out)
+    lines = ["# Gen3 vs Gen4 (hard negatives) on the same held-out test split", "",
+             comparison.to_markdown(), "",
+             f"Gen4 = Gen3 + hard negatives mined from Gen3's train-split scores (controls with "
+             f"score > {cfg.min_score}, top {cfg.top_k}), each repeated {cfg.hard_neg_weight}x; "
+             "same seed, architecture, epochs and val/test shards (sha256-verified).", "",
+             f"Train samples: Gen3 {reuse['train']['gen3_samples']}, Gen4 "
+             f"{reuse['train']['gen4_samples']}. Test: {reuse['test']['samples']} samples.", "",
+             "Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.scale().items()), "",
+             "Per-generation reports: gen3/report/report.md, gen4/report/report.md.", "",
+             "| stage | wall time (s) |", "|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {wall:.1f} |" for name, wall in times]
+    (cfg.out / "gen3_vs_gen4.md").write_text("\n".join(lines) + "\n")
+    comparison.to_csv(cfg.out / "gen3_vs_gen4.csv")
+    doc = {"settings": cfg.scale(), "ci_method": comparison.ci_method,
+           "confidence": comparison.confidence, "rows": comparison.rows,
+           "eval_shards": reuse, "stage_wall_s": dict(times)}  # fmt: skip
+    _write_json(cfg.out / "gen3_vs_gen4.json", doc)
+    log.info("wrote %s", cfg.out / "gen3_vs_gen4.md")
+    return {}

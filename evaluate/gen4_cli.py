@@ -1,0 +1,198 @@
+"""``haloscope gen4``: the seed's Gen3 -> mine -> Gen4 experiment end to end, resumable.
+
+    haloscope gen4 --out runs/gen4_experiment --rows 60000 --workers 16     # full mock scale
+    haloscope gen4 --out /tmp/g4 --tiny                                     # minutes on a CPU
+
+Stages (each a real ``haloscope`` command; see ``evaluate/gen4.py``): simulate -> shards
+(no hard negatives) -> train Gen3 -> infer Gen3 on train -> mine -> shards of train with the
+lookup -> reuse val/test shards (verified) -> train Gen4 -> infer both on test -> eval both
+-> DIR/gen3_vs_gen4.{md,csv,json}. Re-running the same command skips finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from haloscope.argparse_util import VerbParser
+from haloscope.errors import ConfigError
+
+__all__ = ["Gen4Config", "TINY", "FULL", "build_parser", "config_from_args", "main"]
+
+log = logging.getLogger(__name__)
+_DESCRIPTION = """\
+The seed's Gen3 -> mine -> Gen4 experiment end to end (docs/inference.md). Stages, each a real
+`haloscope` command: simulate (unless --data) -> shards without hard negatives -> train Gen3 ->
+infer Gen3 on the train split -> mine -> train shards with the lookup -> reuse the val/test
+shards (sha256-verified) -> train Gen4 -> infer both on test -> eval both ->
+OUT/gen3_vs_gen4.{md,csv,json}. Re-running the same command resumes: finished stages are
+skipped, training continues from last.pt. Logs per stage in OUT/logs/."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gen4Config:
+    """Scale and training settings of one experiment (the flags of ``haloscope gen4``)."""
+
+    out: Path
+    """Experiment folder."""
+    data: Path | None = None
+    """Existing parquet root (mock or DR10); None: simulate ``rows`` rows into out/data."""
+    rows: int = 60000
+    """Mock survey rows (all splits) when simulating."""
+    seed: int = 0
+    """Seed of the mock, the shard shuffle and both trainings (the same for Gen3 and Gen4)."""
+    workers: int = 2
+    """Processes of simulate and shards."""
+    epochs: int = 50
+    """Maximum epochs of each training."""
+    batch_size: int = 256
+    """Global training batch."""
+    arch: str = "convnext_tiny"
+    """timm ConvNeXt of both generations."""
+    hard_neg_weight: int = 5
+    """Copies of each mined control in the Gen4 train shards."""
+    min_score: float = 0.9
+    """Mine controls scored above this."""
+    top_k: int = 20000
+    """Mine at most this many controls."""
+    infer_batch_size: int = 1024
+    """Batch of every inference."""
+    num_workers: int = 2
+    """Loader workers per rank in train and infer."""
+    device: str = "auto"
+    """Device of train and infer."""
+    nproc_per_node: int = 1
+    """Processes per node for train and infer (torchrun when > 1)."""
+    train_args: tuple[str, ...] = ()
+    """Extra `haloscope train` flags, the same for both generations."""
+
+    def scale(self) -> dict:
+        """Settings that must not change when a run is resumed."""
+        keep = ("data", "rows", "seed", "epochs", "batch_size", "arch", "hard_neg_weight",
+                "min_score", "top_k", "train_args")  # fmt: skip
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in ((k, getattr(self, k)) for k in keep)}  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "workers", "epochs", "batch_size", "top_k", "infer_batch_size",
+                     "nproc_per_node", "hard_neg_weight"):  # fmt: skip
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.min_score < 1.0:
+            raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
+
+
+# Defaults of the scale flags: FULL for `make gen4` (and the GPU run with --rows ~2M),
+# TINY for --tiny: a few minutes on 2 CPU cores. Flags given explicitly always win.
+FULL: dict = {"rows": 60000, "epochs": 50, "batch_size": 256, "arch": "convnext_tiny",
+              "min_score": 0.9, "top_k": 20000, "infer_batch_size": 1024, "num_workers": 2,
+              "train_args": ()}  # fmt: skip
+TINY: dict = {"rows": 2400, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
+              # a 2-epoch model rarely scores a control > 0.9: mine its top controls instead
+              "min_score": 0.0, "top_k": 60, "infer_batch_size": 256, "num_workers": 0,
+              "train_args": ("--max-steps-per-epoch", "12", "--val-batch-size", "256",
+                             "--warmup-steps", "4", "--early-stopping-patience", "0")}  # fmt: skip
+
+
+def build_parser() -> VerbParser:
+    """The argument parser of ``haloscope gen4``."""
+    p = VerbParser("gen4", _DESCRIPTION)
+    p.add_argument("--out", required=True, help="experiment folder (re-run to resume)")
+    p.add_argument("--data", default=None,
+                   help="existing parquet root (mock or DR10); None: simulate --rows rows")
+    p.add_argument("--tiny", action="store_true",
+                   help="small CPU preset: " + ", ".join(f"{k}={v}" for k, v in TINY.items()
+                                                         if k != "train_args"))  # fmt: skip
+    p.add_argument("--rows", type=int, default=None,
+                   help=f"mock survey rows when simulating; None: {FULL['rows']} (tiny {TINY['rows']})")
+    p.add_argument("--seed", type=int, default=0, help="seed of mock, shuffle and both trainings")
+    p.add_argument("--workers", type=int, default=2, help="processes of simulate and shards")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"max epochs per generation; None: {FULL['epochs']} (tiny {TINY['epochs']})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"training batch; None: {FULL['batch_size']} (tiny {TINY['batch_size']})")
+    p.add_argument("--arch", default=None,
+                   help=f"timm ConvNeXt; None: {FULL['arch']} (tiny {TINY['arch']})")
+    p.add_argument("--hard-neg-weight", type=int, default=5, help="copies of each hard negative")
+    p.add_argument("--min-score", type=float, default=None,
+                   help=f"mine controls above this score; None: {FULL['min_score']} "
+                        f"(tiny {TINY['min_score']})")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=None,
+                   help=f"mine at most this many controls; None: {FULL['top_k']} (tiny {TINY['top_k']})")
+    p.add_argument("--infer-batch-size", type=int, default=None,
+                   help=f"inference batch; None: {FULL['infer_batch_size']} "
+                        f"(tiny {TINY['infer_batch_size']})")  # fmt: skip
+    p.add_argument("--num-workers", type=int, default=None,
+                   help=f"loader workers per rank in train/infer; None: {FULL['num_workers']} "
+                        f"(tiny {TINY['num_workers']})")  # fmt: skip
+    p.add_argument("--device", default="auto", help="device of train and infer: auto, cpu, cuda")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="processes (GPUs) per node for train and infer; > 1 launches torchrun")
+    p.add_argument("--train-args", default=None,
+                   help="extra `haloscope train` flags for both generations, one quoted string; "
+                        "None: none (tiny: " + " ".join(TINY["train_args"]) + ")")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="stage output to logs/ only, not stderr")
+    return p
+
+
+def config_from_args(args) -> Gen4Config:
+    """Flags (explicit ones winning over the --tiny or full preset) -> ``Gen4Config``.
+
+    Raises:
+        ConfigError: an invalid value, naming the flag.
+    """
+    preset = TINY if args.tiny else FULL
+    values = {k: getattr(args, k) for k in preset if k != "train_args"}
+    values = {k: preset[k] if v is None else v for k, v in values.items()}
+    train_args = preset["train_args"] if args.train_args is None else shlex.split(args.train_args)
+    try:
+        return Gen4Config(out=Path(args.out), data=None if args.data is None else Path(args.data),
+                          seed=args.seed, workers=args.workers, hard_neg_weight=args.hard_neg_weight,
+                          device=args.device, nproc_per_node=args.nproc_per_node,
+                          train_args=tuple(train_args), **values)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_resume(cfg: Gen4Config) -> None:
+    """Store the settings on the first run; refuse a resume with different ones."""
+    path = cfg.out / "gen4_config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        diff = {k: (saved.get(k), v) for k, v in cfg.scale().items() if saved.get(k) != v}
+        if diff:
+            pairs = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ConfigError(f"--out {cfg.out} holds an experiment with other settings ({pairs}); "
+                              "use a new --out or the same flags to resume")  # fmt: skip
+        return
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.scale(), indent=1) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    """Run (or resume) the experiment; returns the exit status."""
+    import time
+
+    from haloscope.evaluate.gen4 import plan_experiment, run_stages
+    from haloscope.log import setup_logging
+
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    setup_logging(0)
+    if cfg.data is not None and not cfg.data.is_dir():
+        raise ConfigError(f"--data {cfg.data}: no such directory")
+    _check_resume(cfg)
+    t0 = time.perf_counter()
+    records = run_stages(cfg.out, plan_experiment(cfg), nproc_per_node=cfg.nproc_per_node,
+                         echo=not args.quiet)  # fmt: skip
+    ran = [r for r in records if not r["skipped"]]
+    log.info("gen4 experiment done in %.1f s (%d stage(s) run, %d skipped): %s",
+             time.perf_counter() - t0, len(ran), len(records) - len(ran),
+             cfg.out / "gen3_vs_gen4.md")  # fmt: skip
+    return 0
