@@ -69,6 +69,7 @@ class RunContext:
     static: dict[str, Any]  # model_args, config JSON, preprocess, meta (checkpoint constants)
     steps_per_epoch: int
     amp_dtype: torch.dtype | None
+    channels_last: bool
     stop: StopFlag
 
 
@@ -223,7 +224,7 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
                 raise
             wait_s = time.perf_counter() - t0
             images, meta, labels = prepare_batch(
-                batch, env.device, aug_gen=state.aug_gen, channels_last=cfg.run.channels_last
+                batch, env.device, aug_gen=state.aug_gen, channels_last=ctx.channels_last
             )
             loss, grad_norm = train_step(
                 state.model, images, meta, labels, optimizer=state.optimizer,
@@ -279,7 +280,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
         val_batches = ctx.make_loader(ctx.val_reader)
         metrics = validate(state.raw_model, val_batches, ctx.env, loss_fn=ctx.loss_fn,
-                           channels_last=cfg.run.channels_last)  # fmt: skip
+                           channels_last=ctx.channels_last)  # fmt: skip
         is_best = state.early.update(metrics, epoch)
         state.val_metrics = {**metrics, "epoch": epoch}
         ctx.writer.write("val", {"epoch": epoch, "global_step": state.global_step,
