@@ -258,7 +258,7 @@ def plan_experiment(cfg: Gen4Config) -> list[Stage]:
         over = ["--overwrite"] if p.data.exists() else []
         stages.append(Stage("simulate", (p.data / "region_split=test",), argv=lambda: [
             "simulate", "--out", str(p.data), "--rows", str(cfg.rows), "--seed", str(cfg.seed),
-            "--workers", str(cfg.workers), "--no-progress", *over]))  # fmt: skip
+            "--workers", str(cfg.workers), "--no-progress", *over, *cfg.sim_args]))  # fmt: skip
     common = ["--data", str(p.data), "--workers", str(cfg.workers), "--seed", str(cfg.seed)]
     gen3_out = tuple(p.shards("gen3") / s / "manifest.json" for s in ("train", "val", "test"))
     stages += [

@@ -68,11 +68,13 @@ class Gen4Config:
     """Processes per node for train and infer (torchrun when > 1)."""
     train_args: tuple[str, ...] = ()
     """Extra `haloscope train` flags, the same for both generations."""
+    sim_args: tuple[str, ...] = ()
+    """Extra `haloscope simulate` flags (e.g. --selection-frac 0 for large runs)."""
 
     def scale(self) -> dict:
         """Settings that must not change when a run is resumed."""
         keep = ("data", "rows", "seed", "epochs", "batch_size", "arch", "hard_neg_weight",
-                "min_score", "top_k", "train_args")  # fmt: skip
+                "min_score", "top_k", "train_args", "sim_args")  # fmt: skip
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in ((k, getattr(self, k)) for k in keep)}  # fmt: skip
 
@@ -92,12 +94,14 @@ class Gen4Config:
 # TINY for --tiny: a few minutes on 2 CPU cores. Flags given explicitly always win.
 FULL: dict = {"rows": 60000, "epochs": 50, "batch_size": 256, "arch": "convnext_tiny",
               "min_score": 0.9, "top_k": 20000, "infer_batch_size": 1024, "num_workers": 2,
-              "train_args": ()}  # fmt: skip
-TINY: dict = {"rows": 2400, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
+              "train_args": (), "sim_args": ()}  # fmt: skip
+TINY: dict = {"rows": 3000, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
               # a 2-epoch model rarely scores a control > 0.9: mine its top controls instead
               "min_score": 0.0, "top_k": 60, "infer_batch_size": 256, "num_workers": 0,
               "train_args": ("--max-steps-per-epoch", "12", "--val-batch-size", "256",
-                             "--warmup-steps", "4", "--early-stopping-patience", "0")}  # fmt: skip
+                             "--warmup-steps", "4", "--early-stopping-patience", "0"),
+              # 2 rows per galaxy instead of ~9: more distinct samples per simulated row
+              "sim_args": ("--selection-frac", "0")}  # fmt: skip
 
 
 def build_parser() -> VerbParser:
@@ -108,7 +112,7 @@ def build_parser() -> VerbParser:
                    help="existing parquet root (mock or DR10); None: simulate --rows rows")
     p.add_argument("--tiny", action="store_true",
                    help="small CPU preset: " + ", ".join(f"{k}={v}" for k, v in TINY.items()
-                                                         if k != "train_args"))  # fmt: skip
+                                                         if not k.endswith("_args")))  # fmt: skip
     p.add_argument("--rows", type=int, default=None,
                    help=f"mock survey rows when simulating; None: {FULL['rows']} (tiny {TINY['rows']})")
     p.add_argument("--seed", type=int, default=0, help="seed of mock, shuffle and both trainings")
@@ -137,6 +141,9 @@ def build_parser() -> VerbParser:
     p.add_argument("--train-args", default=None,
                    help="extra `haloscope train` flags for both generations, one quoted string; "
                         "None: none (tiny: " + " ".join(TINY["train_args"]) + ")")  # fmt: skip
+    p.add_argument("--sim-args", default=None,
+                   help="extra `haloscope simulate` flags, one quoted string; None: none (tiny: "
+                        + " ".join(TINY["sim_args"]) + ")")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="stage output to logs/ only, not stderr")
     return p
 
@@ -148,14 +155,16 @@ def config_from_args(args) -> Gen4Config:
         ConfigError: an invalid value, naming the flag.
     """
     preset = TINY if args.tiny else FULL
-    values = {k: getattr(args, k) for k in preset if k != "train_args"}
+    values = {k: getattr(args, k) for k in preset if not k.endswith("_args")}
     values = {k: preset[k] if v is None else v for k, v in values.items()}
-    train_args = preset["train_args"] if args.train_args is None else shlex.split(args.train_args)
+    for key in ("train_args", "sim_args"):
+        given = getattr(args, key)
+        values[key] = tuple(preset[key] if given is None else shlex.split(given))
     try:
         return Gen4Config(out=Path(args.out), data=None if args.data is None else Path(args.data),
                           seed=args.seed, workers=args.workers, hard_neg_weight=args.hard_neg_weight,
                           device=args.device, nproc_per_node=args.nproc_per_node,
-                          train_args=tuple(train_args), **values)  # fmt: skip
+                          **values)  # fmt: skip
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
