@@ -94,6 +94,8 @@ class ShardReader(IterableDataset):
                               "--batch-size or use drop_last=False")
         self.epoch, self._start_batch, self._consumed = 0, 0, 0
         self._open: OrderedDict[int, list[RecordView]] = OrderedDict()
+        self._ring_slots, self._ring_next = 0, 0
+        self._ring: list[dict[str, torch.Tensor]] | None = None
         self._verified: set[int] = set()
 
     def _check_files(self) -> None:
@@ -158,11 +160,33 @@ class ShardReader(IterableDataset):
             self._open.popitem(last=False)
         return views
 
+    def _alloc(self, shared: bool) -> dict[str, torch.Tensor]:
+        b = self.batch_size
+        return {"image": _empty((b, 3, STAMP_PX, STAMP_PX), torch.float16, shared),
+                "label": _empty((b,), torch.float32, shared),
+                "meta": _empty((b, self.num_meta), torch.float32, shared),
+                "valid": _empty((b,), torch.bool, shared)}
+
+    def _buffers(self, shared: bool) -> dict[str, torch.Tensor]:
+        """Output tensors: fresh, or (workers under ``ShardLoader``) a reused shared slot.
+
+        A fresh shared-memory segment per batch costs more than gathering the batch, so
+        workers started by ``ShardLoader`` cycle through ``_ring_slots`` segments; the loader
+        copies each batch out before the worker can reach that slot again (a worker is never
+        more than ``prefetch_factor`` batches ahead of the consumer).
+        """
+        if not (shared and self._ring_slots):
+            return self._alloc(shared)
+        if self._ring is None:
+            self._ring = [self._alloc(True) for _ in range(self._ring_slots)]
+        slot = self._ring[self._ring_next % self._ring_slots]
+        self._ring_next += 1
+        return slot
+
     def _gather(self, rec: np.ndarray, off: np.ndarray, shared: bool) -> dict[str, Any]:
         b, n = self.batch_size, len(rec)
-        image = _empty((b, 3, STAMP_PX, STAMP_PX), torch.float16, shared)
-        meta = _empty((b, self.num_meta), torch.float32, shared)
-        img_np, meta_np = image.numpy(), meta.numpy()
+        out = self._buffers(shared)
+        img_np, meta_np = out["image"].numpy(), out["meta"].numpy()
         table = np.zeros(b, dtype=TABLE_DTYPE)
         # group the batch by record: one np.take per record and field, no per-sample work
         order = np.argsort(rec, kind="stable")
@@ -178,10 +202,9 @@ class ShardReader(IterableDataset):
         if n < b:
             img_np[n:] = 0
             meta_np[n:] = 0
-        valid = torch.zeros(b, dtype=torch.bool)
-        valid[:n] = True
-        out = {"image": image, "label": torch.from_numpy(table["label"].astype(np.float32)),
-               "meta": meta, "valid": valid}
+        out["valid"].numpy()[:] = np.arange(b) < n
+        out["label"].numpy()[:] = table["label"]
+        out = dict(out)
         if self.with_table:
             out["table"] = table
         return out
@@ -223,21 +246,39 @@ class ShardLoader:
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.prefetch_factor = prefetch_factor
 
+    def _own(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Copy a worker's ring slot out (into pinned memory when pinning): one copy total."""
+        out = dict(batch)
+        for key in ("image", "label", "meta", "valid"):
+            src = batch[key]
+            if self.num_workers > 0:
+                dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=self.pin_memory)
+                out[key] = dst.copy_(src)
+            elif self.pin_memory:
+                out[key] = src.pin_memory()
+        return out
+
     def __len__(self) -> int:
         return self.reader.batches_per_rank() - self.reader._start_batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         reader = self.reader
         start = reader._start_batch
+        # pinning happens in _own, during the copy out of the worker's shared slot
         loader = torch.utils.data.DataLoader(
-            reader, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            reader, batch_size=None, num_workers=self.num_workers, pin_memory=False,
             collate_fn=_identity, persistent_workers=False,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
-        batches = iter(loader)  # workers fork here, taking the resume position with them
+        reader._ring_slots = self.prefetch_factor + 2 if self.num_workers > 0 else 0
+        try:
+            batches = iter(loader)  # workers fork here, taking the resume position with them
+        finally:
+            reader._ring_slots = 0
         if self.num_workers > 0:
             reader._start_batch = 0  # in-process iteration clears it itself
         for i, batch in enumerate(batches):
+            batch = self._own(batch)
             reader._consumed = start + i + 1
             yield batch
 
