@@ -19,6 +19,7 @@ sync per step (one extra row shows the cost of reading the loss after every step
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import itertools
 import json
@@ -34,14 +35,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from haloscope.train.cuda_graph import make_predict_step, make_train_step
+from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 
 __all__ = ["run_bench", "main", "write_random_shards"]
 
 log = logging.getLogger(__name__)
 META_COLS = ("psfsize_r", "psfdepth_r")
-MODES = ("eager", "compile", "graph")
+MODES = ("eager", "compile", "graph", "graph_tdw")
+"""graph_tdw: the graphed step on a copy of the model with the Triton depthwise 7x7."""
 
 
 def write_random_shards(split_dir: Path, num_samples: int, *, seed: int = 0,
@@ -203,59 +205,6 @@ def loader_rate(split_dir: Path, batch_size: int, workers: int, batches: int) ->
             "samples_per_s": round(batches * batch_size / dt, 1)}  # fmt: skip
 
 
-def _time_graph(fn: Callable[[], Any], reps: int = 20) -> float:
-    """Mean ms of ``fn`` replayed from a CUDA graph (launch cost removed)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
-
-
-def _dw_fwd_bwd(x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, dtype: torch.dtype,
-                layout: str) -> None:  # fmt: skip
-    """Depthwise 7x7 conv forward + backward of one block, bf16 channels-last in and out."""
-    xi = x.contiguous() if layout == "nchw" else x
-    y = F.conv2d(xi.to(dtype), w.to(dtype), padding=3, groups=x.shape[1])
-    y = y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    torch.autograd.backward(y, gy, inputs=[x, w])
-
-
-def depthwise_probe(batch_size: int) -> list[dict[str, Any]]:
-    """ms per training step spent in the 18 depthwise 7x7 convs (fwd + bwd), per variant.
-
-    Variants keep the math (same weights, same conv): input layout NHWC (as the model runs)
-    or NCHW (with the layout conversions counted), bf16 or fp32. (cudnn.benchmark made no
-    difference in the first run: docs/gpu_notes.md.)
-    """
-    stages = ((96, 16, 3), (192, 8, 3), (384, 4, 9), (768, 2, 3))  # (C, H, blocks)
-    rows = []
-    for dtype, layout in itertools.product((torch.bfloat16, torch.float32), ("nhwc", "nchw")):
-        total = 0.0
-        for c, h, blocks in stages:
-            x = torch.randn(batch_size, c, h, h, device="cuda").to(memory_format=torch.channels_last)
-            x = x.to(torch.bfloat16).requires_grad_()
-            w = (0.1 * torch.randn(c, 1, 7, 7, device="cuda")).requires_grad_()
-            gy = torch.randn(batch_size, c, h, h, device="cuda", dtype=torch.bfloat16)
-
-            total += blocks * _time_graph(partial(_dw_fwd_bwd, x, w, gy, dtype, layout))
-        rows.append({"batch_size": batch_size, "dtype": str(dtype).split(".")[-1],
-                     "layout": layout, "ms_per_step": round(total, 3)})  # fmt: skip
-    return rows
-
-
 def _env() -> dict[str, Any]:
     import timm
 
@@ -269,7 +218,7 @@ def _env() -> dict[str, Any]:
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """(b)/(a) per mode and batch, and each mode over the eager baselines on synthetic batches."""
     by = {(r["mode"], r["batch_size"], r["feed"]): r["img_per_s"] for r in rows
-          if "host_sync" not in r}  # fmt: skip
+          if "host_sync" not in r and "img_per_s" in r}  # fmt: skip
     out = {}
     for (mode, b, feed), v in by.items():
         if feed == "reader" and (mode, b, "synthetic") in by:
@@ -291,12 +240,26 @@ def _warm_clocks(seconds: float = 3.0) -> None:
     _free()
 
 
-def _train_rows(doc: dict[str, Any], model: torch.nn.Module, split: Path, b: int,
+def _guarded(fn: Callable[[], dict[str, Any]], mode: str) -> dict[str, Any]:
+    """Run one row; an optional path (graph_tdw) that fails is recorded, not fatal."""
+    if mode != "graph_tdw":
+        return fn()
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - recorded in the result and logged
+        log.exception("graph_tdw row failed")
+        _free()
+        return {"error": repr(exc)[:500]}
+
+
+def _train_rows(doc: dict[str, Any], models: dict[str, torch.nn.Module], split: Path, b: int,
                 modes: tuple[str, ...], workers: int, steps: int) -> None:  # fmt: skip
     """All training rows of one batch size (plus the plain-timm baseline and a synced row)."""
-    def add(mode: str, feed: str, row: dict[str, float], **extra: Any) -> None:
+    def add(mode: str, feed: str, row: dict[str, Any], **extra: Any) -> None:
         doc["train"].append({"mode": mode, "batch_size": b, "feed": feed, **extra, **row})
         log.info("train %s", doc["train"][-1])
+
+    model = models["base"]
 
     if "eager" in modes:  # the issue's baseline: plain timm, no meta head, no augmentation
         plain = _PlainTimm().cuda().to(memory_format=torch.channels_last)
@@ -306,7 +269,9 @@ def _train_rows(doc: dict[str, Any], model: torch.nn.Module, split: Path, b: int
         _free()
     for mode, feed in itertools.product(modes, ("synthetic", "reader")):
         src = _synthetic(b) if feed == "synthetic" else _reader(split, b, workers, train=True)
-        add(mode, feed, bench_train(model, mode, b, src, warmup=6, steps=steps))
+        net, kind = (models["tdw"], "graph") if mode == "graph_tdw" else (model, mode)
+        add(mode, feed, _guarded(partial(bench_train, net, kind, b, src, warmup=6, steps=steps),
+                                 mode))  # fmt: skip
     if "graph" in modes and b == 256:
         src = _reader(split, b, workers, train=True)
         row = bench_train(model, "graph", b, src, warmup=6, steps=steps, sync_each_step=True)
@@ -354,18 +319,23 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
                   "reader": "ShardReader+build_loader, pinned, local disk (page cache)"}},
         "train": [], "infer": [], "loader": []}  # fmt: skip
     _warm_clocks()
-    model = _model()
+    models = {"base": _model()}
+    models["tdw"] = copy.deepcopy(models["base"])
+    doc["settings"]["triton_depthwise_convs"] = use_triton_depthwise(models["tdw"])
     for b in batch_sizes:
-        _train_rows(doc, model, split, b, modes, num_workers, per_b[b])
+        _train_rows(doc, models, split, b, modes, num_workers, per_b[b])
         doc["loader"].append(loader_rate(split, b, num_workers, per_b[b]))
     for mode, feed in itertools.product(modes, ("synthetic", "reader")):
         src = _synthetic(1024) if feed == "synthetic" else _reader(split, 1024, num_workers, train=False)
-        row = bench_infer(model, mode, 1024, src, warmup=6, steps=infer_steps)
+        net, kind = (models["tdw"], "graph") if mode == "graph_tdw" else (models["base"], mode)
+        row = _guarded(partial(bench_infer, net, kind, 1024, src, warmup=6, steps=infer_steps),
+                       mode)  # fmt: skip
         doc["infer"].append({"mode": mode, "batch_size": 1024, "feed": feed, **row})
         log.info("infer %s", doc["infer"][-1])
     doc["ratios"] = {"train": _ratios(doc["train"]), "infer": _ratios(doc["infer"])}
     if probe:
-        doc["depthwise_probe"] = [r for b in batch_sizes for r in depthwise_probe(b)]
+        doc["depthwise_probe"] = _guarded(
+            lambda: {"rows": [r for b in batch_sizes for r in depthwise_probe(b)]}, "graph_tdw")
     tmp.cleanup()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
@@ -377,7 +347,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="haloscope bench gpu", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench/results/gpu.json")
     p.add_argument("--batch-sizes", default="256,1024", help="comma-separated training batches")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: eager,compile,graph")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ",".join(MODES))
     p.add_argument("--num-workers", type=int, default=8)
     p.add_argument("--num-samples", type=int, default=98304)
     p.add_argument("--steps", type=int, default=0, help="timed steps per row (0: auto)")
@@ -390,6 +360,9 @@ def main(argv: list[str]) -> int:
                     work_dir=a.work_dir)  # fmt: skip
     for kind in ("train", "infer"):
         for r in doc[kind]:
+            if "error" in r:
+                print(f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed']:14s} {r['error']}")
+                continue
             sync = " sync" if "host_sync" in r else ""
             print(f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed'] + sync:14s} "
                   f"{r['img_per_s']:>9.0f} img/s  wait {r['loader_wait_frac']:.3f}  "
