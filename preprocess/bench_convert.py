@@ -90,6 +90,7 @@ def run_bench(out_path: str, sizes: tuple[int, ...] = (4000, 16000)) -> dict[str
         The result dict (also written to ``out_path``).
     """
     runs = []
+    load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="haloscope-bench-convert-") as tmp:
         for n in sizes:
             data = Path(tmp) / f"data{n}"
@@ -106,6 +107,7 @@ def run_bench(out_path: str, sizes: tuple[int, ...] = (4000, 16000)) -> dict[str
         f"--shard-samples {SHARD_SAMPLES} (one process = one core)",
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "runs": runs,
         "peak_rss_ratio_large_over_small": round(runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"], 3),
         "input_ratio_large_over_small": round(runs[-1]["input_rows"] / runs[0]["input_rows"], 3),

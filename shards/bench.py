@@ -144,6 +144,7 @@ def run_bench(out_path: str, *, seed_rows: int = 2048, wds_samples: int = 16384,
         The result dict (also written to ``out_path``).
     """
     torch.set_num_threads(1)
+    load_before = round(os.getloadavg()[0], 2)  # other jobs on the machine skew per-core rates
     pin = torch.cuda.is_available()
     rng = np.random.default_rng(0)
     image = np.clip(rng.normal(size=(packed_samples, 3, 64, 64)), -10, 10).astype(np.float16)
@@ -165,6 +166,7 @@ def run_bench(out_path: str, *, seed_rows: int = 2048, wds_samples: int = 16384,
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__},
+        "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "results": res,
         "ratios": {"c_over_a": round(c / a, 1), "c_over_b": round(c / b, 1)},
         "targets": {"c_min_samples_per_s": 100_000, "c_over_a_min": 20, "c_over_b_min": 5},

@@ -94,7 +94,7 @@ class ShardReader(IterableDataset):
                               "--batch-size or use drop_last=False")
         self.epoch, self._start_batch, self._consumed = 0, 0, 0
         self._open: OrderedDict[int, list[RecordView]] = OrderedDict()
-        self._ring_slots, self._ring_next = 0, 0
+        self._ring_slots, self._ring_next, self._pin_out = 0, 0, False
         self._ring: list[dict[str, torch.Tensor]] | None = None
         self._verified: set[int] = set()
 
@@ -162,10 +162,11 @@ class ShardReader(IterableDataset):
 
     def _alloc(self, shared: bool) -> dict[str, torch.Tensor]:
         b = self.batch_size
-        return {"image": _empty((b, 3, STAMP_PX, STAMP_PX), torch.float16, shared),
-                "label": _empty((b,), torch.float32, shared),
-                "meta": _empty((b, self.num_meta), torch.float32, shared),
-                "valid": _empty((b,), torch.bool, shared)}
+        shapes = {"image": ((b, 3, STAMP_PX, STAMP_PX), torch.float16), "label": ((b,), torch.float32),
+                  "meta": ((b, self.num_meta), torch.float32), "valid": ((b,), torch.bool)}
+        if self._pin_out and not shared:  # gather straight into (cached) pinned memory
+            return {k: torch.empty(shape, dtype=dt, pin_memory=True) for k, (shape, dt) in shapes.items()}
+        return {k: _empty(shape, dt, shared) for k, (shape, dt) in shapes.items()}
 
     def _buffers(self, shared: bool) -> dict[str, torch.Tensor]:
         """Output tensors: fresh, or (workers under ``ShardLoader``) a reused shared slot.
@@ -241,20 +242,25 @@ class ShardLoader:
     """
 
     def __init__(self, reader: ShardReader, *, num_workers: int, pin_memory: bool,
-                 prefetch_factor: int) -> None:
+                 prefetch_factor: int, pin_thread: bool = True) -> None:
         self.reader, self.num_workers = reader, num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.prefetch_factor = prefetch_factor
+        # with workers, pinning is the copy out of the worker's slot: either in the
+        # DataLoader's pin thread (overlaps the training step) or in the consuming thread
+        self.pin_thread = pin_thread and self.pin_memory and num_workers > 0
 
     def _own(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Copy a worker's ring slot out (into pinned memory when pinning): one copy total."""
         out = dict(batch)
+        if self.pin_thread:  # the pin thread already copied the slot into pinned memory
+            return out
         for key in ("image", "label", "meta", "valid"):
             src = batch[key]
             if self.num_workers > 0:
                 dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=self.pin_memory)
                 out[key] = dst.copy_(src)
-            elif self.pin_memory:
+            elif self.pin_memory and not src.is_pinned():
                 out[key] = src.pin_memory()
         return out
 
@@ -264,13 +270,13 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         reader = self.reader
         start = reader._start_batch
-        # pinning happens in _own, during the copy out of the worker's shared slot
         loader = torch.utils.data.DataLoader(
-            reader, batch_size=None, num_workers=self.num_workers, pin_memory=False,
+            reader, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_thread,
             collate_fn=_identity, persistent_workers=False,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
         reader._ring_slots = self.prefetch_factor + 2 if self.num_workers > 0 else 0
+        reader._pin_out = self.pin_memory and self.num_workers == 0
         try:
             batches = iter(loader)  # workers fork here, taking the resume position with them
         finally:
@@ -284,7 +290,7 @@ class ShardLoader:
 
 
 def build_loader(reader: ShardReader, *, num_workers: int, pin_memory: bool = True,
-                 prefetch_factor: int = 4) -> ShardLoader:
+                 prefetch_factor: int = 4, pin_thread: bool = True) -> ShardLoader:
     """Wrap ``reader`` in worker processes.
 
     Args:
@@ -292,6 +298,9 @@ def build_loader(reader: ShardReader, *, num_workers: int, pin_memory: bool = Tr
         num_workers: loader processes (0 = read in the calling process).
         pin_memory: pin batches (DataLoader pin thread) when CUDA is available.
         prefetch_factor: batches each worker prepares ahead.
+        pin_thread: with workers and pinning, pin in the DataLoader's pin thread (True) or
+            in the consuming thread (False); either way it is the one copy out of the
+            worker's shared-memory slot.
 
     Returns:
         An iterable of batch dicts: ``image`` float16 (B,3,64,64), ``label`` float32 (B,),
@@ -300,4 +309,4 @@ def build_loader(reader: ShardReader, *, num_workers: int, pin_memory: bool = Tr
     if num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {num_workers}")
     return ShardLoader(reader, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor)
+                       prefetch_factor=prefetch_factor, pin_thread=pin_thread)
