@@ -39,12 +39,15 @@ __all__ = [
     "capture_rng",
     "restore_rng",
     "save_checkpoint",
+    "to_plain",
     "load_checkpoint",
     "load_for_inference",
 ]
 
 FORMAT, VERSION = "haloscope-train", 1
 _REQUIRED = ("model", "model_args", "config", "preprocess", "meta")
+# plain-data entries that may pick up numpy scalars from metrics or readers
+_PLAIN_KEYS = ("loader", "early_stopping", "val_metrics", "model_args", "preprocess", "meta")
 
 
 def capture_rng(aug_gen: torch.Generator | None) -> dict[str, Any]:
@@ -75,6 +78,19 @@ def restore_rng(state: dict[str, Any], aug_gen: torch.Generator | None) -> None:
         aug_gen.set_state(state["augment"])
 
 
+def to_plain(value: Any) -> Any:
+    """Recursively turn numpy scalars/arrays and tuples into types ``weights_only`` loads."""
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically: a temp file in the same folder, fsync, ``os.replace``.
 
@@ -87,7 +103,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, "haloscope_version": __version__, **payload}
+    payload = {"format": FORMAT, "version": VERSION, "haloscope_version": __version__,
+               **{k: to_plain(v) if k in _PLAIN_KEYS else v for k, v in payload.items()}}  # fmt: skip
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -64,6 +64,18 @@ def _differs(flag: Any, have: Any) -> bool:
     return flag != have
 
 
+def _lookup_differs(flag_path: str, lookup: dict[str, Any] | None) -> bool:
+    """Whether ``--hard-neg-path`` names another lookup than the one the shards used."""
+    if lookup is None:
+        return True
+    path = Path(flag_path)
+    if path.is_file() and lookup.get("sha256"):
+        from haloscope.shards.write import sha256_file
+
+        return sha256_file(path) != lookup["sha256"]
+    return path.resolve() != Path(str(lookup.get("path"))).resolve()
+
+
 def check_preprocess(cfg: TrainConfig, manifest: Manifest) -> None:
     """Refuse preprocessing flags that disagree with how the train shards were made.
 
@@ -71,20 +83,16 @@ def check_preprocess(cfg: TrainConfig, manifest: Manifest) -> None:
         ConfigError: naming the flag, both values and the fix (re-run ``haloscope shards``).
     """
     pre, d = manifest.preprocess, cfg.data
-    # the weight only means something when the shards hold hard negatives
-    hn_weight = pre.get("hard_neg_weight") if pre.get("hard_neg_path") else None
+    lookup = pre.get("hard_neg_lookup")
     checks: list[tuple[str, Any, Any]] = [
-        ("--norm-method", d.norm_method, manifest.norm.get("method", pre.get("norm_method"))),
+        ("--norm-method", d.norm_method, manifest.norm.get("method")),
         ("--min-theta-over-psf", d.min_theta_over_psf, pre.get("min_theta_over_psf")),
-        ("--hard-neg-weight", d.hard_neg_weight, hn_weight),
+        ("--hard-neg-weight", d.hard_neg_weight, pre.get("hard_neg_weight") if lookup else None),
         ("--meta-cols", None if cfg.model.meta_cols is None else list(cfg.model.meta_cols),
          list(manifest.meta_columns)),
     ]  # fmt: skip
-    if d.hard_neg_path is not None:
-        have_path = pre.get("hard_neg_path")
-        same = have_path is not None and Path(have_path).name == Path(d.hard_neg_path).name
-        if not same:
-            checks.append(("--hard-neg-path", d.hard_neg_path, have_path))
+    if d.hard_neg_path is not None and _lookup_differs(d.hard_neg_path, lookup):
+        checks.append(("--hard-neg-path", d.hard_neg_path, None if lookup is None else lookup.get("path")))
     for flag, value, have in checks:
         if value is not None and _differs(value, have):
             raise ConfigError(

@@ -209,6 +209,7 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
     n = ctx.steps_per_epoch
     if state.step_in_epoch >= n:
         return True
+    state.model.train()  # validation leaves the model in eval mode
     it = _epoch_batches(state, ctx)
     bar = tqdm(total=n, initial=state.step_in_epoch, desc=f"epoch {state.epoch}",
                disable=not (env.is_main and cfg.run.progress), dynamic_ncols=True)  # fmt: skip

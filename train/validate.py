@@ -40,6 +40,7 @@ def score_batches(
     Returns:
         ``(logits float32 (N,), labels float32 (N,))`` on CPU.
     """
+    was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
     for batch in batches:
@@ -50,6 +51,7 @@ def score_batches(
         valid = batch["valid"].to(device, non_blocking=True)
         all_logits.append(logits[valid].cpu())
         all_labels.append(batch["label"].to(device)[valid].float().cpu())
+    model.train(was_training)
     if not all_logits:
         return torch.zeros(0), torch.zeros(0)
     return torch.cat(all_logits), torch.cat(all_labels)
@@ -110,7 +112,7 @@ def validate(
     labels = all_gather_1d(labels.to(env.device), env).cpu()
     out = compute_val_metrics(logits, labels, loss_fn)
     out["val/wall_s"] = time.perf_counter() - t0
-    return out
+    return {k: float(v) for k, v in out.items()}
 
 
 def _key(metrics: dict[str, float]) -> tuple[float, float]:
