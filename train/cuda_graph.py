@@ -11,14 +11,14 @@ Static shapes: the graph always runs ``batch_size`` samples. A shorter (last) ba
 per-sample LayerNorm and per-sample stochastic depth, so padding gives exactly the gradient
 of the valid samples. Inference pads the same way and drops the padded logits.
 
-Data path: a pinned host batch is copied into a *staging* device buffer on a side stream
-(overlapping the previous replay), the main stream waits for that copy and moves staging
-into the graph's static buffers (a device-to-device copy of a few MB), then replays.
+Data path (``graph_io.StaticBatch``): pinned host batch -> staging buffer on a side stream
+(overlapping the previous replay) -> static buffers on the main stream -> replay.
 Randomness (the D4 transform per sample, stochastic depth) comes from the default CUDA
 generator, which graph capture registers: every replay draws fresh numbers.
 
-Rules for callers: build the optimiser with ``capturable=True`` (``fused=True`` when
-available); load checkpoints *before* the first graphed step (the graph holds the
+Rules for callers: an Adam/AdamW optimiser (``fused=True`` when available; it is switched
+to ``capturable=True`` with a tensor lr if built otherwise); load checkpoints *before* the
+first graphed step (the graph holds the
 addresses of the optimiser state); change the learning rate only by writing the tensor
 ``param_group["lr"]`` in place (``set_lr`` or any torch ``LRScheduler``, which fills tensor
 lrs in place). ``EagerTrainStep``/``EagerPredictStep`` have the same interface and are what
@@ -141,7 +141,7 @@ class GraphedTrainStep(EagerTrainStep):
     takes a few seconds and the model must already hold its starting (or resumed) weights.
 
     Raises:
-        ValueError: the device is not CUDA, or a param group is not ``capturable``.
+        ValueError: the device is not CUDA, or the optimiser has no ``capturable`` option.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
@@ -156,11 +156,7 @@ class GraphedTrainStep(EagerTrainStep):
             raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for group in optimizer.param_groups:
-            if not group.get("capturable", False):
-                raise ValueError("graph mode needs the optimiser built with capturable=True")
-            if not isinstance(group["lr"], torch.Tensor):  # a float lr would be baked into the graph
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        _make_capturable(optimizer, self.device)
         self.batch_size, self.warmup_steps = batch_size, warmup_steps
         self.num_padded_samples = 0
         self._batch: StaticBatch | None = None
@@ -313,6 +309,30 @@ class GraphedPredictStep(EagerPredictStep):
         assert self._graph is not None and self._out is not None
         self._graph.replay()
         return self._out[:n].clone()
+
+
+def _make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Graph-safe optimiser settings: device-side step counts and tensor learning rates.
+
+    Optimisers built without ``capturable=True`` (or resumed from an eager run, whose saved
+    param groups say ``capturable=False``) are switched in place; a float lr would otherwise
+    be baked into the captured kernels and the schedule would stop.
+
+    Raises:
+        ValueError: the optimiser has no ``capturable`` option (not Adam/AdamW-like).
+    """
+    for group in optimizer.param_groups:
+        if "capturable" not in group:
+            raise ValueError(f"{type(optimizer).__name__} cannot run inside a CUDA graph")
+        if not group["capturable"]:
+            log.info("switching the optimiser to capturable=True for the CUDA graph")
+            group["capturable"] = True
+            for p in group["params"]:
+                step = optimizer.state.get(p, {}).get("step")
+                if isinstance(step, torch.Tensor) and step.device != device:
+                    optimizer.state[p]["step"] = step.to(device, torch.float32)
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

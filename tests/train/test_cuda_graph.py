@@ -155,8 +155,8 @@ def _convnext_pair(seed: int = 0):
     model = build_model(arch="convnext_tiny", meta_cols=("psfsize_r", "psfdepth_r"),
                         dropout=0.0, drop_path_rate=0.0)  # fmt: skip
     models = [copy.deepcopy(model).cuda().to(memory_format=torch.channels_last) for _ in range(2)]
-    opts = [torch.optim.AdamW(param_groups(m, 1e-2), lr=3e-4, capturable=True, fused=True)
-            for m in models]  # fmt: skip
+    # as the trainer builds it (fused, not capturable): the graphed step switches it itself
+    opts = [torch.optim.AdamW(param_groups(m, 1e-2), lr=3e-4, fused=True) for m in models]
     return models, opts
 
 
@@ -205,6 +205,7 @@ def test_graphed_padding_and_fresh_randomness_per_replay() -> None:
     graphed = GraphedTrainStep(m_g, None, o_g, 64, device="cuda", augment=True,
                                amp_dtype=torch.bfloat16)  # fmt: skip
     draws = {round(float(graphed.step(images, meta, labels)["loss"]), 6) for _ in range(6)}
+    assert all(g["capturable"] and torch.is_tensor(g["lr"]) for g in o_g.param_groups)
     assert len(draws) > 1  # D4 draws change between replays
     padded = GraphedTrainStep(m_g, None, o_g, 64, device="cuda", augment=False,
                               amp_dtype=torch.bfloat16)  # fmt: skip
