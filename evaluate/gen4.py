@@ -240,14 +240,18 @@ def _infer_stage(cfg: Gen4Config, p: Paths, gen: str, split: str) -> Stage:
 
 def _eval_stage(p: Paths, gen: str, baseline: str | None) -> Stage:
     run_dir, stamps = p.run(gen), p.shards("gen3") / "test" / "stamps.zarr"
-    args = ["eval", "--scores", str(p.scores(gen, "test")), "--out-csv",
-            str(run_dir / "stratified_fpr.csv"), "--report-dir", str(run_dir / "report")]  # fmt: skip
-    if stamps.exists():
-        args += ["--stamps", str(stamps)]
-    if baseline is not None:
-        args += ["--compare", str(p.scores(baseline, "test"))]
+
+    def argv() -> list[str]:
+        args = ["eval", "--scores", str(p.scores(gen, "test")), "--out-csv",
+                str(run_dir / "stratified_fpr.csv"), "--report-dir", str(run_dir / "report")]  # fmt: skip
+        if stamps.exists():  # galleries and the shortcut audit read the test stamps
+            args += ["--stamps", str(stamps)]
+        if baseline is not None:
+            args += ["--compare", str(p.scores(baseline, "test"))]
+        return args
+
     outputs = (run_dir / "stratified_fpr.csv", run_dir / "report" / "report.md")
-    return Stage(f"eval_{gen}", outputs, argv=lambda: args)
+    return Stage(f"eval_{gen}", outputs, argv=argv)
 
 
 def plan_experiment(cfg: Gen4Config) -> list[Stage]:
@@ -379,13 +383,16 @@ def write_comparison(cfg: Gen4Config, scores: dict[str, Path]) -> dict:
     comparison = compare_generations(scores)
     reuse = json.loads((cfg.out / STAGES_DIR / "reuse_eval_shards.json").read_text())
     times = _stage_times(cfg.out)
+    hard = reuse["train"].get("gen4_counts", {})
     lines = ["# Gen3 vs Gen4 (hard negatives) on the same held-out test split", "",
              comparison.to_markdown(), "",
              f"Gen4 = Gen3 + hard negatives mined from Gen3's train-split scores (controls with "
              f"score > {cfg.min_score}, top {cfg.top_k}), each repeated {cfg.hard_neg_weight}x; "
              "same seed, architecture, epochs and val/test shards (sha256-verified).", "",
              f"Train samples: Gen3 {reuse['train']['gen3_samples']}, Gen4 "
-             f"{reuse['train']['gen4_samples']}. Test: {reuse['test']['samples']} samples.", "",
+             f"{reuse['train']['gen4_samples']} ({hard.get('hard_neg_rows', 0)} controls matched "
+             f"the lookup, {hard.get('hard_neg_samples', 0)} hard-negative samples). Test: "
+             f"{reuse['test']['samples']} samples.", "",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.scale().items()), "",
              "Per-generation reports: gen3/report/report.md, gen4/report/report.md.", "",
              "| stage | wall time (s) |", "|---|---|"]  # fmt: skip

@@ -98,7 +98,7 @@ FULL: dict = {"rows": 60000, "epochs": 50, "batch_size": 256, "arch": "convnext_
 TINY: dict = {"rows": 3000, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
               # a 2-epoch model rarely scores a control > 0.9: mine its top controls instead
               "min_score": 0.0, "top_k": 60, "infer_batch_size": 256, "num_workers": 0,
-              "train_args": ("--max-steps-per-epoch", "12", "--val-batch-size", "256",
+              "train_args": ("--max-steps-per-epoch", "8", "--val-batch-size", "256",
                              "--warmup-steps", "4", "--early-stopping-patience", "0"),
               # 2 rows per galaxy instead of ~9: more distinct samples per simulated row
               "sim_args": ("--selection-frac", "0")}  # fmt: skip
