@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,16 @@ def _torchrun(split_dir: Path, out: Path, mode: str) -> list[dict]:
            "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "3",
            str(Path(__file__).with_name("dist_reader_rank.py")), str(split_dir), str(out), mode]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # own process group, so a hang cannot leave rank processes behind
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(3)]
 
 
