@@ -1,0 +1,48 @@
+"""One rank of the DDP-equivalence test: 3 optimiser steps on this rank's half of a batch.
+
+Run by ``test_ddp.py`` through ``torchrun --nproc-per-node N``; rank 0 saves the weights
+and an ``all_gather_1d`` result to ``argv[1]``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from haloscope.train.dist import all_gather_1d, init_distributed, shutdown, wrap_ddp
+from haloscope.train.loop import train_step
+from haloscope.train.loss import build_loss
+from haloscope.train.model import build_model
+from haloscope.train.optim import build_optimizer
+
+GLOBAL_BATCH = 8
+
+
+def main(out: str) -> None:
+    env = init_distributed("cpu")
+    torch.manual_seed(0)
+    model = build_model(arch="convnext_atto", meta_cols=["psfsize_r", "psfdepth_r"],
+                        meta_mean=[1.3, 24.5], meta_std=[0.2, 0.5], dropout=0.0,
+                        drop_path_rate=0.0)  # fmt: skip
+    images = torch.randn(GLOBAL_BATCH, 3, 64, 64)
+    meta = torch.randn(GLOBAL_BATCH, 2) * 0.2 + torch.tensor([1.3, 24.5])
+    labels = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1])
+    per = GLOBAL_BATCH // env.world_size
+    mine = slice(env.rank * per, (env.rank + 1) * per)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    ddp = wrap_ddp(model, env)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=1e-2)
+    losses = []
+    for _ in range(3):
+        loss, _ = train_step(ddp, images[mine], meta[mine], labels[mine], optimizer=opt,
+                             loss_fn=build_loss("focal"), amp_dtype=None, grad_clip=1.0)  # fmt: skip
+        losses.append(loss.item())
+    gathered = all_gather_1d(torch.arange(env.rank + 2, dtype=torch.float32) + 10 * env.rank, env)
+    if env.is_main:
+        torch.save({"model": model.state_dict(), "init": init, "gathered": gathered, "losses": losses}, out)
+    shutdown(env)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

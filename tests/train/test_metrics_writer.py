@@ -1,0 +1,42 @@
+"""MetricsWriter: JSONL + CSV on the main rank only; TensorBoard optional with a clear error."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from haloscope.errors import ConfigError
+from haloscope.train.metrics import MetricsWriter
+
+
+def test_jsonl_and_csv_and_append_on_resume(tmp_path: Path) -> None:
+    w = MetricsWriter(tmp_path)
+    w.write("train", {"epoch": 0, "step": 1, "global_step": 1, "train/loss": 0.5, "train/lr": 1e-4})
+    w.write("val", {"epoch": 0, "global_step": 1, "val/auroc": float("nan")})
+    w.close()
+    w = MetricsWriter(tmp_path)  # a resumed run appends, one header only
+    w.write("train", {"epoch": 0, "step": 2, "global_step": 2, "train/loss": 0.25})
+    w.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["train", "val", "train"]
+    assert rows[1]["val/auroc"] is None  # NaN -> null, valid JSON
+    table = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [float(r["train/loss"]) for r in table] == [0.5, 0.25]
+    assert len(list(csv.DictReader((tmp_path / "val_metrics.csv").open()))) == 1
+
+
+def test_disabled_writer_writes_nothing(tmp_path: Path) -> None:
+    w = MetricsWriter(tmp_path / "x", enabled=False)
+    w.write("train", {"global_step": 1})
+    w.close()
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard installed")
+def test_tensorboard_missing_is_a_clear_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package"):
+        MetricsWriter(tmp_path, tensorboard=True)
