@@ -228,6 +228,11 @@ def _finalise(plan: Plan) -> dict[str, Path]:
         for d in (plan.work_dir(split), plan.cfg.out / split):
             for tmp in d.glob(".*.tmp*"):
                 tmp.unlink(missing_ok=True)
+        listed = {s["file"] for s in json.loads(out[split].read_text())["shards"]}
+        for stale in (plan.cfg.out / split).glob("shard-*.tar"):  # from earlier settings
+            if stale.name not in listed:
+                log.warning("%s: not in the new manifest, removed", stale)
+                stale.unlink()
     if not plan.cfg.keep_work:
         for split in plan.cfg.splits:
             for dat in plan.work_dir(split).glob("p1-*.dat"):

@@ -95,3 +95,13 @@ def test_damaged_outputs_are_rebuilt_identically(survey, reference, tmp_path):
     written = run_convert(survey.root, out, **kw)
     assert set(written) == {"train", "val", "test"}
     assert _fingerprint(out) == reference
+
+
+def test_new_settings_replace_old_shards(survey, tmp_path):
+    out = tmp_path / "s"
+    run_convert(survey.root, out, shard_samples=32)
+    many = sorted(p.name for p in (out / "train").glob("shard-*.tar"))
+    run_convert(survey.root, out, shard_samples=128)
+    doc = json.loads((out / "train" / "manifest.json").read_text())
+    left = sorted(p.name for p in (out / "train").glob("shard-*.tar"))
+    assert len(left) < len(many) and left == sorted(s["file"] for s in doc["shards"])
