@@ -41,6 +41,8 @@ def build_parser() -> VerbParser:
                    help="auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; the logit layer is always fp32")
+    p.add_argument("--step", default="auto", choices=["auto", "graph", "compile", "eager"],
+                   help="auto: one CUDA graph per batch on CUDA (last batch padded), eager on CPU")
     p.add_argument("--num-workers", type=int, default=2,
                    help="shard-reader worker processes per rank (shards only)")
     p.add_argument("--model-name", default=None,
@@ -61,7 +63,8 @@ def config_from_args(args) -> "InferConfig":  # noqa: F821 - imported lazily (to
         return InferConfig(
             ckpt=args.ckpt, out=args.out, shards=args.shards, data=args.data, split=args.split,
             batch_size=args.batch_size, tta=args.tta, device=args.device,
-            precision=args.precision, num_workers=args.num_workers, model_name=args.model_name,
+            precision=args.precision, step=args.step, num_workers=args.num_workers,
+            model_name=args.model_name,
             progress=not args.no_progress,
         )  # fmt: skip
     except ValueError as exc:

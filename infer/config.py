@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DEVICES", "PRECISIONS", "InferConfig"]
+__all__ = ["DEVICES", "PRECISIONS", "STEPS", "InferConfig"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+STEPS: tuple[str, ...] = ("auto", "graph", "compile", "eager")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +40,8 @@ class InferConfig:
     """auto (cuda:LOCAL_RANK if CUDA is available, else cpu), cpu or cuda."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Model numerics: auto = bf16 autocast on CUDA, fp32 on CPU. Logits are always fp32."""
+    step: str = "auto"
+    """Inference step: auto (a CUDA graph per batch on CUDA, eager on CPU), graph, compile, eager."""
     num_workers: int = 2
     """Shard-reader worker processes per rank (the parquet path decodes in-process)."""
     model_name: str | None = None
@@ -59,6 +62,8 @@ class InferConfig:
             raise ValueError(f"--device must be one of {DEVICES} or cuda:N, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.step not in STEPS:
+            raise ValueError(f"--step must be one of {STEPS}, got {self.step!r}")
         if not str(self.out).endswith(".parquet"):
             raise ValueError(f"--out must name a .parquet file, got {self.out!r}")
         if self.model_name is not None and not self.model_name.strip():

@@ -12,7 +12,6 @@ values as in a full-fp32 model. ``score = float32(sigmoid(float64(logit)))``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
@@ -73,22 +72,37 @@ def fp32_output_layer(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_forward(model: nn.Module, device: torch.device, use_bf16: bool) -> Forward:
-    """A no-grad ``(images, meta) -> (B,) fp32 logits`` function for an eval-mode model.
+def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
+                 step: str = "eager", batch_size: int = 1024) -> Forward:  # fmt: skip
+    """A no-grad ``(images, meta) -> (B,) fp32 logits`` function for the model.
+
+    The model call goes through ``train.cuda_graph.make_predict_step``, the one home of
+    eager / ``torch.compile`` / CUDA-graph inference steps (issue 9): ``auto`` replays one
+    CUDA graph per batch on CUDA (short batches padded) and runs eagerly elsewhere.
 
     Args:
-        model: the lens finder, already on ``device`` and with ``fp32_output_layer`` applied.
+        model: the lens finder, already on ``device`` and with ``fp32_output_layer`` applied
+            (so the logit stays fp32 under autocast and inside a captured graph).
         device: where inputs live.
         use_bf16: run under bf16 autocast (the output layer stays fp32 regardless).
+        step: ``auto``, ``graph``, ``compile`` or ``eager``.
+        batch_size: the step's static batch (graph mode); larger inputs are chunked.
+
+    Raises:
+        ConfigError: ``graph`` on a device without CUDA, or an unknown step.
     """
+    from haloscope.errors import ConfigError
+    from haloscope.train.cuda_graph import make_predict_step
+
     model.eval()
+    try:
+        predictor = make_predict_step(model, device=device, batch_size=batch_size, mode=step,
+                                      bf16=use_bf16, channels_last=device.type == "cuda")  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"--step {step}: {exc}") from None
 
     def forward(images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        ctx = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-               if use_bf16 else contextlib.nullcontext())  # fmt: skip
-        with torch.inference_mode(), ctx:
-            out = model(images, meta if meta.shape[-1] else None)
-        return out.reshape(-1).float()
+        return predictor.predict(images, meta).reshape(-1).float()
 
     return forward
 

@@ -113,7 +113,7 @@ def _metadata(cfg: InferConfig, env, info, stats: Counter, use_bf16: bool, wall_
     return {"haloscope_version": __version__, "checkpoint": str(cfg.ckpt),
             "source": str(cfg.shards if cfg.shards is not None else cfg.data),
             "source_kind": cfg.source_kind, "split": cfg.split, "tta": str(cfg.tta),
-            "precision": "bf16-autocast+fp32-logit" if use_bf16 else "fp32",
+            "precision": "bf16-autocast+fp32-logit" if use_bf16 else "fp32", "step": cfg.step,
             "world_size": str(env.world_size), "batch_size": str(cfg.batch_size),
             "rejected": json.dumps(dict(stats)), "arch": str(info.get("arch")),
             "wall_s": f"{wall_s:.3f}"}  # fmt: skip
@@ -156,7 +156,8 @@ def run_inference(cfg: InferConfig) -> Path | None:
         t0 = time.perf_counter()
         settings = checkpoint_settings(info)
         use_bf16 = cfg.use_bf16(env.device.type)
-        forward = predict.make_forward(model, env.device, use_bf16)
+        forward = predict.make_forward(model, env.device, use_bf16, step=cfg.step,
+                                       batch_size=cfg.batch_size)  # fmt: skip
         stats = sources.SourceStats()
         batches, expected = _batches(cfg, env, settings, stats)
         parts = predict.score_batches(forward, batches, env.device, tta=cfg.tta,

@@ -99,6 +99,13 @@ def test_missing_checkpoint_and_bad_flags_are_one_line_errors(workdir, tmp_path)
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
 
 
+def test_cuda_graph_step_without_cuda_is_a_clear_error(workdir, tmp_path):
+    proc = run_cli("--ckpt", str(workdir / "gen3" / "best.pt"), "--data", str(workdir / "data"),
+                   "--out", str(tmp_path / "s.parquet"), "--device", "cpu", "--step", "graph")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--step graph" in proc.stderr and "CUDA" in proc.stderr
+
+
 def test_tta_changes_scores_but_not_rows(workdir, scored, tmp_path):
     out = tmp_path / "tta.parquet"
     proc = run_cli("--ckpt", str(workdir / "gen3" / "best.pt"), "--data", str(workdir / "data"),
