@@ -36,16 +36,9 @@ from haloscope.train.augment import D4_SIZE, d4_transform
 from haloscope.train.graph_io import StaticBatch, default_loss_fn, per_sample_loss
 from torch import nn
 
-__all__ = [
-    "StepMode",
-    "EagerTrainStep",
-    "GraphedTrainStep",
-    "EagerPredictStep",
-    "GraphedPredictStep",
-    "make_train_step",
-    "make_predict_step",
-    "resolve_step_mode",
-]
+__all__ = ["StepMode", "EagerTrainStep", "GraphedTrainStep", "EagerPredictStep",
+           "GraphedPredictStep", "make_train_step", "make_predict_step", "resolve_step_mode",
+           "set_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +157,9 @@ class GraphedTrainStep(EagerTrainStep):
         self._out: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _snapshot(self) -> tuple[list[torch.Tensor], dict[nn.Parameter, dict[str, torch.Tensor]]]:
-        params = [p.detach().clone() for p in self.params]
-        state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
-                 for p, s in self.optimizer.state.items()}  # fmt: skip
-        return params, state
+        return [p.detach().clone() for p in self.params], {
+            p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
+            for p, s in self.optimizer.state.items()}  # fmt: skip
 
     @torch.no_grad()
     def _restore(self, snap: tuple[list[torch.Tensor], dict]) -> None:
@@ -193,7 +185,6 @@ class GraphedTrainStep(EagerTrainStep):
                 self._loss_and_update(*args)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._restore(snap)
-        del snap
         # grads are None at capture, so the captured backward writes (not accumulates) them
         self.optimizer.zero_grad(set_to_none=True)
         self._graph = torch.cuda.CUDAGraph()
