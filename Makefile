@@ -63,7 +63,7 @@ demo: $(STAMP)
 	$(HALO) shards --data $(DEMO_DIR)/data --out $(DEMO_DIR)/shards --workers $(WORKERS)
 	$(HALO) train --shards $(DEMO_DIR)/shards --out-dir $(DEMO_DIR)/run --epochs 2 --batch-size 64 --preset demo
 	$(HALO) infer --ckpt $(DEMO_DIR)/run/best.pt --shards $(DEMO_DIR)/shards --split test --out $(DEMO_DIR)/run/scores_test.parquet
-	$(HALO) eval --scores $(DEMO_DIR)/run/scores_test.parquet --out-csv $(DEMO_DIR)/run/stratified_fpr.csv --report-dir $(DEMO_DIR)/run/report
+	$(HALO) eval --scores $(DEMO_DIR)/run/scores_test.parquet --out-csv $(DEMO_DIR)/run/stratified_fpr.csv --report-dir $(DEMO_DIR)/run/report --stamps $(DEMO_DIR)/shards/test/stamps.zarr
 	@echo "demo done: report at $(DEMO_DIR)/run/report/report.md (and report.html)"
 
 test: $(STAMP)
@@ -96,7 +96,8 @@ infer: $(STAMP)
 	$(HALO) infer --ckpt $(RUN)/best.pt --shards $(SHARDS) --split $(SPLIT) --out $(SCORES)
 
 eval: $(STAMP)
-	$(HALO) eval --scores $(SCORES) --out-csv $(REPORT)/stratified_fpr.csv --report-dir $(REPORT)
+	$(HALO) eval --scores $(SCORES) --out-csv $(REPORT)/stratified_fpr.csv --report-dir $(REPORT) \
+	  $(if $(wildcard $(SHARDS)/$(SPLIT)/stamps.zarr),--stamps $(SHARDS)/$(SPLIT)/stamps.zarr,)
 
 mine: $(STAMP)
 	$(HALO) mine --scores $(MINE_SCORES) --out $(MINE_OUT)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from haloscope.preprocess import decode as dec
 
 __all__ = ["REASONS", "GateResult", "labels_of", "theta_over_psf", "gate_batch", "column_f64"]
@@ -90,8 +91,8 @@ def _pre_decode_reasons(batch: pa.RecordBatch, min_theta_over_psf: float) -> np.
         ("cutout_not_ok", ~(ok == 1)),
     ]
     if "bandset" in batch.schema.names:
-        bandset = np.asarray(batch.column("bandset").to_pylist(), dtype=object)
-        checks.append(("r_only_bandset", bandset == "r"))
+        is_r = pc.fill_null(pc.equal(batch.column("bandset"), "r"), False)
+        checks.append(("r_only_bandset", is_r.to_numpy(zero_copy_only=False)))
     resolved = np.isfinite(ratio) & (ratio >= min_theta_over_psf)
     checks.append(("unresolved", (labels == 1) & ~resolved))
     for name, hit in checks:

@@ -35,6 +35,16 @@ def outer_mask(size_px: int = 64, radius_px: int = OUTER_RADIUS_PX) -> np.ndarra
     return (yy - c) ** 2 + (xx - c) ** 2 > radius_px**2
 
 
+def _median_last(x: np.ndarray) -> np.ndarray:
+    """Median over the last axis with one partition (both middles for an even count)."""
+    n = x.shape[-1]
+    half = n // 2
+    if n % 2:
+        return np.partition(x, half, axis=-1)[..., half : half + 1]
+    part = np.partition(x, (half - 1, half), axis=-1)
+    return 0.5 * (part[..., half - 1 : half] + part[..., half : half + 1])
+
+
 def outer_normalize(stamps: np.ndarray, clip: float = CLIP) -> np.ndarray:
     """Normalise a batch of stamps band by band.
 
@@ -48,10 +58,13 @@ def outer_normalize(stamps: np.ndarray, clip: float = CLIP) -> np.ndarray:
     if stamps.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) stamps, got shape {stamps.shape}")
     x = np.asarray(stamps, dtype=np.float32)
-    mask = outer_mask(x.shape[-1], OUTER_RADIUS_PX)
-    outer = x[:, :, mask]  # (N, C, P)
-    med = np.median(outer, axis=-1, keepdims=True)
-    mad = np.median(np.abs(outer - med), axis=-1, keepdims=True)
+    n, c, h, w = x.shape
+    flat_idx = np.flatnonzero(outer_mask(w, OUTER_RADIUS_PX))
+    outer = x.reshape(n, c, h * w)[:, :, flat_idx]  # (N, C, P) gather, P = 3299 for 64 px
+    med = _median_last(outer)
+    np.subtract(outer, med, out=outer)
+    np.abs(outer, out=outer)
+    mad = _median_last(outer)
     scale = (MAD_SCALE * mad + EPS).astype(np.float32)
     out = (x - med[..., None]) / scale[..., None]
     return np.clip(out, -clip, clip, out=out).astype(np.float32, copy=False)
