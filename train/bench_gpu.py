@@ -38,6 +38,8 @@ import torch
 from haloscope.train.cuda_graph import make_predict_step, make_train_step
 from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 
+from haloscope.errors import ConfigError
+
 __all__ = ["run_bench", "main", "write_random_shards"]
 
 log = logging.getLogger(__name__)
@@ -297,15 +299,14 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
         The result document.
 
     Raises:
-        RuntimeError: no CUDA device.
-        ValueError: too few samples for the timed steps of a row.
+        ConfigError: no CUDA device, or too few samples for the timed steps of a row.
     """
     if not torch.cuda.is_available():
-        raise RuntimeError("haloscope bench gpu needs a CUDA device")
+        raise ConfigError("haloscope bench gpu needs a CUDA device; none is visible here")
     per_b = {b: steps or max(20, 61440 // b) for b in batch_sizes}
     infer_steps = num_samples // 1024 - 8
     if infer_steps < 10 or any((n + 7) * b > num_samples for b, n in per_b.items()):
-        raise ValueError(f"--num-samples {num_samples} is too small for {per_b} steps")
+        raise ConfigError(f"--num-samples {num_samples} is too small for {per_b} steps")
     tmp = tempfile.TemporaryDirectory(dir=work_dir)
     t0 = time.perf_counter()
     split = write_random_shards(Path(tmp.name) / "train", num_samples)
