@@ -171,9 +171,6 @@ def run_stages(out: Path, stages: Sequence[Stage], *, nproc_per_node: int = 1,
     return records
 
 
-# ----------------------------------------------------------------------------- the plan
-
-
 @dataclass(frozen=True)
 class Paths:
     """Where every stage of one experiment writes."""
@@ -295,13 +292,9 @@ def plan_experiment(cfg: Gen4Config) -> list[Stage]:
     return stages
 
 
-# ----------------------------------------------------------------------------- checks, table
-
-
 def _split_positions(split_dir: Path) -> tuple:
     """(ra, dec, label) of every sample of a shard split, read through the shard reader."""
     import numpy as np
-
     from haloscope.shards.read import ShardReader
 
     reader = ShardReader(split_dir, batch_size=4096, shuffle=False, drop_last=False,

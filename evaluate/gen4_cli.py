@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from haloscope.argparse_util import VerbParser
@@ -108,27 +108,47 @@ def build_parser() -> VerbParser:
     """The argument parser of ``haloscope gen4``."""
     p = VerbParser("gen4", _DESCRIPTION)
     p.add_argument("--out", required=True, help="experiment folder (re-run to resume)")
-    p.add_argument("--data", default=None,
-                   help="existing parquet root (mock or DR10); None: simulate --rows rows")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="existing parquet root (mock or DR10); None: simulate --rows rows",
+    )
     p.add_argument("--tiny", action="store_true",
                    help="small CPU preset: " + ", ".join(f"{k}={v}" for k, v in TINY.items()
                                                          if not k.endswith("_args")))  # fmt: skip
-    p.add_argument("--rows", type=int, default=None,
-                   help=f"mock survey rows when simulating; None: {FULL['rows']} (tiny {TINY['rows']})")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help=f"mock survey rows when simulating; None: {FULL['rows']} (tiny {TINY['rows']})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of mock, shuffle and both trainings")
     p.add_argument("--workers", type=int, default=2, help="processes of simulate and shards")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"max epochs per generation; None: {FULL['epochs']} (tiny {TINY['epochs']})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"training batch; None: {FULL['batch_size']} (tiny {TINY['batch_size']})")
-    p.add_argument("--arch", default=None,
-                   help=f"timm ConvNeXt; None: {FULL['arch']} (tiny {TINY['arch']})")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"max epochs per generation; None: {FULL['epochs']} (tiny {TINY['epochs']})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"training batch; None: {FULL['batch_size']} (tiny {TINY['batch_size']})",
+    )
+    p.add_argument(
+        "--arch", default=None, help=f"timm ConvNeXt; None: {FULL['arch']} (tiny {TINY['arch']})"
+    )
     p.add_argument("--hard-neg-weight", type=int, default=5, help="copies of each hard negative")
     p.add_argument("--min-score", type=float, default=None,
                    help=f"mine controls above this score; None: {FULL['min_score']} "
                         f"(tiny {TINY['min_score']})")  # fmt: skip
-    p.add_argument("--top-k", type=int, default=None,
-                   help=f"mine at most this many controls; None: {FULL['top_k']} (tiny {TINY['top_k']})")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help=f"mine at most this many controls; None: {FULL['top_k']} (tiny {TINY['top_k']})",
+    )
     p.add_argument("--infer-batch-size", type=int, default=None,
                    help=f"inference batch; None: {FULL['infer_batch_size']} "
                         f"(tiny {TINY['infer_batch_size']})")  # fmt: skip
@@ -136,8 +156,12 @@ def build_parser() -> VerbParser:
                    help=f"loader workers per rank in train/infer; None: {FULL['num_workers']} "
                         f"(tiny {TINY['num_workers']})")  # fmt: skip
     p.add_argument("--device", default="auto", help="device of train and infer: auto, cpu, cuda")
-    p.add_argument("--nproc-per-node", type=int, default=1,
-                   help="processes (GPUs) per node for train and infer; > 1 launches torchrun")
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="processes (GPUs) per node for train and infer; > 1 launches torchrun",
+    )
     p.add_argument("--train-args", default=None,
                    help="extra `haloscope train` flags for both generations, one quoted string; "
                         "None: none (tiny: " + " ".join(TINY["train_args"]) + ")")  # fmt: skip
@@ -189,6 +213,7 @@ def main(argv: list[str]) -> int:
     import time
 
     from haloscope.evaluate.gen4 import plan_experiment, run_stages
+
     from haloscope.log import setup_logging
 
     args = build_parser().parse_args(argv)

@@ -35,23 +35,44 @@ def build_parser() -> VerbParser:
                    help="split to score")  # fmt: skip
     p.add_argument("--out", required=True, help="scores parquet to write (atomically)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per model call per rank")
-    p.add_argument("--tta", action="store_true",
-                   help="mean logit over the 8 D4 rotations/flips (8x the compute)")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU; the logit layer is always fp32")
-    p.add_argument("--step", default="auto", choices=["auto", "graph", "compile", "eager"],
-                   help="auto: one CUDA graph per batch on CUDA (last batch padded), eager on CPU")
-    p.add_argument("--num-workers", type=int, default=2,
-                   help="shard-reader worker processes per rank (shards only)")
-    p.add_argument("--model-name", default=None,
-                   help="value of the `model` column; None: the checkpoint's folder name")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="mean logit over the 8 D4 rotations/flips (8x the compute)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 autocast on CUDA, fp32 on CPU; the logit layer is always fp32",
+    )
+    p.add_argument(
+        "--step",
+        default="auto",
+        choices=["auto", "graph", "compile", "eager"],
+        help="auto: one CUDA graph per batch on CUDA (last batch padded), eager on CPU",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=2,
+        help="shard-reader worker processes per rank (shards only)",
+    )
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="value of the `model` column; None: the checkpoint's folder name",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def config_from_args(args) -> "InferConfig":  # noqa: F821 - imported lazily (torch-free --help)
+def config_from_args(args) -> InferConfig:  # noqa: F821 - imported lazily (torch-free --help)
     """Build the validated ``InferConfig`` from parsed flags.
 
     Raises:

@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
-
 from haloscope.infer.sources import ScoreBatch
 from haloscope.infer.tta import tta_logits
+from torch import nn
+from tqdm import tqdm
 
 __all__ = ["Fp32Output", "fp32_output_layer", "make_forward", "score_batches", "sigmoid32"]
 
@@ -91,8 +90,9 @@ def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
     Raises:
         ConfigError: ``graph`` on a device without CUDA, or an unknown step.
     """
-    from haloscope.errors import ConfigError
     from haloscope.train.cuda_graph import make_predict_step
+
+    from haloscope.errors import ConfigError
 
     model.eval()
     try:

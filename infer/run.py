@@ -16,13 +16,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import torch
-
-from haloscope import __version__
-from haloscope.errors import CheckpointError, DataError
 from haloscope.infer import predict, sources, table
 from haloscope.infer.config import InferConfig
 from haloscope.preprocess.normalize import NORM_METHODS
 from haloscope.preprocess.schema import split_files, validate_dataset
+
+from haloscope import __version__
+from haloscope.errors import CheckpointError, DataError
 
 __all__ = ["checkpoint_settings", "run_inference"]
 
@@ -74,7 +74,8 @@ def _check_parquet(cfg: InferConfig, settings: dict[str, Any]) -> tuple[list[Pat
         missing = [c for c in settings["meta_columns"] if c not in names]
         if missing:
             raise CheckpointError(
-                f"checkpoint {cfg.ckpt} needs meta column(s) {missing}, absent from {path}")
+                f"checkpoint {cfg.ckpt} needs meta column(s) {missing}, absent from {path}"
+            )
     return files, layout.num_rows[cfg.split]
 
 
@@ -96,7 +97,9 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
     log.info("shards %s: %d samples, %d batches per rank", manifest.split_dir,
              manifest.num_samples, reader.batches_per_rank())  # fmt: skip
     loader = build_loader(reader, num_workers=cfg.num_workers, pin_memory=env.device.type == "cuda")
-    return sources.iter_shard_batches(iter(loader), stats=stats), manifest.num_samples // env.world_size
+    return sources.iter_shard_batches(
+        iter(loader), stats=stats
+    ), manifest.num_samples // env.world_size
 
 
 def _load_model(cfg: InferConfig, env):
@@ -146,8 +149,9 @@ def run_inference(cfg: InferConfig) -> Path | None:
             the data (norm method, meta columns, resolvability cut).
         ContractError / DataError: unreadable parquet or shards.
     """
-    from haloscope.log import setup_logging
     from haloscope.train.dist import init_distributed, shutdown
+
+    from haloscope.log import setup_logging
 
     env = init_distributed(cfg.device)
     setup_logging(env.rank)
@@ -160,8 +164,14 @@ def run_inference(cfg: InferConfig) -> Path | None:
                                        batch_size=cfg.batch_size)  # fmt: skip
         stats = sources.SourceStats()
         batches, expected = _batches(cfg, env, settings, stats)
-        parts = predict.score_batches(forward, batches, env.device, tta=cfg.tta,
-                                      progress=cfg.progress and env.is_main, total_rows=expected)
+        parts = predict.score_batches(
+            forward,
+            batches,
+            env.device,
+            tta=cfg.tta,
+            progress=cfg.progress and env.is_main,
+            total_rows=expected,
+        )
         local = table.build_scores_table(parts, split=cfg.split, model=cfg.resolved_model_name())
         counts = _gather_stats(stats, env)
         gathered = table.gather_tables(local, env)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from haloscope.preprocess import gates
 from haloscope.preprocess.normalize import outer_normalize
 from haloscope.preprocess.read_parquet import iter_record_batches
@@ -149,7 +148,9 @@ def _parquet_meta(batch: pa.RecordBatch, kept: np.ndarray, meta_cols: Sequence[s
     """(K, M) float32 raw meta values of the kept rows (NULL -> NaN)."""
     if not meta_cols:
         return np.zeros((kept.size, 0), np.float32)
-    return np.stack([gates.column_f64(batch, c)[kept] for c in meta_cols], axis=1).astype(np.float32)
+    return np.stack([gates.column_f64(batch, c)[kept] for c in meta_cols], axis=1).astype(
+        np.float32
+    )
 
 
 def columns_from_table(table: np.ndarray) -> dict[str, np.ndarray]:

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-
 from haloscope.infer.predict import sigmoid32
 
 __all__ = ["SCORES_SCHEMA", "build_scores_table", "concat_tables", "gather_tables",
@@ -139,7 +138,10 @@ def write_scores(table: pa.Table, path: str | Path, *, metadata: dict[str, str])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+    meta = {
+        **(table.schema.metadata or {}),
+        **{k.encode(): v.encode() for k, v in metadata.items()},
+    }
     try:
         pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
         os.replace(tmp, path)

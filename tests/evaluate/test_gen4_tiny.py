@@ -64,7 +64,9 @@ def test_same_test_rows_and_mining_from_train_only(experiment):
     reuse = json.loads((out / "stages" / "reuse_eval_shards.json").read_text())
     assert reuse["test"]["sha256_verified"] and reuse["test"]["lookup_matches"] == 0
     assert reuse["train"]["gen4_samples"] > reuse["train"]["gen3_samples"]
-    assert (out / "shards" / "gen4" / "test").resolve() == (out / "shards" / "gen3" / "test").resolve()
+    assert (out / "shards" / "gen4" / "test").resolve() == (
+        out / "shards" / "gen3" / "test"
+    ).resolve()
 
 
 def test_every_stage_is_logged_with_its_wall_time(experiment):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from haloscope.preprocess.normalize import norm_settings
 from haloscope.train.checkpoint import save_checkpoint
 from haloscope.train.model import build_model
+
 from tests.preprocess.contract_rows import base_row, write_dataset
 
 META_COLS = ("psfsize_r", "psfdepth_r")
@@ -64,19 +64,35 @@ def make_checkpoint(
 ) -> Path:
     """A ``haloscope train``-format checkpoint of a randomly initialised model."""
     torch.manual_seed(seed)
-    args = {"arch": arch, "meta_cols": list(meta_cols), "meta_mean": [1.3, 24.3][: len(meta_cols)],
-            "meta_std": [0.25, 0.4][: len(meta_cols)], "dropout": 0.1, "drop_path_rate": 0.1}
+    args = {
+        "arch": arch,
+        "meta_cols": list(meta_cols),
+        "meta_mean": [1.3, 24.3][: len(meta_cols)],
+        "meta_std": [0.25, 0.4][: len(meta_cols)],
+        "dropout": 0.1,
+        "drop_path_rate": 0.1,
+    }
     model = build_model(**args)
     # random init gives near-zero logits; spread the output layer so scores are varied
     with torch.no_grad():
         model.classifier[-1].weight.mul_(20.0)
-    preprocess = {"min_theta_over_psf": min_theta_over_psf, "hard_neg_weight": None,
-                  "stamp_px": 64, "norm": norm_settings("outer")}
-    return save_checkpoint(path, {
-        "model": model.state_dict(), "model_args": args, "config": json.dumps({}),
-        "preprocess": preprocess, "meta": {"cols": list(meta_cols)},
-        "progress": {"epoch": 0, "global_step": 0},
-    })
+    preprocess = {
+        "min_theta_over_psf": min_theta_over_psf,
+        "hard_neg_weight": None,
+        "stamp_px": 64,
+        "norm": norm_settings("outer"),
+    }
+    return save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "model_args": args,
+            "config": json.dumps({}),
+            "preprocess": preprocess,
+            "meta": {"cols": list(meta_cols)},
+            "progress": {"epoch": 0, "global_step": 0},
+        },
+    )
 
 
 def assert_tables_identical(a, b) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from haloscope.infer.table import SCORES_SCHEMA
+
 from tests.infer.infer_fixtures import make_checkpoint, make_dataset
 
 ARCH_COLUMNS = ["task_id", "ra", "dec", "brickname", "split", "label", "is_hard_neg",
@@ -100,16 +100,37 @@ def test_missing_checkpoint_and_bad_flags_are_one_line_errors(workdir, tmp_path)
 
 
 def test_cuda_graph_step_without_cuda_is_a_clear_error(workdir, tmp_path):
-    proc = run_cli("--ckpt", str(workdir / "gen3" / "best.pt"), "--data", str(workdir / "data"),
-                   "--out", str(tmp_path / "s.parquet"), "--device", "cpu", "--step", "graph")
+    proc = run_cli(
+        "--ckpt",
+        str(workdir / "gen3" / "best.pt"),
+        "--data",
+        str(workdir / "data"),
+        "--out",
+        str(tmp_path / "s.parquet"),
+        "--device",
+        "cpu",
+        "--step",
+        "graph",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--step graph" in proc.stderr and "CUDA" in proc.stderr
 
 
 def test_tta_changes_scores_but_not_rows(workdir, scored, tmp_path):
     out = tmp_path / "tta.parquet"
-    proc = run_cli("--ckpt", str(workdir / "gen3" / "best.pt"), "--data", str(workdir / "data"),
-                   "--out", str(out), "--tta", "--batch-size", "32", "--model-name", "g3tta")
+    proc = run_cli(
+        "--ckpt",
+        str(workdir / "gen3" / "best.pt"),
+        "--data",
+        str(workdir / "data"),
+        "--out",
+        str(out),
+        "--tta",
+        "--batch-size",
+        "32",
+        "--model-name",
+        "g3tta",
+    )
     assert proc.returncode == 0, proc.stderr
     plain, tta = pq.read_table(scored), pq.read_table(out)
     assert tta.column("task_id").equals(plain.column("task_id"))

@@ -28,8 +28,19 @@ def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("infer_shards")
     make_dataset(root / "data", num_rows=45)
     make_checkpoint(root / "gen3" / "best.pt")
-    proc = _haloscope("shards", "--data", str(root / "data"), "--out", str(root / "shards"),
-                      "--workers", "1", "--record-samples", "16", "--shard-samples", "32")
+    proc = _haloscope(
+        "shards",
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(root / "shards"),
+        "--workers",
+        "1",
+        "--record-samples",
+        "16",
+        "--shard-samples",
+        "32",
+    )
     assert proc.returncode == 0, proc.stderr
     return root
 

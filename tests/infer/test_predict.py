@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from haloscope.infer.predict import Fp32Output, fp32_output_layer, make_forward, sigmoid32
 from haloscope.train.model import build_model
 
@@ -54,8 +53,10 @@ def test_bf16_scoring_adds_no_ties(model_and_inputs):
     assert float(_bf16_representable(bf16_logits).float().mean()) < 0.1
     assert np.unique(bf16_logits.numpy()).size == np.unique(fp32_logits.numpy()).size == N
     # scores: bf16 ties only where fp32 ties too (sigmoid32 saturates identically near 0/1)
-    assert np.unique(sigmoid32(bf16_logits.numpy())).size >= np.unique(
-        sigmoid32(fp32_logits.numpy())).size
+    assert (
+        np.unique(sigmoid32(bf16_logits.numpy())).size
+        >= np.unique(sigmoid32(fp32_logits.numpy())).size
+    )
     # and the bf16 model still computes the same function (backbone error only)
     assert torch.allclose(bf16_logits, fp32_logits, atol=0.5 + 0.05 * fp32_logits.abs().max())
 
