@@ -163,6 +163,8 @@ class RunConfig:
     """Channels-last memory format; None: on for CUDA, off on CPU (3x slower there)."""
     compile: bool = False
     """torch.compile the model."""
+    cuda_graphs: bool = True
+    """Capture the whole training step in one CUDA graph (single-process CUDA only)."""
     early_stopping_patience: int = 5
     """Stop after this many validations without improvement of val tpr@fpr=1e-4 (0: never)."""
     val_every: int = 1
@@ -232,5 +234,6 @@ RESUME_MUTABLE_KEYS: frozenset[str] = frozenset(
         "run.progress",
         "run.device",
         "run.compile",
+        "run.cuda_graphs",
     }
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from haloscope.errors import ConfigError
-from haloscope.shards.manifest import MANIFEST_NAME, Manifest, load_manifest
+from haloscope.shards.manifest import MANIFEST_NAME, Manifest
 from haloscope.shards.read import ShardReader, build_loader
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv

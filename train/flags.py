@@ -58,6 +58,11 @@ SWITCHES: dict[tuple[str, str | None], tuple[str, str]] = {
     ("--augment", "--no-augment"): ("run.augment", "D4 rot90/flip augmentation on the device"),
     ("--channels-last", "--no-channels-last"): ("run.channels_last", "channels-last memory format"),
     ("--compile", "--no-compile"): ("run.compile", "torch.compile the model"),
+    ("--cuda-graphs", "--no-cuda-graphs"): (
+        "run.cuda_graphs",
+        "capture forward, loss, backward, clip and AdamW in one CUDA graph (one CUDA process; "
+        "eager elsewhere)",
+    ),
     ("--resume", None): ("run.resume", "continue from OUT_DIR/last.pt (also mid-epoch)"),
     ("--overwrite", None): ("run.overwrite", "start afresh in an OUT_DIR holding last.pt"),
     ("--tensorboard", None): ("run.tensorboard", "TensorBoard events in OUT_DIR/tb"),

@@ -71,6 +71,7 @@ class RunContext:
     amp_dtype: torch.dtype | None
     channels_last: bool
     stop: StopFlag
+    step: Any = None  # a train.cuda_graph step object (graph/compile) or None: train_step below
 
 
 class StopFlag:
@@ -224,13 +225,17 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
                     return False
                 raise
             wait_s = time.perf_counter() - t0
-            images, meta, labels = prepare_batch(
-                batch, env.device, aug_gen=state.aug_gen, channels_last=ctx.channels_last
-            )
-            loss, grad_norm = train_step(
-                state.model, images, meta, labels, optimizer=state.optimizer,
-                loss_fn=ctx.loss_fn, amp_dtype=ctx.amp_dtype, grad_clip=cfg.optim.grad_clip,
-            )  # fmt: skip
+            if ctx.step is not None:  # CUDA graph: augmentation and copies happen inside
+                out = ctx.step.step(batch["image"], batch["meta"], batch["label"])
+                loss, grad_norm = out["loss"], out["grad_norm"]
+            else:
+                images, meta, labels = prepare_batch(
+                    batch, env.device, aug_gen=state.aug_gen, channels_last=ctx.channels_last
+                )
+                loss, grad_norm = train_step(
+                    state.model, images, meta, labels, optimizer=state.optimizer,
+                    loss_fn=ctx.loss_fn, amp_dtype=ctx.amp_dtype, grad_clip=cfg.optim.grad_clip,
+                )  # fmt: skip
             loss_value = float(loss.item())
             code = _stop_code(loss_value, ctx)
             if code >= _NONFINITE:

@@ -153,11 +153,28 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
                      build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
                      writer, static, steps, amp_dtype_for(cfg, env.device),
                      channels_last_for(cfg, env.device), stop)  # fmt: skip
+    ctx.step = _graphed_step(cfg, env, state, ctx)
     log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
              "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
              val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
              "bf16" if ctx.amp_dtype else "fp32")  # fmt: skip
     return state, ctx
+
+
+def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> Any:
+    """The CUDA-graph step when it applies (one CUDA process, no --compile), else None."""
+    from haloscope.train.cuda_graph import make_train_step, resolve_step_mode
+
+    if not cfg.run.cuda_graphs or cfg.run.compile:
+        return None
+    if resolve_step_mode("auto", env.device, distributed=env.world_size > 1) != "graph":
+        return None
+    return make_train_step(
+        state.raw_model, ctx.loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
+        device=env.device, mode="graph", augment=cfg.run.augment, aug_generator=state.aug_gen,
+        bf16=ctx.amp_dtype is not None, channels_last=ctx.channels_last,
+        max_grad_norm=cfg.optim.grad_clip,
+    )  # fmt: skip
 
 
 def run_training(cfg: TrainConfig) -> int:

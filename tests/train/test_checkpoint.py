@@ -11,8 +11,13 @@ import torch
 
 from haloscope.errors import CheckpointError
 from haloscope.train.augment import make_generator
-from haloscope.train.checkpoint import (capture_rng, load_checkpoint, load_for_inference,
-                                        restore_rng, save_checkpoint)  # fmt: skip
+from haloscope.train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_for_inference,
+    restore_rng,  # fmt: skip
+    save_checkpoint,
+)
 from haloscope.train.model import build_model
 
 ARGS = {"arch": "convnext_atto", "meta_cols": ["psfsize_r", "psfdepth_r"], "meta_mean": [1.3, 24.5],

@@ -110,3 +110,26 @@ def test_leaky_meta_in_shards_is_refused(tmp_path: Path) -> None:
         (root / "val" / "manifest.json").read_text().replace('"psfdepth_r"', '"psf_fwhm_used_r"'))
     with pytest.raises(ConfigError, match="psf_fwhm_used_r.* leaks the label"):
         main(tiny_argv(root, tmp_path / "r"))
+
+
+def test_bf16_switch_on_cpu_and_epoch_caps(tiny_shards: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """--use-bf16 really autocasts on CPU (the seed's flag was a no-op); caps bound the epoch."""
+    seen: list[torch.dtype | None] = []
+    real = loop.train_step
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["amp_dtype"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    out = tmp_path / "bf16"
+    argv = tiny_argv(tiny_shards, out, "--use_bf16", "--epochs", "1", "--samples-per-epoch", "32",
+                     "--num-workers", "0")  # fmt: skip
+    assert main(argv) == 0
+    assert seen == [torch.bfloat16, torch.bfloat16]  # 32 samples / batch 16 = 2 steps
+    seen.clear()
+    argv = tiny_argv(tiny_shards, tmp_path / "fp32", "--epochs", "1", "--max-steps-per-epoch", "1",
+                     "--num-workers", "0")  # fmt: skip
+    assert main(argv) == 0
+    assert seen == [None]  # CPU default: fp32

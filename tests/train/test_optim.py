@@ -31,7 +31,7 @@ def test_warmup_then_cosine() -> None:
     assert lr_factor(110, **kw) == pytest.approx(0.01)
     assert lr_factor(500, **kw) == pytest.approx(0.01)
     values = [lr_factor(s, **kw) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
 def test_scheduler_steps_per_optimiser_step() -> None:

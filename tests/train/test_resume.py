@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.train.train_fixtures import tiny_argv
 
 from haloscope.errors import CheckpointError, ConfigError
 from haloscope.train import loop
 from haloscope.train.cli import main
+from tests.train.train_fixtures import tiny_argv
 
 
 def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
