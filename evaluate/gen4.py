@@ -60,6 +60,7 @@ class Stage:
     distributed: bool = False
     finished: Callable[[], bool] | None = None
     notes: dict = field(default_factory=dict)
+    upstream_ran: bool = False  # set by run_stages: partial outputs are stale, do not resume
 
 
 def haloscope_argv(args: Sequence[str], nproc_per_node: int = 1) -> list[str]:
@@ -155,7 +156,7 @@ def run_stages(out: Path, stages: Sequence[Stage], *, nproc_per_node: int = 1,
         if not ran:  # everything after the first stage that runs is stale
             for later in stages[index:]:
                 _marker(out, later).unlink(missing_ok=True)
-        ran = True
+        stage.upstream_ran, ran = ran, True
         t0 = time.perf_counter()
         info = _execute(out, stage, nproc_per_node, echo)
         wall_s = time.perf_counter() - t0
@@ -208,22 +209,21 @@ def _train_finished(run_dir: Path, epochs: int) -> bool:
 
 def _train_stage(cfg: Gen4Config, p: Paths, gen: str) -> Stage:
     run_dir = p.run(gen)
+    stage = Stage(f"train_{gen}", (run_dir / "best.pt", run_dir / "last.pt"), distributed=True,
+                  finished=lambda: _train_finished(run_dir, cfg.epochs))  # fmt: skip
 
     def argv() -> list[str]:
-        resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
+        mode = []
+        if (run_dir / "last.pt").is_file():  # resume a killed run; restart one on new inputs
+            mode = ["--overwrite"] if stage.upstream_ran else ["--resume"]
         return ["train", "--shards", str(p.shards(gen)), "--out-dir", str(run_dir),
                 "--arch", cfg.arch, "--epochs", str(cfg.epochs), "--batch-size",
                 str(cfg.batch_size), "--seed", str(cfg.seed), "--num-workers",
-                str(cfg.num_workers), "--device", cfg.device, "--no-progress", *resume,
+                str(cfg.num_workers), "--device", cfg.device, "--no-progress", *mode,
                 *cfg.train_args]  # fmt: skip
 
-    return Stage(
-        f"train_{gen}",
-        (run_dir / "best.pt", run_dir / "last.pt"),
-        argv=argv,
-        distributed=True,
-        finished=lambda: _train_finished(run_dir, cfg.epochs),
-    )
+    stage.argv = argv
+    return stage
 
 
 def _infer_stage(cfg: Gen4Config, p: Paths, gen: str, split: str) -> Stage:

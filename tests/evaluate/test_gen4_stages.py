@@ -66,6 +66,29 @@ def test_stage_without_its_outputs_fails(tmp_path):
         run_stages(tmp_path, [stage], echo=False)
 
 
+def test_training_resumes_only_when_nothing_upstream_changed(tmp_path):
+    from haloscope.evaluate.gen4 import plan_experiment
+    from haloscope.evaluate.gen4_cli import Gen4Config
+
+    cfg = Gen4Config(out=tmp_path, data=tmp_path, epochs=3, train_args=("--lr", "1e-3"))
+    stages = {s.name: s for s in plan_experiment(cfg)}
+    assert "simulate" not in stages  # --data given
+    train = stages["train_gen3"]
+    argv = train.argv()
+    assert "--resume" not in argv and "--overwrite" not in argv
+    assert argv[-2:] == ["--lr", "1e-3"] and argv[argv.index("--epochs") + 1] == "3"
+    (tmp_path / "gen3").mkdir()
+    (tmp_path / "gen3" / "last.pt").write_bytes(b"")
+    assert "--resume" in train.argv()  # a killed run continues
+    train.upstream_ran = True
+    assert "--overwrite" in train.argv() and "--resume" not in train.argv()  # stale inputs
+    infer = stages["infer_gen3_train"].argv()
+    assert infer[infer.index("--split") + 1] == "train"
+    for name in ("infer_gen3_test", "infer_gen4_test"):  # both generations, the same test shards
+        args = stages[name].argv()
+        assert args[args.index("--shards") + 1] == str(tmp_path / "shards" / "gen3")
+
+
 def test_torchrun_launch_when_several_processes():
     assert haloscope_argv(["infer"], 1)[1:] == ["-m", "haloscope", "infer"]
     argv = haloscope_argv(["train", "--x"], 4)
