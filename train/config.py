@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from haloscope.errors import ConfigError
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
@@ -65,7 +67,8 @@ class DataConfig:
         total = self.val_batch_size if val else self.batch_size
         flag = "--val-batch-size" if val else "--batch-size"
         if total % world_size:
-            raise ValueError(f"{flag} {total} does not divide over {world_size} ranks")
+            raise ConfigError(f"{flag} {total} (the global batch) does not divide evenly over "
+                              f"{world_size} ranks")  # fmt: skip
         return total // world_size
 
 

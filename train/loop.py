@@ -245,7 +245,7 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
                     f"global step {state.global_step}); stopped without saving: last.pt and "
                     "best.pt keep the last good state. Check the shards or lower --lr."
                 )
-            lr = state.optimizer.param_groups[0]["lr"]
+            lr = float(state.optimizer.param_groups[0]["lr"])  # a tensor under CUDA graphs
             state.scheduler.step()
             state.step_in_epoch += 1
             state.global_step += 1
