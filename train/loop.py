@@ -31,7 +31,7 @@ from haloscope.train.metrics import MetricsWriter
 from haloscope.train.validate import MONITOR, EarlyStopping, validate
 
 __all__ = ["TrainState", "RunContext", "StopFlag", "FitResult", "catch_signals",
-           "prepare_batch", "train_step", "checkpoint_payload", "fit"]  # fmt: skip
+           "start_batches", "prepare_batch", "train_step", "checkpoint_payload", "fit"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 _NONFINITE, _SIGNAL = 2, 1
@@ -176,23 +176,36 @@ def _save(state: TrainState, ctx: RunContext, *names: str) -> None:
     barrier(ctx.env)
 
 
+def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Start a loader (forking its workers) RNG-neutrally and shielded from stop signals.
+
+    The DataLoader draws its worker base seed from the global torch RNG when its iterator
+    starts (at the first ``next``); that draw is undone so dropout and stochastic depth see
+    the same stream in a resumed run. SIGINT/SIGTERM are blocked while the workers fork, so
+    the workers inherit the block and never die of a signal sent to the whole process group
+    (a terminal's Ctrl-C, ``kill -- -PGID``): only the main process handles it.
+    """
+    rng = torch.get_rng_state()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    it = iter(batches)
+    try:
+        first = next(it)
+    except StopIteration:
+        return iter(())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        torch.set_rng_state(rng)
+    return itertools.chain([first], it)
+
+
 def _epoch_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
-    """This epoch's train batches from the current position (RNG-neutral to start)."""
+    """This epoch's train batches from the current position."""
     reader = ctx.train_reader
     reader.set_epoch(state.epoch)
     if state.loader_state is not None and state.step_in_epoch > 0:
         reader.load_state_dict(state.loader_state["reader"])  # mid-epoch resume
     state.loader_state = None
-    # The DataLoader draws its worker base seed from the global torch RNG when its iterator
-    # starts (at the first next()); keep that draw out of the RNG stream that dropout and
-    # stochastic depth use, so a resumed run continues the very same stream.
-    rng = torch.get_rng_state()
-    it = iter(ctx.make_loader(reader))
-    try:
-        first = next(it)
-    finally:
-        torch.set_rng_state(rng)
-    return itertools.chain([first], it)
+    return start_batches(ctx.make_loader(reader))
 
 
 def _stop_code(loss: float, ctx: RunContext) -> int:
@@ -220,6 +233,9 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
             t0 = time.perf_counter()
             try:
                 batch = next(it)
+            except StopIteration:
+                raise DataError(f"the train loader ended after {state.step_in_epoch} of {n} "
+                                f"batches in epoch {state.epoch}; check the shards") from None
             except Exception:
                 if ctx.stop.signum is not None:  # Ctrl-C also reached the loader workers
                     return False
@@ -284,7 +300,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     names = ["last.pt"]
     is_last = epoch + 1 == cfg.run.epochs
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
-        val_batches = ctx.make_loader(ctx.val_reader)
+        val_batches = start_batches(ctx.make_loader(ctx.val_reader))
         metrics = validate(state.raw_model, val_batches, ctx.env, loss_fn=ctx.loss_fn,
                            channels_last=ctx.channels_last)  # fmt: skip
         is_best = state.early.update(metrics, epoch)

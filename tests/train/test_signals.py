@@ -1,0 +1,57 @@
+"""A real `haloscope train` process, with a loader worker, stopped by signals to its group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.train_fixtures import tiny_argv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "haloscope", "train", *argv]
+    # its own process group, so the signal reaches the loader worker too (as a terminal's ^C)
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _wait_for_steps(run: Path, proc: subprocess.Popen, steps: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    metrics = run / "metrics.csv"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > steps:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run did not reach {steps} steps (rc={proc.poll()})")
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_signal_to_process_group_saves_last_and_exits_cleanly(
+    tiny_shards: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    argv = tiny_argv(tiny_shards, run, "--epochs", "50", "--num-workers", "1",
+                     "--ckpt-every-steps", "0")  # fmt: skip
+    proc = _start(argv, log)
+    try:
+        _wait_for_steps(run, proc, 2)
+        os.killpg(proc.pid, signum)
+        assert proc.wait(timeout=120) == code, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-2000:]
+    assert f"stopped by {signal.Signals(signum).name}" in text and "--resume" in text
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["progress"]["global_step"] >= 2
