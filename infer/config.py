@@ -43,7 +43,7 @@ class InferConfig:
     step: str = "auto"
     """Inference step: auto (a CUDA graph per batch on CUDA, eager on CPU), graph, compile, eager."""
     num_workers: int = 2
-    """Shard-reader worker processes per rank (the parquet path decodes in-process)."""
+    """Loader worker processes per rank: shard reading, or parquet decoding (0: in-process)."""
     model_name: str | None = None
     """Value of the `model` column; None: the checkpoint's run directory name."""
     progress: bool = True

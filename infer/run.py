@@ -86,7 +86,8 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
         it = sources.iter_parquet_batches(
             files, meta_cols=settings["meta_columns"],
             min_theta_over_psf=settings["min_theta_over_psf"], batch_size=cfg.batch_size,
-            rank=env.rank, world_size=env.world_size, stats=stats)  # fmt: skip
+            rank=env.rank, world_size=env.world_size, num_workers=cfg.num_workers,
+            stats=stats)  # fmt: skip
         return it, num_rows // env.world_size
     from haloscope.shards.read import ShardReader, build_loader
 

@@ -2,32 +2,37 @@
 
 Two sources give the *same* arrays for the same row:
 
-- ``iter_parquet_batches``: raw contract parquet, through ``preprocess`` only (read_parquet,
-  gates, decode, ``outer_normalize``), then rounded to float16 exactly as the converter
+- ``iter_parquet_batches``: raw contract parquet, through ``preprocess`` only (the contract's
+  columns, gates, decode, ``outer_normalize``), in loader worker processes, then rounded to float16 exactly as the converter
   stores normalised stamps in shards, so the model sees the values it was trained on.
 - ``iter_shard_batches``: the shard reader in exact (non-shuffled, padded) eval mode.
 
-Each rank of a torchrun job reads a disjoint part: record batches ``k`` with
-``k % world_size == rank`` (parquet), or the reader's own rank split (shards).
+Each rank of a torchrun job reads a disjoint part: row groups ``k`` with
+``k % (world_size * workers) == rank * workers + worker`` (parquet), or the shard reader's own
+rank split (shards).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from haloscope.preprocess import gates
 from haloscope.preprocess.normalize import outer_normalize
-from haloscope.preprocess.read_parquet import iter_record_batches
+from haloscope.preprocess.read_parquet import contract_columns
 from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-__all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "iter_parquet_batches",
-           "iter_shard_batches", "columns_from_table"]  # fmt: skip
+from haloscope.errors import ContractError
+
+__all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "ParquetScoreSource", "parquet_units",
+           "iter_parquet_batches", "iter_shard_batches", "columns_from_table"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,73 @@ def _parquet_columns(batch: pa.RecordBatch, kept: np.ndarray) -> dict[str, np.nd
     return cols
 
 
+def _prepare(
+    batch: pa.RecordBatch, meta_cols: Sequence[str], min_theta_over_psf: float
+) -> tuple[ScoreBatch | None, Counter, int]:
+    """Gate, decode and normalise one record batch: (kept rows or None, rejected, rows read)."""
+    result = gates.gate_batch(batch, min_theta_over_psf)
+    rejected = Counter(result.rejected)
+    meta = _parquet_meta(batch, result.kept, meta_cols)
+    # NOTE: the converter refuses rows with non-finite meta ("bad_meta"); so do we, so
+    # that both paths score the same rows and the model never sees inputs it never saw.
+    meta_ok = np.isfinite(meta).all(axis=1)
+    rejected["bad_meta"] += int((~meta_ok).sum())
+    kept = result.kept[meta_ok]
+    if kept.size == 0:
+        return None, rejected, batch.num_rows
+    images = outer_normalize(result.stamps[meta_ok]).astype(IMAGE_DTYPE)  # as in shards
+    cols = _parquet_columns(batch, kept)
+    return ScoreBatch(images=images, meta=meta[meta_ok], columns=cols), rejected, batch.num_rows
+
+
+def parquet_units(files: Sequence[Path]) -> list[tuple[Path, int]]:
+    """Every (file, row group) of a split, in file order: the units ranks and workers share."""
+    units = []
+    for path in files:
+        try:
+            num_groups = pq.ParquetFile(path).metadata.num_row_groups
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ContractError(f"{path}: not a readable parquet file ({exc})") from None
+        units += [(path, group) for group in range(num_groups)]
+    return units
+
+
+class ParquetScoreSource(IterableDataset):
+    """This rank's prepared record batches; loader workers split the row groups further.
+
+    Unit ``k`` (a row group, ``parquet_units``) goes to slot ``k % (world_size * workers)``,
+    slot = ``rank * workers + worker``; each unit is read in record batches of at most
+    ``batch_size`` rows, so batch composition (and every logit) does not depend on how many
+    ranks or workers there are.
+    """
+
+    def __init__(self, files: Sequence[Path], *, meta_cols: Sequence[str],
+                 min_theta_over_psf: float, batch_size: int, rank: int = 0,
+                 world_size: int = 1) -> None:  # fmt: skip
+        super().__init__()
+        self.units = parquet_units(files)
+        self.meta_cols, self.cut, self.batch_size = tuple(meta_cols), min_theta_over_psf, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[ScoreBatch | None, Counter, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        for path, group in self.units[slot::slots]:
+            columns = contract_columns(path, self.meta_cols)
+            try:
+                reader = pq.ParquetFile(path).iter_batches(
+                    batch_size=self.batch_size, row_groups=[group], columns=columns)  # fmt: skip
+                for batch in reader:
+                    yield _prepare(batch, self.meta_cols, self.cut)
+            except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
+                raise ContractError(f"{path}: cannot read row group {group}: {exc}") from None
+
+
+def _as_is(item: object) -> object:
+    return item
+
+
 def iter_parquet_batches(
     files: Sequence[Path],
     *,
@@ -104,17 +176,19 @@ def iter_parquet_batches(
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
+    num_workers: int = 0,
     stats: SourceStats | None = None,
 ) -> Iterator[ScoreBatch]:
-    """Gate, decode and normalise this rank's record batches of a parquet split.
+    """Gate, decode and normalise this rank's part of a parquet split.
 
     Args:
         files: the split's parquet files (every rank must pass the same list).
         meta_cols: raw meta columns in the model's order (each must exist in every file).
         min_theta_over_psf: the resolvability cut the checkpoint's data was built with.
         batch_size: rows per record batch, so a model call never exceeds it.
-        rank: this process's rank; it takes record batches k with k % world_size == rank.
+        rank: this process's rank (see ``ParquetScoreSource`` for the split).
         world_size: number of ranks.
+        num_workers: decoding processes (0: decode in this process).
         stats: updated in place with rows read, kept and rejected by reason.
 
     Yields:
@@ -124,24 +198,18 @@ def iter_parquet_batches(
         ContractError: a file cannot be read or lacks a required or meta column.
     """
     stats = stats if stats is not None else SourceStats()
-    batches = iter_record_batches(files, batch_rows=batch_size, extra=tuple(meta_cols))
-    for index, (_, batch) in enumerate(batches):
-        if index % world_size != rank:
-            continue
-        result = gates.gate_batch(batch, min_theta_over_psf)
-        stats.rows_read += batch.num_rows
-        stats.rejected.update(result.rejected)
-        meta = _parquet_meta(batch, result.kept, meta_cols)
-        # NOTE: the converter refuses rows with non-finite meta ("bad_meta"); so do we, so
-        # that both paths score the same rows and the model never sees inputs it never saw.
-        meta_ok = np.isfinite(meta).all(axis=1)
-        stats.rejected["bad_meta"] += int((~meta_ok).sum())
-        kept = result.kept[meta_ok]
-        stats.rows_kept += int(kept.size)
-        if kept.size == 0:
-            continue
-        images = outer_normalize(result.stamps[meta_ok]).astype(IMAGE_DTYPE)  # as in shards
-        yield ScoreBatch(images=images, meta=meta[meta_ok], columns=_parquet_columns(batch, kept))
+    source = ParquetScoreSource(files, meta_cols=meta_cols, min_theta_over_psf=min_theta_over_psf,
+                                batch_size=batch_size, rank=rank, world_size=world_size)  # fmt: skip
+    items: Iterable = source
+    if num_workers > 0:
+        items = DataLoader(source, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                           prefetch_factor=2)  # fmt: skip
+    for prepared, rejected, rows_read in items:
+        stats.rows_read += rows_read
+        stats.rejected.update(rejected)
+        if prepared is not None:
+            stats.rows_kept += len(prepared.images)
+            yield prepared
 
 
 def _parquet_meta(batch: pa.RecordBatch, kept: np.ndarray, meta_cols: Sequence[str]) -> np.ndarray:

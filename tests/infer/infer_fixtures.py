@@ -11,7 +11,7 @@ from haloscope.preprocess.normalize import norm_settings
 from haloscope.train.checkpoint import save_checkpoint
 from haloscope.train.model import build_model
 
-from tests.preprocess.contract_rows import base_row, write_dataset
+from tests.preprocess.contract_rows import base_row
 
 META_COLS = ("psfsize_r", "psfdepth_r")
 
@@ -48,10 +48,24 @@ def make_rows(num_rows: int, seed: int = 0, start: int = 0) -> list[dict]:
     return rows
 
 
-def make_dataset(root: Path, num_rows: int = 48, seed: int = 0) -> Path:
-    """A parquet root with the same ``num_rows`` rows in every split."""
+def make_dataset(root: Path, num_rows: int = 48, seed: int = 0, row_group_rows: int = 8) -> Path:
+    """A parquet root with the same ``num_rows`` rows in every split, two files per split.
+
+    Small row groups, because ranks and loader workers split a split by row group.
+    """
+    import pyarrow.parquet as pq
+
+    from tests.preprocess.contract_rows import to_table
+
     rows = make_rows(num_rows, seed)
-    return write_dataset(root, {"train": rows, "val": rows, "test": rows})
+    half = num_rows // 2
+    for split in ("train", "val", "test"):
+        part = root / f"region_split={split}"
+        part.mkdir(parents=True, exist_ok=True)
+        for i, chunk in enumerate((rows[:half], rows[half:])):
+            pq.write_table(to_table(chunk), part / f"part-{i:05d}.parquet",
+                           row_group_size=row_group_rows)  # fmt: skip
+    return root
 
 
 def make_checkpoint(

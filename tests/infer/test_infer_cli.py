@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from haloscope.infer.table import SCORES_SCHEMA
 
-from tests.infer.infer_fixtures import make_checkpoint, make_dataset
+from tests.infer.infer_fixtures import assert_tables_identical, make_checkpoint, make_dataset
 
 ARCH_COLUMNS = ["task_id", "ra", "dec", "brickname", "split", "label", "is_hard_neg",
                 "theta_e_arcsec", "psf_fwhm_r", "theta_over_psf", "psfsize_r", "psfdepth_r",
@@ -97,6 +97,15 @@ def test_missing_checkpoint_and_bad_flags_are_one_line_errors(workdir, tmp_path)
     assert proc.returncode == 2 and "--out" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("--ckpt", "x.pt", "--data", "d", "--shards", "s", "--out", "s.parquet")
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
+def test_decoding_workers_do_not_change_the_table(workdir, scored, tmp_path):
+    out = tmp_path / "w0.parquet"
+    proc = run_cli("--ckpt", str(workdir / "gen3" / "best.pt"), "--data", str(workdir / "data"),
+                   "--split", "test", "--out", str(out), "--batch-size", "16",
+                   "--num-workers", "0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert_tables_identical(pq.read_table(out), pq.read_table(scored))  # scored used 2 workers
 
 
 def test_cuda_graph_step_without_cuda_is_a_clear_error(workdir, tmp_path):
