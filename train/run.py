@@ -139,7 +139,8 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     steps = tdata.steps_per_epoch(cfg, train_reader.batches_per_rank())
     state = build_state(cfg, env, model_args, steps)
     if cfg.run.resume:
-        restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt")  # CPU: RNG states must stay CPU tensors, cfg, env)
+        # on the CPU: RNG states must stay CPU tensors (optimizer state follows the params)
+        restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt"), cfg, env)
         log.info("resumed from %s at epoch %d step %d", run_dir / "last.pt", state.epoch,
                  state.step_in_epoch)  # fmt: skip
     state.model = wrap_ddp(state.raw_model, env)
