@@ -29,11 +29,13 @@ MINE_SCORES ?= $(RUN)/scores_train.parquet
 MINE_OUT   ?= $(RUN)/hard_neg_lookup.parquet
 GEN4_OUT   ?= runs/gen4_experiment
 GEN4_ROWS  ?= 60000
+# extra gen4 flags, e.g. GEN4_ARGS=--tiny for a few minutes on a CPU
+GEN4_ARGS  ?=
 DEMO_DIR   ?= runs/demo
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-slow test-dist lint data validate shards train infer eval mine gen4 bench clean
+.PHONY: help install demo test test-slow test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu clean
 
 help:
 	@echo "haloscope make targets (variables in CAPS can be overridden: make train EPOCHS=5)"
@@ -59,9 +61,9 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(HALO) simulate --out $(DEMO_DIR)/data --rows 6000 --seed $(SEED) --workers $(WORKERS)
+	$(HALO) simulate --out $(DEMO_DIR)/data --rows 8000 --selection-frac 0 --seed $(SEED) --workers $(WORKERS) --overwrite
 	$(HALO) shards --data $(DEMO_DIR)/data --out $(DEMO_DIR)/shards --workers $(WORKERS)
-	$(HALO) train --shards $(DEMO_DIR)/shards --out-dir $(DEMO_DIR)/run --epochs 2 --batch-size 64 --preset demo
+	$(HALO) train --shards $(DEMO_DIR)/shards --out-dir $(DEMO_DIR)/run --epochs 4 --batch-size 64 --preset demo --overwrite
 	$(HALO) infer --ckpt $(DEMO_DIR)/run/best.pt --shards $(DEMO_DIR)/shards --split test --out $(DEMO_DIR)/run/scores_test.parquet
 	$(HALO) eval --scores $(DEMO_DIR)/run/scores_test.parquet --out-csv $(DEMO_DIR)/run/stratified_fpr.csv --report-dir $(DEMO_DIR)/run/report --stamps $(DEMO_DIR)/shards/test/stamps.zarr
 	@echo "demo done: report at $(DEMO_DIR)/run/report/report.md (and report.html)"
@@ -103,7 +105,11 @@ mine: $(STAMP)
 	$(HALO) mine --scores $(MINE_SCORES) --out $(MINE_OUT)
 
 gen4: $(STAMP)
-	$(HALO) gen4 --out $(GEN4_OUT) --rows $(GEN4_ROWS) --workers $(WORKERS)
+	$(HALO) gen4 --out $(GEN4_OUT) --rows $(GEN4_ROWS) --workers $(WORKERS) \
+	  --sim-args "--selection-frac 0" $(GEN4_ARGS)
+
+bench-gpu: $(STAMP)
+	$(HALO) bench gpu --out bench/results/gpu.json
 
 bench: $(STAMP)
 	$(HALO) bench loader --out bench/results/loader.json

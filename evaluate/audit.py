@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import numpy as np
+
 from haloscope.evaluate.gallery import StampStore
 from haloscope.evaluate.intervals import auroc_interval
 from haloscope.evaluate.metrics import auroc

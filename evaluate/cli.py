@@ -10,14 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from haloscope.argparse_util import VerbParser, parse_csv
+from haloscope.errors import ConfigError
 from haloscope.evaluate.compare import compare_frames
 from haloscope.evaluate.intervals import CI_METHODS, auroc_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, auroc
 from haloscope.evaluate.scores import RANK_BY, ScoresFrame, load_scores
 from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec, stratify, write_stratified_csv
-
-from haloscope.argparse_util import VerbParser, parse_csv
-from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
 
 __all__ = ["build_parser", "main"]

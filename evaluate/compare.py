@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from haloscope.errors import DataError
 from haloscope.evaluate.intervals import auroc_interval, binomial_interval
 from haloscope.evaluate.metrics import auroc, fpr_at_tpr, tpr_at_fpr
 from haloscope.evaluate.scores import ScoresFrame, load_scores, scores_from_table
-
-from haloscope.errors import DataError
 
 __all__ = ["COMPARE_METRICS", "Comparison", "compare_frames", "compare_generations"]
 

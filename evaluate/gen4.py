@@ -295,6 +295,7 @@ def plan_experiment(cfg: Gen4Config) -> list[Stage]:
 def _split_positions(split_dir: Path) -> tuple:
     """(ra, dec, label) of every sample of a shard split, read through the shard reader."""
     import numpy as np
+
     from haloscope.shards.read import ShardReader
 
     reader = ShardReader(split_dir, batch_size=4096, shuffle=False, drop_last=False,

@@ -213,7 +213,6 @@ def main(argv: list[str]) -> int:
     import time
 
     from haloscope.evaluate.gen4 import plan_experiment, run_stages
-
     from haloscope.log import setup_logging
 
     args = build_parser().parse_args(argv)

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from haloscope.evaluate.scores import ScoresFrame, load_scores
 
 from haloscope.errors import ConfigError, DataError
+from haloscope.evaluate.scores import ScoresFrame, load_scores
 
 __all__ = ["MINABLE_SPLITS", "LOOKUP_SCHEMA", "mine_frames", "mine_hard_negatives", "write_lookup"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from haloscope.evaluate.mine import MINABLE_SPLITS, mine_hard_negatives
-
 from haloscope.argparse_util import VerbParser, parse_csv
+from haloscope.evaluate.mine import MINABLE_SPLITS, mine_hard_negatives
 from haloscope.log import setup_logging
 
 __all__ = ["build_parser", "main"]

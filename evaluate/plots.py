@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from haloscope.evaluate.metrics import roc_curve  # noqa: E402
 from haloscope.evaluate.scores import ScoresFrame  # noqa: E402
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from haloscope.evaluate import plots
 from haloscope.evaluate.audit import shortcut_audit
 from haloscope.evaluate.compare import Comparison

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from haloscope.evaluate.intervals import binomial_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, OperatingPoint, operating_points
 from haloscope.evaluate.scores import ScoresFrame

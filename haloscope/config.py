@@ -60,7 +60,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS)):
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS)
+        ):
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):

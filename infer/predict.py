@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from haloscope.infer.sources import ScoreBatch
-from haloscope.infer.tta import tta_logits
 from torch import nn
 from tqdm import tqdm
+
+from haloscope.infer.sources import ScoreBatch
+from haloscope.infer.tta import tta_logits
 
 __all__ = ["Fp32Output", "fp32_output_layer", "make_forward", "score_batches", "sigmoid32"]
 
@@ -90,9 +91,8 @@ def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
     Raises:
         ConfigError: ``graph`` on a device without CUDA, or an unknown step.
     """
-    from haloscope.train.cuda_graph import make_predict_step
-
     from haloscope.errors import ConfigError
+    from haloscope.train.cuda_graph import make_predict_step
 
     model.eval()
     try:

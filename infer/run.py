@@ -16,13 +16,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import torch
+
+from haloscope import __version__
+from haloscope.errors import CheckpointError, DataError
 from haloscope.infer import predict, sources, table
 from haloscope.infer.config import InferConfig
 from haloscope.preprocess.normalize import NORM_METHODS
 from haloscope.preprocess.schema import split_files, validate_dataset
-
-from haloscope import __version__
-from haloscope.errors import CheckpointError, DataError
 
 __all__ = ["checkpoint_settings", "run_inference"]
 
@@ -150,9 +150,8 @@ def run_inference(cfg: InferConfig) -> Path | None:
             the data (norm method, meta columns, resolvability cut).
         ContractError / DataError: unreadable parquet or shards.
     """
-    from haloscope.train.dist import init_distributed, shutdown
-
     from haloscope.log import setup_logging
+    from haloscope.train.dist import init_distributed, shutdown
 
     env = init_distributed(cfg.device)
     setup_logging(env.rank)

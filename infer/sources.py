@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from haloscope.errors import ContractError
 from haloscope.preprocess import gates
 from haloscope.preprocess.normalize import outer_normalize
 from haloscope.preprocess.read_parquet import contract_columns
 from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
-from haloscope.errors import ContractError
 
 __all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "ParquetScoreSource", "parquet_units",
            "iter_parquet_batches", "iter_shard_batches", "columns_from_table"]  # fmt: skip

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
 from haloscope.infer.predict import sigmoid32
 
 __all__ = ["SCORES_SCHEMA", "build_scores_table", "concat_tables", "gather_tables",

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS, validate_dataset
-
 from haloscope.argparse_util import VerbParser, parse_csv
+from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS, validate_dataset
 
 __all__ = ["main", "build_parser"]
 

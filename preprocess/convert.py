@@ -29,8 +29,14 @@ from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS
 from haloscope.shards.buckets import PartWriter, row_dtype, shuffle_keys, stamp_digests
 from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE, encode_control_kind
 
-__all__ = ["ConvertConfig", "META_ALLOWED", "META_LEAKING", "check_meta_columns",
-           "rows_of_batch", "convert_file"]
+__all__ = [
+    "ConvertConfig",
+    "META_ALLOWED",
+    "META_LEAKING",
+    "check_meta_columns",
+    "rows_of_batch",
+    "convert_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,20 @@ META_ALLOWED: tuple[str, ...] = tuple(
 ) + ("ebv",)
 # Columns that are NULL (or defined) for one class only, or are the label itself.
 META_LEAKING: tuple[str, ...] = (
-    "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "lens_model", "config_id",
-    "theta_e_arcsec", "arc_snr", "magnification", "is_control", "control_kind", "cutout_ok",
-    "bandset", "label", "is_hard_neg",
+    "psf_fwhm_used_g",
+    "psf_fwhm_used_r",
+    "psf_fwhm_used_z",
+    "lens_model",
+    "config_id",
+    "theta_e_arcsec",
+    "arc_snr",
+    "magnification",
+    "is_control",
+    "control_kind",
+    "cutout_ok",
+    "bandset",
+    "label",
+    "is_hard_neg",
 )
 _ORDER_SHIFT = 40  # order = (file index << 40) | row index in file
 
@@ -81,16 +98,39 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (1 <= self.hard_neg_weight <= 255, f"--hard-neg-weight must be 1..255, got {self.hard_neg_weight}"),
-            (self.min_theta_over_psf >= 0, f"--min-theta-over-psf must be >= 0, got {self.min_theta_over_psf}"),
-            (self.norm_method in NORM_METHODS, f"--norm-method must be one of {NORM_METHODS}, got {self.norm_method!r}"),
-            (1 <= self.record_samples <= 65536, f"--record-samples must be 1..65536, got {self.record_samples}"),
-            (self.shard_samples >= self.record_samples, f"--shard-samples must be >= --record-samples, got {self.shard_samples}"),
-            (self.num_tasks >= 1 and 0 <= self.task_index < self.num_tasks,
-             f"--task-index must be in 0..{self.num_tasks - 1} (--num-tasks {self.num_tasks}), got {self.task_index}"),
+            (
+                1 <= self.hard_neg_weight <= 255,
+                f"--hard-neg-weight must be 1..255, got {self.hard_neg_weight}",
+            ),
+            (
+                self.min_theta_over_psf >= 0,
+                f"--min-theta-over-psf must be >= 0, got {self.min_theta_over_psf}",
+            ),
+            (
+                self.norm_method in NORM_METHODS,
+                f"--norm-method must be one of {NORM_METHODS}, got {self.norm_method!r}",
+            ),
+            (
+                1 <= self.record_samples <= 65536,
+                f"--record-samples must be 1..65536, got {self.record_samples}",
+            ),
+            (
+                self.shard_samples >= self.record_samples,
+                f"--shard-samples must be >= --record-samples, got {self.shard_samples}",
+            ),
+            (
+                self.num_tasks >= 1 and 0 <= self.task_index < self.num_tasks,
+                f"--task-index must be in 0..{self.num_tasks - 1} (--num-tasks {self.num_tasks}), got {self.task_index}",
+            ),
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
-            (self.stage in ("all", "pass1", "pass2", "manifest"), f"--stage must be all|pass1|pass2|manifest, got {self.stage!r}"),
-            (all(s in SPLITS for s in self.splits) and self.splits, f"--splits must be a subset of {SPLITS}, got {self.splits}"),
+            (
+                self.stage in ("all", "pass1", "pass2", "manifest"),
+                f"--stage must be all|pass1|pass2|manifest, got {self.stage!r}",
+            ),
+            (
+                all(s in SPLITS for s in self.splits) and self.splits,
+                f"--splits must be a subset of {SPLITS}, got {self.splits}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -108,12 +148,15 @@ def check_meta_columns(columns: tuple[str, ...] | list[str]) -> None:
         raise ConfigError(f"--meta-cols lists a column twice: {','.join(columns)}")
     for col in columns:
         if col in META_LEAKING or col.startswith("src_"):
-            raise ConfigError(f"--meta-cols: {col!r} is defined for one class only (or is the "
-                              "label) and would leak the label into the model; allowed: "
-                              + ", ".join(META_ALLOWED))
+            raise ConfigError(
+                f"--meta-cols: {col!r} is defined for one class only (or is the "
+                "label) and would leak the label into the model; allowed: "
+                + ", ".join(META_ALLOWED)
+            )
         if col not in META_ALLOWED:
-            raise ConfigError(f"--meta-cols: {col!r} is not on the meta allow-list "
-                              f"({', '.join(META_ALLOWED)})")
+            raise ConfigError(
+                f"--meta-cols: {col!r} is not on the meta allow-list ({', '.join(META_ALLOWED)})"
+            )
 
 
 def _encode_ids(col: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +172,14 @@ def _table_rows(sub: pa.RecordBatch, task: np.ndarray, brick: np.ndarray) -> np.
     table["label"] = labels
     table["ra"], table["dec"] = column_f64(sub, "ra"), column_f64(sub, "dec")
     table["psf_fwhm_r"] = psf
-    for name in ("theta_e_arcsec", "psfsize_r", "psfdepth_r", "arc_snr", "src_dmag", "src_reff_arcsec"):
+    for name in (
+        "theta_e_arcsec",
+        "psfsize_r",
+        "psfdepth_r",
+        "arc_snr",
+        "src_dmag",
+        "src_reff_arcsec",
+    ):
         table[name] = column_f64(sub, name)
     if "control_kind" in sub.schema.names:
         kinds = encode_control_kind(sub.column("control_kind").to_pylist())
@@ -138,8 +188,14 @@ def _table_rows(sub: pa.RecordBatch, task: np.ndarray, brick: np.ndarray) -> np.
     return table
 
 
-def rows_of_batch(batch: pa.RecordBatch, *, cfg: ConvertConfig, file_index: int,
-                  row_offset: int, lookup: HardNegLookup | None) -> tuple[np.ndarray, Counter, Counter]:
+def rows_of_batch(
+    batch: pa.RecordBatch,
+    *,
+    cfg: ConvertConfig,
+    file_index: int,
+    row_offset: int,
+    lookup: HardNegLookup | None,
+) -> tuple[np.ndarray, Counter, Counter]:
     """Gate, normalise, flag and duplicate one record batch into spill rows.
 
     Returns:
@@ -150,8 +206,11 @@ def rows_of_batch(batch: pa.RecordBatch, *, cfg: ConvertConfig, file_index: int,
     gate = gate_batch(batch, cfg.min_theta_over_psf)
     rejected, counts = Counter(gate.rejected), Counter()
     sub = batch.take(pa.array(gate.kept))
-    meta = np.stack([column_f64(sub, c) for c in cfg.meta_cols], axis=1).astype(np.float32) \
-        if cfg.meta_cols else np.zeros((sub.num_rows, 0), np.float32)
+    meta = (
+        np.stack([column_f64(sub, c) for c in cfg.meta_cols], axis=1).astype(np.float32)
+        if cfg.meta_cols
+        else np.zeros((sub.num_rows, 0), np.float32)
+    )
     task, task_ok = _encode_ids(sub.column("task_id"), TABLE_DTYPE["task_id"].itemsize)
     brick, brick_ok = _encode_ids(sub.column("brickname"), TABLE_DTYPE["brickname"].itemsize)
     meta_ok = np.isfinite(meta).all(axis=1)
@@ -183,8 +242,15 @@ def rows_of_batch(batch: pa.RecordBatch, *, cfg: ConvertConfig, file_index: int,
     return rows, rejected, counts
 
 
-def convert_file(cfg: ConvertConfig, path: Path, file_index: int, stem: Path,
-                 num_buckets: int, lookup: HardNegLookup | None, record: dict) -> dict:
+def convert_file(
+    cfg: ConvertConfig,
+    path: Path,
+    file_index: int,
+    stem: Path,
+    num_buckets: int,
+    lookup: HardNegLookup | None,
+    record: dict,
+) -> dict:
     """Pass 1 for one parquet file: spill its samples into ``stem`` (a bucket part).
 
     Args:
@@ -204,8 +270,9 @@ def convert_file(cfg: ConvertConfig, path: Path, file_index: int, stem: Path,
     offset = 0
     try:
         for _, batch in iter_record_batches([path], extra=cfg.meta_cols, batch_rows=cfg.batch_rows):
-            rows, rej, cnt = rows_of_batch(batch, cfg=cfg, file_index=file_index,
-                                           row_offset=offset, lookup=lookup)
+            rows, rej, cnt = rows_of_batch(
+                batch, cfg=cfg, file_index=file_index, row_offset=offset, lookup=lookup
+            )
             writer.add(rows)
             rejected.update(rej)
             counts.update(cnt)
@@ -213,8 +280,12 @@ def convert_file(cfg: ConvertConfig, path: Path, file_index: int, stem: Path,
     except BaseException:
         writer.abort()
         raise
-    full = {**record, "input_rows": offset, "rejected": {k: v for k, v in sorted(rejected.items()) if v},
-            "counts": dict(sorted(counts.items()))}
+    full = {
+        **record,
+        "input_rows": offset,
+        "rejected": {k: v for k, v in sorted(rejected.items()) if v},
+        "counts": dict(sorted(counts.items())),
+    }
     writer.close(full)
     return full
 

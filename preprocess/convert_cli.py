@@ -43,34 +43,74 @@ def build_parser() -> VerbParser:
     p.add_argument("--data", help="parquet root (hive layout); required unless --verify")
     p.add_argument("--out", required=True, help="output root for <split>/ shard directories")
     p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits to convert")
-    p.add_argument("--hard-neg-path", default=None,
-                   help="hard-negative lookup parquet (ra_key,dec_key or ra,dec); none if unset")
-    p.add_argument("--hard-neg-weight", type=int, default=5,
-                   help="copies of each control that matches the lookup")
-    p.add_argument("--min-theta-over-psf", type=float, default=0.5,
-                   help="resolvability cut theta_E/PSF-FWHM on positives of every split")
+    p.add_argument(
+        "--hard-neg-path",
+        default=None,
+        help="hard-negative lookup parquet (ra_key,dec_key or ra,dec); none if unset",
+    )
+    p.add_argument(
+        "--hard-neg-weight",
+        type=int,
+        default=5,
+        help="copies of each control that matches the lookup",
+    )
+    p.add_argument(
+        "--min-theta-over-psf",
+        type=float,
+        default=0.5,
+        help="resolvability cut theta_E/PSF-FWHM on positives of every split",
+    )
     p.add_argument("--norm-method", default="outer", help="stamp normalisation (outer)")
-    p.add_argument("--meta-cols", default="psfsize_r,psfdepth_r",
-                   help="meta inputs, from: " + ",".join(META_ALLOWED) + " ('' for none)")
+    p.add_argument(
+        "--meta-cols",
+        default="psfsize_r,psfdepth_r",
+        help="meta inputs, from: " + ",".join(META_ALLOWED) + " ('' for none)",
+    )
     p.add_argument("--record-samples", type=int, default=256, help="samples per packed record")
-    p.add_argument("--shard-samples", type=int, default=4096,
-                   help="target samples per shard (also the pass-2 memory unit)")
-    p.add_argument("--task-index", type=int, default=task,
-                   help="this task's index (default from SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--num-tasks", type=int, default=tasks,
-                   help="tasks sharing the work (default from SLURM_ARRAY_TASK_COUNT)")
-    p.add_argument("--stage", default="all", choices=["all", "pass1", "pass2", "manifest"],
-                   help="run one stage only (cluster pipelines); 'all' waits for other tasks")
+    p.add_argument(
+        "--shard-samples",
+        type=int,
+        default=4096,
+        help="target samples per shard (also the pass-2 memory unit)",
+    )
+    p.add_argument(
+        "--task-index",
+        type=int,
+        default=task,
+        help="this task's index (default from SLURM_ARRAY_TASK_ID)",
+    )
+    p.add_argument(
+        "--num-tasks",
+        type=int,
+        default=tasks,
+        help="tasks sharing the work (default from SLURM_ARRAY_TASK_COUNT)",
+    )
+    p.add_argument(
+        "--stage",
+        default="all",
+        choices=["all", "pass1", "pass2", "manifest"],
+        help="run one stage only (cluster pipelines); 'all' waits for other tasks",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes of this task")
     p.add_argument("--seed", type=int, default=0, help="seed of the global shuffle")
     p.add_argument("--batch-rows", type=int, default=1024, help="parquet rows per read batch")
-    p.add_argument("--wait-timeout-s", type=float, default=86400.0,
-                   help="how long --stage all waits for other tasks' parts")
-    p.add_argument("--keep-work", action="store_true",
-                   help="keep the pass-1 bucket files in <out>/_work after success")
-    p.add_argument("--verify", action="store_true",
-                   help="do not convert: check every shard of <out> against its manifest "
-                        "(sha256, structure, counts)")
+    p.add_argument(
+        "--wait-timeout-s",
+        type=float,
+        default=86400.0,
+        help="how long --stage all waits for other tasks' parts",
+    )
+    p.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the pass-1 bucket files in <out>/_work after success",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="do not convert: check every shard of <out> against its manifest "
+        "(sha256, structure, counts)",
+    )
     return p
 
 
@@ -78,14 +118,24 @@ def _config(args, argv: list[str]) -> ConvertConfig:
     if not args.data:
         raise ConfigError("--data is required (the parquet root) unless --verify is given")
     return ConvertConfig(
-        data=Path(args.data), out=Path(args.out), splits=tuple(parse_csv(args.splits)),
+        data=Path(args.data),
+        out=Path(args.out),
+        splits=tuple(parse_csv(args.splits)),
         hard_neg_path=Path(args.hard_neg_path) if args.hard_neg_path else None,
-        hard_neg_weight=args.hard_neg_weight, min_theta_over_psf=args.min_theta_over_psf,
-        norm_method=args.norm_method, meta_cols=tuple(parse_csv(args.meta_cols)),
-        record_samples=args.record_samples, shard_samples=args.shard_samples,
-        task_index=args.task_index, num_tasks=args.num_tasks, workers=args.workers,
-        seed=args.seed, batch_rows=args.batch_rows, stage=args.stage,
-        wait_timeout_s=args.wait_timeout_s, keep_work=args.keep_work,
+        hard_neg_weight=args.hard_neg_weight,
+        min_theta_over_psf=args.min_theta_over_psf,
+        norm_method=args.norm_method,
+        meta_cols=tuple(parse_csv(args.meta_cols)),
+        record_samples=args.record_samples,
+        shard_samples=args.shard_samples,
+        task_index=args.task_index,
+        num_tasks=args.num_tasks,
+        workers=args.workers,
+        seed=args.seed,
+        batch_rows=args.batch_rows,
+        stage=args.stage,
+        wait_timeout_s=args.wait_timeout_s,
+        keep_work=args.keep_work,
         command=("haloscope", "shards", *argv),
     )
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,11 +49,15 @@ class Plan:
     def __init__(self, cfg: cv.ConvertConfig, layout: DatasetLayout, lookup: HardNegLookup | None):
         self.cfg, self.layout, self.lookup = cfg, layout, lookup
         self.settings = {
-            "schema_version": SCHEMA_VERSION, "seed": cfg.seed, "norm": norm_settings(cfg.norm_method),
-            "meta_cols": list(cfg.meta_cols), "min_theta_over_psf": cfg.min_theta_over_psf,
+            "schema_version": SCHEMA_VERSION,
+            "seed": cfg.seed,
+            "norm": norm_settings(cfg.norm_method),
+            "meta_cols": list(cfg.meta_cols),
+            "min_theta_over_psf": cfg.min_theta_over_psf,
             "hard_neg_weight": cfg.hard_neg_weight if lookup else None,
             "hard_neg_lookup_sha256": lookup.sha256 if lookup else None,
-            "record_samples": cfg.record_samples, "shard_samples": cfg.shard_samples,
+            "record_samples": cfg.record_samples,
+            "shard_samples": cfg.shard_samples,
         }
         self.sources: dict[str, list[dict]] = {}
         self.num_buckets: dict[str, int] = {}
@@ -63,8 +66,13 @@ class Plan:
             srcs = []
             for path in layout.files[split]:
                 st = path.stat()
-                srcs.append({"path": str(path.relative_to(layout.root)), "bytes": st.st_size,
-                             "mtime_ns": st.st_mtime_ns})
+                srcs.append(
+                    {
+                        "path": str(path.relative_to(layout.root)),
+                        "bytes": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                    }
+                )
             self.sources[split] = srcs
             est = layout.num_rows[split] + extra
             self.num_buckets[split] = max(1, -(-est // cfg.shard_samples))
@@ -116,8 +124,9 @@ def _run_p1(job: tuple[Plan, str, int]) -> int:
         return 0
     path = plan.layout.files[split][i]
     record = {"fingerprint": plan.p1_fingerprint(split, i), "source": plan.sources[split][i]}
-    rec = cv.convert_file(plan.cfg, path, i, plan.p1_stem(split, i), plan.num_buckets[split],
-                          plan.lookup, record)
+    rec = cv.convert_file(
+        plan.cfg, path, i, plan.p1_stem(split, i), plan.num_buckets[split], plan.lookup, record
+    )
     return rec["input_rows"]
 
 
@@ -125,18 +134,30 @@ def _run_p2(job: tuple[Plan, str, int]) -> int:
     plan, split, b = job
     if plan.p2_record(split, b, check_sha=True) is not None:
         return 0
-    parts = [(plan.p1_stem(split, i), plan.p1_record(split, i))
-             for i in range(len(plan.layout.files[split]))]
+    parts = [
+        (plan.p1_stem(split, i), plan.p1_record(split, i))
+        for i in range(len(plan.layout.files[split]))
+    ]
     rows = read_bucket(parts, b, row_dtype(len(plan.cfg.meta_cols)))
     kept, dups = dedup_and_order(rows)
     del rows
     shard = None
     if len(kept):
         (plan.cfg.out / split).mkdir(parents=True, exist_ok=True)
-        shard = write_shard(plan.cfg.out / split / f"shard-{b:06d}.tar", kept["image"],
-                            kept["meta"], kept["table"], plan.cfg.record_samples).to_json()
-    rec = {"fingerprint": plan.p2_fingerprint(split), "bucket": b, "shard": shard,
-           "duplicates": dups, "meta_stats": meta_stats(kept["meta"])}
+        shard = write_shard(
+            plan.cfg.out / split / f"shard-{b:06d}.tar",
+            kept["image"],
+            kept["meta"],
+            kept["table"],
+            plan.cfg.record_samples,
+        ).to_json()
+    rec = {
+        "fingerprint": plan.p2_fingerprint(split),
+        "bucket": b,
+        "shard": shard,
+        "duplicates": dups,
+        "meta_stats": meta_stats(kept["meta"]),
+    }
     atomic_write_bytes(plan.p2_path(split, b), json.dumps(rec).encode())
     return len(kept)
 
@@ -159,8 +180,10 @@ def _wait_for(check, what: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise DataError(f"timed out after {timeout_s:.0f} s waiting for {what} "
-                            "(did every --task-index run?)")
+            raise DataError(
+                f"timed out after {timeout_s:.0f} s waiting for {what} "
+                "(did every --task-index run?)"
+            )
         time.sleep(5.0)
 
 
@@ -176,17 +199,26 @@ def _train_meta(plan: Plan) -> dict[str, Any]:
         recs = [plan.p2_record("train", b) for b in range(plan.num_buckets["train"])]
         stats = combine_stats([r["meta_stats"] for r in recs], len(cols))
         mean, std = finish_stats(stats)
-        return {"columns": cols, "mean": mean, "std": std, "stats_split": "train",
-                "stats_count": stats["count"]}
+        return {
+            "columns": cols,
+            "mean": mean,
+            "std": std,
+            "stats_split": "train",
+            "stats_count": stats["count"],
+        }
     path = plan.cfg.out / "train" / MANIFEST_NAME
     try:
         meta = json.loads(path.read_text())["meta"]
     except (OSError, ValueError, KeyError):
-        raise DataError(f"{path}: meta statistics come from the train split; convert train "
-                        "first or include it in --splits") from None
+        raise DataError(
+            f"{path}: meta statistics come from the train split; convert train "
+            "first or include it in --splits"
+        ) from None
     if meta["columns"] != cols:
-        raise DataError(f"{path}: train shards have meta columns {meta['columns']}, this run "
-                        f"asks for {cols}; use the same --meta-cols")
+        raise DataError(
+            f"{path}: train shards have meta columns {meta['columns']}, this run "
+            f"asks for {cols}; use the same --meta-cols"
+        )
     return meta
 
 
@@ -205,15 +237,25 @@ def _manifest_doc(plan: Plan, split: str, meta: dict[str, Any]) -> dict[str, Any
         "hard_neg_weight": cfg.hard_neg_weight if plan.lookup else None,
         "hard_neg_lookup": plan.lookup.provenance() if plan.lookup else None,
         "dedup": "blake2b-128 of the raw float32 stamp; first row in input order kept",
-        "seed": cfg.seed, "num_buckets": plan.num_buckets[split],
-        "shard_samples": cfg.shard_samples, "stamp_px": 64, "bands": "grz",
+        "seed": cfg.seed,
+        "num_buckets": plan.num_buckets[split],
+        "shard_samples": cfg.shard_samples,
+        "stamp_px": 64,
+        "bands": "grz",
         "image_dtype": "float16",
     }
-    return {"split": split, "record_samples": cfg.record_samples,
-            "counts": dict(sorted(counts.items())), "rejected": dict(sorted(rejected.items())),
-            "norm": norm_settings(cfg.norm_method), "meta": meta, "preprocess": preprocess,
-            "sources": {"data_root": str(cfg.data), "files": files},
-            "command": list(cfg.command), "fingerprint": plan.p2_fingerprint(split)}
+    return {
+        "split": split,
+        "record_samples": cfg.record_samples,
+        "counts": dict(sorted(counts.items())),
+        "rejected": dict(sorted(rejected.items())),
+        "norm": norm_settings(cfg.norm_method),
+        "meta": meta,
+        "preprocess": preprocess,
+        "sources": {"data_root": str(cfg.data), "files": files},
+        "command": list(cfg.command),
+        "fingerprint": plan.p2_fingerprint(split),
+    }
 
 
 def _finalise(plan: Plan) -> dict[str, Path]:
@@ -222,8 +264,9 @@ def _finalise(plan: Plan) -> dict[str, Path]:
     for split in plan.cfg.splits:
         recs = [plan.p2_record(split, b) for b in range(plan.num_buckets[split])]
         doc = _manifest_doc(plan, split, meta)
-        out[split] = assemble_split(plan.cfg.out / split, doc, recs, len(plan.cfg.meta_cols),
-                                    with_zarr=split != "train")
+        out[split] = assemble_split(
+            plan.cfg.out / split, doc, recs, len(plan.cfg.meta_cols), with_zarr=split != "train"
+        )
     for split in plan.cfg.splits:  # temporaries of killed runs (all work is done now)
         for d in (plan.work_dir(split), plan.cfg.out / split):
             for tmp in d.glob(".*.tmp*"):
@@ -250,7 +293,11 @@ def _up_to_date(plan: Plan) -> bool:
             return False
         for s in doc.get("shards", []):
             tar = plan.cfg.out / split / s["file"]
-            if not tar.exists() or tar.stat().st_size != s["bytes"] or sha256_file(tar) != s["sha256"]:
+            if (
+                not tar.exists()
+                or tar.stat().st_size != s["bytes"]
+                or sha256_file(tar) != s["sha256"]
+            ):
                 return False
     return True
 
@@ -280,12 +327,17 @@ def convert(cfg: cv.ConvertConfig) -> dict[str, Path]:
     if cfg.stage in ("all", "pass2"):
         units = plan.p1_units()
         if cfg.stage == "all" and tasks > 1:
-            _wait_for(lambda: not _missing(plan, units, 1), "the pass-1 parts of every task",
-                      cfg.wait_timeout_s)
+            _wait_for(
+                lambda: not _missing(plan, units, 1),
+                "the pass-1 parts of every task",
+                cfg.wait_timeout_s,
+            )
         missing = _missing(plan, units, 1)
         if missing:
-            raise DataError(f"{cfg.out / WORK}: pass-1 parts missing for {', '.join(missing[:5])}"
-                            " (run --stage pass1 for every task first)")
+            raise DataError(
+                f"{cfg.out / WORK}: pass-1 parts missing for {', '.join(missing[:5])}"
+                " (run --stage pass1 for every task first)"
+            )
         jobs = [(plan, s, b) for k, (s, b) in enumerate(plan.p2_units()) if k % tasks == t]
         _map(_run_p2, jobs, cfg.workers, f"pass 2 task {t}", "shard")
     if cfg.stage in ("all", "manifest"):
@@ -294,6 +346,9 @@ def convert(cfg: cv.ConvertConfig) -> dict[str, Path]:
             return _finalise(plan)
         if cfg.stage == "manifest":
             raise DataError(f"{cfg.out / WORK}: pass-2 parts missing for {', '.join(missing[:5])}")
-        log.info("task %d done; %d buckets of other tasks pending, the last task writes the "
-                 "manifests", t, len(missing))
+        log.info(
+            "task %d done; %d buckets of other tasks pending, the last task writes the manifests",
+            t,
+            len(missing),
+        )
     return {}

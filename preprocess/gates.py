@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from haloscope.preprocess import decode as dec
 
 __all__ = ["REASONS", "GateResult", "labels_of", "theta_over_psf", "gate_batch", "column_f64"]
@@ -122,7 +123,10 @@ def gate_batch(batch: pa.RecordBatch, min_theta_over_psf: float = 0.5) -> GateRe
     reason[candidates[good & ~finite]] = REASONS.index("non_finite")
     keep_local = good & finite
     counts = Counter(
-        {REASONS[r]: int(c) for r, c in zip(*np.unique(reason[reason >= 0], return_counts=True))}
+        {
+            REASONS[r]: int(c)
+            for r, c in zip(*np.unique(reason[reason >= 0], return_counts=True), strict=False)
+        }
     )
     return GateResult(
         kept=candidates[keep_local].astype(np.int64), stamps=stamps[keep_local], rejected=counts

@@ -59,16 +59,23 @@ class HardNegLookup:
 
     def provenance(self) -> dict:
         """What the shard manifest records about the lookup."""
-        return {"path": self.path, "sha256": self.sha256, "num_rows": self.num_rows,
-                "num_positions": int(len(self.keys)), "columns": list(self.columns)}
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "num_rows": self.num_rows,
+            "num_positions": int(len(self.keys)),
+            "columns": list(self.columns),
+        }
 
 
 def _pick_columns(path: Path, names: list[str]) -> tuple[str, str]:
     for pair in (("ra_key", "dec_key"), ("ra", "dec")):
         if all(c in names for c in pair):
             return pair
-    raise DataError(f"{path}: hard-negative lookup needs columns ra_key, dec_key (or ra, dec); "
-                    f"found {', '.join(names) or 'none'}")
+    raise DataError(
+        f"{path}: hard-negative lookup needs columns ra_key, dec_key (or ra, dec); "
+        f"found {', '.join(names) or 'none'}"
+    )
 
 
 def load_lookup(path: str | Path) -> HardNegLookup:
@@ -91,19 +98,25 @@ def load_lookup(path: str | Path) -> HardNegLookup:
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: unreadable hard-negative lookup ({exc})") from None
     if table.num_rows == 0:
-        raise DataError(f"{path}: hard-negative lookup is empty; pass a lookup with rows or "
-                        "drop --hard-neg-path")
+        raise DataError(
+            f"{path}: hard-negative lookup is empty; pass a lookup with rows or "
+            "drop --hard-neg-path"
+        )
     ra = table.column(cols[0]).cast(pa.float64()).fill_null(np.nan).to_numpy()
     dec = table.column(cols[1]).cast(pa.float64()).fill_null(np.nan).to_numpy()
     bad = ~(np.isfinite(ra) & np.isfinite(dec))
     if bad.any():
-        raise DataError(f"{path}: {int(bad.sum())} lookup rows have a missing or non-finite "
-                        f"{cols[0]}/{cols[1]}")
+        raise DataError(
+            f"{path}: {int(bad.sum())} lookup rows have a missing or non-finite {cols[0]}/{cols[1]}"
+        )
     if (np.abs(dec) > 90).any() or (ra < 0).any() or (ra >= 360 + 1e-6).any():
-        raise DataError(f"{path}: lookup positions outside 0 <= ra < 360, |dec| <= 90 "
-                        "(are the columns degrees?)")
+        raise DataError(
+            f"{path}: lookup positions outside 0 <= ra < 360, |dec| <= 90 "
+            "(are the columns degrees?)"
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     keys = np.unique(position_keys(ra, dec))
     log.info("hard-negative lookup %s: %d rows, %d positions", path, table.num_rows, len(keys))
-    return HardNegLookup(path=str(path), sha256=digest, keys=keys, num_rows=table.num_rows,
-                         columns=cols)
+    return HardNegLookup(
+        path=str(path), sha256=digest, keys=keys, num_rows=table.num_rows, columns=cols
+    )

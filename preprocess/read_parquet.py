@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from haloscope.preprocess.schema import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 from haloscope.errors import ContractError
+from haloscope.preprocess.schema import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = ["DEFAULT_BATCH_ROWS", "contract_columns", "iter_record_batches"]
 

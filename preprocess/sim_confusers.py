@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from haloscope.preprocess.sim_physics import (
     STAMP_PX,
     bin_image,

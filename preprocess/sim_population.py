@@ -7,6 +7,7 @@ All randomness of a chunk comes from one ``np.random.Generator``; numbers follow
 from __future__ import annotations
 
 import numpy as np
+
 from haloscope.preprocess.sim_config import (
     CONFUSER_KINDS,
     NUM_SELECTION_SETS,

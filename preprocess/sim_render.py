@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from haloscope.preprocess.sim_config import CONTROL_KINDS
 from haloscope.preprocess.sim_confusers import render_confusers
 from haloscope.preprocess.sim_physics import (

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from haloscope.preprocess.sim_config import BANDS, CONTROL_KINDS, EXPERIMENT_ID, PIPELINE_VERSION
 
 __all__ = ["SCHEMA", "encode_npz", "failed_stamp", "task_id", "SplitWriters", "DEFECTS"]

@@ -18,6 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from haloscope.errors import ConfigError
 from haloscope.preprocess.sim_config import NUM_SELECTION_SETS, SPLITS, SimConfig
 from haloscope.preprocess.sim_population import Population, draw_population
 from haloscope.preprocess.sim_render import RenderedBatch, render_batch
@@ -28,9 +31,6 @@ from haloscope.preprocess.sim_table import (
     stamp_bytes,
     task_id,
 )
-from tqdm import tqdm
-
-from haloscope.errors import ConfigError
 
 __all__ = ["simulate", "simulate_chunk", "RENDER_BATCH", "SUMMARY_NAME"]
 

@@ -6,12 +6,11 @@ import argparse
 import json
 import logging
 
-from haloscope.preprocess.sim_config import CHUNK_ROWS, SimConfig
-from haloscope.preprocess.simulate import simulate
-
 from haloscope.argparse_util import VerbParser
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
+from haloscope.preprocess.sim_config import CHUNK_ROWS, SimConfig
+from haloscope.preprocess.simulate import simulate
 
 __all__ = ["build_parser", "main"]
 

@@ -19,8 +19,15 @@ from haloscope.shards.index import open_shard
 from haloscope.shards.manifest import write_manifest
 from haloscope.shards.schema import STAMP_PX, TABLE_DTYPE
 
-__all__ = ["meta_stats", "combine_stats", "finish_stats", "write_zarr", "assemble_split",
-           "ZARR_NAME", "ZARR_CHUNK"]
+__all__ = [
+    "meta_stats",
+    "combine_stats",
+    "finish_stats",
+    "write_zarr",
+    "assemble_split",
+    "ZARR_NAME",
+    "ZARR_CHUNK",
+]
 
 log = logging.getLogger(__name__)
 ZARR_NAME = "stamps.zarr"
@@ -76,10 +83,20 @@ def write_zarr(split_dir: Path, shards: list[dict[str, Any]], num_meta: int) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     root.attrs.update({"num_samples": n, "order": "shard order (manifest shards, records)"})
-    arrays = {"stamps": root.create_array("stamps", shape=(n, 3, STAMP_PX, STAMP_PX),
-                                          dtype="float16", chunks=(ZARR_CHUNK, 3, STAMP_PX, STAMP_PX)),
-              "meta": root.create_array("meta", shape=(n, num_meta), dtype="float32",
-                                        chunks=(max(ZARR_CHUNK, 1), max(num_meta, 1)))}
+    arrays = {
+        "stamps": root.create_array(
+            "stamps",
+            shape=(n, 3, STAMP_PX, STAMP_PX),
+            dtype="float16",
+            chunks=(ZARR_CHUNK, 3, STAMP_PX, STAMP_PX),
+        ),
+        "meta": root.create_array(
+            "meta",
+            shape=(n, num_meta),
+            dtype="float32",
+            chunks=(max(ZARR_CHUNK, 1), max(num_meta, 1)),
+        ),
+    }
     for name in TABLE_DTYPE.names:
         kind = TABLE_DTYPE[name].kind
         dtype = str if kind == "S" else TABLE_DTYPE[name].newbyteorder("=")
@@ -105,8 +122,13 @@ def write_zarr(split_dir: Path, shards: list[dict[str, Any]], num_meta: int) -> 
     return final
 
 
-def assemble_split(split_dir: Path, doc: dict[str, Any], records: list[dict[str, Any]],
-                   num_meta: int, with_zarr: bool) -> Path:
+def assemble_split(
+    split_dir: Path,
+    doc: dict[str, Any],
+    records: list[dict[str, Any]],
+    num_meta: int,
+    with_zarr: bool,
+) -> Path:
     """Combine bucket records (bucket order) into the split's manifest; write it last.
 
     Args:
@@ -131,9 +153,15 @@ def assemble_split(split_dir: Path, doc: dict[str, Any], records: list[dict[str,
     if with_zarr:
         write_zarr(split_dir, shards, num_meta)
         zarr_name = ZARR_NAME
-    full = {**doc, "num_samples": sum(s["num_samples"] for s in shards),
-            "num_shards": len(shards), "counts": counts, "rejected": rejected,
-            "zarr": zarr_name, "shards": shards}
+    full = {
+        **doc,
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "num_shards": len(shards),
+        "counts": counts,
+        "rejected": rejected,
+        "zarr": zarr_name,
+        "shards": shards,
+    }
     path = write_manifest(split_dir, full)
     log.info("%s: %d samples in %d shards", path, full["num_samples"], len(shards))
     return path

@@ -50,8 +50,14 @@ def _write_parquet(path: Path, n: int, rng: np.random.Generator) -> None:
         buf = io.BytesIO()
         np.savez_compressed(buf, image_g=stamp[0], image_r=stamp[1], image_z=stamp[2])
         blobs.append(buf.getvalue())
-    table = pa.table({"task_id": [f"t{i}" for i in range(n)], "is_control": [i % 2 for i in range(n)],
-                      "psfsize_r": rng.uniform(1, 1.5, n), "stamp_npz": blobs})
+    table = pa.table(
+        {
+            "task_id": [f"t{i}" for i in range(n)],
+            "is_control": [i % 2 for i in range(n)],
+            "psfsize_r": rng.uniform(1, 1.5, n),
+            "stamp_npz": blobs,
+        }
+    )
     pq.write_table(table, path, compression="zstd")
 
 
@@ -84,8 +90,12 @@ def _write_wds(path: Path, image: np.ndarray, labels: np.ndarray) -> None:
 def _plain_wds(path: Path, pin: bool) -> Iterable[torch.Tensor]:
     import webdataset as wds
 
-    ds = (wds.WebDataset(str(path), shardshuffle=False).decode().to_tuple("image.npy", "cls")
-          .batched(BATCH, partial=True))
+    ds = (
+        wds.WebDataset(str(path), shardshuffle=False)
+        .decode()
+        .to_tuple("image.npy", "cls")
+        .batched(BATCH, partial=True)
+    )
     for images, labels in ds:
         x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
         _ = torch.as_tensor(labels, dtype=torch.float32)
@@ -122,15 +132,32 @@ def _write_packed(split_dir: Path, image: np.ndarray, labels: np.ndarray, per_sh
         table = np.zeros(len(image[sl]), TABLE_DTYPE)
         table["label"] = labels[sl]
         meta = np.zeros((len(table), 2), np.float32)
-        shards.append(write_shard(split_dir / f"shard-{k:06d}.tar", image[sl], meta, table).to_json())
-    write_manifest(split_dir, {"split": "bench", "num_samples": len(image), "counts": {},
-                               "rejected": {}, "norm": {"method": "outer"},
-                               "meta": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]},
-                               "preprocess": {}, "shards": shards})
+        shards.append(
+            write_shard(split_dir / f"shard-{k:06d}.tar", image[sl], meta, table).to_json()
+        )
+    write_manifest(
+        split_dir,
+        {
+            "split": "bench",
+            "num_samples": len(image),
+            "counts": {},
+            "rejected": {},
+            "norm": {"method": "outer"},
+            "meta": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]},
+            "preprocess": {},
+            "shards": shards,
+        },
+    )
 
 
-def run_bench(out_path: str, *, seed_rows: int = 2048, wds_samples: int = 16384,
-              packed_samples: int = 32768, workers: int = 2) -> dict[str, Any]:
+def run_bench(
+    out_path: str,
+    *,
+    seed_rows: int = 2048,
+    wds_samples: int = 16384,
+    packed_samples: int = 32768,
+    workers: int = 2,
+) -> dict[str, Any]:
     """Run the three loaders once and write the JSON result to ``out_path``.
 
     Args:
@@ -154,18 +181,29 @@ def run_bench(out_path: str, *, seed_rows: int = 2048, wds_samples: int = 16384,
         _write_parquet(tmp / "seed.parquet", seed_rows, rng)
         _write_wds(tmp / "plain.tar", image[:wds_samples], labels[:wds_samples])
         _write_packed(tmp / "packed", image, labels, per_shard=4096)
-        res = {"a_seed_parquet_rows": _rate(lambda: _seed_way(tmp / "seed.parquet", pin), 2),
-               "b_plain_webdataset": _rate(lambda: _plain_wds(tmp / "plain.tar", pin)),
-               "c_haloscope": _rate(lambda: _haloscope(tmp / "packed", pin, epochs=2))}
+        res = {
+            "a_seed_parquet_rows": _rate(lambda: _seed_way(tmp / "seed.parquet", pin), 2),
+            "b_plain_webdataset": _rate(lambda: _plain_wds(tmp / "plain.tar", pin)),
+            "c_haloscope": _rate(lambda: _haloscope(tmp / "packed", pin, epochs=2)),
+        }
         res["c_haloscope_workers"] = _multi_worker(tmp / "packed", workers)
-    a, b, c = (res[k]["samples_per_s"] for k in ("a_seed_parquet_rows", "b_plain_webdataset", "c_haloscope"))
+    a, b, c = (
+        res[k]["samples_per_s"]
+        for k in ("a_seed_parquet_rows", "b_plain_webdataset", "c_haloscope")
+    )
     result = {
-        "benchmark": "loader", "unit": "samples/s per core (one process, torch threads = 1)",
-        "batch_size": BATCH, "pinned": pin,
+        "benchmark": "loader",
+        "unit": "samples/s per core (one process, torch threads = 1)",
+        "batch_size": BATCH,
+        "pinned": pin,
         "pinned_note": None if pin else "no CUDA on this machine: batches are not pinned",
-        "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "results": res,
         "ratios": {"c_over_a": round(c / a, 1), "c_over_b": round(c / b, 1)},
@@ -188,18 +226,26 @@ def _multi_worker(split_dir: Path, workers: int) -> dict[str, Any]:
         for batch in build_loader(reader, num_workers=workers, prefetch_factor=4):
             n += batch["image"].shape[0]
         best = max(best, n / (time.perf_counter() - t0))
-    return {"samples_per_s_total": round(best, 1), "num_workers": workers,
-            "note": "whole DataLoader incl. worker start-up and IPC; not per core"}
+    return {
+        "samples_per_s_total": round(best, 1),
+        "num_workers": workers,
+        "note": "whole DataLoader incl. worker start-up and IPC; not per core",
+    }
 
 
 def main(argv: list[str]) -> int:
     """``haloscope bench loader [--out PATH]``."""
     from haloscope.argparse_util import VerbParser
 
-    parser = VerbParser("bench loader", "Loader throughput: seed parquet vs plain WebDataset "
-                        "vs haloscope shards, samples/s per core.")
+    parser = VerbParser(
+        "bench loader",
+        "Loader throughput: seed parquet vs plain WebDataset "
+        "vs haloscope shards, samples/s per core.",
+    )
     parser.add_argument("--out", default="bench/results/loader.json", help="JSON output path")
-    parser.add_argument("--workers", type=int, default=2, help="workers for the multi-worker figure")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers for the multi-worker figure"
+    )
     args = parser.parse_args(argv)
     result = run_bench(args.out, workers=args.workers)
     print(json.dumps({"results": result["results"], "ratios": result["ratios"]}, indent=1))

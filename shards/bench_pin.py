@@ -47,8 +47,9 @@ def _rate(reader: ShardReader, make_iter, epochs: int = 2, to_device: bool = Fal
     return round(best, 1)
 
 
-def run_pin_bench(out_path: str, samples: int = 65536, batch: int = 256,
-                  workers: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+def run_pin_bench(
+    out_path: str, samples: int = 65536, batch: int = 256, workers: tuple[int, ...] = (1, 2, 4)
+) -> dict[str, Any]:
     """Measure and write the JSON result (see the module docstring)."""
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
@@ -61,22 +62,39 @@ def run_pin_bench(out_path: str, samples: int = 65536, batch: int = 256,
         reader = ShardReader(Path(tmp) / "p", batch_size=batch, seed=0)
 
         res["in_process_one_core_unpinned"] = _rate(reader, lambda: iter(reader))
-        res["in_process_one_core"] = _rate(reader, lambda: build_loader(
-            reader, num_workers=0, pin_memory=True))
+        res["in_process_one_core"] = _rate(
+            reader, lambda: build_loader(reader, num_workers=0, pin_memory=True)
+        )
         for w in workers:
             for pin_thread in (True, False):
                 name = f"workers{w}_{'pin_thread' if pin_thread else 'pin_consumer'}"
-                res[name] = _rate(reader, lambda: build_loader(
-                    reader, num_workers=w, pin_memory=True, pin_thread=pin_thread))
+                res[name] = _rate(
+                    reader,
+                    lambda w=w, pin_thread=pin_thread: build_loader(
+                        reader, num_workers=w, pin_memory=True, pin_thread=pin_thread
+                    ),
+                )
             if cuda:
-                res[f"workers{w}_pin_thread_h2d"] = _rate(reader, lambda: build_loader(
-                    reader, num_workers=w, pin_memory=True), to_device=True)
-    result = {"benchmark": "loader_pinned", "unit": "samples/s", "batch_size": batch,
-              "pinned": cuda, "samples": samples,
-              "device": torch.cuda.get_device_name(0) if cuda else None,
-              "machine": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                          "python": platform.python_version(), "torch": torch.__version__},
-              "results": res}
+                res[f"workers{w}_pin_thread_h2d"] = _rate(
+                    reader,
+                    lambda w=w: build_loader(reader, num_workers=w, pin_memory=True),
+                    to_device=True,
+                )
+    result = {
+        "benchmark": "loader_pinned",
+        "unit": "samples/s",
+        "batch_size": batch,
+        "pinned": cuda,
+        "samples": samples,
+        "device": torch.cuda.get_device_name(0) if cuda else None,
+        "machine": {
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "results": res,
+    }
     Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
     return result
 

@@ -21,21 +21,30 @@ import numpy as np
 from haloscope.shards.schema import IMAGE_DTYPE, STAMP_PX, TABLE_DTYPE
 from haloscope.shards.write import atomic_write_bytes
 
-__all__ = ["row_dtype", "stamp_digests", "shuffle_keys", "PartWriter", "read_bucket",
-           "dedup_and_order", "load_part_record"]
+__all__ = [
+    "row_dtype",
+    "stamp_digests",
+    "shuffle_keys",
+    "PartWriter",
+    "read_bucket",
+    "dedup_and_order",
+    "load_part_record",
+]
 
 
 def row_dtype(num_meta: int) -> np.dtype:
     """One spilled sample: sort/dedup keys, input order, stamp, meta and table row."""
-    return np.dtype([
-        ("hkey", "<u8"),  # seeded shuffle key; bucket = hkey % num_buckets
-        ("digest", "V16"),  # blake2b-128 of the raw stamp bytes (dedup identity)
-        ("copy", "u1"),
-        ("order", "<i8"),  # (file index << 40) | row index: first occurrence wins
-        ("image", IMAGE_DTYPE, (3, STAMP_PX, STAMP_PX)),
-        ("meta", "<f4", (num_meta,)),
-        ("table", TABLE_DTYPE),
-    ])
+    return np.dtype(
+        [
+            ("hkey", "<u8"),  # seeded shuffle key; bucket = hkey % num_buckets
+            ("digest", "V16"),  # blake2b-128 of the raw stamp bytes (dedup identity)
+            ("copy", "u1"),
+            ("order", "<i8"),  # (file index << 40) | row index: first occurrence wins
+            ("image", IMAGE_DTYPE, (3, STAMP_PX, STAMP_PX)),
+            ("meta", "<f4", (num_meta,)),
+            ("table", TABLE_DTYPE),
+        ]
+    )
 
 
 def stamp_digests(stamps: np.ndarray) -> np.ndarray:
@@ -51,7 +60,7 @@ def shuffle_keys(digests: np.ndarray, copies: np.ndarray, seed: int) -> np.ndarr
     """(N,) uint64 keyed hash of ``(digest, copy)``; each copy gets its own key and bucket."""
     key = int(seed).to_bytes(8, "little", signed=True)
     out = np.empty(len(digests), dtype="<u8")
-    for i, (d, c) in enumerate(zip(digests.tolist(), copies.tolist())):
+    for i, (d, c) in enumerate(zip(digests.tolist(), copies.tolist(), strict=False)):
         h = hashlib.blake2b(d + bytes([c]), digest_size=8, key=key).digest()
         out[i] = int.from_bytes(h, "little")
     return out

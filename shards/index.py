@@ -87,11 +87,15 @@ def _check_record(path: Path, r: int, arrays: dict[str, np.ndarray], num_meta: i
     if table.dtype != TABLE_DTYPE:
         raise DataError(f"{path}: record {r} table dtype differs from this haloscope's schema")
     if image.dtype != IMAGE_DTYPE or image.shape != (n, 3, STAMP_PX, STAMP_PX):
-        raise DataError(f"{path}: record {r} image is {image.shape} {image.dtype}, "
-                        f"expected ({n}, 3, {STAMP_PX}, {STAMP_PX}) {IMAGE_DTYPE}")
+        raise DataError(
+            f"{path}: record {r} image is {image.shape} {image.dtype}, "
+            f"expected ({n}, 3, {STAMP_PX}, {STAMP_PX}) {IMAGE_DTYPE}"
+        )
     if meta.dtype != np.float32 or meta.shape != (n, num_meta):
-        raise DataError(f"{path}: record {r} meta is {meta.shape} {meta.dtype}, "
-                        f"expected ({n}, {num_meta}) float32 (manifest meta columns)")
+        raise DataError(
+            f"{path}: record {r} meta is {meta.shape} {meta.dtype}, "
+            f"expected ({n}, {num_meta}) float32 (manifest meta columns)"
+        )
 
 
 def index_shard_bytes(buf, path: Path, records: list[int], num_meta: int) -> list[RecordView]:
@@ -114,16 +118,22 @@ def index_shard_bytes(buf, path: Path, records: list[int], num_meta: int) -> lis
         name, nbytes = _header_fields(buf, pos, path)
         data = pos + _BLOCK
         if data + nbytes > size:
-            raise DataError(f"{path}: truncated shard (member {name} needs {nbytes} bytes "
-                            f"at {data}, file has {size})")
+            raise DataError(
+                f"{path}: truncated shard (member {name} needs {nbytes} bytes "
+                f"at {data}, file has {size})"
+            )
         members[name] = _npy_view(buf, data, nbytes, name, path)
         pos = data + -(-nbytes // _BLOCK) * _BLOCK
     if pos + _BLOCK > size and len(members) < 3 * len(records):
-        raise DataError(f"{path}: truncated shard (ends at byte {size} after "
-                        f"{len(members)} members, expected {3 * len(records)})")
+        raise DataError(
+            f"{path}: truncated shard (ends at byte {size} after "
+            f"{len(members)} members, expected {3 * len(records)})"
+        )
     if len(members) != 3 * len(records):
-        raise DataError(f"{path}: {len(members)} members but the manifest lists "
-                        f"{len(records)} records ({3 * len(records)} members)")
+        raise DataError(
+            f"{path}: {len(members)} members but the manifest lists "
+            f"{len(records)} records ({3 * len(records)} members)"
+        )
     views = []
     for r, expected in enumerate(records):
         key = record_key(r)
@@ -133,8 +143,10 @@ def index_shard_bytes(buf, path: Path, records: list[int], num_meta: int) -> lis
             raise DataError(f"{path}: missing member {exc.args[0]}") from None
         _check_record(path, r, arrays, num_meta)
         if len(arrays[TABLE_MEMBER]) != expected:
-            raise DataError(f"{path}: record {r} holds {len(arrays[TABLE_MEMBER])} samples, "
-                            f"the manifest says {expected}")
+            raise DataError(
+                f"{path}: record {r} holds {len(arrays[TABLE_MEMBER])} samples, "
+                f"the manifest says {expected}"
+            )
         views.append(RecordView(arrays[IMAGE_MEMBER], arrays[META_MEMBER], arrays[TABLE_MEMBER]))
     return views
 

@@ -16,8 +16,14 @@ from haloscope.errors import DataError
 from haloscope.shards.schema import SCHEMA_VERSION
 from haloscope.shards.write import atomic_write_bytes
 
-__all__ = ["MANIFEST_NAME", "FORMAT", "Manifest", "load_manifest", "write_manifest",
-           "check_compatible"]
+__all__ = [
+    "MANIFEST_NAME",
+    "FORMAT",
+    "Manifest",
+    "load_manifest",
+    "write_manifest",
+    "check_compatible",
+]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "haloscope-shards"
@@ -78,33 +84,50 @@ def load_manifest(split_dir: str | Path) -> Manifest:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: no manifest (conversion unfinished or wrong --shards path?)") from None
+        raise DataError(
+            f"{path}: no manifest (conversion unfinished or wrong --shards path?)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable manifest ({exc})") from None
     if doc.get("format") != FORMAT:
         raise DataError(f"{path}: not a haloscope shard manifest (format={doc.get('format')!r})")
     if doc.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(f"{path}: schema_version {doc.get('schema_version')} but this haloscope "
-                        f"reads {SCHEMA_VERSION}; re-run `haloscope shards`")
+        raise DataError(
+            f"{path}: schema_version {doc.get('schema_version')} but this haloscope "
+            f"reads {SCHEMA_VERSION}; re-run `haloscope shards`"
+        )
     shards = _require(doc, "shards", path)
     total = 0
     for s in shards:
         if sum(s["records"]) != s["num_samples"]:
-            raise DataError(f"{path}: shard {s['file']} records sum to {sum(s['records'])} "
-                            f"but num_samples is {s['num_samples']}")
+            raise DataError(
+                f"{path}: shard {s['file']} records sum to {sum(s['records'])} "
+                f"but num_samples is {s['num_samples']}"
+            )
         total += s["num_samples"]
     if total != _require(doc, "num_samples", path):
-        raise DataError(f"{path}: shards hold {total} samples but num_samples is {doc['num_samples']}")
+        raise DataError(
+            f"{path}: shards hold {total} samples but num_samples is {doc['num_samples']}"
+        )
     meta = _require(doc, "meta", path)
     return Manifest(
-        split_dir=split_dir, split=_require(doc, "split", path), num_samples=total,
-        shards=shards, counts=_require(doc, "counts", path),
-        rejected=_require(doc, "rejected", path), norm=_require(doc, "norm", path),
-        meta_columns=list(meta["columns"]), meta_mean=list(meta["mean"]),
-        meta_std=list(meta["std"]), preprocess=_require(doc, "preprocess", path),
-        sources=doc.get("sources", []), command=doc.get("command", []),
-        schema_version=doc["schema_version"], record_samples=doc.get("record_samples", 256),
-        zarr=doc.get("zarr"), raw=doc,
+        split_dir=split_dir,
+        split=_require(doc, "split", path),
+        num_samples=total,
+        shards=shards,
+        counts=_require(doc, "counts", path),
+        rejected=_require(doc, "rejected", path),
+        norm=_require(doc, "norm", path),
+        meta_columns=list(meta["columns"]),
+        meta_mean=list(meta["mean"]),
+        meta_std=list(meta["std"]),
+        preprocess=_require(doc, "preprocess", path),
+        sources=doc.get("sources", []),
+        command=doc.get("command", []),
+        schema_version=doc["schema_version"],
+        record_samples=doc.get("record_samples", 256),
+        zarr=doc.get("zarr"),
+        raw=doc,
     )
 
 

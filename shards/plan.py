@@ -66,7 +66,9 @@ class EpochPlan:
         self.order = record_order(len(self.record_counts), self.seed, self.epoch, self.shuffle)
         counts = self.record_counts[self.order]
         w = self.shuffle_records
-        window_sizes = np.add.reduceat(counts, np.arange(0, len(counts), w)) if len(counts) else counts
+        window_sizes = (
+            np.add.reduceat(counts, np.arange(0, len(counts), w)) if len(counts) else counts
+        )
         self.window_starts = np.concatenate([[0], np.cumsum(window_sizes)]).astype(np.int64)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -81,7 +83,9 @@ class EpochPlan:
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         off = np.arange(len(rec), dtype=np.int64) - starts
         if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch, _WINDOW_TAG, i]).permutation(len(rec))
+            perm = np.random.default_rng([self.seed, self.epoch, _WINDOW_TAG, i]).permutation(
+                len(rec)
+            )
             rec, off = rec[perm], off[perm]
         if len(self._cache) >= 4:  # a batch spans at most a few windows
             self._cache.pop(next(iter(self._cache)))

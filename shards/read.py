@@ -24,7 +24,7 @@ from haloscope.errors import ConfigError, DataError
 from haloscope.shards.index import RecordView, open_shard
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.plan import EpochPlan, rank_span
-from haloscope.shards.schema import IMAGE_DTYPE, STAMP_PX, TABLE_DTYPE
+from haloscope.shards.schema import STAMP_PX, TABLE_DTYPE
 from haloscope.shards.write import sha256_file
 
 __all__ = ["ShardReader", "ShardLoader", "build_loader", "DEFAULT_SHUFFLE_RECORDS"]
@@ -67,31 +67,53 @@ class ShardReader(IterableDataset):
         ConfigError: invalid arguments, or too few samples for one batch per rank.
     """
 
-    def __init__(self, split_dir: str | Path, *, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True, drop_last: bool = True,
-                 with_table: bool = False, shuffle_records: int = DEFAULT_SHUFFLE_RECORDS,
-                 verify: bool = False, max_open_shards: int = 64) -> None:
+    def __init__(
+        self,
+        split_dir: str | Path,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        with_table: bool = False,
+        shuffle_records: int = DEFAULT_SHUFFLE_RECORDS,
+        verify: bool = False,
+        max_open_shards: int = 64,
+    ) -> None:
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or shuffle_records < 1:
-            raise ConfigError(f"ShardReader: need batch_size >= 1, 0 <= rank < world_size, "
-                              f"shuffle_records >= 1 (got {batch_size}, {rank}, {world_size}, "
-                              f"{shuffle_records})")
+            raise ConfigError(
+                f"ShardReader: need batch_size >= 1, 0 <= rank < world_size, "
+                f"shuffle_records >= 1 (got {batch_size}, {rank}, {world_size}, "
+                f"{shuffle_records})"
+            )
         self.manifest = load_manifest(split_dir)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.shuffle, self.drop_last, self.with_table = shuffle, drop_last, with_table
-        self.shuffle_records, self.verify, self.max_open_shards = shuffle_records, verify, max_open_shards
+        self.shuffle_records, self.verify, self.max_open_shards = (
+            shuffle_records,
+            verify,
+            max_open_shards,
+        )
         self.num_meta = len(self.manifest.meta_columns)
         self._check_files()
         shards = self.manifest.shards
         self._rec_counts = np.array([n for s in shards for n in s["records"]], dtype=np.int64)
         self._rec_shard = np.repeat(np.arange(len(shards)), [len(s["records"]) for s in shards])
-        self._rec_local = np.concatenate([np.arange(len(s["records"])) for s in shards]) \
-            if shards else np.empty(0, np.int64)
+        self._rec_local = (
+            np.concatenate([np.arange(len(s["records"])) for s in shards])
+            if shards
+            else np.empty(0, np.int64)
+        )
         self._span = rank_span(self.manifest.num_samples, world_size, rank, batch_size, drop_last)
         if self._span[2] == 0:
-            raise ConfigError(f"{split_dir}: {self.manifest.num_samples} samples are fewer than "
-                              f"world_size * batch_size = {world_size * batch_size}; lower "
-                              "--batch-size or use drop_last=False")
+            raise ConfigError(
+                f"{split_dir}: {self.manifest.num_samples} samples are fewer than "
+                f"world_size * batch_size = {world_size * batch_size}; lower "
+                "--batch-size or use drop_last=False"
+            )
         self.epoch, self._start_batch, self._consumed = 0, 0, 0
         self._open: OrderedDict[int, list[RecordView]] = OrderedDict()
         self._ring_slots, self._ring_next, self._pin_out = 0, 0, False
@@ -99,14 +121,16 @@ class ShardReader(IterableDataset):
         self._verified: set[int] = set()
 
     def _check_files(self) -> None:
-        for entry, path in zip(self.manifest.shards, self.manifest.shard_paths()):
+        for entry, path in zip(self.manifest.shards, self.manifest.shard_paths(), strict=False):
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
                 raise DataError(f"{path}: shard listed in the manifest is missing") from None
             if size != entry["bytes"]:
-                raise DataError(f"{path}: {size} bytes but the manifest says {entry['bytes']} "
-                                "(truncated or replaced shard; re-run `haloscope shards`)")
+                raise DataError(
+                    f"{path}: {size} bytes but the manifest says {entry['bytes']} "
+                    "(truncated or replaced shard; re-run `haloscope shards`)"
+                )
 
     # ----------------------------------------------------------------- position
     def set_epoch(self, epoch: int) -> None:
@@ -122,10 +146,17 @@ class ShardReader(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         """Position: epoch and batches consumed by the caller, plus what they depend on."""
-        return {"epoch": self.epoch, "batches_consumed": self._consumed, "seed": self.seed,
-                "world_size": self.world_size, "batch_size": self.batch_size,
-                "num_samples": self.manifest.num_samples, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "shuffle_records": self.shuffle_records}
+        return {
+            "epoch": self.epoch,
+            "batches_consumed": self._consumed,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "num_samples": self.manifest.num_samples,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "shuffle_records": self.shuffle_records,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration yields exactly the batches after the saved position.
@@ -134,12 +165,21 @@ class ShardReader(IterableDataset):
             ConfigError: the state was saved with a different seed, world size, batch size,
                 sample count or order setting (the remaining samples would differ).
         """
-        for key in ("seed", "world_size", "batch_size", "num_samples", "shuffle", "drop_last",
-                    "shuffle_records"):
+        for key in (
+            "seed",
+            "world_size",
+            "batch_size",
+            "num_samples",
+            "shuffle",
+            "drop_last",
+            "shuffle_records",
+        ):
             if key in state and state[key] != getattr(self, key, self.manifest.num_samples):
-                raise ConfigError(f"loader state has {key}={state[key]!r} but this reader has "
-                                  f"{getattr(self, key, self.manifest.num_samples)!r}; resume "
-                                  "with the same settings")
+                raise ConfigError(
+                    f"loader state has {key}={state[key]!r} but this reader has "
+                    f"{getattr(self, key, self.manifest.num_samples)!r}; resume "
+                    "with the same settings"
+                )
         self.epoch = int(state["epoch"])
         self._start_batch = self._consumed = int(state["batches_consumed"])
 
@@ -162,10 +202,17 @@ class ShardReader(IterableDataset):
 
     def _alloc(self, shared: bool) -> dict[str, torch.Tensor]:
         b = self.batch_size
-        shapes = {"image": ((b, 3, STAMP_PX, STAMP_PX), torch.float16), "label": ((b,), torch.float32),
-                  "meta": ((b, self.num_meta), torch.float32), "valid": ((b,), torch.bool)}
+        shapes = {
+            "image": ((b, 3, STAMP_PX, STAMP_PX), torch.float16),
+            "label": ((b,), torch.float32),
+            "meta": ((b, self.num_meta), torch.float32),
+            "valid": ((b,), torch.bool),
+        }
         if self._pin_out and not shared:  # gather straight into (cached) pinned memory
-            return {k: torch.empty(shape, dtype=dt, pin_memory=True) for k, (shape, dt) in shapes.items()}
+            return {
+                k: torch.empty(shape, dtype=dt, pin_memory=True)
+                for k, (shape, dt) in shapes.items()
+            }
         return {k: _empty(shape, dt, shared) for k, (shape, dt) in shapes.items()}
 
     def _buffers(self, shared: bool) -> dict[str, torch.Tensor]:
@@ -193,7 +240,7 @@ class ShardReader(IterableDataset):
         order = np.argsort(rec, kind="stable")
         rec, off = rec[order], off[order]
         bounds = np.flatnonzero(np.diff(rec)) + 1
-        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n]):
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n], strict=False):
             r = int(rec[lo])
             view = self._records_of(int(self._rec_shard[r]))[int(self._rec_local[r])]
             idx = off[lo:hi]
@@ -221,8 +268,9 @@ class ShardReader(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         start = self._start_batch
         self._start_batch = 0  # a resume position applies to one iteration only
-        plan = EpochPlan(self._rec_counts, self.seed, self.epoch, self.shuffle,
-                         self.shuffle_records)
+        plan = EpochPlan(
+            self._rec_counts, self.seed, self.epoch, self.shuffle, self.shuffle_records
+        )
         for k in range(start + worker, self.batches_per_rank(), num_workers):
             batch = self._batch(plan, k, shared=info is not None)
             if info is None:
@@ -241,8 +289,15 @@ class ShardLoader:
     between batches is the exact resume position.
     """
 
-    def __init__(self, reader: ShardReader, *, num_workers: int, pin_memory: bool,
-                 prefetch_factor: int, pin_thread: bool = True) -> None:
+    def __init__(
+        self,
+        reader: ShardReader,
+        *,
+        num_workers: int,
+        pin_memory: bool,
+        prefetch_factor: int,
+        pin_thread: bool = True,
+    ) -> None:
         self.reader, self.num_workers = reader, num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.prefetch_factor = prefetch_factor
@@ -271,8 +326,12 @@ class ShardLoader:
         reader = self.reader
         start = reader._start_batch
         loader = torch.utils.data.DataLoader(
-            reader, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_thread,
-            collate_fn=_identity, persistent_workers=False,
+            reader,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_thread,
+            collate_fn=_identity,
+            persistent_workers=False,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
         reader._ring_slots = self.prefetch_factor + 2 if self.num_workers > 0 else 0
@@ -289,8 +348,14 @@ class ShardLoader:
             yield batch
 
 
-def build_loader(reader: ShardReader, *, num_workers: int, pin_memory: bool = True,
-                 prefetch_factor: int = 4, pin_thread: bool = True) -> ShardLoader:
+def build_loader(
+    reader: ShardReader,
+    *,
+    num_workers: int,
+    pin_memory: bool = True,
+    prefetch_factor: int = 4,
+    pin_thread: bool = True,
+) -> ShardLoader:
     """Wrap ``reader`` in worker processes.
 
     Args:
@@ -308,5 +373,10 @@ def build_loader(reader: ShardReader, *, num_workers: int, pin_memory: bool = Tr
     """
     if num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {num_workers}")
-    return ShardLoader(reader, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor, pin_thread=pin_thread)
+    return ShardLoader(
+        reader,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        pin_thread=pin_thread,
+    )

@@ -29,8 +29,12 @@ def verify_split(split_dir: Path) -> str:
     """
     manifest = load_manifest(split_dir)
     num_meta = len(manifest.meta_columns)
-    for entry, path in tqdm(list(zip(manifest.shards, manifest.shard_paths())),
-                            desc=f"verify {split_dir.name}", unit="shard", mininterval=1.0):
+    for entry, path in tqdm(
+        list(zip(manifest.shards, manifest.shard_paths(), strict=False)),
+        desc=f"verify {split_dir.name}",
+        unit="shard",
+        mininterval=1.0,
+    ):
         if not path.exists():
             raise DataError(f"{path}: shard listed in the manifest is missing")
         if sha256_file(path) != entry["sha256"]:
@@ -38,10 +42,13 @@ def verify_split(split_dir: Path) -> str:
         views = open_shard(path, entry["records"], num_meta)
         lens = sum(int((v.table["label"] == 1).sum()) for v in views)
         if lens != entry["num_by_label"]["1"]:
-            raise DataError(f"{path}: {lens} lenses but the manifest says "
-                            f"{entry['num_by_label']['1']}")
-    return (f"{split_dir}: OK ({manifest.num_samples:,} samples, {len(manifest.shards)} "
-            "shards, sha256 and structure verified)")
+            raise DataError(
+                f"{path}: {lens} lenses but the manifest says {entry['num_by_label']['1']}"
+            )
+    return (
+        f"{split_dir}: OK ({manifest.num_samples:,} samples, {len(manifest.shards)} "
+        "shards, sha256 and structure verified)"
+    )
 
 
 def verify_shards(out: Path, splits: list[str]) -> Iterator[str]:

@@ -28,8 +28,15 @@ from haloscope.shards.schema import (
     TABLE_MEMBER,
 )
 
-__all__ = ["ShardInfo", "encode_npy", "record_key", "tar_bytes", "write_shard",
-           "atomic_write_bytes", "sha256_file"]
+__all__ = [
+    "ShardInfo",
+    "encode_npy",
+    "record_key",
+    "tar_bytes",
+    "write_shard",
+    "atomic_write_bytes",
+    "sha256_file",
+]
 
 _MEMBERS = (IMAGE_MEMBER, META_MEMBER, TABLE_MEMBER)  # already in sorted order
 
@@ -54,10 +61,16 @@ class ShardInfo:
 
     def to_json(self) -> dict:
         """The manifest entry."""
-        return {"file": self.file, "num_samples": self.num_samples, "records": self.records,
-                "bytes": self.bytes, "sha256": self.sha256, "num_by_label": self.num_by_label,
-                "num_hard_neg": self.num_hard_neg,
-                "num_hard_neg_rows": self.num_hard_neg_rows}
+        return {
+            "file": self.file,
+            "num_samples": self.num_samples,
+            "records": self.records,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "num_by_label": self.num_by_label,
+            "num_hard_neg": self.num_hard_neg,
+            "num_hard_neg_rows": self.num_hard_neg_rows,
+        }
 
 
 def record_key(index: int) -> str:
@@ -68,8 +81,7 @@ def record_key(index: int) -> str:
 def encode_npy(array: np.ndarray) -> bytes:
     """``.npy`` bytes of a C-contiguous array (format 1.0, no pickle)."""
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0),
-                              allow_pickle=False)
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -103,7 +115,9 @@ def iter_records(
     for r, start in enumerate(range(0, n, record_samples)):
         stop = min(n, start + record_samples)
         key = record_key(r)
-        for member, arr in zip(_MEMBERS, (image[start:stop], meta[start:stop], table[start:stop])):
+        for member, arr in zip(
+            _MEMBERS, (image[start:stop], meta[start:stop], table[start:stop]), strict=False
+        ):
             yield f"{key}.{member}", encode_npy(arr)
 
 

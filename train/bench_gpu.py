@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from haloscope.train.cuda_graph import make_predict_step, make_train_step
-from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 
 from haloscope.errors import ConfigError
+from haloscope.train.cuda_graph import make_predict_step, make_train_step
+from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 
 __all__ = ["run_bench", "main", "write_random_shards"]
 
@@ -169,8 +169,11 @@ def bench_train(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterab
     ``sync_each_step`` reads the loss on the host after every step, as a loop that logs
     every step does (it stops the host from queueing ahead of the GPU).
     """
-    held = {"step": make_train_step(model, None, _optimizer(model), batch_size, device="cuda",
-                                    mode=mode, augment=augment)}  # type: ignore[arg-type]
+    held = {
+        "step": make_train_step(
+            model, None, _optimizer(model), batch_size, device="cuda", mode=mode, augment=augment
+        )
+    }  # type: ignore[arg-type]
 
     def run(b: dict) -> Any:
         out = held["step"].step(b["image"], b["meta"], b["label"])
@@ -257,6 +260,7 @@ def _guarded(fn: Callable[[], dict[str, Any]], mode: str) -> dict[str, Any]:
 def _train_rows(doc: dict[str, Any], models: dict[str, torch.nn.Module], split: Path, b: int,
                 modes: tuple[str, ...], workers: int, steps: int) -> None:  # fmt: skip
     """All training rows of one batch size (plus the plain-timm baseline and a synced row)."""
+
     def add(mode: str, feed: str, row: dict[str, Any], **extra: Any) -> None:
         doc["train"].append({"mode": mode, "batch_size": b, "feed": feed, **extra, **row})
         log.info("train %s", doc["train"][-1])
@@ -265,8 +269,11 @@ def _train_rows(doc: dict[str, Any], models: dict[str, torch.nn.Module], split: 
 
     if "eager" in modes:  # the issue's baseline: plain timm, no meta head, no augmentation
         plain = _PlainTimm().cuda().to(memory_format=torch.channels_last)
-        add("eager_timm_plain", "synthetic", bench_train(plain, "eager", b, _synthetic(b),
-                                                         warmup=6, steps=steps, augment=False))
+        add(
+            "eager_timm_plain",
+            "synthetic",
+            bench_train(plain, "eager", b, _synthetic(b), warmup=6, steps=steps, augment=False),
+        )
         del plain
         _free()
     for mode, feed in itertools.product(modes, ("synthetic", "reader")):
@@ -327,7 +334,11 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
         _train_rows(doc, models, split, b, modes, num_workers, per_b[b])
         doc["loader"].append(loader_rate(split, b, num_workers, per_b[b]))
     for mode, feed in itertools.product(modes, ("synthetic", "reader")):
-        src = _synthetic(1024) if feed == "synthetic" else _reader(split, 1024, num_workers, train=False)
+        src = (
+            _synthetic(1024)
+            if feed == "synthetic"
+            else _reader(split, 1024, num_workers, train=False)
+        )
         net, kind = (models["tdw"], "graph") if mode == "graph_tdw" else (models["base"], mode)
         row = _guarded(partial(bench_infer, net, kind, 1024, src, warmup=6, steps=infer_steps),
                        mode)  # fmt: skip
@@ -336,7 +347,8 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
     doc["ratios"] = {"train": _ratios(doc["train"]), "infer": _ratios(doc["infer"])}
     if probe:
         doc["depthwise_probe"] = _guarded(
-            lambda: {"rows": [r for b in batch_sizes for r in depthwise_probe(b)]}, "graph_tdw")
+            lambda: {"rows": [r for b in batch_sizes for r in depthwise_probe(b)]}, "graph_tdw"
+        )
     tmp.cleanup()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
@@ -348,7 +360,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="haloscope bench gpu", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench/results/gpu.json")
     p.add_argument("--batch-sizes", default="256,1024", help="comma-separated training batches")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ",".join(MODES))
+    p.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, of: " + ",".join(MODES)
+    )
     p.add_argument("--num-workers", type=int, default=8)
     p.add_argument("--num-samples", type=int, default=98304)
     p.add_argument("--steps", type=int, default=0, help="timed steps per row (0: auto)")
@@ -362,12 +376,16 @@ def main(argv: list[str]) -> int:
     for kind in ("train", "infer"):
         for r in doc[kind]:
             if "error" in r:
-                print(f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed']:14s} {r['error']}")
+                print(
+                    f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed']:14s} {r['error']}"
+                )
                 continue
             sync = " sync" if "host_sync" in r else ""
-            print(f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed'] + sync:14s} "
-                  f"{r['img_per_s']:>9.0f} img/s  wait {r['loader_wait_frac']:.3f}  "
-                  f"mem {r['max_mem_gib']:.1f} GiB  first {r['first_call_s']:.1f} s")
+            print(
+                f"{kind:5s} {r['mode']:16s} b{r['batch_size']:<5d} {r['feed'] + sync:14s} "
+                f"{r['img_per_s']:>9.0f} img/s  wait {r['loader_wait_frac']:.3f}  "
+                f"mem {r['max_mem_gib']:.1f} GiB  first {r['first_call_s']:.1f} s"
+            )
     print(json.dumps({"loader": doc["loader"], "ratios": doc["ratios"],
                       "probe": doc.get("depthwise_probe")}, indent=None))  # fmt: skip
     return 0

@@ -175,7 +175,9 @@ def load_for_inference(
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise CheckpointError(f"checkpoint {path}: weights do not match {args['arch']}: {first}") from None
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match {args['arch']}: {first}"
+        ) from None
     model.to(device).eval()
     progress = payload.get("progress", {})
     info = {

@@ -54,7 +54,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "val_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         for name in ("samples_per_epoch", "max_steps_per_epoch"):
@@ -192,10 +194,14 @@ class RunConfig:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         for name in ("early_stopping_patience", "ckpt_every_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
         for name in ("val_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,13 +32,22 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from haloscope.train.augment import D4_SIZE, d4_transform
-from haloscope.train.graph_io import StaticBatch, default_loss_fn, per_sample_loss
 from torch import nn
 
-__all__ = ["StepMode", "EagerTrainStep", "GraphedTrainStep", "EagerPredictStep",
-           "GraphedPredictStep", "make_train_step", "make_predict_step", "resolve_step_mode",
-           "set_lr"]
+from haloscope.train.augment import D4_SIZE, d4_transform
+from haloscope.train.graph_io import StaticBatch, default_loss_fn, per_sample_loss
+
+__all__ = [
+    "StepMode",
+    "EagerTrainStep",
+    "GraphedTrainStep",
+    "EagerPredictStep",
+    "GraphedPredictStep",
+    "make_train_step",
+    "make_predict_step",
+    "resolve_step_mode",
+    "set_lr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +344,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def resolve_step_mode(mode: StepMode, device: torch.device | str, *, distributed: bool = False) -> str:
+def resolve_step_mode(
+    mode: StepMode, device: torch.device | str, *, distributed: bool = False
+) -> str:
     """Pick the concrete step kind: ``auto`` is graph on single-process CUDA, else eager.
 
     Raises:

@@ -92,7 +92,9 @@ def check_preprocess(cfg: TrainConfig, manifest: Manifest) -> None:
          list(manifest.meta_columns)),
     ]  # fmt: skip
     if d.hard_neg_path is not None and _lookup_differs(d.hard_neg_path, lookup):
-        checks.append(("--hard-neg-path", d.hard_neg_path, None if lookup is None else lookup.get("path")))
+        checks.append(
+            ("--hard-neg-path", d.hard_neg_path, None if lookup is None else lookup.get("path"))
+        )
     for flag, value, have in checks:
         if value is not None and _differs(value, have):
             raise ConfigError(
@@ -102,7 +104,9 @@ def check_preprocess(cfg: TrainConfig, manifest: Manifest) -> None:
             )
 
 
-def resolve_meta(cfg: TrainConfig, manifest: Manifest) -> tuple[list[str], list[float], list[float]]:
+def resolve_meta(
+    cfg: TrainConfig, manifest: Manifest
+) -> tuple[list[str], list[float], list[float]]:
     """Meta columns (allow-listed) with the train split's mean/std from the manifest."""
     cols = list(check_meta_cols(manifest.meta_columns))
     return cols, [float(v) for v in manifest.meta_mean], [float(v) for v in manifest.meta_std]

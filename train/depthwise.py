@@ -35,8 +35,13 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["Depthwise7x7", "depthwise7x7", "use_triton_depthwise", "depthwise_probe",
-           "TRITON_AVAILABLE"]
+__all__ = [
+    "Depthwise7x7",
+    "depthwise7x7",
+    "use_triton_depthwise",
+    "depthwise_probe",
+    "TRITON_AVAILABLE",
+]
 
 TRITON_AVAILABLE = triton is not None
 _K = 7
@@ -126,7 +131,9 @@ def _wgrad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 class _Depthwise7x7Fn(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.bfloat16)
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:  # type: ignore[override]
         x = x.contiguous(memory_format=torch.channels_last)
         c = x.shape[1]
         wt = weight.reshape(c, _K * _K).t().contiguous()  # (49, C): coalesced per tap
@@ -230,14 +237,21 @@ def depthwise_probe(batch_size: int) -> list[dict[str, Any]]:
     """
     stages = ((96, 16, 3), (192, 8, 3), (384, 4, 9), (768, 2, 3))  # (C, H, blocks)
     rows = []
-    variants = [("bfloat16", "nhwc"), ("bfloat16", "nchw"), ("float32", "nhwc"), ("float32", "nchw")]
+    variants = [
+        ("bfloat16", "nhwc"),
+        ("bfloat16", "nchw"),
+        ("float32", "nhwc"),
+        ("float32", "nchw"),
+    ]
     if TRITON_AVAILABLE:
         variants.append(("bfloat16", "triton"))
     for dtype_name, layout in variants:
         dtype = getattr(torch, dtype_name)
         total = 0.0
         for c, h, blocks in stages:
-            x = torch.randn(batch_size, c, h, h, device="cuda").to(memory_format=torch.channels_last)
+            x = torch.randn(batch_size, c, h, h, device="cuda").to(
+                memory_format=torch.channels_last
+            )
             x = x.to(torch.bfloat16).requires_grad_()
             w = (0.1 * torch.randn(c, 1, 7, 7, device="cuda")).requires_grad_()
             gy = torch.randn(batch_size, c, h, h, device="cuda", dtype=torch.bfloat16)

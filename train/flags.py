@@ -110,4 +110,4 @@ def build_parser() -> VerbParser:
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
     """The given flat flags as ``--section.field=value`` overrides."""
-    return [f"--{k[len(_DEST):]}={v}" for k, v in vars(args).items() if k.startswith(_DEST)]
+    return [f"--{k[len(_DEST) :]}={v}" for k, v in vars(args).items() if k.startswith(_DEST)]

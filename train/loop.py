@@ -234,8 +234,10 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
             try:
                 batch = next(it)
             except StopIteration:
-                raise DataError(f"the train loader ended after {state.step_in_epoch} of {n} "
-                                f"batches in epoch {state.epoch}; check the shards") from None
+                raise DataError(
+                    f"the train loader ended after {state.step_in_epoch} of {n} "
+                    f"batches in epoch {state.epoch}; check the shards"
+                ) from None
             except Exception:
                 if ctx.stop.signum is not None:  # Ctrl-C also reached the loader workers
                     return False
@@ -274,7 +276,9 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
                 "perf/img_per_s": cfg.data.batch_size / step_s,
                 "perf/data_wait_frac": min(1.0, stats["perf/data_wait_s"] / step_s), **stats,
             }  # fmt: skip
-            ctx.writer.write("train", record, to_tensorboard=state.global_step % cfg.run.log_every == 0)
+            ctx.writer.write(
+                "train", record, to_tensorboard=state.global_step % cfg.run.log_every == 0
+            )
             bar.update(1)
             if state.global_step % cfg.run.log_every == 0:
                 bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{lr:.2e}",

@@ -79,6 +79,4 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, *, total_steps: int, warmup: int, lr: float, min_lr: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step warmup + cosine as a ``LambdaLR`` (call ``.step()`` after each optimiser step)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _Schedule(total_steps, warmup, min_lr / lr)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(total_steps, warmup, min_lr / lr))

@@ -32,7 +32,14 @@ from haloscope.train.model import build_model
 from haloscope.train.optim import build_optimizer, build_scheduler, warmup_steps
 from haloscope.train.validate import EarlyStopping
 
-__all__ = ["seed_everything", "amp_dtype_for", "channels_last_for", "build_state", "restore_state", "run_training"]
+__all__ = [
+    "seed_everything",
+    "amp_dtype_for",
+    "channels_last_for",
+    "build_state",
+    "restore_state",
+    "run_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def build_state(cfg: TrainConfig, env: DistEnv, model_args: dict[str, Any], steps: int) -> TrainState:
+def build_state(
+    cfg: TrainConfig, env: DistEnv, model_args: dict[str, Any], steps: int
+) -> TrainState:
     """Fresh model, optimiser, schedule, augmentation generator and early stopping."""
     seed_everything(cfg.run.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     model = build_model(**model_args).to(env.device)
@@ -79,7 +88,9 @@ def build_state(cfg: TrainConfig, env: DistEnv, model_args: dict[str, Any], step
     return TrainState(model, model, optimizer, scheduler, aug_gen, early)
 
 
-def restore_state(state: TrainState, payload: dict[str, Any], cfg: TrainConfig, env: DistEnv) -> None:
+def restore_state(
+    state: TrainState, payload: dict[str, Any], cfg: TrainConfig, env: DistEnv
+) -> None:
     """Load last.pt into a fresh state (before DDP wrapping), refusing incompatible runs.
 
     Raises:

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from haloscope.evaluate import metrics
-from haloscope.evaluate.compare import compare_generations
 
 from haloscope.errors import DataError
+from haloscope.evaluate import metrics
+from haloscope.evaluate.compare import compare_generations
 
 
 def _with_logit(table: pa.Table, logit: np.ndarray, model: str) -> pa.Table:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from sklearn.linear_model import LogisticRegression
+
+from haloscope.errors import DataError
 from haloscope.evaluate.audit import (
     central_features,
     fit_logistic,
@@ -13,9 +16,6 @@ from haloscope.evaluate.audit import (
 )
 from haloscope.evaluate.gallery import load_gallery_stamps, open_stamp_store
 from haloscope.evaluate.scores import scores_from_table
-from sklearn.linear_model import LogisticRegression
-
-from haloscope.errors import DataError
 
 
 def write_store(path, task_ids, stamps) -> None:

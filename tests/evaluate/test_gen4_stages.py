@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from haloscope.evaluate.gen4 import Stage, StageFailed, haloscope_argv, run_stages, stage_done
 
 

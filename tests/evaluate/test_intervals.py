@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from haloscope.evaluate import intervals
 from scipy import stats
 
 from haloscope.errors import ConfigError
+from haloscope.evaluate import intervals
 
 # Newcombe (1998), Stat. Med. 17:857, Table I (95%): (k, n, wilson, clopper-pearson)
 NEWCOMBE = [

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from haloscope.evaluate import metrics
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from haloscope.errors import DataError
+from haloscope.evaluate import metrics
 
 
 def _tied_data(seed: int, n: int = 4000, levels: int = 40) -> tuple[np.ndarray, np.ndarray]:

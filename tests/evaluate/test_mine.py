@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from haloscope.evaluate.mine import LOOKUP_SCHEMA, mine_frames, mine_hard_negatives
-from haloscope.evaluate.scores import scores_from_table
 
 from haloscope.errors import ConfigError, DataError
+from haloscope.evaluate.mine import LOOKUP_SCHEMA, mine_frames, mine_hard_negatives
+from haloscope.evaluate.scores import scores_from_table
 
 HALOSCOPE = str(Path(sys.executable).with_name("haloscope"))
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from haloscope.evaluate import metrics
 from haloscope.evaluate.intervals import wilson_interval
 from haloscope.evaluate.scores import scores_from_table

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from haloscope.preprocess.normalize import norm_settings
 from haloscope.train.checkpoint import save_checkpoint
 from haloscope.train.model import build_model
-
 from tests.preprocess.contract_rows import base_row
 
 META_COLS = ("psfsize_r", "psfdepth_r")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from haloscope.infer.table import SCORES_SCHEMA
 
+from haloscope.infer.table import SCORES_SCHEMA
 from tests.infer.infer_fixtures import assert_tables_identical, make_checkpoint, make_dataset
 
 ARCH_COLUMNS = ["task_id", "ra", "dec", "brickname", "split", "label", "is_hard_neg",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from haloscope.infer.predict import Fp32Output, fp32_output_layer, make_forward, sigmoid32
 from haloscope.train.model import build_model
 

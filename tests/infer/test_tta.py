@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from haloscope.infer.predict import fp32_output_layer, make_forward
 from haloscope.infer.tta import NUM_D4, d4_transform, d4_views, tta_logits
 from haloscope.train.model import build_model

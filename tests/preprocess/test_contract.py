@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
-from haloscope.preprocess import decode, gates, normalize, schema
 
 from haloscope.errors import ContractError
+from haloscope.preprocess import decode, gates, normalize, schema
 from tests.preprocess.contract_rows import SCHEMA, base_row, npz_bytes, to_table, write_dataset
 
 

@@ -20,8 +20,9 @@ from tests.shards.shard_fixtures import HN_WEIGHT, make_survey, run_convert
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("conv")
     survey = make_survey(root)
-    run_convert(survey.root, root / "shards", hard_neg_path=survey.lookup,
-                hard_neg_weight=HN_WEIGHT)
+    run_convert(
+        survey.root, root / "shards", hard_neg_path=survey.lookup, hard_neg_weight=HN_WEIGHT
+    )
     return survey, root / "shards"
 
 
@@ -69,7 +70,8 @@ def test_rejected_rows_are_counted_by_reason(converted):
         m = load_manifest(shards / split)
         assert m.rejected == survey.rejected[split]
         assert m.counts["accepted_rows"] == m.counts["input_rows"] - sum(
-            v for k, v in m.rejected.items() if k != "duplicate")
+            v for k, v in m.rejected.items() if k != "duplicate"
+        )
 
 
 def test_manifest_contents(converted):
@@ -128,8 +130,18 @@ def test_missing_column_and_layout_errors(tmp_path):
         run_convert(flat, tmp_path / "out2")
 
 
-@pytest.mark.parametrize("col", ["theta_e_arcsec", "src_dmag", "psf_fwhm_used_r", "arc_snr",
-                                 "is_control", "lens_model", "magnification"])
+@pytest.mark.parametrize(
+    "col",
+    [
+        "theta_e_arcsec",
+        "src_dmag",
+        "psf_fwhm_used_r",
+        "arc_snr",
+        "is_control",
+        "lens_model",
+        "magnification",
+    ],
+)
 def test_label_leaking_meta_refused(tmp_path, col):
     with pytest.raises(ConfigError, match=col):
         run_convert(tmp_path, tmp_path / "out", meta_cols=("psfsize_r", col))
@@ -152,8 +164,10 @@ def test_missing_or_empty_lookup_is_an_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         run_convert(survey.root, tmp_path / "o", hard_neg_path=tmp_path / "nope.parquet")
     empty = tmp_path / "empty.parquet"
-    pq.write_table(pa.table({"ra_key": pa.array([], pa.float64()),
-                             "dec_key": pa.array([], pa.float64())}), empty)
+    pq.write_table(
+        pa.table({"ra_key": pa.array([], pa.float64()), "dec_key": pa.array([], pa.float64())}),
+        empty,
+    )
     with pytest.raises(DataError, match="empty"):
         run_convert(survey.root, tmp_path / "o", hard_neg_path=empty)
 
@@ -176,5 +190,12 @@ def test_manifest_json_is_plain_json(converted):
     _, shards = converted
     doc = json.loads((shards / "train" / "manifest.json").read_text())
     assert doc["format"] == "haloscope-shards" and doc["schema_version"] == 1
-    assert set(doc["counts"]) >= {"lens", "control", "hard_neg_samples", "hard_neg_rows",
-                                  "duplicates_removed", "input_rows", "accepted_rows"}
+    assert set(doc["counts"]) >= {
+        "lens",
+        "control",
+        "hard_neg_samples",
+        "hard_neg_rows",
+        "duplicates_removed",
+        "input_rows",
+        "accepted_rows",
+    }

@@ -45,8 +45,13 @@ def reference(survey, tmp_path_factory) -> dict[str, str]:
 
 
 def test_same_bytes_with_two_workers(survey, reference, tmp_path):
-    run_convert(survey.root, tmp_path / "s", hard_neg_path=survey.lookup,
-                hard_neg_weight=HN_WEIGHT, workers=2)
+    run_convert(
+        survey.root,
+        tmp_path / "s",
+        hard_neg_path=survey.lookup,
+        hard_neg_weight=HN_WEIGHT,
+        workers=2,
+    )
     assert _fingerprint(tmp_path / "s") == reference
 
 
@@ -64,9 +69,24 @@ def test_same_bytes_with_tasks_run_stage_by_stage(survey, reference, tmp_path):
 
 def test_killed_conversion_resumes_to_identical_bytes(survey, reference, tmp_path):
     out = tmp_path / "s"
-    cmd = [str(HALOSCOPE), "shards", "--data", str(survey.root), "--out", str(out),
-           "--hard-neg-path", str(survey.lookup), "--hard-neg-weight", str(HN_WEIGHT),
-           "--shard-samples", "64", "--record-samples", "16", "--batch-rows", "32"]
+    cmd = [
+        str(HALOSCOPE),
+        "shards",
+        "--data",
+        str(survey.root),
+        "--out",
+        str(out),
+        "--hard-neg-path",
+        str(survey.lookup),
+        "--hard-neg-weight",
+        str(HN_WEIGHT),
+        "--shard-samples",
+        "64",
+        "--record-samples",
+        "16",
+        "--batch-rows",
+        "32",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_part = out / "_work" / "train" / "p1-00000.json"
     deadline = time.monotonic() + 60

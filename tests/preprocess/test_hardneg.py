@@ -17,8 +17,9 @@ def _write(path, **cols):
 
 
 def test_ra_key_dec_key_match_rounded_positions(tmp_path):
-    lk = load_lookup(_write(tmp_path / "l.parquet", ra_key=[150.123457, 10.0],
-                            dec_key=[-2.000001, 0.5]))
+    lk = load_lookup(
+        _write(tmp_path / "l.parquet", ra_key=[150.123457, 10.0], dec_key=[-2.000001, 0.5])
+    )
     ra = np.array([150.1234567, 150.1234561, 10.0000004, 10.0])
     dec = np.array([-2.0000014, -2.000001, 0.5, 0.500001])
     assert lk.match(ra, dec).tolist() == [True, False, True, False]
@@ -26,8 +27,9 @@ def test_ra_key_dec_key_match_rounded_positions(tmp_path):
 
 
 def test_plain_ra_dec_columns_and_duplicates(tmp_path):
-    lk = load_lookup(_write(tmp_path / "l.parquet", ra=[1.0, 1.0, 359.9999995],
-                            dec=[89.9, 89.9, -90.0]))
+    lk = load_lookup(
+        _write(tmp_path / "l.parquet", ra=[1.0, 1.0, 359.9999995], dec=[89.9, 89.9, -90.0])
+    )
     assert lk.columns == ("ra", "dec") and lk.num_rows == 3 and len(lk.keys) == 2
     assert lk.match(np.array([1.0, 360.0]), np.array([89.9, -90.0])).tolist() == [True, True]
 
@@ -51,8 +53,13 @@ def test_bad_lookups_are_clear_errors(tmp_path, case):
         _write(path, ra_key=[1.0, None], dec_key=[2.0, 3.0])
     elif case == "not_parquet":
         path.write_bytes(b"hello")
-    message = {"missing": "not found", "empty": "empty", "no_columns": "ra_key, dec_key",
-               "nan": "non-finite", "not_parquet": "unreadable"}[case]
+    message = {
+        "missing": "not found",
+        "empty": "empty",
+        "no_columns": "ra_key, dec_key",
+        "nan": "non-finite",
+        "not_parquet": "unreadable",
+    }[case]
     with pytest.raises(DataError, match=message) as err:
         load_lookup(path)
     assert str(path) in str(err.value)

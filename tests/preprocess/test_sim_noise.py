@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from haloscope.preprocess.sim_config import SimConfig
 from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,
     convolve_stamps,

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+
 from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
 from haloscope.preprocess.simulate import simulate
 

@@ -63,16 +63,25 @@ def _add_bad_rows(rows: list[dict], rng: np.random.Generator, offset: int) -> di
     bad[4]["is_control"], bad[4]["theta_e_arcsec"], bad[4]["psf_fwhm_used_r"] = 0, 0.2, 1.2
     bad[5]["stamp_npz"] = npz_bytes(bad[5]["_stamp"], keys=("image_g", "image_r"))
     rows.extend(bad)
-    return {"undecodable": 1, "non_finite": 1, "r_only_bandset": 1, "cutout_not_ok": 1,
-            "unresolved": 1, "bad_keys": 1}
+    return {
+        "undecodable": 1,
+        "non_finite": 1,
+        "r_only_bandset": 1,
+        "cutout_not_ok": 1,
+        "unresolved": 1,
+        "bad_keys": 1,
+    }
 
 
 def _write_split(root: Path, split: str, rows: list[dict], files: int) -> None:
     part = root / f"region_split={split}"
     part.mkdir(parents=True, exist_ok=True)
     for f, chunk in enumerate(np.array_split(np.arange(len(rows)), files)):
-        pq.write_table(to_table([rows[i] for i in chunk], SCHEMA), part / f"part-{f:05d}.parquet",
-                       compression="zstd")
+        pq.write_table(
+            to_table([rows[i] for i in chunk], SCHEMA),
+            part / f"part-{f:05d}.parquet",
+            compression="zstd",
+        )
 
 
 def make_survey(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Survey:
@@ -103,9 +112,11 @@ def make_survey(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) 
             rejected["duplicate"] = 5
         survey.rejected[split] = rejected
         _write_split(survey.root, split, rows, 2 if split == "train" else 1)
-    ra, dec = zip(*lookup_pos)
-    pq.write_table(pa.table({"ra_key": list(ra), "dec_key": list(dec),
-                             "max_score": [0.95] * len(ra)}), survey.lookup)
+    ra, dec = zip(*lookup_pos, strict=False)
+    pq.write_table(
+        pa.table({"ra_key": list(ra), "dec_key": list(dec), "max_score": [0.95] * len(ra)}),
+        survey.lookup,
+    )
     return survey
 
 

@@ -21,8 +21,9 @@ from tests.shards.shard_fixtures import HN_WEIGHT, make_survey, run_convert
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("read")
     survey = make_survey(root, sizes={"train": 300, "val": 50, "test": 20})
-    run_convert(survey.root, root / "shards", hard_neg_path=survey.lookup,
-                hard_neg_weight=HN_WEIGHT)
+    run_convert(
+        survey.root, root / "shards", hard_neg_path=survey.lookup, hard_neg_weight=HN_WEIGHT
+    )
     return root / "shards"
 
 
@@ -31,7 +32,7 @@ def _keys(batches) -> list[tuple[bytes, int]]:
     out = []
     for b in batches:
         t = b["table"][b["valid"].numpy()]
-        out.extend(zip(t["task_id"].tolist(), t["copy"].tolist()))
+        out.extend(zip(t["task_id"].tolist(), t["copy"].tolist(), strict=False))
     return out
 
 
@@ -90,8 +91,15 @@ def test_eval_mode_ranks_cover_split_once_with_equal_batches(shards, world):
     m = load_manifest(shards / "val")
     per_rank, counts = [], set()
     for rank in range(world):
-        r = ShardReader(shards / "val", batch_size=8, shuffle=False, drop_last=False,
-                        rank=rank, world_size=world, with_table=True)
+        r = ShardReader(
+            shards / "val",
+            batch_size=8,
+            shuffle=False,
+            drop_last=False,
+            rank=rank,
+            world_size=world,
+            with_table=True,
+        )
         batches = list(r)
         counts.add(len(batches))
         assert len(batches) == r.batches_per_rank()
@@ -110,7 +118,10 @@ def test_batch_fields_and_dtypes(shards):
     b = next(iter(ShardReader(shards / "train", batch_size=8)))
     assert b["image"].dtype.is_floating_point and str(b["image"].dtype) == "torch.float16"
     assert tuple(b["image"].shape) == (8, 3, 64, 64)
-    assert str(b["label"].dtype) == "torch.float32" and tuple(b["meta"].shape) == (8, len(m.meta_columns))
+    assert str(b["label"].dtype) == "torch.float32" and tuple(b["meta"].shape) == (
+        8,
+        len(m.meta_columns),
+    )
     assert b["valid"].all() and "table" not in b
 
 
@@ -142,8 +153,11 @@ def test_corrupt_shard_bytes_are_a_clear_error(shards, tmp_path):
     assert len(list(ShardReader(split, batch_size=8, shuffle=False))) > 0
     with pytest.raises(DataError, match=f"{victim.name}.*sha256"):
         list(ShardReader(split, batch_size=8, shuffle=False, verify=True))
-    out = subprocess.run([".venv/bin/haloscope", "shards", "--verify", "--out", str(tmp_path),
-                          "--splits", "train"], capture_output=True, text=True)
+    out = subprocess.run(
+        [".venv/bin/haloscope", "shards", "--verify", "--out", str(tmp_path), "--splits", "train"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "sha256" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -192,5 +206,8 @@ def test_shards_readable_by_webdataset_and_tar(shards):
     assert n == m.num_samples
     listing = subprocess.run(["tar", "-tf", urls[0]], capture_output=True, text=True, check=True)
     names = listing.stdout.split()
-    assert names == sorted(names) and names[:3] == ["r000000.image.npy", "r000000.meta.npy",
-                                                    "r000000.table.npy"]
+    assert names == sorted(names) and names[:3] == [
+        "r000000.image.npy",
+        "r000000.meta.npy",
+        "r000000.table.npy",
+    ]

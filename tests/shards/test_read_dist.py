@@ -21,20 +21,42 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dist")
     survey = make_survey(root, sizes={"train": 200, "val": 61, "test": 3})
-    run_convert(survey.root, root / "shards", hard_neg_path=survey.lookup,
-                hard_neg_weight=HN_WEIGHT, splits=("train", "val"))
+    run_convert(
+        survey.root,
+        root / "shards",
+        hard_neg_path=survey.lookup,
+        hard_neg_weight=HN_WEIGHT,
+        splits=("train", "val"),
+    )
     return root / "shards"
 
 
 def _torchrun(split_dir: Path, out: Path, mode: str) -> list[dict]:
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "3",
-           str(Path(__file__).with_name("dist_reader_rank.py")), str(split_dir), str(out), mode]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc_per_node",
+        "3",
+        str(Path(__file__).with_name("dist_reader_rank.py")),
+        str(split_dir),
+        str(out),
+        mode,
+    ]
     # own process group, so a hang cannot leave rank processes behind
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:

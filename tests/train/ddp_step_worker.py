@@ -40,7 +40,9 @@ def main(out: str) -> None:
         losses.append(loss.item())
     gathered = all_gather_1d(torch.arange(env.rank + 2, dtype=torch.float32) + 10 * env.rank, env)
     if env.is_main:
-        torch.save({"model": model.state_dict(), "init": init, "gathered": gathered, "losses": losses}, out)
+        torch.save(
+            {"model": model.state_dict(), "init": init, "gathered": gathered, "losses": losses}, out
+        )
     shutdown(env)
 
 

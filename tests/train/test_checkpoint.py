@@ -41,7 +41,9 @@ def test_inference_model_scores_like_the_trained_one(tmp_path: Path) -> None:
     assert raw["format"] == "haloscope-train" and raw["val_metrics"]["val/auroc"] == 0.9
     loaded, info = load_for_inference(path, "cpu")
     assert not loaded.training
-    assert info["meta_cols"] == ARGS["meta_cols"] and info["preprocess"]["norm"]["method"] == "outer"
+    assert (
+        info["meta_cols"] == ARGS["meta_cols"] and info["preprocess"]["norm"]["method"] == "outer"
+    )
     assert info["epoch"] == 3 and info["config"] == {"run": {"seed": 1}}
     x, meta = torch.randn(4, 3, 64, 64), torch.tensor([[1.3, 24.5]] * 4)
     with torch.no_grad():

@@ -20,8 +20,10 @@ SEED_COMMAND = """--data {data} --out_dir {out} --hard_neg_path /x/hard_neg_look
 
 def test_precedence_defaults_toml_overrides(tmp_path: Path) -> None:
     toml = tmp_path / "run.toml"
-    toml.write_text('[optim]\nlr = 1e-3\nbetas = [0.9, 0.95]\n[run]\nepochs = 7\nbf16 = true\n')
-    cfg = load_config(TrainConfig, toml_path=toml, overrides=["--run.epochs=9", "--model.meta-cols=psfsize_r"])
+    toml.write_text("[optim]\nlr = 1e-3\nbetas = [0.9, 0.95]\n[run]\nepochs = 7\nbf16 = true\n")
+    cfg = load_config(
+        TrainConfig, toml_path=toml, overrides=["--run.epochs=9", "--model.meta-cols=psfsize_r"]
+    )
     assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.95)
     assert cfg.run.epochs == 9 and cfg.run.bf16 is True
     assert cfg.model.meta_cols == ("psfsize_r",)
@@ -83,7 +85,21 @@ def test_help_lists_every_seed_flag(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in {a for a in SEED_COMMAND.split() if a.startswith("--")}:
         assert flag in text, flag
         assert flag.replace("_", "-") in text, flag
-    for flag in ("--no-bf16", "--no-augment", "--resume", "--shards", "--compile", "--tensorboard",
-                 "--warmup-steps", "--warmup-frac", "--num-workers", "--seed", "--samples-per-epoch",
-                 "--max-steps-per-epoch", "--val-every", "--device", "--ckpt-every-steps"):
+    for flag in (
+        "--no-bf16",
+        "--no-augment",
+        "--resume",
+        "--shards",
+        "--compile",
+        "--tensorboard",
+        "--warmup-steps",
+        "--warmup-frac",
+        "--num-workers",
+        "--seed",
+        "--samples-per-epoch",
+        "--max-steps-per-epoch",
+        "--val-every",
+        "--device",
+        "--ckpt-every-steps",
+    ):
         assert flag in text, flag

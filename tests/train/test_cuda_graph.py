@@ -13,6 +13,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from haloscope.train.cuda_graph import (
     EagerPredictStep,
     EagerTrainStep,
@@ -24,7 +26,6 @@ from haloscope.train.cuda_graph import (
 )
 from haloscope.train.graph_io import per_sample_loss
 from haloscope.train.loss import build_loss, focal_loss
-from torch import nn
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -53,7 +54,9 @@ def _batch(n: int, seed: int, px: int = 8, scale: float = 3.0) -> tuple[torch.Te
 def _reference_step(model: TinyNet, images, meta, labels, k, state, *, lr, wd, t) -> float:
     """Hand-written step: D4 by rot90/flip, focal by formula, clip to 1, AdamW by formula."""
     x = images.float()
-    x = torch.stack([torch.rot90(xi, int(ki) % 4, dims=(1, 2)) for xi, ki in zip(x, k, strict=True)])
+    x = torch.stack(
+        [torch.rot90(xi, int(ki) % 4, dims=(1, 2)) for xi, ki in zip(x, k, strict=True)]
+    )
     x = torch.stack([xi.flip(-1) if ki >= 4 else xi for xi, ki in zip(x, k, strict=True)])
     model.zero_grad(set_to_none=True)
     p = torch.sigmoid(model(x, meta))
@@ -187,8 +190,10 @@ def test_graphed_step_matches_eager_over_20_steps() -> None:
     with torch.no_grad():
         diff = math.sqrt(sum(float((p - q).float().norm() ** 2) for p, q, _ in pairs))
         moved = math.sqrt(sum(float((p - s).float().norm() ** 2) for p, _, s in pairs))
-    print(f"graph vs eager, 20 steps of convnext_tiny b64: max rel loss diff {worst_loss:.2e}, "
-          f"|w_graph - w_eager| / |w_eager - w_0| = {diff / moved:.2e}")
+    print(
+        f"graph vs eager, 20 steps of convnext_tiny b64: max rel loss diff {worst_loss:.2e}, "
+        f"|w_graph - w_eager| / |w_eager - w_0| = {diff / moved:.2e}"
+    )
     assert worst_loss < 2e-2  # bf16 autocast tolerance on the loss
     assert moved > 0 and diff < 0.05 * moved  # both moved the same way, within 5%
 

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+
 from haloscope.train.depthwise import Depthwise7x7, depthwise7x7, use_triton_depthwise
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -48,8 +49,10 @@ def test_triton_depthwise_matches_cudnn(shape: tuple[int, int, int, int]) -> Non
     b = torch.randn(c, device="cuda").requires_grad_()
     g = torch.randn(shape, device="cuda")
     for amp in (False, True):
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), \
-                torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with (
+            torch.backends.cudnn.flags(enabled=True, allow_tf32=False),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp),
+        ):
             got = depthwise7x7(x, wt, b)
             want = F.conv2d(x, wt, b, padding=3, groups=c)
         assert got.dtype == want.dtype

@@ -20,15 +20,27 @@ from tests.train.train_fixtures import make_shards, tiny_argv
 def test_run_writes_checkpoints_metrics_and_config(tiny_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
     assert main(tiny_argv(tiny_shards, out, "--epochs", "1", "--num-workers", "0")) == 0
-    for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "val_metrics.csv",
-                 "config.resolved.json"):
+    for name in (
+        "last.pt",
+        "best.pt",
+        "metrics.jsonl",
+        "metrics.csv",
+        "val_metrics.csv",
+        "config.resolved.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
     cfg = json.loads((out / "config.resolved.json").read_text())
     assert cfg["model"]["arch"] == "convnext_atto" and cfg["data"]["batch_size"] == 16
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["global_step"]) for r in rows] == list(range(1, 7))  # 96 samples / 16
-    for key in ("train/loss", "train/lr", "perf/img_per_s", "perf/data_wait_frac", "train/grad_norm"):
+    for key in (
+        "train/loss",
+        "train/lr",
+        "perf/img_per_s",
+        "perf/data_wait_frac",
+        "train/grad_norm",
+    ):
         assert all(math.isfinite(float(r[key])) for r in rows), key
     val = list(csv.DictReader((out / "val_metrics.csv").open()))
     assert len(val) == 1 and float(val[0]["val/num"]) == 64  # the whole val split, once
@@ -73,7 +85,9 @@ def test_nonfinite_loss_stops_without_saving_nan(tiny_shards: Path, tmp_path: Pa
     monkeypatch.setattr(run, "build_loss", poisoned)
     out = tmp_path / "r"
     argv = tiny_argv(tiny_shards, out, "--ckpt-every-steps", "2", "--num-workers", "0")
-    with pytest.raises(DataError, match=r"non-finite training loss at epoch 0, step 2 .*global step 2"):
+    with pytest.raises(
+        DataError, match=r"non-finite training loss at epoch 0, step 2 .*global step 2"
+    ):
         main(argv)
     assert not (out / "best.pt").exists()
     last = torch.load(out / "last.pt", weights_only=True)
@@ -107,7 +121,8 @@ def test_leaky_meta_in_shards_is_refused(tmp_path: Path) -> None:
     doc["meta"]["columns"] = ["psfsize_r", "psf_fwhm_used_r"]
     manifest.write_text(json.dumps(doc))
     (root / "val" / "manifest.json").write_text(
-        (root / "val" / "manifest.json").read_text().replace('"psfdepth_r"', '"psf_fwhm_used_r"'))
+        (root / "val" / "manifest.json").read_text().replace('"psfdepth_r"', '"psf_fwhm_used_r"')
+    )
     with pytest.raises(ConfigError, match="psf_fwhm_used_r.* leaks the label"):
         main(tiny_argv(root, tmp_path / "r"))
 

@@ -27,12 +27,16 @@ def test_focal_matches_direct_formula(alpha: float | None, gamma: float) -> None
     rng = np.random.default_rng(0)
     z = rng.normal(0, 4, 257)
     y = (rng.random(257) < 0.3).astype(np.float64)
-    got = focal_loss(torch.tensor(z, dtype=torch.float32), torch.tensor(y), alpha=alpha, gamma=gamma)
+    got = focal_loss(
+        torch.tensor(z, dtype=torch.float32), torch.tensor(y), alpha=alpha, gamma=gamma
+    )
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(_reference(z, y, alpha, gamma), rel=1e-5)
 
 
-@pytest.mark.parametrize("z,y", [(100.0, 1), (100.0, 0), (-100.0, 1), (-100.0, 0), (30.0, 0), (-50.0, 1)])
+@pytest.mark.parametrize(
+    "z,y", [(100.0, 1), (100.0, 0), (-100.0, 1), (-100.0, 0), (30.0, 0), (-50.0, 1)]
+)
 def test_focal_extreme_logits_exact_and_finite_gradient(z: float, y: int) -> None:
     logits = torch.tensor([z], requires_grad=True)
     loss = focal_loss(logits, torch.tensor([float(y)]), alpha=0.25, gamma=2.0)
@@ -69,7 +73,8 @@ def test_bf16_logits_give_fp32_loss_from_upcast() -> None:
 def test_build_loss_names() -> None:
     z, y = torch.tensor([0.3, -2.0]), torch.tensor([1.0, 0.0])
     assert build_loss("focal", alpha=0.25, gamma=2.0)(z, y).item() == pytest.approx(
-        focal_loss(z, y).item())
+        focal_loss(z, y).item()
+    )
     assert build_loss("bce")(z, y).item() == pytest.approx(bce_loss(z, y).item())
     with pytest.raises(ConfigError, match="--loss"):
         build_loss("hinge")

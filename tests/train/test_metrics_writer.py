@@ -36,7 +36,9 @@ def test_disabled_writer_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is not None, reason="tensorboard installed"
+)
 def test_tensorboard_missing_is_a_clear_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package"):
         MetricsWriter(tmp_path, tensorboard=True)

@@ -15,7 +15,9 @@ COLS = ["psfsize_r", "psfdepth_r"]
 
 
 def test_convnext_tiny_shape_and_size() -> None:
-    model = build_model(arch="convnext_tiny", meta_cols=COLS, meta_mean=[1.3, 24.5], meta_std=[0.2, 0.5])
+    model = build_model(
+        arch="convnext_tiny", meta_cols=COLS, meta_mean=[1.3, 24.5], meta_std=[0.2, 0.5]
+    )
     backbone = sum(p.numel() for p in model.backbone.parameters())
     head = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone"))
     assert model.backbone.num_features == 768
@@ -28,7 +30,9 @@ def test_convnext_tiny_shape_and_size() -> None:
 
 
 def test_meta_is_standardised_inside_with_buffers() -> None:
-    model = build_model(arch="convnext_atto", meta_cols=COLS, meta_mean=[1.3, 24.5], meta_std=[0.2, 0.5])
+    model = build_model(
+        arch="convnext_atto", meta_cols=COLS, meta_mean=[1.3, 24.5], meta_std=[0.2, 0.5]
+    )
     state = model.state_dict()
     assert torch.equal(state["meta_mean"], torch.tensor([1.3, 24.5]))
     assert torch.equal(state["meta_std"], torch.tensor([0.2, 0.5]))
@@ -37,8 +41,10 @@ def test_meta_is_standardised_inside_with_buffers() -> None:
     assert "meta_mean" not in dict(model.named_parameters())
 
 
-@pytest.mark.parametrize("col", ["theta_e_arcsec", "psf_fwhm_used_r", "arc_snr", "lens_model",
-                                 "physics_flux", "src_x_rad"])
+@pytest.mark.parametrize(
+    "col",
+    ["theta_e_arcsec", "psf_fwhm_used_r", "arc_snr", "lens_model", "physics_flux", "src_x_rad"],
+)
 def test_leaky_meta_column_refused(col: str) -> None:
     with pytest.raises(ConfigError, match="leaks the label"):
         build_model(arch="convnext_atto", meta_cols=["psfsize_r", col])
@@ -62,8 +68,14 @@ def test_no_meta_head() -> None:
 def test_overfits_a_few_dozen_samples() -> None:
     """24 random images with random labels are memorised: the model and step really learn."""
     torch.manual_seed(0)
-    model = build_model(arch="convnext_atto", meta_cols=COLS, meta_mean=[1.3, 24.5],
-                        meta_std=[0.2, 0.5], dropout=0.0, drop_path_rate=0.0)
+    model = build_model(
+        arch="convnext_atto",
+        meta_cols=COLS,
+        meta_mean=[1.3, 24.5],
+        meta_std=[0.2, 0.5],
+        dropout=0.0,
+        drop_path_rate=0.0,
+    )
     opt = build_optimizer(model, lr=2e-3, weight_decay=0.0)
     images, meta = torch.randn(24, 3, 64, 64), torch.randn(24, 2) * 0.2 + torch.tensor([1.3, 24.5])
     labels = (torch.arange(24) % 2).float()[torch.randperm(24)]

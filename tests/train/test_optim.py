@@ -9,13 +9,17 @@ from haloscope.train.optim import build_optimizer, build_scheduler, lr_factor, p
 
 
 def test_no_decay_on_norms_biases_and_buffers() -> None:
-    model = build_model(arch="convnext_atto", meta_cols=["psfsize_r"], meta_mean=[1.0], meta_std=[0.5])
+    model = build_model(
+        arch="convnext_atto", meta_cols=["psfsize_r"], meta_mean=[1.0], meta_std=[0.5]
+    )
     decay, no_decay = param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"])
     no_decay_names = [names[id(p)] for p in no_decay["params"]]
-    assert any("norm" in n for n in no_decay_names) and any(n.endswith(".bias") for n in no_decay_names)
+    assert any("norm" in n for n in no_decay_names) and any(
+        n.endswith(".bias") for n in no_decay_names
+    )
     assert "classifier.0.weight" in [names[id(p)] for p in decay["params"]]
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     buffers = {id(b) for b in model.buffers()}

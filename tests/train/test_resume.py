@@ -83,7 +83,9 @@ def test_sigint_saves_and_exits_130(tiny_shards: Path, tmp_path: Path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
-def test_resume_refusals(tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_refusals(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "r"
     with pytest.raises(CheckpointError, match="does not exist"):
         main(tiny_argv(tiny_shards, run, "--resume"))
