@@ -35,7 +35,7 @@ DEMO_DIR   ?= runs/demo
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-slow test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu clean
+.PHONY: help install demo test test-gpu test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu clean
 
 help:
 	@echo "haloscope make targets (variables in CAPS can be overridden: make train EPOCHS=5)"
@@ -71,8 +71,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
 test-dist: $(STAMP)
 	$(BIN)/python -m pytest -q -m dist $(PYTEST_ARGS)
