@@ -29,26 +29,23 @@ class VerbParser(argparse.ArgumentParser):
         )
 
     def add_argument(self, *names: str, **kwargs: Any):  # type: ignore[override]
-        extra = [
-            n.replace("-", "_")
-            for n in names
-            if n.startswith("--") and "-" in n[2:] and n.replace("-", "_") not in names
-        ]
-        extra = ["--" + n[2:] for n in extra]
-        return super().add_argument(*names, *extra, **kwargs)
+        return super().add_argument(*names, *_underscore_aliases(names), **kwargs)
 
     def add_argument_group(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         group = super().add_argument_group(*args, **kwargs)
         original = group.add_argument
 
         def add(*names: str, **kw: Any):
-            extra = [
-                "--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]
-            ]
-            return original(*names, *extra, **kw)
+            return original(*names, *_underscore_aliases(names), **kw)
 
         group.add_argument = add  # type: ignore[method-assign]
         return group
+
+
+def _underscore_aliases(names: tuple[str, ...]) -> list[str]:
+    """``--some_flag`` for every ``--some-flag`` in ``names`` that lacks that spelling."""
+    aliases = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+    return [a for a in aliases if a not in names]
 
 
 def parse_csv(text: str) -> list[str]:

@@ -72,11 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in VERBS:
         return run_verb(argv[0], argv[1:])
-    args = _top_parser().parse_args(argv)
+    parser = _top_parser()
+    args = parser.parse_args(argv)
     if args.version:
         from haloscope import __version__
 
         print(f"haloscope {__version__}")
         return 0
-    _top_parser().print_help()
+    parser.print_help()
     return 0 if args.verb is None else 2
