@@ -25,42 +25,18 @@ from haloscope.preprocess.gates import column_f64, gate_batch, labels_of, theta_
 from haloscope.preprocess.hardneg import HardNegLookup
 from haloscope.preprocess.normalize import NORM_METHODS, outer_normalize
 from haloscope.preprocess.read_parquet import iter_record_batches
-from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS
+from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS, check_meta_columns
 from haloscope.shards.buckets import PartWriter, row_dtype, shuffle_keys, stamp_digests
 from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE, encode_control_kind
 
 __all__ = [
     "ConvertConfig",
-    "META_ALLOWED",
-    "META_LEAKING",
-    "check_meta_columns",
     "rows_of_batch",
     "convert_file",
 ]
 
 log = logging.getLogger(__name__)
 
-# Numeric per-row survey properties defined identically for lenses and controls.
-META_ALLOWED: tuple[str, ...] = tuple(
-    f"{p}_{b}" for p in ("psfsize", "psfdepth", "galdepth", "nobs") for b in "grz"
-) + ("ebv",)
-# Columns that are NULL (or defined) for one class only, or are the label itself.
-META_LEAKING: tuple[str, ...] = (
-    "psf_fwhm_used_g",
-    "psf_fwhm_used_r",
-    "psf_fwhm_used_z",
-    "lens_model",
-    "config_id",
-    "theta_e_arcsec",
-    "arc_snr",
-    "magnification",
-    "is_control",
-    "control_kind",
-    "cutout_ok",
-    "bandset",
-    "label",
-    "is_hard_neg",
-)
 _ORDER_SHIFT = 40  # order = (file index << 40) | row index in file
 
 
@@ -136,27 +112,6 @@ class ConvertConfig:
             if not ok:
                 raise ConfigError(message)
         check_meta_columns(self.meta_cols)
-
-
-def check_meta_columns(columns: tuple[str, ...] | list[str]) -> None:
-    """Refuse meta inputs that could leak the label or are not on the allow-list.
-
-    Raises:
-        ConfigError: naming the column and why.
-    """
-    if len(set(columns)) != len(columns):
-        raise ConfigError(f"--meta-cols lists a column twice: {','.join(columns)}")
-    for col in columns:
-        if col in META_LEAKING or col.startswith("src_"):
-            raise ConfigError(
-                f"--meta-cols: {col!r} is defined for one class only (or is the "
-                "label) and would leak the label into the model; allowed: "
-                + ", ".join(META_ALLOWED)
-            )
-        if col not in META_ALLOWED:
-            raise ConfigError(
-                f"--meta-cols: {col!r} is not on the meta allow-list ({', '.join(META_ALLOWED)})"
-            )
 
 
 def _encode_ids(col: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:

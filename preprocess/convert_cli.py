@@ -10,8 +10,8 @@ from pathlib import Path
 from haloscope.argparse_util import VerbParser, parse_csv
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
-from haloscope.preprocess.convert import META_ALLOWED, ConvertConfig
-from haloscope.preprocess.schema import SPLITS
+from haloscope.preprocess.convert import ConvertConfig
+from haloscope.preprocess.schema import META_ALLOWED, SPLITS
 
 __all__ = ["main", "build_parser", "slurm_task"]
 

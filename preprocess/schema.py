@@ -8,13 +8,14 @@ the file and the column.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from haloscope.errors import ContractError
+from haloscope.errors import ConfigError, ContractError
 
 __all__ = [
     "SPLITS",
@@ -24,6 +25,9 @@ __all__ = [
     "validate_dataset",
     "split_files",
     "check_schema",
+    "META_ALLOWED",
+    "META_LEAKING",
+    "check_meta_columns",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -62,6 +66,54 @@ def _kind_ok(dtype: pa.DataType, kind: str) -> bool:
     if kind == "binary":
         return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+# Meta inputs: observing conditions only, defined identically for lenses and controls (B9).
+META_ALLOWED: tuple[str, ...] = tuple(
+    f"{kind}_{band}" for kind in ("psfsize", "psfdepth", "galdepth", "nobs") for band in "grz"
+) + ("ebv",)
+# Columns known to leak the label (defined or NULL for one class only, or the label itself):
+# the seed's denylist plus what it missed; only used to say why a column is refused.
+META_LEAKING: frozenset[str] = frozenset(
+    {
+        "theta_e_arcsec", "theta_e", "src_dmag", "src_reff_arcsec", "src_n", "src_e",
+        "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "lens_e", "lens_phi_deg",
+        "shear_gamma", "shear_phi_deg", "shear", "arc_snr", "arc_snr_sum", "magnification",
+        "tangential_stretch", "radial_stretch", "is_control", "label", "cutout_ok",
+        "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "lens_model", "config_id",
+        "src_gr", "src_rz", "metrics_ok", "expected_arc_radius", "control_kind", "bandset",
+        "is_hard_neg",
+    }
+)  # fmt: skip
+
+
+def _leaks(col: str) -> bool:
+    return col in META_LEAKING or col.startswith(("src_", "physics_")) or col.endswith("_rad")
+
+
+def check_meta_columns(columns: Sequence[str]) -> tuple[str, ...]:
+    """Refuse meta inputs that repeat, leak the label, or are not on the allow-list.
+
+    Returns:
+        The columns as a tuple.
+
+    Raises:
+        ConfigError: naming the column and why.
+    """
+    allowed = ", ".join(META_ALLOWED)
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"--meta-cols lists a column twice: {','.join(columns)}")
+    for col in columns:
+        if _leaks(col):
+            raise ConfigError(
+                f"--meta-cols: {col!r} leaks the label (it is defined or NULL differently for "
+                f"lenses and controls); allowed: {allowed}"
+            )
+        if col not in META_ALLOWED:
+            raise ConfigError(
+                f"--meta-cols: {col!r} is not an allowed meta column (allow-list: {allowed})"
+            )
+    return tuple(columns)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from haloscope.errors import ConfigError
+from haloscope.preprocess.schema import check_meta_columns as check_meta_cols
 
 __all__ = [
-    "ALLOWED_META_COLS",
-    "LEAKY_META_COLS",
     "SUPPORTED_ARCHS",
     "LensFinder",
     "build_model",
@@ -34,50 +33,7 @@ SUPPORTED_ARCHS: tuple[str, ...] = (
     "convnext_pico",
     "convnext_nano",
 )
-# Observing conditions only: they describe the image, not the injection (B9: allow-list).
-ALLOWED_META_COLS: frozenset[str] = frozenset(
-    f"{kind}_{band}" for kind in ("psfsize", "psfdepth", "galdepth", "nobs") for band in "grz"
-) | frozenset({"ebv"})
-# Columns known to leak the label (the seed's denylist plus what it missed): named in errors.
-LEAKY_META_COLS: frozenset[str] = frozenset(
-    {
-        "theta_e_arcsec", "theta_e", "src_dmag", "src_reff_arcsec", "src_n", "src_e",
-        "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "lens_e", "lens_phi_deg",
-        "shear_gamma", "shear_phi_deg", "shear", "arc_snr", "arc_snr_sum", "magnification",
-        "tangential_stretch", "radial_stretch", "is_control", "label", "cutout_ok",
-        "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "lens_model", "config_id",
-        "src_gr", "src_rz", "metrics_ok", "expected_arc_radius", "control_kind",
-    }
-)  # fmt: skip
 _HEAD_WIDTH = 256
-
-
-def check_meta_cols(cols: Sequence[str]) -> tuple[str, ...]:
-    """Refuse label-leaking or unknown meta columns.
-
-    Args:
-        cols: meta column names.
-
-    Returns:
-        The columns as a tuple.
-
-    Raises:
-        ConfigError: a column leaks the label, is not on the allow-list, or repeats.
-    """
-    for col in cols:
-        if col in LEAKY_META_COLS or col.startswith("physics_") or col.endswith("_rad"):
-            raise ConfigError(
-                f"--meta-cols: {col!r} leaks the label (it is defined or NULL differently for "
-                f"lenses and controls); allowed: {', '.join(sorted(ALLOWED_META_COLS))}"
-            )
-        if col not in ALLOWED_META_COLS:
-            raise ConfigError(
-                f"--meta-cols: {col!r} is not an allowed meta column; "
-                f"allowed: {', '.join(sorted(ALLOWED_META_COLS))}"
-            )
-    if len(set(cols)) != len(cols):
-        raise ConfigError(f"--meta-cols has repeated columns: {list(cols)}")
-    return tuple(cols)
 
 
 class LensFinder(nn.Module):
