@@ -35,7 +35,7 @@ DEMO_DIR   ?= runs/demo
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-gpu test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu clean
+.PHONY: help install demo test test-gpu test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu bench-multigpu clean
 
 help:
 	@echo "haloscope make targets (variables in CAPS can be overridden: make train EPOCHS=5)"
@@ -49,6 +49,7 @@ help:
 	@echo "  mine     hard-negative lookup from MINE_SCORES into MINE_OUT"
 	@echo "  gen4     the Gen3 -> mine -> Gen4 experiment into GEN4_OUT"
 	@echo "  bench    loader / converter / simulator benchmarks into bench/results/"
+	@echo "  bench-gpu, bench-multigpu   GPU benchmarks (one GPU; DDP scaling on >= 2 GPUs)"
 	@echo "  clean    remove generated data and runs (keeps .venv)"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -110,6 +111,9 @@ gen4: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(HALO) bench gpu --out bench/results/gpu.json
+
+bench-multigpu: $(STAMP)
+	$(HALO) bench multigpu --out bench/results/multigpu.json $(MULTIGPU_ARGS)
 
 bench: $(STAMP)
 	$(HALO) bench loader --out bench/results/loader.json

@@ -9,6 +9,9 @@
 # Test data come from a second, control-rich mock (different seed, test split only), so the
 # FPR = 1e-4 point has >= 200k controls without 400k test lenses.
 #
+# On a host with several GPUs it also runs `haloscope bench multigpu` on the real Gen3 shards
+# and checkpoint (bench/results/multigpu.json there: $RES/multigpu.json).
+#
 # Usage (resumable: finished stages are skipped):
 #   WORK=/tmp/halo FAST=/dev/shm/halo EPOCHS=3 bash bench/gen4_fullscale.sh
 set -euo pipefail
@@ -18,7 +21,7 @@ ROWS_TRAIN=${ROWS_TRAIN:-1800000}  # 1.6M rows gave 952,673 Gen3 train samples
 ROWS_TEST=${ROWS_TEST:-520000}
 EPOCHS=${EPOCHS:-3}
 BATCH=${BATCH:-256}
-W=${W:-16}
+W=${W:-$(nproc)}
 LOADER_WORKERS=${LOADER_WORKERS:-6}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 H=${H:-python3 -m haloscope}
@@ -54,6 +57,13 @@ stage "train gen3"
 [ -f "$R3/done" ] || { $H train --shards "$S3" --out-dir "$R3" --epochs "$EPOCHS" --batch-size "$BATCH" \
     --num-workers "$LOADER_WORKERS" --no-progress $([ -f "$R3/last.pt" ] && echo --resume) $TRAIN_ARGS \
     && touch "$R3/done"; }
+
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l || echo 0)
+if [ "$NGPU" -ge 2 ] && [ ! -f "$RES/multigpu.json" ]; then
+  stage "multi-GPU scaling on the real gen3 shards and checkpoint ($NGPU GPUs)"
+  $H bench multigpu --shards "$S3" --ckpt "$R3/best.pt" --out "$RES/multigpu.json" \
+      --workers "$LOADER_WORKERS" || echo "bench multigpu failed; the experiment goes on"
+fi
 
 stage "gen3 scores the train split; mine hard negatives (controls only, score > 0.9, top 20k)"
 [ -f "$R3/scores_train.parquet" ] || $H infer --ckpt "$R3/best.pt" --shards "$S3" --split train \

@@ -1,7 +1,9 @@
 """``haloscope bench``: run one benchmark and write its JSON result.
 
 Each benchmark lives in the package that owns what it measures and exposes
-``run_bench(out_path: str, **options) -> dict``; this module only dispatches.
+``run_bench(out_path: str, **options) -> dict``; this module only dispatches. A benchmark
+with options of its own also exposes ``parse_options(argv) -> dict`` (the words after the
+benchmark's name; ``haloscope bench NAME --help`` lists them).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "haloscope.train.bench_gpu",
         "GPU training/inference img/s: synthetic vs real reader, eager vs compiled vs CUDA graph",
     ),
+    "multigpu": (
+        "haloscope.train.bench_multigpu",
+        "DDP scaling on 1..N GPUs of one host (torchrun, nccl): img/s, efficiency, equal metrics",
+    ),
 }
 
 
@@ -46,7 +52,11 @@ def build_parser() -> VerbParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    if len(argv) >= 2 and argv[0] in BENCHES and ("-h" in argv[1:] or "--help" in argv[1:]):
+        module = importlib.import_module(BENCHES[argv[0]][0])
+        if hasattr(module, "parse_options"):
+            return module.parse_options(["--help"]) or 0  # argparse prints and exits
+    args, rest = build_parser().parse_known_args(argv)
     module_name, _ = BENCHES[args.name]
     try:
         module = importlib.import_module(module_name)
@@ -54,8 +64,13 @@ def main(argv: list[str]) -> int:
         if exc.name != module_name:
             raise
         raise ConfigError(f"benchmark {args.name!r} is not available in this version") from None
+    options = {}
+    if hasattr(module, "parse_options"):
+        options = module.parse_options(rest)
+    elif rest:
+        raise ConfigError(f"bench {args.name} takes no options, got {' '.join(rest)}")
     out = args.out or f"bench/results/{args.name}.json"
-    result = module.run_bench(out)
+    result = module.run_bench(out, **options)
     print(json.dumps(result, indent=2, default=str)[:4000])
     print(f"written: {out}")
     return 0

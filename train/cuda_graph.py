@@ -39,6 +39,7 @@ from haloscope.train.graph_io import StaticBatch, default_loss_fn, per_sample_lo
 
 __all__ = [
     "StepMode",
+    "GradSync",
     "EagerTrainStep",
     "GraphedTrainStep",
     "EagerPredictStep",
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 StepMode = Literal["auto", "graph", "compile", "eager"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(logits (B,), labels (B,)) -> batch-mean fp32 loss, as ``haloscope.train.loss.build_loss``."""
+GradSync = Callable[[list[torch.Tensor]], None]
+"""In-place averaging of the parameters' gradients over ranks (``dist.make_grad_sync``)."""
 
 
 class EagerTrainStep:
@@ -71,13 +74,16 @@ class EagerTrainStep:
         amp_dtype: autocast dtype (torch.bfloat16 on CUDA) or None for fp32.
         channels_last: feed the model channels-last images.
         max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
+        grad_sync: called with the parameters between backward and the clip to average the
+            gradients over ranks (``dist.make_grad_sync``) when ``model`` is not wrapped in
+            DDP; None on one process or with a DDP-wrapped model.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
                  *, device: torch.device | str, augment: bool = True,
                  aug_generator: torch.Generator | None = None,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = True,
-                 max_grad_norm: float = 1.0) -> None:  # fmt: skip
+                 max_grad_norm: float = 1.0, grad_sync: GradSync | None = None) -> None:  # fmt: skip
         if max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0, got {max_grad_norm}")
         self.model, self.optimizer = model, optimizer
@@ -87,6 +93,7 @@ class EagerTrainStep:
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
         self.max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.grad_sync = grad_sync
 
     def _loss_and_update(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
                          weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -105,6 +112,8 @@ class EagerTrainStep:
         tiny = torch.finfo(torch.float32).tiny
         loss = (per_sample * weight).sum() / weight.sum().clamp_min(tiny)
         loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.params)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=None)
         self.optimizer.step()
         return loss.detach(), norm.detach()
@@ -150,10 +159,12 @@ class GraphedTrainStep(EagerTrainStep):
                  batch_size: int, *, device: torch.device | str, augment: bool = True,
                  aug_generator: torch.Generator | None = None,
                  amp_dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True,
-                 max_grad_norm: float = 1.0, warmup_steps: int = 3) -> None:  # fmt: skip
+                 max_grad_norm: float = 1.0, warmup_steps: int = 3,
+                 grad_sync: GradSync | None = None) -> None:  # fmt: skip
         super().__init__(model, loss_fn, optimizer, device=device, augment=augment,
                          aug_generator=aug_generator, amp_dtype=amp_dtype,
-                         channels_last=channels_last, max_grad_norm=max_grad_norm)  # fmt: skip
+                         channels_last=channels_last, max_grad_norm=max_grad_norm,
+                         grad_sync=grad_sync)  # fmt: skip
         if self.device.type != "cuda":
             raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
         if batch_size < 1:
@@ -345,21 +356,27 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def resolve_step_mode(
-    mode: StepMode, device: torch.device | str, *, distributed: bool = False
-) -> str:
-    """Pick the concrete step kind: ``auto`` is graph on single-process CUDA, else eager.
+    mode: StepMode, device: torch.device | str, *, distributed: bool = False,
+    grad_sync: bool = False,
+) -> str:  # fmt: skip
+    """Pick the concrete step kind: ``auto`` is graph on CUDA, else eager.
+
+    Several ranks can run the graphed step only with a ``grad_sync`` (the gradient
+    all-reduce captured inside the graph); without one, ``auto`` falls back to eager (DDP).
 
     Raises:
-        ValueError: ``graph`` asked for on a non-CUDA device or under DDP, or an unknown mode.
+        ValueError: ``graph`` asked for on a non-CUDA device or on several ranks without a
+            gradient sync, or an unknown mode.
     """
     device = torch.device(device)
     if mode not in ("auto", "graph", "compile", "eager"):
         raise ValueError(f"unknown step mode {mode!r}: use auto, graph, compile or eager")
-    if mode == "graph" and (device.type != "cuda" or distributed):
-        raise ValueError(f"--cuda-graphs needs one CUDA process, got {device}, ddp={distributed}")
+    graph_ok = device.type == "cuda" and (grad_sync or not distributed)
+    if mode == "graph" and not graph_ok:
+        raise ValueError(f"a graphed step needs CUDA and, on several ranks, a gradient sync; "
+                         f"got {device}, ddp={distributed}, grad_sync={grad_sync}")  # fmt: skip
     if mode == "auto":
-        # NOTE: DDP's gradient all-reduce is not captured here; multi-rank runs step eagerly.
-        return "graph" if device.type == "cuda" and not distributed else "eager"
+        return "graph" if graph_ok else "eager"
     return mode
 
 
@@ -368,19 +385,21 @@ def make_train_step(model: nn.Module, loss_fn: LossFn | None, optimizer: torch.o
                     distributed: bool = False, augment: bool = True,
                     aug_generator: torch.Generator | None = None, bf16: bool | None = None,
                     channels_last: bool = True, max_grad_norm: float = 1.0,
-                    ) -> EagerTrainStep:  # fmt: skip
+                    grad_sync: GradSync | None = None) -> EagerTrainStep:  # fmt: skip
     """Build the training step: ``graph``, ``compile`` (torch.compile default mode) or ``eager``.
 
     Args:
         bf16: bf16 autocast; None: on for CUDA, off (fp32) elsewhere.
+        grad_sync: on several ranks with an unwrapped model, the gradient averaging
+            (``dist.make_grad_sync``); it is what lets ``graph`` run under torchrun.
         Others: as for ``EagerTrainStep`` / ``GraphedTrainStep`` and ``resolve_step_mode``.
     """
     device = torch.device(device)
-    kind = resolve_step_mode(mode, device, distributed=distributed)
+    kind = resolve_step_mode(mode, device, distributed=distributed, grad_sync=grad_sync is not None)
     amp = torch.bfloat16 if (device.type == "cuda" if bf16 is None else bf16) else None
     common = {"device": device, "augment": augment, "aug_generator": aug_generator,
               "amp_dtype": amp, "channels_last": channels_last,
-              "max_grad_norm": max_grad_norm}  # fmt: skip
+              "max_grad_norm": max_grad_norm, "grad_sync": grad_sync}  # fmt: skip
     log.info("training step: %s (asked %s) on %s", kind, mode, device)
     if kind == "graph":
         return GraphedTrainStep(model, loss_fn, optimizer, batch_size, **common)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ __all__ = [
     "all_gather_1d",
     "broadcast_object",
     "wrap_ddp",
+    "make_grad_sync",
+    "broadcast_module",
     "unwrap",
     "shutdown",
 ]
@@ -164,6 +167,50 @@ def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
 
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def make_grad_sync(env: DistEnv) -> Callable[[list[torch.Tensor]], None] | None:
+    """DDP's gradient averaging as one flat all-reduce that a CUDA graph can capture.
+
+    The graphed training step (``train/cuda_graph.py``) calls the returned function between
+    ``backward`` and the clip: every parameter's gradient is packed into one buffer (a
+    missing gradient counts as zeros, so every rank sends the same layout), summed over ranks
+    and divided by the world size, exactly the mean that DDP applies. Captured once, the
+    all-reduce then replays with the rest of the step. None on one process.
+    """
+    if not env.is_distributed:
+        return None
+    world_size = env.world_size
+
+    def sync(params: list[torch.Tensor]) -> None:
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
+        flat.div_(world_size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view(g.shape))
+            offset += g.numel()
+
+    return sync
+
+
+@torch.no_grad()
+def broadcast_module(model: torch.nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's parameters and buffers to every rank (what DDP does when it wraps)."""
+    if not env.is_distributed:
+        return
+    for tensor in model.state_dict().values():
+        if tensor.is_contiguous():
+            torch_dist.broadcast(tensor, src=0)
+        else:  # channels_last weights: collectives want a plain contiguous buffer
+            buf = tensor.contiguous()
+            torch_dist.broadcast(buf, src=0)
+            tensor.copy_(buf)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

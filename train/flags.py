@@ -60,8 +60,8 @@ SWITCHES: dict[tuple[str, str | None], tuple[str, str]] = {
     ("--compile", "--no-compile"): ("run.compile", "torch.compile the model"),
     ("--cuda-graphs", "--no-cuda-graphs"): (
         "run.cuda_graphs",
-        "capture forward, loss, backward, clip and AdamW in one CUDA graph (one CUDA process; "
-        "eager elsewhere)",
+        "capture forward, loss, backward, clip and AdamW in one CUDA graph on CUDA (under "
+        "torchrun the gradient all-reduce too, replacing DDP); eager on CPU",
     ),
     ("--resume", None): ("run.resume", "continue from OUT_DIR/last.pt (also mid-epoch)"),
     ("--overwrite", None): ("run.overwrite", "start afresh in an OUT_DIR holding last.pt"),

@@ -24,7 +24,14 @@ from haloscope.train import checkpoint as ckpt
 from haloscope.train import data as tdata
 from haloscope.train.augment import make_generator
 from haloscope.train.config import RESUME_MUTABLE_KEYS, TrainConfig
-from haloscope.train.dist import DistEnv, init_distributed, shutdown, wrap_ddp
+from haloscope.train.dist import (
+    DistEnv,
+    broadcast_module,
+    init_distributed,
+    make_grad_sync,
+    shutdown,
+    wrap_ddp,
+)
 from haloscope.train.loop import FitResult, RunContext, StopFlag, TrainState, catch_signals, fit
 from haloscope.train.loss import build_loss
 from haloscope.train.metrics import MetricsWriter
@@ -154,7 +161,12 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
         restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt"), cfg, env)
         log.info("resumed from %s at epoch %d step %d", run_dir / "last.pt", state.epoch,
                  state.step_in_epoch)  # fmt: skip
-    state.model = wrap_ddp(state.raw_model, env)
+    step = _graphed_step(cfg, env, state)
+    if step is not None:  # the graph averages the gradients itself (make_grad_sync): no DDP
+        broadcast_module(state.raw_model, env)
+        state.model = state.raw_model
+    else:
+        state.model = wrap_ddp(state.raw_model, env)
     if cfg.run.compile:
         state.model = torch.compile(state.model)
     static = {"model_args": model_args, "config": json.dumps(config_to_dict(cfg)),
@@ -165,7 +177,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
                      build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
                      writer, static, steps, amp_dtype_for(cfg, env.device),
                      channels_last_for(cfg, env.device), stop)  # fmt: skip
-    ctx.step = _graphed_step(cfg, env, state, ctx)
+    ctx.step = step
     log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
              "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
              val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
@@ -173,19 +185,27 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     return state, ctx
 
 
-def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> Any:
-    """The CUDA-graph step when it applies (one CUDA process, no --compile), else None."""
+def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState) -> Any:
+    """The CUDA-graph step when it applies (CUDA, no --compile), else None.
+
+    On several ranks the graph holds the gradient all-reduce too (``make_grad_sync``).
+    """
     from haloscope.train.cuda_graph import make_train_step, resolve_step_mode
 
     if not cfg.run.cuda_graphs or cfg.run.compile:
         return None
-    if resolve_step_mode("auto", env.device, distributed=env.world_size > 1) != "graph":
+    sync = make_grad_sync(env)
+    kind = resolve_step_mode("auto", env.device, distributed=env.is_distributed,
+                             grad_sync=sync is not None)  # fmt: skip
+    if kind != "graph":
         return None
     return make_train_step(
-        state.raw_model, ctx.loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
-        device=env.device, mode="graph", augment=cfg.run.augment, aug_generator=state.aug_gen,
-        bf16=ctx.amp_dtype is not None, channels_last=ctx.channels_last,
-        max_grad_norm=cfg.optim.grad_clip,
+        state.raw_model, build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
+        state.optimizer, cfg.data.per_rank_batch(env.world_size), device=env.device,
+        mode="graph", distributed=env.is_distributed, augment=cfg.run.augment,
+        aug_generator=state.aug_gen, bf16=amp_dtype_for(cfg, env.device) is not None,
+        channels_last=channels_last_for(cfg, env.device), max_grad_norm=cfg.optim.grad_clip,
+        grad_sync=sync,
     )  # fmt: skip
 
 

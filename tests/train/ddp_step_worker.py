@@ -1,7 +1,10 @@
 """One rank of the DDP-equivalence test: 3 optimiser steps on this rank's half of a batch.
 
 Run by ``test_ddp.py`` through ``torchrun --nproc-per-node N``; rank 0 saves the weights
-and an ``all_gather_1d`` result to ``argv[1]``.
+and an ``all_gather_1d`` result to ``argv[1]``. ``argv[2]`` picks how gradients are averaged:
+``ddp`` (the model wrapped in DistributedDataParallel, the loop's ``train_step``) or ``sync``
+(the unwrapped model in ``EagerTrainStep`` with ``make_grad_sync``: the code path the
+graphed multi-GPU step captures).
 """
 
 from __future__ import annotations
@@ -10,7 +13,15 @@ import sys
 
 import torch
 
-from haloscope.train.dist import all_gather_1d, init_distributed, shutdown, wrap_ddp
+from haloscope.train.cuda_graph import EagerTrainStep
+from haloscope.train.dist import (
+    all_gather_1d,
+    broadcast_module,
+    init_distributed,
+    make_grad_sync,
+    shutdown,
+    wrap_ddp,
+)
 from haloscope.train.loop import train_step
 from haloscope.train.loss import build_loss
 from haloscope.train.model import build_model
@@ -19,7 +30,7 @@ from haloscope.train.optim import build_optimizer
 GLOBAL_BATCH = 8
 
 
-def main(out: str) -> None:
+def main(out: str, how: str) -> None:
     env = init_distributed("cpu")
     torch.manual_seed(0)
     model = build_model(arch="convnext_atto", meta_cols=["psfsize_r", "psfdepth_r"],
@@ -31,20 +42,32 @@ def main(out: str) -> None:
     per = GLOBAL_BATCH // env.world_size
     mine = slice(env.rank * per, (env.rank + 1) * per)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    ddp = wrap_ddp(model, env)
     opt = build_optimizer(model, lr=1e-3, weight_decay=1e-2)
     losses = []
-    for _ in range(3):
-        loss, _ = train_step(ddp, images[mine], meta[mine], labels[mine], optimizer=opt,
-                             loss_fn=build_loss("focal"), amp_dtype=None, grad_clip=1.0)  # fmt: skip
-        losses.append(loss.item())
+    if how == "sync":
+        if env.rank > 0:  # a different start on rank 1: broadcast_module must undo it
+            torch.nn.init.normal_(next(model.parameters()))
+        broadcast_module(model, env)
+        step = EagerTrainStep(model, build_loss("focal"), opt, device="cpu", augment=False,
+                              channels_last=False, max_grad_norm=0.0,
+                              grad_sync=make_grad_sync(env))  # fmt: skip
+        # no clipping: the averaged gradients are compared as they are (a sum instead of a
+        # mean would not change Adam's steps much, but it changes these)
+        for _ in range(3):
+            losses.append(step.step(images[mine], meta[mine], labels[mine])["loss"].item())
+    else:
+        ddp = wrap_ddp(model, env)
+        for _ in range(3):
+            loss, _ = train_step(ddp, images[mine], meta[mine], labels[mine], optimizer=opt,
+                                 loss_fn=build_loss("focal"), amp_dtype=None, grad_clip=1.0)  # fmt: skip
+            losses.append(loss.item())
     gathered = all_gather_1d(torch.arange(env.rank + 2, dtype=torch.float32) + 10 * env.rank, env)
     if env.is_main:
-        torch.save(
-            {"model": model.state_dict(), "init": init, "gathered": gathered, "losses": losses}, out
-        )
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if how == "sync"}
+        torch.save({"model": model.state_dict(), "init": init, "gathered": gathered,
+                    "losses": losses, "grads": grads}, out)  # fmt: skip
     shutdown(env)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "ddp")

@@ -87,8 +87,12 @@ def test_auto_mode_takes_the_eager_path_on_cpu() -> None:
     assert type(make_predict_step(model, device="cpu")) is EagerPredictStep
     assert resolve_step_mode("auto", "cpu") == "eager"
     assert resolve_step_mode("auto", "cuda", distributed=True) == "eager"
-    with pytest.raises(ValueError, match="cuda-graphs"):
+    assert resolve_step_mode("auto", "cuda", distributed=True, grad_sync=True) == "graph"
+    assert resolve_step_mode("auto", "cpu", distributed=True, grad_sync=True) == "eager"
+    with pytest.raises(ValueError, match="graphed step needs CUDA"):
         resolve_step_mode("graph", "cpu")
+    with pytest.raises(ValueError, match="gradient sync"):
+        resolve_step_mode("graph", "cuda", distributed=True)
     with pytest.raises(ValueError, match="CUDA"):
         GraphedTrainStep(model, None, opt, 8, device="cpu")
 

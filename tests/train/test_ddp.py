@@ -26,10 +26,15 @@ def _torchrun(nproc: int, *args: str) -> None:
 
 
 @pytest.mark.dist
-def test_two_rank_step_equals_one_rank_on_combined_batch(tmp_path: Path) -> None:
-    """Tolerance: 1e-5 absolute on weights after 3 AdamW steps (fp32 reduction order only)."""
-    _torchrun(1, str(WORKER), str(tmp_path / "one.pt"))
-    _torchrun(2, str(WORKER), str(tmp_path / "two.pt"))
+@pytest.mark.parametrize("how", ["ddp", "sync"])
+def test_two_rank_step_equals_one_rank_on_combined_batch(tmp_path: Path, how: str) -> None:
+    """Tolerance: 1e-5 absolute on weights after 3 AdamW steps (fp32 reduction order only).
+
+    ``sync`` is the gradient all-reduce that the graphed step captures on several GPUs
+    (``make_grad_sync``), checked here eagerly on gloo against the same single-rank run.
+    """
+    _torchrun(1, str(WORKER), str(tmp_path / "one.pt"), how)
+    _torchrun(2, str(WORKER), str(tmp_path / "two.pt"), how)
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     init = one["init"]
@@ -38,6 +43,9 @@ def test_two_rank_step_equals_one_rank_on_combined_batch(tmp_path: Path) -> None
         assert torch.allclose(value, two["model"][key], atol=1e-5, rtol=0), key
         moved += int(not torch.equal(value, init[key]))
     assert moved > 10  # the steps really changed the weights
+    for name, grad in one["grads"].items():  # sync: the last step's averaged gradients
+        assert torch.allclose(grad, two["grads"][name], rtol=1e-4, atol=1e-8), name
+    assert len(one["grads"]) == (0 if how == "ddp" else len(list(init)) - 2)
     assert two["gathered"].tolist() == [0.0, 1.0, 10.0, 11.0, 12.0]  # unequal lengths, rank order
 
 
