@@ -65,13 +65,11 @@ if [ "$NGPU" -ge 2 ] && [ ! -f "$RES/multigpu.json" ]; then
       --workers "$LOADER_WORKERS" || echo "bench multigpu failed; the experiment goes on"
 fi
 
-stage "gen3 scores the train split; mine hard negatives (controls only, score > 0.9, top 20k)"
+stage "gen3 scores the train split; mine 20k hard negatives (controls, score > 0.9, else the top 20k)"
 [ -f "$R3/scores_train.parquet" ] || $H infer --ckpt "$R3/best.pt" --shards "$S3" --split train \
     --out "$R3/scores_train.parquet" --num-workers "$LOADER_WORKERS" --no-progress
 [ -f "$WORK/hard_neg_lookup.parquet" ] || $H mine --scores "$R3/scores_train.parquet" \
-    --out "$WORK/hard_neg_lookup.parquet" --min-score 0.9 --top-k 20000 --split train \
-    || $H mine --scores "$R3/scores_train.parquet" --out "$WORK/hard_neg_lookup.parquet" \
-    --min-score 0.5 --top-k 20000 --split train
+    --out "$WORK/hard_neg_lookup.parquet" --min-score 0.9 --top-k 20000 --min-count 20000 --split train
 
 stage "drop gen3 train shards (RAM), build gen4 train shards with hard negatives x5"
 if [ ! -f "$S4/train/manifest.json" ]; then

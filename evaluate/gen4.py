@@ -268,7 +268,8 @@ def plan_experiment(cfg: Gen4Config) -> list[Stage]:
         _infer_stage(cfg, p, "gen3", "train"),  # mining never touches test
         Stage("mine", (p.lookup,), argv=lambda: [
             "mine", "--scores", str(p.scores("gen3", "train")), "--out", str(p.lookup),
-            "--min-score", str(cfg.min_score), "--top-k", str(cfg.top_k), "--split", "train"]),
+            "--min-score", str(cfg.min_score), "--top-k", str(cfg.top_k),
+            "--min-count", str(cfg.min_count), "--split", "train"]),
         Stage("shards_gen4", (p.shards("gen4") / "train" / "manifest.json",), argv=lambda: [
             "shards", "--out", str(p.shards("gen4")), "--splits", "train", "--hard-neg-path",
             str(p.lookup), "--hard-neg-weight", str(cfg.hard_neg_weight), *common]),
@@ -381,7 +382,8 @@ def write_comparison(cfg: Gen4Config, scores: dict[str, Path]) -> dict:
     lines = ["# Gen3 vs Gen4 (hard negatives) on the same held-out test split", "",
              comparison.to_markdown(), "",
              f"Gen4 = Gen3 + hard negatives mined from Gen3's train-split scores (controls with "
-             f"score > {cfg.min_score}, top {cfg.top_k}), each repeated {cfg.hard_neg_weight}x; "
+             f"score > {cfg.min_score}, top {cfg.top_k}, at least {min(cfg.top_k, cfg.min_count)} "
+             f"by score when fewer pass), each repeated {cfg.hard_neg_weight}x; "
              "same seed, architecture, epochs and val/test shards (sha256-verified).", "",
              f"Train samples: Gen3 {reuse['train']['gen3_samples']}, Gen4 "
              f"{reuse['train']['gen4_samples']} ({hard.get('hard_neg_rows', 0)} controls matched "

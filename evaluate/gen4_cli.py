@@ -58,6 +58,9 @@ class Gen4Config:
     """Mine controls scored above this."""
     top_k: int = 20000
     """Mine at most this many controls."""
+    min_count: int = 20000
+    """Mine at least min(top_k, min_count) controls: the highest-scoring ones when fewer pass
+    min_score (0: off). A Gen3 scoring its own training split rarely passes 0.9."""
     infer_batch_size: int = 1024
     """Batch of every inference."""
     num_workers: int = 2
@@ -74,7 +77,7 @@ class Gen4Config:
     def scale(self) -> dict:
         """Settings that must not change when a run is resumed."""
         keep = ("data", "rows", "seed", "epochs", "batch_size", "arch", "hard_neg_weight",
-                "min_score", "top_k", "train_args", "sim_args")  # fmt: skip
+                "min_score", "top_k", "min_count", "train_args", "sim_args")  # fmt: skip
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in ((k, getattr(self, k)) for k in keep)}  # fmt: skip
 
@@ -86,6 +89,8 @@ class Gen4Config:
                 raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.min_count < 0:
+            raise ValueError(f"--min-count must be >= 0, got {self.min_count}")
         if not 0.0 <= self.min_score < 1.0:
             raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
 
@@ -93,11 +98,13 @@ class Gen4Config:
 # Defaults of the scale flags: FULL for `make gen4` (and the GPU run with --rows ~2M),
 # TINY for --tiny: a few minutes on 2 CPU cores. Flags given explicitly always win.
 FULL: dict = {"rows": 60000, "epochs": 50, "batch_size": 256, "arch": "convnext_tiny",
-              "min_score": 0.9, "top_k": 20000, "infer_batch_size": 1024, "num_workers": 2,
+              "min_score": 0.9, "top_k": 20000, "min_count": 20000, "infer_batch_size": 1024,
+              "num_workers": 2,
               "train_args": (), "sim_args": ()}  # fmt: skip
 TINY: dict = {"rows": 3000, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
               # a 2-epoch model rarely scores a control > 0.9: mine its top controls instead
-              "min_score": 0.0, "top_k": 60, "infer_batch_size": 256, "num_workers": 0,
+              "min_score": 0.0, "top_k": 60, "min_count": 0, "infer_batch_size": 256,
+              "num_workers": 0,
               "train_args": ("--max-steps-per-epoch", "8", "--val-batch-size", "256",
                              "--warmup-steps", "4", "--early-stopping-patience", "0"),
               # 2 rows per galaxy instead of ~9: more distinct samples per simulated row
@@ -149,6 +156,10 @@ def build_parser() -> VerbParser:
         default=None,
         help=f"mine at most this many controls; None: {FULL['top_k']} (tiny {TINY['top_k']})",
     )
+    p.add_argument("--min-count", type=int, default=None,
+                   help="when fewer controls pass --min-score, mine the min(top-k, min-count) "
+                        f"highest-scoring ones (0: off); None: {FULL['min_count']} "
+                        f"(tiny {TINY['min_count']})")  # fmt: skip
     p.add_argument("--infer-batch-size", type=int, default=None,
                    help=f"inference batch; None: {FULL['infer_batch_size']} "
                         f"(tiny {TINY['infer_batch_size']})")  # fmt: skip

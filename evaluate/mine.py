@@ -3,8 +3,9 @@
 Fixes the seed's mining flaws (``reference/original_pipeline.md`` section 4.3, B11):
 only controls (``label == 0``) are mined, never from the test split (a scores file that
 holds any test row is refused), above an explicit ``min_score``, top-k per model, merged
-over models and de-duplicated by position key ``(round(ra, 6), round(dec, 6))``. An empty
-result is an error, because an empty lookup silently disables hard negatives.
+over models and de-duplicated by position key ``(round(ra, 6), round(dec, 6))``, with an
+optional per-model floor on the count (``min_count``). An empty result is an error, because
+an empty lookup silently disables hard negatives.
 
 Output layout: "Hard-negative lookup" of ``docs/architecture.md``: ``ra_key, dec_key,
 ra, dec, max_score, num_models, models, split``.
@@ -62,28 +63,33 @@ def _model_name(frame: ScoresFrame) -> str:
     return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
 
 
-def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int) -> dict:
+def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int,
+                min_count: int = 0) -> dict:  # fmt: skip
     split = frame.columns["split"]
     if (split == "test").any():
         raise DataError(f"{frame.source}: {int((split == 'test').sum())} rows have split == 'test'; "
                         "test scores are never mined (score the train or val split)")  # fmt: skip
-    score = frame.columns["score"].astype(np.float64)
-    keep = (frame.labels == 0) & np.isin(split, list(splits)) & (score > min_score)
-    ra = frame.columns["ra"].astype(np.float64)[keep]
-    dec = frame.columns["dec"].astype(np.float64)[keep]
-    if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
-        raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
+    base = (frame.labels == 0) & np.isin(split, list(splits))
+    score = frame.columns["score"].astype(np.float64)[base]
+    ra = frame.columns["ra"].astype(np.float64)[base]
+    dec = frame.columns["dec"].astype(np.float64)[base]
     ra_key, dec_key = np.round(ra, KEY_DECIMALS), np.round(dec, KEY_DECIMALS)
-    score, split, rank = score[keep], split[keep], frame.ranking[keep]
+    split, rank = split[base], frame.ranking[base]
     # best first by the ranked value (logit when present: fp32 scores saturate and tie
     # near 1), then by position, so duplicates keep their best and ties are deterministic
     order = np.lexsort((dec_key, ra_key, -rank))
     _, first = np.unique(
         np.stack([ra_key[order], dec_key[order]], axis=1), axis=0, return_index=True
     )
-    best = order[np.sort(first)][:top_k]
+    ranked = order[np.sort(first)]  # one row per position, best first
+    above = ranked[score[ranked] > min_score]
+    filled = above.size < min_count
+    best = ranked[: min(top_k, min_count)] if filled else above[:top_k]
+    if not (np.isfinite(ra[best]).all() and np.isfinite(dec[best]).all()):
+        raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
     return {"ra_key": ra_key[best], "dec_key": dec_key[best], "ra": ra[best], "dec": dec[best],
-            "score": score[best], "split": split[best]}  # fmt: skip
+            "score": score[best], "split": split[best], "num_above": int(above.size),
+            "filled": bool(filled)}  # fmt: skip
 
 
 def _merge(per_model: dict[str, dict]) -> pa.Table:
@@ -114,6 +120,7 @@ def mine_frames(
     min_score: float = 0.9,
     top_k: int = 20_000,
     splits: Sequence[str] = ("train",),
+    min_count: int = 0,
 ) -> pa.Table:
     """Select hard negatives from validated scores tables (one per model).
 
@@ -122,6 +129,10 @@ def mine_frames(
         min_score: keep controls with ``score > min_score``.
         top_k: keep at most this many distinct positions per model (highest scores).
         splits: splits to mine from (``train`` and/or ``val``; ``test`` is refused).
+        min_count: when fewer than this many controls of a model pass ``min_score``, take
+            that model's ``min(top_k, min_count)`` highest-scoring controls instead (a
+            model that scores its own training split rarely passes 0.9; without this, a
+            handful of hard negatives would make "Gen4" a copy of Gen3). 0: off.
 
     Returns:
         The lookup table (``LOOKUP_SCHEMA``), highest ``max_score`` first.
@@ -135,14 +146,21 @@ def mine_frames(
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if not 0.0 <= min_score < 1.0:
         raise ConfigError(f"--min-score must be in [0, 1), got {min_score}")
+    if min_count < 0:
+        raise ConfigError(f"--min-count must be >= 0, got {min_count}")
     per_model: dict[str, dict] = {}
     for frame in frames:
         name = _model_name(frame)
         if name in per_model:
             raise DataError(f"{frame.source}: model name {name!r} given twice")
-        per_model[name] = _candidates(frame, splits, min_score, top_k)
+        cand = per_model[name] = _candidates(frame, splits, min_score, top_k, min_count)
         logger.info("%s: %d controls above %.3g (model %s)",
-                    frame.source, per_model[name]["score"].size, min_score, name)  # fmt: skip
+                    frame.source, cand["num_above"], min_score, name)  # fmt: skip
+        if cand["filled"]:
+            logger.warning("%s: only %d controls above --min-score %.3g, fewer than --min-count "
+                           "%d: took the %d highest-scoring controls (lowest score %.4g)",
+                           frame.source, cand["num_above"], min_score, min_count,
+                           cand["score"].size, float(cand["score"].min(initial=np.nan)))  # fmt: skip
     table = _merge(per_model)
     if table.num_rows == 0:
         raise DataError(
@@ -178,6 +196,7 @@ def mine_hard_negatives(
     min_score: float = 0.9,
     top_k: int = 20_000,
     splits: Sequence[str] = ("train",),
+    min_count: int = 0,
 ) -> pa.Table:
     """Read scores files, mine, and write the lookup parquet (the ``mine`` verb).
 
@@ -187,6 +206,7 @@ def mine_hard_negatives(
         min_score: keep controls with ``score > min_score``.
         top_k: per-model cap on distinct positions.
         splits: splits to mine from.
+        min_count: per-model floor on the count (see :func:`mine_frames`).
 
     Returns:
         The lookup table written.
@@ -194,9 +214,10 @@ def mine_hard_negatives(
     _check_splits(splits)
     frames = [load_scores(p, require=("ra", "dec", "split"), need_both_classes=False)
               for p in score_paths]  # fmt: skip
-    table = mine_frames(frames, min_score, top_k, splits)
+    table = mine_frames(frames, min_score, top_k, splits, min_count)
     provenance = {"scores": [Path(p).name for p in score_paths], "min_score": min_score,
-                  "top_k": top_k, "splits": list(splits)}  # fmt: skip
+                  "top_k": top_k, "min_count": min_count, "splits": list(splits),
+                  "lowest_score": float(min(table.column("max_score").to_pylist()))}  # fmt: skip
     write_lookup(table, out, provenance)
     logger.info("wrote %d hard negatives to %s", table.num_rows, out)
     return table

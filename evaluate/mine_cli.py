@@ -30,6 +30,9 @@ def build_parser() -> VerbParser:
                         help="keep controls with score > this value")  # fmt: skip
     parser.add_argument("--top-k", type=int, default=20_000,
                         help="at most this many distinct positions per model")  # fmt: skip
+    parser.add_argument("--min-count", type=int, default=0,
+                        help="when fewer controls of a model pass --min-score, take its "
+                        "min(top-k, min-count) highest-scoring controls instead (0: off)")  # fmt: skip
     parser.add_argument("--split", default="train",
                         help=f"comma-separated splits to mine from ({', '.join(MINABLE_SPLITS)}); "
                         "test is refused")  # fmt: skip
@@ -41,7 +44,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     table = mine_hard_negatives(args.scores, args.out, args.min_score, args.top_k,
-                                parse_csv(args.split))  # fmt: skip
+                                parse_csv(args.split), args.min_count)  # fmt: skip
     multi = sum(1 for n in table.column("num_models").to_pylist() if n > 1)
     print(f"mine: {table.num_rows} hard negatives ({multi} found by several models) -> {args.out}")
     return 0

@@ -115,3 +115,27 @@ def test_top_k_breaks_saturated_score_ties_by_logit():
     table = table.append_column("logit", pa.array([17.0, 30.0, 20.0], pa.float32()))
     frame = scores_from_table(table, "gen3.parquet", need_both_classes=False)
     assert mine_frames([frame], min_score=0.9, top_k=2).column("ra_key").to_pylist() == [2.0, 3.0]
+
+
+def test_min_count_takes_the_top_controls_when_too_few_pass():
+    """Only 2 positions pass 0.9; min_count 3 takes the 3 best controls (no lens, no dup)."""
+    table = mine_frames([_frame(ROWS)], min_score=0.9, min_count=3)
+    assert table.column("ra_key").to_pylist() == [10.0, 13.0, 14.0]
+    # enough pass: the threshold holds and top_k still caps
+    assert mine_frames([_frame(ROWS)], min_score=0.9, min_count=2).num_rows == 2
+    assert mine_frames([_frame(ROWS)], min_score=0.9, top_k=2, min_count=5).num_rows == 2
+    with pytest.raises(ConfigError, match="--min-count"):
+        mine_frames([_frame(ROWS)], min_count=-1)
+
+
+def test_min_count_on_random_scores_keeps_the_highest_controls():
+    rng = np.random.default_rng(3)
+    n = 2000
+    rows = [(float(i), 0.0, int(rng.random() < 0.3), float(rng.random() * 0.8), "train")
+            for i in range(n)]  # fmt: skip
+    table = mine_frames([_frame(rows)], min_score=0.9, top_k=500, min_count=100)
+    controls = sorted((r[3] for r in rows if r[2] == 0), reverse=True)
+    assert table.num_rows == 100
+    assert min(table.column("max_score").to_pylist()) == pytest.approx(controls[99], rel=1e-6)
+    lens_keys = {r[0] for r in rows if r[2] == 1}
+    assert not lens_keys & set(table.column("ra_key").to_pylist())
