@@ -169,9 +169,13 @@ class RunConfig:
     compile: bool = False
     """torch.compile the model."""
     cuda_graphs: bool = True
-    """Capture the whole training step in one CUDA graph (single-process CUDA only)."""
+    """Capture the whole training step in one CUDA graph on CUDA (under torchrun with the
+    gradient all-reduce inside)."""
     early_stopping_patience: int = 5
-    """Stop after this many validations without improvement of val tpr@fpr=1e-4 (0: never)."""
+    """Stop after this many validations without improvement of the monitor (0: never)."""
+    monitor: str = "tpr@fpr1e-4"
+    """Val metric of early stopping and best.pt: tpr@fpr1e-4 (the seed's), tpr@fpr1e-3 or
+    auroc; ties are broken by val AUROC."""
     val_every: int = 1
     """Validate every N epochs (and after the last)."""
     ckpt_every_steps: int = 500
@@ -192,6 +196,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        from haloscope.train.validate import MONITORS
+
+        if self.monitor not in MONITORS:
+            raise ValueError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         for name in ("early_stopping_patience", "ckpt_every_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(

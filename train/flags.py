@@ -37,7 +37,9 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--focal-alpha": ("loss.alpha", float, "focal weight on positives (controls: 1 - alpha)"),
     "--focal-gamma": ("loss.gamma", float, "focal focusing parameter"),
     "--early-stopping-patience": ("run.early_stopping_patience", int,
-                                  "validations without tpr@fpr=1e-4 gain before stopping (0: off)"),
+                                  "validations without gain of --monitor before stopping (0: off)"),
+    "--monitor": ("run.monitor", str, "val metric of early stopping and best.pt: tpr@fpr1e-4 "
+                  "(the seed's), tpr@fpr1e-3 (steadier with few val controls) or auroc"),
     "--num-workers": ("data.num_workers", int, "loader processes per rank"),
     "--seed": ("run.seed", int, "seed of init, dropout, augmentation and shard order"),
     "--samples-per-epoch": ("data.samples_per_epoch", int, "cap on training samples per epoch"),

@@ -28,7 +28,7 @@ from haloscope.train.augment import d4_augment
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv, all_reduce_max, all_reduce_mean, barrier
 from haloscope.train.metrics import MetricsWriter
-from haloscope.train.validate import MONITOR, EarlyStopping, validate
+from haloscope.train.validate import EarlyStopping, validate
 
 __all__ = ["TrainState", "RunContext", "StopFlag", "FitResult", "catch_signals",
            "start_batches", "prepare_batch", "train_step", "checkpoint_payload", "fit"]  # fmt: skip
@@ -313,7 +313,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
                                  "val/is_best": int(is_best), **metrics})  # fmt: skip
         if ctx.env.is_main:
             log.info("epoch %d val: %s=%.4f auroc=%.4f tpr@1e-3=%.4f fpr@0.9=%.4g n=%d%s",
-                     epoch, MONITOR, metrics[MONITOR], metrics["val/auroc"],
+                     epoch, state.early.monitor, metrics[state.early.monitor], metrics["val/auroc"],
                      metrics["val/tpr@fpr1e-3"], metrics["val/fpr@tpr0.9"],
                      int(metrics["val/num"]), " (best)" if is_best else "")  # fmt: skip
         if is_best:

@@ -20,11 +20,26 @@ from haloscope.errors import DataError
 from haloscope.evaluate import metrics as roc
 from haloscope.train.dist import DistEnv, all_gather_1d
 
-__all__ = ["MONITOR", "score_batches", "compute_val_metrics", "validate", "EarlyStopping"]
+__all__ = [
+    "MONITOR",
+    "MONITORS",
+    "score_batches",
+    "compute_val_metrics",
+    "validate",
+    "EarlyStopping",
+]
 
 log = logging.getLogger(__name__)
 MONITOR = "val/tpr@fpr1e-4"
-"""The early-stopping and best-checkpoint metric (ties broken by val/auroc)."""
+"""The default early-stopping and best-checkpoint metric (the seed's; ties broken by val/auroc)."""
+MONITORS: dict[str, str] = {
+    "tpr@fpr1e-4": "val/tpr@fpr1e-4",
+    "tpr@fpr1e-3": "val/tpr@fpr1e-3",
+    "auroc": "val/auroc",
+}
+"""``--monitor`` choices -> metric keys."""
+MIN_FALSE_POSITIVES = 10
+"""Below this many val controls x FPR, a tpr@fpr monitor is mostly noise (warned once)."""
 
 
 @torch.no_grad()
@@ -115,34 +130,51 @@ def validate(
     return {k: float(v) for k, v in out.items()}
 
 
-def _key(metrics: dict[str, float]) -> tuple[float, float]:
+def _key(metrics: dict[str, float], monitor: str = MONITOR) -> tuple[float, float]:
     def finite(x: float | None) -> float:
         return x if x is not None and math.isfinite(x) else -math.inf
 
-    return finite(metrics.get(MONITOR)), finite(metrics.get("val/auroc"))
+    return finite(metrics.get(monitor)), finite(metrics.get("val/auroc"))
 
 
 class EarlyStopping:
-    """Patience on val tpr@fpr=1e-4, ties broken by AUROC; also picks the best checkpoint.
+    """Patience on a val metric (default tpr@fpr=1e-4), ties broken by AUROC; also picks the
+    best checkpoint.
 
     Args:
         patience: stop after this many validations without improvement (0: never stop).
+        monitor: a ``MONITORS`` name.
     """
 
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
+    def __init__(self, patience: int, monitor: str = "tpr@fpr1e-4") -> None:
+        if monitor not in MONITORS:
+            raise ValueError(f"unknown monitor {monitor!r}: use one of {', '.join(MONITORS)}")
+        self.patience, self.monitor = patience, MONITORS[monitor]
         self.best: tuple[float, float] | None = None
         self.best_epoch = -1
         self.num_bad = 0
+        self._warned = False
 
     def update(self, metrics: dict[str, float], epoch: int) -> bool:
         """Record one validation; returns True if it is the new best (the first always is)."""
-        key = _key(metrics)
+        self._warn_if_noisy(metrics)
+        key = _key(metrics, self.monitor)
         if self.best is None or key > self.best:
             self.best, self.best_epoch, self.num_bad = key, epoch, 0
             return True
         self.num_bad += 1
         return False
+
+    def _warn_if_noisy(self, metrics: dict[str, float]) -> None:
+        if self._warned or not self.monitor.startswith("val/tpr@fpr"):
+            return
+        fpr = float(self.monitor.rsplit("fpr", 1)[1])
+        expected = metrics.get("val/num_neg", math.inf) * fpr
+        if expected < MIN_FALSE_POSITIVES:
+            self._warned = True
+            log.warning("%s rests on %.1f false positives (%d val controls): best.pt and early "
+                        "stopping follow noise; use more val controls or --monitor tpr@fpr1e-3",
+                        self.monitor, expected, int(metrics["val/num_neg"]))  # fmt: skip
 
     @property
     def should_stop(self) -> bool:

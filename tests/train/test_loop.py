@@ -148,3 +148,38 @@ def test_bf16_switch_on_cpu_and_epoch_caps(tiny_shards: Path, tmp_path: Path,
                      "--num-workers", "0")  # fmt: skip
     assert main(argv) == 0
     assert seen == [None]  # CPU default: fp32
+
+
+def test_monitor_choice_changes_the_best_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    """Same validations, three monitors, three different best epochs; the noise warning."""
+    from haloscope.train.validate import EarlyStopping
+
+    seq = [  # (tpr@1e-4, tpr@1e-3, auroc)
+        (0.08, 0.10, 0.90),
+        (0.05, 0.17, 0.91),
+        (0.06, 0.15, 0.93),
+    ]
+
+    def best(monitor: str) -> int:
+        early = EarlyStopping(0, monitor)
+        for epoch, (t4, t3, auc) in enumerate(seq):
+            early.update({"val/tpr@fpr1e-4": t4, "val/tpr@fpr1e-3": t3, "val/auroc": auc,
+                          "val/num_neg": 44564.0}, epoch)  # fmt: skip
+        return early.best_epoch
+
+    with caplog.at_level("WARNING"):
+        assert best("tpr@fpr1e-4") == 0
+    assert "rests on 4.5 false positives (44564 val controls)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert best("tpr@fpr1e-3") == 1  # 44.6 expected false positives: no warning
+    assert "false positives" not in caplog.text
+    assert best("auroc") == 2
+    with pytest.raises(ValueError, match="unknown monitor"):
+        EarlyStopping(1, "loss")
+
+
+def test_unknown_monitor_flag_is_a_one_line_error(tiny_shards: Path, tmp_path: Path) -> None:
+    argv = tiny_argv(tiny_shards, tmp_path / "r", "--monitor", "val_loss")
+    with pytest.raises(ConfigError, match="--monitor must be one of"):
+        main(argv)
