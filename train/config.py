@@ -199,7 +199,9 @@ class RunConfig:
         from haloscope.train.validate import MONITORS
 
         if self.monitor not in MONITORS:
-            raise ValueError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
+            raise ValueError(
+                f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"
+            )
         for name in ("early_stopping_patience", "ckpt_every_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(
