@@ -338,12 +338,17 @@ def _make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> 
         if not group["capturable"]:
             log.info("switching the optimiser to capturable=True for the CUDA graph")
             group["capturable"] = True
-            for p in group["params"]:
-                step = optimizer.state.get(p, {}).get("step")
-                if isinstance(step, torch.Tensor) and step.device != device:
-                    optimizer.state[p]["step"] = step.to(device, torch.float32)
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        # also for a graphed run's own checkpoint: loaded with map_location="cpu", its lr
+        # tensor is on the CPU, and a host tensor in the step breaks the capture
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.device != device:
+                optimizer.state[p]["step"] = step.to(device, torch.float32)
+        lr = group["lr"]
+        if not isinstance(lr, torch.Tensor):
+            group["lr"] = torch.tensor(float(lr), device=device)
+        elif lr.device != device:
+            group["lr"] = lr.to(device, torch.float32)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

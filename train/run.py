@@ -91,7 +91,7 @@ def build_state(
     scheduler = build_scheduler(optimizer, total_steps=total, lr=o.lr, min_lr=o.min_lr,
                                 warmup=warmup_steps(total, o.warmup_steps, o.warmup_frac))  # fmt: skip
     aug_gen = make_generator(cfg.run.seed, env.rank, env.device) if cfg.run.augment else None
-    early = EarlyStopping(cfg.run.early_stopping_patience, cfg.run.monitor)
+    early = EarlyStopping(cfg.run.early_stopping_patience, cfg.run.monitor, warn=env.is_main)
     return TrainState(model, model, optimizer, scheduler, aug_gen, early)
 
 

@@ -144,16 +144,17 @@ class EarlyStopping:
     Args:
         patience: stop after this many validations without improvement (0: never stop).
         monitor: a ``MONITORS`` name.
+        warn: log the noisy-monitor warning (rank 0 only under torchrun).
     """
 
-    def __init__(self, patience: int, monitor: str = "tpr@fpr1e-4") -> None:
+    def __init__(self, patience: int, monitor: str = "tpr@fpr1e-4", *, warn: bool = True) -> None:
         if monitor not in MONITORS:
             raise ValueError(f"unknown monitor {monitor!r}: use one of {', '.join(MONITORS)}")
         self.patience, self.monitor = patience, MONITORS[monitor]
         self.best: tuple[float, float] | None = None
         self.best_epoch = -1
         self.num_bad = 0
-        self._warned = False
+        self._warned = not warn
 
     def update(self, metrics: dict[str, float], epoch: int) -> bool:
         """Record one validation; returns True if it is the new best (the first always is)."""

@@ -234,3 +234,19 @@ def test_graphed_predict_matches_eager_with_a_padded_tail() -> None:
     want, got = eager.predict(images, meta), graphed.predict(images, meta)
     assert got.shape == (300,) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_resumed_graph_optimizer_state_moves_to_the_device() -> None:
+    """A graphed run's checkpoint loads with a CPU lr tensor and CPU step counts while its
+    groups already say capturable=True: both must still move to the graph's device ("meta"
+    stands in for CUDA here)."""
+    from haloscope.train.cuda_graph import _make_capturable
+
+    model = TinyNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3), capturable=True)
+    for p in model.parameters():
+        opt.state[p]["step"] = torch.tensor(7.0)
+    _make_capturable(opt, torch.device("meta"))
+    group = opt.param_groups[0]
+    assert group["lr"].device.type == "meta" and group["capturable"]
+    assert all(opt.state[p]["step"].device.type == "meta" for p in model.parameters())
