@@ -26,6 +26,7 @@ __all__ = [
     "all_reduce_max",
     "all_gather_1d",
     "broadcast_object",
+    "all_gather_object",
     "wrap_ddp",
     "make_grad_sync",
     "broadcast_module",
@@ -157,6 +158,15 @@ def broadcast_object(obj: object, env: DistEnv) -> object:
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(obj: object, env: DistEnv) -> list[object]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` on one process)."""
+    if not env.is_distributed:
+        return [obj]
+    out: list[object] = [None] * env.world_size
+    torch_dist.all_gather_object(out, obj)
+    return out
 
 
 def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:

@@ -26,7 +26,13 @@ from haloscope.errors import DataError
 from haloscope.train import checkpoint as ckpt
 from haloscope.train.augment import d4_augment
 from haloscope.train.config import TrainConfig
-from haloscope.train.dist import DistEnv, all_reduce_max, all_reduce_mean, barrier
+from haloscope.train.dist import (
+    DistEnv,
+    all_gather_object,
+    all_reduce_max,
+    all_reduce_mean,
+    barrier,
+)
 from haloscope.train.metrics import MetricsWriter
 from haloscope.train.validate import EarlyStopping, validate
 
@@ -169,8 +175,10 @@ def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
 
 
 def _save(state: TrainState, ctx: RunContext, *names: str) -> None:
+    # every rank's RNG streams (dropout, drop-path, D4), so each rank resumes its own
+    rng_per_rank = all_gather_object(ckpt.capture_rng(state.aug_gen), ctx.env)
     if ctx.env.is_main:
-        payload = checkpoint_payload(state, ctx)
+        payload = {**checkpoint_payload(state, ctx), "rng_per_rank": rng_per_rank}
         for name in names:
             ckpt.save_checkpoint(ctx.run_dir / name, payload)
     barrier(ctx.env)

@@ -128,7 +128,8 @@ def restore_state(
     state.epoch, state.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
     state.global_step = progress["global_step"]
     state.loader_state = payload["loader"]
-    ckpt.restore_rng(payload["rng"], state.aug_gen)
+    per_rank = payload.get("rng_per_rank")  # older checkpoints hold rank 0's only
+    ckpt.restore_rng(per_rank[env.rank] if per_rank else payload["rng"], state.aug_gen)
 
 
 def _prepare_run_dir(cfg: TrainConfig, env: DistEnv) -> Path:
