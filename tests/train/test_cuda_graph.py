@@ -250,3 +250,33 @@ def test_resumed_graph_optimizer_state_moves_to_the_device() -> None:
     group = opt.param_groups[0]
     assert group["lr"].device.type == "meta" and group["capturable"]
     assert all(opt.state[p]["step"].device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_graphed_resume_from_a_graphed_runs_checkpoint(tmp_path) -> None:
+    """A graphed run's optimiser state (capturable, tensor lr), saved and loaded on the CPU
+    as --resume does, captures again and continues like the uninterrupted graphed run."""
+    (m_a, m_b), (o_a, o_b) = _convnext_pair(seed=2)
+    kw = {"device": "cuda", "augment": False, "amp_dtype": torch.bfloat16}
+    batches = _gpu_batches(6, 64)
+    full = GraphedTrainStep(m_a, None, o_a, 64, **kw)
+    first = GraphedTrainStep(m_b, None, o_b, 64, **kw)
+    for images, meta, labels in batches[:3]:
+        full.step(images, meta, labels)
+        first.step(images, meta, labels)
+    torch.save({"model": m_b.state_dict(), "opt": o_b.state_dict()}, tmp_path / "c.pt")
+    payload = torch.load(tmp_path / "c.pt", map_location="cpu", weights_only=True)
+    assert payload["opt"]["param_groups"][0]["lr"].device.type == "cpu"  # what --resume meets
+    (m_c, _), (o_c, _) = _convnext_pair(seed=3)
+    m_c.load_state_dict(payload["model"])
+    o_c.load_state_dict(payload["opt"])
+    resumed = GraphedTrainStep(m_c, None, o_c, 64, **kw)
+    for images, meta, labels in batches[3:]:
+        la = float(full.step(images, meta, labels)["loss"])
+        lc = float(resumed.step(images, meta, labels)["loss"])
+        assert abs(la - lc) <= 2e-2 * max(abs(la), 1e-3)
+    with torch.no_grad():
+        diff = max(float((p - q).abs().max()) for p, q in zip(m_a.parameters(), m_c.parameters(),
+                                                               strict=True))  # fmt: skip
+    assert diff < 1e-3
