@@ -272,11 +272,14 @@ def test_graphed_resume_from_a_graphed_runs_checkpoint(tmp_path) -> None:
     m_c.load_state_dict(payload["model"])
     o_c.load_state_dict(payload["opt"])
     resumed = GraphedTrainStep(m_c, None, o_c, 64, **kw)
+    mid = [p.detach().clone() for p in m_a.parameters()]
     for images, meta, labels in batches[3:]:
         la = float(full.step(images, meta, labels)["loss"])
         lc = float(resumed.step(images, meta, labels)["loss"])
         assert abs(la - lc) <= 2e-2 * max(abs(la), 1e-3)
+    triples = list(zip(m_a.parameters(), m_c.parameters(), mid, strict=True))
     with torch.no_grad():
-        diff = max(float((p - q).abs().max()) for p, q in zip(m_a.parameters(), m_c.parameters(),
-                                                               strict=True))  # fmt: skip
-    assert diff < 1e-3
+        diff = math.sqrt(sum(float((a - c).float().norm() ** 2) for a, c, _ in triples))
+        moved = math.sqrt(sum(float((a - m).float().norm() ** 2) for a, _, m in triples))
+    # the last 3 steps moved both the same way: a lost Adam state or lr would not
+    assert moved > 0 and diff < 0.05 * moved
