@@ -10,7 +10,7 @@
 # FPR = 1e-4 point has >= 200k controls without 400k test lenses.
 #
 # On a host with several GPUs it also runs `haloscope bench multigpu` on the real Gen3 shards
-# and checkpoint (bench/results/multigpu.json there: $RES/multigpu.json).
+# and checkpoint ($RES/multigpu.json; about 150 s on 2 GPUs; MULTIGPU=0 skips it).
 #
 # Usage (resumable: finished stages are skipped):
 #   WORK=/tmp/halo FAST=/dev/shm/halo EPOCHS=3 bash bench/gen4_fullscale.sh
@@ -61,7 +61,7 @@ stage "train gen3"
     && touch "$R3/done"; }
 
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l || echo 0)
-if [ "$NGPU" -ge 2 ] && [ ! -f "$RES/multigpu.json" ]; then
+if [ "${MULTIGPU:-1}" = 1 ] && [ "$NGPU" -ge 2 ] && [ ! -f "$RES/multigpu.json" ]; then
   stage "multi-GPU scaling on the real gen3 shards and checkpoint ($NGPU GPUs)"
   $H bench multigpu --shards "$S3" --ckpt "$R3/best.pt" --out "$RES/multigpu.json" \
       --workers "$LOADER_WORKERS" || echo "bench multigpu failed; the experiment goes on"
