@@ -160,7 +160,8 @@ def mine_frames(
             logger.warning("%s: only %d controls above --min-score %.3g, fewer than --min-count "
                            "%d: took the %d highest-scoring controls (lowest score %.4g)",
                            frame.source, cand["num_above"], min_score, min_count,
-                           cand["score"].size, float(cand["score"].min(initial=np.nan)))  # fmt: skip
+                           cand["score"].size,
+                           float(cand["score"].min()) if cand["score"].size else float("nan"))  # fmt: skip
     table = _merge(per_model)
     if table.num_rows == 0:
         raise DataError(
