@@ -162,14 +162,6 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
         restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt"), cfg, env)
         log.info("resumed from %s at epoch %d step %d", run_dir / "last.pt", state.epoch,
                  state.step_in_epoch)  # fmt: skip
-    step = _graphed_step(cfg, env, state)
-    if step is not None:  # the graph averages the gradients itself (make_grad_sync): no DDP
-        broadcast_module(state.raw_model, env)
-        state.model = state.raw_model
-    else:
-        state.model = wrap_ddp(state.raw_model, env)
-    if cfg.run.compile:
-        state.model = torch.compile(state.model)
     static = {"model_args": model_args, "config": json.dumps(config_to_dict(cfg)),
               "preprocess": tdata.preprocess_record(manifest),
               "meta": {"cols": cols, "mean": mean, "std": std}}  # fmt: skip
@@ -178,7 +170,14 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
                      build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
                      writer, static, steps, amp_dtype_for(cfg, env.device),
                      channels_last_for(cfg, env.device), stop)  # fmt: skip
-    ctx.step = step
+    ctx.step = _graphed_step(cfg, env, state, ctx)
+    if ctx.step is not None:  # the graph averages the gradients itself (make_grad_sync): no DDP
+        broadcast_module(state.raw_model, env)
+        state.model = state.raw_model
+    else:
+        state.model = wrap_ddp(state.raw_model, env)
+    if cfg.run.compile:
+        state.model = torch.compile(state.model)
     log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
              "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
              val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
@@ -186,7 +185,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     return state, ctx
 
 
-def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState) -> Any:
+def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> Any:
     """The CUDA-graph step when it applies (CUDA, no --compile), else None.
 
     On several ranks the graph holds the gradient all-reduce too (``make_grad_sync``).
@@ -201,12 +200,10 @@ def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState) -> Any:
     if kind != "graph":
         return None
     return make_train_step(
-        state.raw_model, build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
-        state.optimizer, cfg.data.per_rank_batch(env.world_size), device=env.device,
-        mode="graph", distributed=env.is_distributed, augment=cfg.run.augment,
-        aug_generator=state.aug_gen, bf16=amp_dtype_for(cfg, env.device) is not None,
-        channels_last=channels_last_for(cfg, env.device), max_grad_norm=cfg.optim.grad_clip,
-        grad_sync=sync,
+        state.raw_model, ctx.loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
+        device=env.device, mode="graph", distributed=env.is_distributed, augment=cfg.run.augment,
+        aug_generator=state.aug_gen, bf16=ctx.amp_dtype is not None,
+        channels_last=ctx.channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
     )  # fmt: skip
 
 
