@@ -40,7 +40,7 @@ from haloscope.errors import ConfigError
 from haloscope.train.cuda_graph import make_predict_step, make_train_step
 from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 
-__all__ = ["run_bench", "main", "write_random_shards"]
+__all__ = ["run_bench", "main", "write_random_shards", "free_cuda", "gpu_env"]
 
 log = logging.getLogger(__name__)
 META_COLS = ("psfsize_r", "psfdepth_r")
@@ -155,7 +155,8 @@ def _measure(run: Callable[[dict], Any], feed: Iterable[dict], batch_size: int, 
             "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "steps": steps}  # fmt: skip
 
 
-def _free() -> None:
+def free_cuda() -> None:
+    """Collect garbage, wait for the GPU and return cached blocks (between benchmark rows)."""
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -183,7 +184,7 @@ def bench_train(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterab
         return _measure(run, feed, batch_size, warmup=warmup, steps=steps)
     finally:
         held.clear()  # frees the graph, its memory pool and the optimiser state
-        _free()
+        free_cuda()
 
 
 def bench_infer(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterable[dict], *,
@@ -195,7 +196,7 @@ def bench_infer(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterab
                         warmup=warmup, steps=steps)  # fmt: skip
     finally:
         held.clear()
-        _free()
+        free_cuda()
 
 
 def loader_rate(split_dir: Path, batch_size: int, workers: int, batches: int) -> dict[str, float]:
@@ -210,7 +211,8 @@ def loader_rate(split_dir: Path, batch_size: int, workers: int, batches: int) ->
             "samples_per_s": round(batches * batch_size / dt, 1)}  # fmt: skip
 
 
-def _env() -> dict[str, Any]:
+def gpu_env() -> dict[str, Any]:
+    """Device, memory and software versions for a benchmark's JSON."""
     import timm
 
     props = torch.cuda.get_device_properties(0)
@@ -242,7 +244,7 @@ def _warm_clocks(seconds: float = 3.0) -> None:
         x = (x @ x).clamp_(-1, 1)
         torch.cuda.synchronize()
     del x
-    _free()
+    free_cuda()
 
 
 def _guarded(fn: Callable[[], dict[str, Any]], mode: str) -> dict[str, Any]:
@@ -253,7 +255,7 @@ def _guarded(fn: Callable[[], dict[str, Any]], mode: str) -> dict[str, Any]:
         return fn()
     except Exception as exc:  # noqa: BLE001 - recorded in the result and logged
         log.exception("graph_tdw row failed")
-        _free()
+        free_cuda()
         return {"error": repr(exc)[:500]}
 
 
@@ -275,7 +277,7 @@ def _train_rows(doc: dict[str, Any], models: dict[str, torch.nn.Module], split: 
             bench_train(plain, "eager", b, _synthetic(b), warmup=6, steps=steps, augment=False),
         )
         del plain
-        _free()
+        free_cuda()
     for mode, feed in itertools.product(modes, ("synthetic", "reader")):
         src = _synthetic(b) if feed == "synthetic" else _reader(split, b, workers, train=True)
         net, kind = (models["tdw"], "graph") if mode == "graph_tdw" else (model, mode)
@@ -317,7 +319,7 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
     tmp = tempfile.TemporaryDirectory(dir=work_dir)
     t0 = time.perf_counter()
     split = write_random_shards(Path(tmp.name) / "train", num_samples)
-    doc: dict[str, Any] = {"env": _env(), "settings": {
+    doc: dict[str, Any] = {"env": gpu_env(), "settings": {
         "model": "haloscope build_model: timm convnext_tiny (random init) + meta MLP head (2 cols), "
                  "drop_path 0.1, dropout 0.1", "input": "3x64x64 float16 shards -> fp32 -> D4",
         "amp": "bf16 autocast", "memory_format": "channels_last",

@@ -27,7 +27,6 @@ Without ``--shards`` the driver writes random shards (the real writer) to a temp
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 
 from haloscope.errors import ConfigError
+from haloscope.train.bench_gpu import free_cuda, gpu_env
 
 __all__ = ["run_bench", "parse_options", "main"]
 
@@ -83,12 +83,6 @@ def _gather(values: list[float], env: Any) -> list[list[float]]:
 
     t = all_gather_1d(torch.tensor(values, dtype=torch.float64, device=env.device), env)
     return t.view(env.world_size, len(values)).tolist()
-
-
-def _free() -> None:
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
 
 
 def _count_epoch(args: argparse.Namespace, env: Any) -> dict[str, Any]:
@@ -162,7 +156,7 @@ def _train_row(mode: str, args: argparse.Namespace, env: Any, model_args: dict,
     loss = float(out["loss"])
     per_rank = _gather([dt, wait, _weights_digest(model), loss], env)
     del it, step, model
-    _free()
+    free_cuda()
     slowest = max(r[0] for r in per_rank)
     total = env.world_size * args.batch_size * args.steps / slowest
     return {"mode": mode, "img_per_s": round(total, 1),
@@ -196,7 +190,7 @@ def _graph_vs_eager(args: argparse.Namespace, env: Any, model_args: dict,
         losses = [float(step.step(b["image"], b["meta"], b["label"])["loss"]) for b in batches]
         runs[mode] = (losses, [p.detach().clone() for p in model.parameters()], start)
         del step, model
-        _free()
+        free_cuda()
     (le, we, start), (lg, wg, _) = runs["eager"], runs["graph"]
     moved = torch.sqrt(sum(((a - s) ** 2).sum() for a, s in zip(we, start, strict=True)))
     diff = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(we, wg, strict=True)))
@@ -247,7 +241,7 @@ def _eval_rows(args: argparse.Namespace, env: Any, model_args: dict,
     per_rank = _gather([dt, n, float(total)], env)
     slowest = max(r[0] for r in per_rank)
     del predict, model
-    _free()
+    free_cuda()
     return {"val": {k: (round(v, 8) if isinstance(v, float) else v) for k, v in metrics.items()},
             "val_img_per_s": round(metrics["val/num"] / val_s, 1),
             "infer": {"split": split, "batch_size": args.infer_batch_size,
@@ -309,10 +303,6 @@ def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = No
               steps: int = 200, warmup: int = 30, workers: int = 6,
               modes: str = "graph,eager", lr: float = 1e-4) -> dict[str, Any]:  # fmt: skip
     """Run the worker on each GPU count and write the scaling JSON to ``out_path``."""
-    import platform
-
-    import timm
-
     counts = _counts(gpus)
     tmp = tempfile.TemporaryDirectory(prefix="haloscope-multigpu-")
     if shards is None:
@@ -346,10 +336,9 @@ def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = No
     val_keys = [k for k in base["val"] if k != "val/wall_s"]
     doc = {
         "bench": "multigpu", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": torch.cuda.get_device_name(0), "gpus_present": torch.cuda.device_count(),
-        "torch": torch.__version__, "timm": timm.__version__, "cuda": torch.version.cuda,
-        "nccl": ".".join(map(str, torch.cuda.nccl.version())), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "shards": "random" if tmp.name in shards else "real",
+        **gpu_env(), "gpus_present": torch.cuda.device_count(),
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+        "shards": "random" if tmp.name in shards else "real",
         "checkpoint": bool(ckpt), "batch_size_per_gpu": batch_size,
         "infer_batch_size": infer_batch_size, "steps": steps, "warmup": warmup,
         "loader_workers_per_gpu": workers,
