@@ -82,11 +82,13 @@ def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top
         np.stack([ra_key[order], dec_key[order]], axis=1), axis=0, return_index=True
     )
     ranked = order[np.sort(first)]  # one row per position, best first
-    above = ranked[score[ranked] > min_score]
+    passing = score > min_score
+    above = ranked[passing[ranked]]
     filled = above.size < min_count
-    best = ranked[: min(top_k, min_count)] if filled else above[:top_k]
-    if not (np.isfinite(ra[best]).all() and np.isfinite(dec[best]).all()):
+    eligible = np.ones_like(passing) if filled else passing  # every control the rule admits
+    if not (np.isfinite(ra[eligible]).all() and np.isfinite(dec[eligible]).all()):
         raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
+    best = ranked[: min(top_k, min_count)] if filled else above[:top_k]
     return {"ra_key": ra_key[best], "dec_key": dec_key[best], "ra": ra[best], "dec": dec[best],
             "score": score[best], "split": split[best], "num_above": int(above.size),
             "filled": bool(filled)}  # fmt: skip

@@ -139,3 +139,13 @@ def test_min_count_on_random_scores_keeps_the_highest_controls():
     assert min(table.column("max_score").to_pylist()) == pytest.approx(controls[99], rel=1e-6)
     lens_keys = {r[0] for r in rows if r[2] == 1}
     assert not lens_keys & set(table.column("ra_key").to_pylist())
+
+
+def test_nan_position_of_any_eligible_control_is_an_error_even_beyond_top_k():
+    rows = [*ROWS, (float("nan"), 1.0, 0, 0.91, "train")]  # passes 0.9, ranks last
+    with pytest.raises(DataError, match="NaN"):
+        mine_frames([_frame(rows)], min_score=0.9, top_k=1)
+    below = [*ROWS, (float("nan"), 1.0, 0, 0.2, "train")]  # eligible only when filling
+    assert mine_frames([_frame(below)], min_score=0.9).num_rows == 2
+    with pytest.raises(DataError, match="NaN"):
+        mine_frames([_frame(below)], min_score=0.9, top_k=1, min_count=5)
