@@ -54,8 +54,8 @@ def build_parser() -> VerbParser:
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] in BENCHES and ("-h" in argv[1:] or "--help" in argv[1:]):
         module = importlib.import_module(BENCHES[argv[0]][0])
-        if hasattr(module, "parse_options"):
-            return module.parse_options(["--help"]) or 0  # argparse prints and exits
+        if hasattr(module, "parse_options"):  # its own flags' help, not the dispatcher's
+            module.parse_options(["--help"])  # argparse prints it and exits 0
     args, rest = build_parser().parse_known_args(argv)
     module_name, _ = BENCHES[args.name]
     try:
