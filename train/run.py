@@ -7,6 +7,7 @@ files are closed on any exit.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -214,7 +215,7 @@ def run_training(cfg: TrainConfig) -> int:
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
     stop = StopFlag()
-    ctx = None
+    state = ctx = None
     try:
         with catch_signals(stop):
             state, ctx = _setup(cfg, env, stop)
@@ -223,7 +224,20 @@ def run_training(cfg: TrainConfig) -> int:
     finally:
         if ctx is not None:
             ctx.writer.close()
+        # A CUDA graph that captured the gradient all-reduce holds the NCCL communicator:
+        # destroy_process_group waited forever on it (2 H100s, graphed torchrun run), so the
+        # graph and everything it references go before the group does.
+        state = ctx = None
+        _release_cuda(env)
         shutdown(env)
+
+
+def _release_cuda(env: DistEnv) -> None:
+    """Collect the training state (its CUDA graph with it) and wait for the device."""
+    gc.collect()
+    if env.device.type == "cuda":
+        torch.cuda.synchronize(env.device)
+        torch.cuda.empty_cache()
 
 
 def _report(result: FitResult, ctx: RunContext) -> int:

@@ -60,3 +60,27 @@ def test_two_gpu_bench_checks_hold(tmp_path: Path) -> None:
     assert checks["infer_samples_equal"]
     assert checks["val_metrics_max_abs_diff"] < 1e-6
     assert set(doc["scaling"]["train_graph"]) == {"1", "2"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpu_graphed_training_exits_and_resumes(tmp_path: Path) -> None:
+    """`torchrun haloscope train` on 2 GPUs (graphed step, captured all-reduce), then
+    --resume: both exit 0 within the timeout (the first hung in destroy_process_group while
+    the graph held the NCCL communicator) and the resumed run continues the step count."""
+    from haloscope.train.bench_gpu import write_random_shards
+
+    write_random_shards(tmp_path / "shards" / "train", 8192, seed=0)
+    write_random_shards(tmp_path / "shards" / "val", 2048, seed=1)
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "haloscope", "train", "--shards", str(tmp_path / "shards"), "--out-dir", str(run),
+            "--batch-size", "512", "--num-workers", "1", "--no-progress",
+            "--max-steps-per-epoch", "8", "--log-every", "4"]  # fmt: skip
+    for extra in (["--epochs", "1"], ["--epochs", "2", "--resume"]):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "step: graph" in proc.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = sorted({r["global_step"] for r in rows if r.get("kind") == "train"})
+    assert steps[-1] == 16
