@@ -12,7 +12,9 @@ root = Path(sys.argv[1])
 for split, n, seed in (("train", 32768, 0), ("val", 8192, 1)):
     write_random_shards(root / split, n, seed=seed)
 PY
-run() { torchrun --standalone --nproc-per-node "$NGPU" -m haloscope train --shards "$D/shards" \
+# a hang (as in destroy_process_group before the fix in train/run.py) fails after LIMIT seconds
+LIMIT=${LIMIT:-300}
+run() { timeout "$LIMIT" torchrun --standalone --nproc-per-node "$NGPU" -m haloscope train --shards "$D/shards" \
   --out-dir "$D/run" --batch-size $((256 * NGPU)) --num-workers 2 --no-progress \
   --max-steps-per-epoch 40 --log-every 20 "$@"; }
 run --epochs 2
