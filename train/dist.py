@@ -8,6 +8,7 @@ reads these variables or calls ``torch.distributed``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -235,6 +236,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def shutdown(env: DistEnv) -> None:
-    """Destroy the process group if this process started one."""
+    """Destroy the process group if this process started one.
+
+    Garbage is collected and the device drained first: a CUDA graph that captured a
+    collective (``make_grad_sync``) holds the NCCL communicator, and ``destroy_process_group``
+    hung while one was alive (2 H100s, graphed torchrun training). Callers drop their own
+    references to such graphs before calling this.
+    """
     if env.is_distributed and torch_dist.is_initialized():
+        gc.collect()
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
         torch_dist.destroy_process_group()

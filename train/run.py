@@ -7,7 +7,6 @@ files are closed on any exit.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import random
@@ -224,20 +223,10 @@ def run_training(cfg: TrainConfig) -> int:
     finally:
         if ctx is not None:
             ctx.writer.close()
-        # A CUDA graph that captured the gradient all-reduce holds the NCCL communicator:
-        # destroy_process_group waited forever on it (2 H100s, graphed torchrun run), so the
-        # graph and everything it references go before the group does.
+        # the graphed step (ctx.step) holds the NCCL communicator: it must be gone (collected
+        # by shutdown) before the process group is destroyed
         state = ctx = None
-        _release_cuda(env)
         shutdown(env)
-
-
-def _release_cuda(env: DistEnv) -> None:
-    """Collect the training state (its CUDA graph with it) and wait for the device."""
-    gc.collect()
-    if env.device.type == "cuda":
-        torch.cuda.synchronize(env.device)
-        torch.cuda.empty_cache()
 
 
 def _report(result: FitResult, ctx: RunContext) -> int:

@@ -2,11 +2,14 @@
 
 On 2 H100s a graphed torchrun run (the CUDA graph captures the gradient all-reduce) hung in
 ``destroy_process_group`` while the graph, still referenced from ``run_training``'s frame,
-held NCCL's communicator. The GPU side is ``test_multigpu.py``; this checks the order on CPU.
+held NCCL's communicator. ``dist.shutdown`` collects garbage before destroying the group;
+this checks that ``run_training`` no longer holds the state then (the GPU side is
+``test_multigpu.py``).
 """
 
 from __future__ import annotations
 
+import gc
 import weakref
 from pathlib import Path
 
@@ -28,7 +31,8 @@ def test_state_and_context_are_freed_before_shutdown(tiny_shards: Path, tmp_path
         refs.extend([weakref.ref(state), weakref.ref(state.raw_model), weakref.ref(ctx)])
         return state, ctx
 
-    def shutdown(env) -> None:
+    def shutdown(env) -> None:  # the real one collects garbage first, as here
+        gc.collect()
         alive_at_shutdown.extend(ref() is not None for ref in refs)
 
     monkeypatch.setattr(trun, "_setup", setup)
