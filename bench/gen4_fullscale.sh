@@ -47,9 +47,8 @@ NGPU=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
 mkdir -p "$WORK" "$FAST" "$RES" "$RUNS"
 t0=$(date +%s)
 stage() { echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
-sim_common="--selection-frac 0 --quantize 4 --no-progress --workers $W"
-W_BG=${W_BG:-$(( W > 3 ? W / 2 : 1 ))}
-sim_common_bg="--selection-frac 0 --quantize 4 --no-progress --workers $W_BG"
+W_BG=${W_BG:-$(( W > 3 ? W / 2 : 1 ))}  # workers of the test data, built while gen3 trains
+sim_common="--selection-frac 0 --quantize 4 --no-progress"
 
 # per_seed FUNC: FUNC SEED for every seed; with several GPUs side by side (GPU = seed index
 # modulo the GPU count, output in RUNS/<name>.log), else one after the other. Fails if any fails.
@@ -90,7 +89,7 @@ score_seed() {  # GEN SHARDS SPLIT SEED
 
 stage "simulate train/val (control-frac 0.5)"
 [ -d "$SIM_A/region_split=val" ] || $H simulate --out "$SIM_A" --rows "$ROWS_TRAIN" --seed 1 \
-    --split-fracs 0.9,0.1,0.0 $sim_common
+    --split-fracs 0.9,0.1,0.0 --workers "$W" $sim_common
 mkdir -p "$DATA"
 ln -sfn "$SIM_A/region_split=train" "$DATA/region_split=train"
 ln -sfn "$SIM_A/region_split=val" "$DATA/region_split=val"
@@ -111,7 +110,7 @@ df -h "$WORK" "$FAST" | tail -2
 test_data() {
   if [ ! -f "$SIM_B/done" ]; then
     $H simulate --out "$SIM_B" --rows "$ROWS_TEST" --seed 2 --split-fracs 0.0,0.0,1.0 \
-        --control-frac 0.8 --overwrite $sim_common_bg
+        --control-frac 0.8 --overwrite --workers "$W_BG" $sim_common
     touch "$SIM_B/done"
   fi
   ln -sfn "$SIM_B/region_split=test" "$DATA/region_split=test"
