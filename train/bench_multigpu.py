@@ -85,12 +85,20 @@ def _gather(values: list[float], env: Any) -> list[list[float]]:
     return t.view(env.world_size, len(values)).tolist()
 
 
-def _count_epoch(args: argparse.Namespace, env: Any) -> dict[str, Any]:
-    from haloscope.shards.read import ShardReader, build_loader
+def _train_reader(args: argparse.Namespace, env: Any, epoch: int) -> Any:
+    """This rank's shuffled reader of the train split at ``epoch``, per-GPU batch."""
+    from haloscope.shards.read import ShardReader
 
     reader = ShardReader(Path(args.shards) / "train", batch_size=args.batch_size, seed=0,
                          rank=env.rank, world_size=env.world_size)  # fmt: skip
-    reader.set_epoch(0)
+    reader.set_epoch(epoch)
+    return reader
+
+
+def _count_epoch(args: argparse.Namespace, env: Any) -> dict[str, Any]:
+    from haloscope.shards.read import build_loader
+
+    reader = _train_reader(args, env, epoch=0)
     t0, batches, samples = time.perf_counter(), 0, 0
     for batch in build_loader(reader, num_workers=args.workers, pin_memory=False):
         batches += 1
@@ -128,14 +136,12 @@ def _weights_digest(model: torch.nn.Module) -> float:
 
 def _train_row(mode: str, args: argparse.Namespace, env: Any, model_args: dict,
                weights: dict | None, epoch: int) -> dict[str, Any]:  # fmt: skip
-    from haloscope.shards.read import ShardReader, build_loader
+    from haloscope.shards.read import build_loader
     from haloscope.train.dist import barrier
 
     model = _build(model_args, weights, env.device)
     step = _make_step(model, mode, args, env)
-    reader = ShardReader(Path(args.shards) / "train", batch_size=args.batch_size, seed=0,
-                         rank=env.rank, world_size=env.world_size)  # fmt: skip
-    reader.set_epoch(epoch)
+    reader = _train_reader(args, env, epoch)
     it = iter(build_loader(reader, num_workers=args.workers, pin_memory=True))
     torch.cuda.reset_peak_memory_stats(env.device)
     t0 = time.perf_counter()
@@ -172,13 +178,10 @@ def _train_row(mode: str, args: argparse.Namespace, env: Any, model_args: dict,
 def _graph_vs_eager(args: argparse.Namespace, env: Any, model_args: dict,
                     weights: dict | None) -> dict[str, Any]:  # fmt: skip
     """The graphed step with captured all-reduce against eager DDP on the same batches."""
-    from haloscope.shards.read import ShardReader, build_loader
+    from haloscope.shards.read import build_loader
 
-    reader = ShardReader(Path(args.shards) / "train", batch_size=args.batch_size, seed=0,
-                         rank=env.rank, world_size=env.world_size)  # fmt: skip
-    reader.set_epoch(99)
     batches = []
-    for b in build_loader(reader, num_workers=0, pin_memory=False):
+    for b in build_loader(_train_reader(args, env, epoch=99), num_workers=0, pin_memory=False):
         batches.append({k: b[k].clone() for k in ("image", "meta", "label")})
         if len(batches) == CHECK_STEPS:
             break
