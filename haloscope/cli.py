@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["VERBS", "main", "run_verb"]
+__all__ = ["VERBS", "describe_os_error", "main", "run_verb"]
 
 # verb -> (module, one-line description)
 VERBS: dict[str, tuple[str, str]] = {
@@ -45,6 +46,17 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OS error: the path(s) involved and the system's reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return f"{reason} ({type(exc).__name__})"
+    where = str(exc.filename)
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    return f"{where}: {reason}"
+
+
 def run_verb(verb: str, argv: Sequence[str]) -> int:
     """Import the verb's module and run its ``main``; user errors become one line, exit 2."""
     from haloscope.errors import HaloscopeError
@@ -61,6 +73,14 @@ def run_verb(verb: str, argv: Sequence[str]) -> int:
         return int(module.main(list(argv)) or 0)
     except HaloscopeError as exc:
         print(f"haloscope {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # NOTE: the environment refused a file operation (read-only folder, disk full,
+        # missing mount): one line naming the path and the OS error, as for bad input.
+        # HALOSCOPE_TRACEBACK=1 re-raises for debugging.
+        if os.environ.get("HALOSCOPE_TRACEBACK") == "1":
+            raise
+        print(f"haloscope {verb}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"haloscope {verb}: interrupted", file=sys.stderr)

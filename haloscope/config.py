@@ -14,13 +14,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from haloscope.errors import ConfigError
 

@@ -1,0 +1,127 @@
+"""The one atomic-write helper: a temporary sibling, fsync, ``os.replace``, user's umask.
+
+Every file haloscope writes for a user (checkpoints, shards, manifests, scores, reports,
+lookups, plots) goes through here, so that
+
+- a reader never sees a half-written file: the data land in a hidden temporary sibling
+  (``.NAME.<random>.tmp``) that is renamed over the destination only when complete;
+- a failure (disk full, read-only folder, Ctrl-C) leaves the destination as it was and
+  removes the temporary file;
+- the file gets the permissions of any other file the user creates (``0666 & ~umask``),
+  not the ``0600`` of ``tempfile.mkstemp``, so a group can read a run.
+
+Usage::
+
+    with atomic_path(out) as tmp:          # a library writes to a path
+        pq.write_table(table, tmp)
+    with atomic_open(out, "w") as fh:      # we write to a handle
+        json.dump(obj, fh)
+    atomic_write_bytes(out, data)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "file_mode",
+    "is_temp_name",
+]
+
+_TMP_SUFFIX = ".tmp"
+
+
+def file_mode() -> int:
+    """Permission bits for a new regular file under the process umask (``0o666 & ~umask``)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a temporary sibling this module creates (``.NAME.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # NOTE: makes the rename itself durable; not every file system allows opening a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on a clean exit it replaces ``path``.
+
+    Args:
+        path: the destination file. Its folder is created if missing.
+        fsync: flush the file (and the folder entry) to disk before and after the rename.
+
+    Raises:
+        OSError: the folder cannot be created or written (the caller's CLI prints it as one
+            line naming the path); the destination is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(2, "the writer did not create its output", str(tmp))
+        os.chmod(tmp, file_mode())
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        if fsync:
+            _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    Args:
+        path: the destination file.
+        mode: ``"w"``/``"wb"`` (``"x"`` and appends make no sense for a fresh temp file).
+        **kwargs: passed to ``open`` (e.g. ``encoding``, ``newline``).
+    """
+    if mode not in ("w", "wb", "wt"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path, fsync=False) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
