@@ -55,3 +55,16 @@ def test_signal_to_process_group_saves_last_and_exits_cleanly(
     assert f"stopped by {signal.Signals(signum).name}" in text and "--resume" in text
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["progress"]["global_step"] >= 2
+
+
+def test_an_inherited_sig_ign_is_handed_back(tiny_shards: Path, tmp_path: Path) -> None:
+    """A job started in the background by a shell inherits SIGINT ignored: the run catches
+    SIGINT while it trains (to save last.pt), then restores SIG_IGN, not Python's default."""
+    argv = tiny_argv(tiny_shards, tmp_path / "run", "--epochs", "1", "--max-steps-per-epoch", "1")
+    code = ("import signal\nfrom haloscope.train.cli import main\n"
+            f"rc = main({argv!r})\nprint(rc, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0", "True"], proc.stdout
