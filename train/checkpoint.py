@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,24 +121,45 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` refused ``path``, in one line, without torch's advice to unpickle it."""
+    text = str(exc)
+    foreign = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if foreign:  # NOTE: loading it would run its code; haloscope never does (weights_only=True)
+        return (f"checkpoint {path} is not a haloscope checkpoint: it holds Python objects "
+                f"({foreign.group(1)}), not only tensors and plain data")  # fmt: skip
+    if path.stat().st_size == 0:
+        return f"checkpoint {path} is unreadable or corrupt: the file is empty"
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError)):
+        return f"checkpoint {path} is unreadable or corrupt: not a torch checkpoint file"
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip().split("\n")[0])
+    return (
+        f"checkpoint {path} is unreadable or corrupt: {first.split('. ')[0] or type(exc).__name__}"
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint with ``weights_only=True``.
 
     Raises:
-        CheckpointError: missing file, unreadable/corrupt file, or not a haloscope checkpoint.
+        CheckpointError: missing file, unreadable/corrupt file, or not a haloscope checkpoint
+            (one line: never torch's advice to load with ``weights_only=False``).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
+        raise CheckpointError(_load_failure(path, exc)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a haloscope training checkpoint")
+        raise CheckpointError(f"checkpoint {path} is not a haloscope training checkpoint "
+                              f"(no format={FORMAT!r} entry)")  # fmt: skip
     if payload.get("version") != VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint version {payload.get('version')}, this haloscope reads {VERSION}"
+            f"checkpoint {path} has version {payload.get('version')}, this haloscope reads {VERSION}"
         )
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
