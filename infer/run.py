@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from haloscope import __version__
-from haloscope.errors import CheckpointError, DataError
+from haloscope.errors import CheckpointError
 from haloscope.infer import predict, sources, table
 from haloscope.infer.config import InferConfig
 from haloscope.preprocess.normalize import NORM_METHODS
@@ -47,18 +47,17 @@ def checkpoint_settings(info: dict[str, Any]) -> dict[str, Any]:
             f"checkpoint {info.get('path')}: no recorded norm method / min_theta_over_psf in "
             f"its preprocess settings ({sorted(pre)}); was it written by `haloscope train`?"
         )
-    return {"norm_method": method, "meta_columns": list(info["meta_cols"]),
-            "min_theta_over_psf": float(cut), "stamp_px": int(pre.get("stamp_px", 64))}  # fmt: skip
+    settings = {"norm_method": method, "meta_columns": list(info["meta_cols"]),
+                "min_theta_over_psf": float(cut),
+                "stamp_px": int(pre.get("stamp_px", 64))}  # fmt: skip
+    return {**settings, "norm": norm} if norm else settings
 
 
 def _check_shards(cfg: InferConfig, settings: dict[str, Any]):
     from haloscope.shards.manifest import check_compatible, load_manifest
 
     manifest = load_manifest(Path(cfg.shards) / cfg.split)
-    try:
-        check_compatible(manifest, settings)
-    except DataError as exc:
-        raise CheckpointError(f"checkpoint {cfg.ckpt} does not match the data: {exc}") from None
+    check_compatible(manifest, settings, against=f"checkpoint {cfg.ckpt}")
     return manifest
 
 
@@ -146,9 +145,11 @@ def run_inference(cfg: InferConfig) -> Path | None:
         The written path on rank 0, None on other ranks.
 
     Raises:
-        CheckpointError: unreadable checkpoint, or one whose preprocessing does not match
-            the data (norm method, meta columns, resolvability cut).
-        ContractError / DataError: unreadable parquet or shards.
+        CheckpointError: unreadable checkpoint, or parquet it cannot score (meta column,
+            norm method).
+        DataError: shards made with other preprocessing than the checkpoint's
+            (``shards.manifest.check_compatible``), or unreadable shards.
+        ContractError: unreadable parquet.
     """
     from haloscope.log import setup_logging
     from haloscope.train.dist import init_distributed, shutdown

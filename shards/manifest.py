@@ -139,36 +139,67 @@ def write_manifest(split_dir: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def check_compatible(manifest: Manifest, expected: dict[str, Any]) -> None:
-    """Refuse shards whose preprocessing disagrees with what a model/config expects.
+def check_compatible(
+    manifest: Manifest, expected: dict[str, Any] | Manifest, *, against: str = "the run"
+) -> None:
+    """Refuse shards whose preprocessing disagrees with flags, a checkpoint or another split.
+
+    The one compatibility rule: ``train`` checks its flags and its val split against the train
+    split, ``infer`` the checkpoint against the split it scores. Numbers agree within 1e-9
+    relative (JSON and float32 round trips), everything else exactly.
 
     Args:
         manifest: the shards' manifest.
-        expected: any of ``norm_method``, ``meta_columns``, ``min_theta_over_psf``,
-            ``hard_neg_weight``, ``meta_mean``, ``meta_std``, ``stamp_px``; absent keys
-            are not checked.
+        expected: any of ``norm`` (the whole dict), ``norm_method``, ``meta_columns``,
+            ``meta_mean``, ``meta_std``, ``min_theta_over_psf``, ``stamp_px``,
+            ``hard_neg_weight``, ``hard_neg_lookup`` (a path: same sha256, or same resolved
+            path if the file is gone); absent keys are not checked. Or another split's
+            ``Manifest``: every setting a conversion shares across splits (all but hard negatives).
+        against: what ``expected`` describes in the message (``"checkpoint RUN/best.pt"``).
 
     Raises:
-        DataError: naming the manifest, the setting, both values, and the fix.
+        DataError: naming the manifest, the setting, both values and the fix.
     """
-    actual = {
-        "norm_method": manifest.norm.get("method"),
-        "meta_columns": manifest.meta_columns,
-        "min_theta_over_psf": manifest.preprocess.get("min_theta_over_psf"),
-        "hard_neg_weight": manifest.preprocess.get("hard_neg_weight"),
-        "meta_mean": manifest.meta_mean,
-        "meta_std": manifest.meta_std,
-        "stamp_px": manifest.preprocess.get("stamp_px", 64),
-    }
+
+    def settings(m: Manifest) -> dict[str, Any]:
+        pre = m.preprocess
+        return {"norm_method": m.norm.get("method"), "norm": m.norm,
+                "meta_columns": m.meta_columns, "meta_mean": m.meta_mean, "meta_std": m.meta_std,
+                "stamp_px": pre.get("stamp_px", 64),
+                "min_theta_over_psf": pre.get("min_theta_over_psf"),
+                "hard_neg_weight": pre.get("hard_neg_weight"),
+                "hard_neg_lookup": pre.get("hard_neg_lookup")}  # fmt: skip
+
+    def same(have: Any, want: Any) -> bool:
+        if isinstance(have, dict) and isinstance(want, dict):
+            return have.keys() == want.keys() and all(same(have[k], want[k]) for k in have)
+        if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)):
+            return len(have) == len(want) and all(map(same, have, want))
+        if {type(have), type(want)} <= {int, float}:
+            return abs(have - want) <= max(1e-9 * max(abs(have), abs(want)), 1e-12)
+        return have == want
+
+    def same_lookup(have: dict[str, Any] | None, want: str) -> bool:
+        if have is None:
+            return False
+        if Path(want).is_file() and have.get("sha256"):
+            from haloscope.shards.write import sha256_file
+
+            return sha256_file(Path(want)) == have["sha256"]
+        return Path(want).resolve() == Path(str(have.get("path"))).resolve()
+
+    actual = settings(manifest)
+    if isinstance(expected, Manifest):
+        expected = {k: v for k, v in settings(expected).items() if not k.startswith("hard_neg")}
     for key, want in expected.items():
         if key not in actual:
             raise ValueError(f"check_compatible: unknown setting {key!r}")
         have = actual[key]
-        if isinstance(want, tuple):
-            want = list(want)
-        if have != want:
+        if not (same_lookup(have, want) if key == "hard_neg_lookup" else same(have, want)):
+            have = have.get("path") if key == "hard_neg_lookup" and have else have
             raise DataError(
-                f"{manifest.split_dir / MANIFEST_NAME}: shards were made with {key}={have!r} "
-                f"but the run expects {key}={want!r}; re-run `haloscope shards` with the "
-                "same settings or change the run's flags"
+                f"{manifest.split_dir / MANIFEST_NAME}: shards were made with {key}={have!r} but "
+                f"{against} has {key}={list(want) if isinstance(want, tuple) else want!r}; "
+                "preprocessing is fixed when shards are written: convert all splits in one "
+                "`haloscope shards` run with the settings you want, or use the shards' settings"
             )

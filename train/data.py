@@ -2,25 +2,24 @@
 
 Preprocessing (normalisation, the theta/PSF cut, hard negatives, meta columns) happens once
 in ``haloscope shards``; ``train`` only checks that the flags it is given (the seed passes
-them to its trainer) agree with the train manifest.
+them to its trainer) agree with the train manifest, and that val was made like train.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from haloscope.errors import ConfigError
-from haloscope.shards.manifest import MANIFEST_NAME, Manifest
+from haloscope.shards.manifest import MANIFEST_NAME, Manifest, check_compatible
 from haloscope.shards.read import ShardReader, build_loader
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv
 from haloscope.train.model import check_meta_cols
 
-__all__ = ["resolve_shards_root", "check_preprocess", "resolve_meta", "build_readers",
+__all__ = ["resolve_shards_root", "check_splits", "resolve_meta", "build_readers",
            "steps_per_epoch", "loader_factory", "preprocess_record"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -58,50 +57,23 @@ def preprocess_record(manifest: Manifest) -> dict[str, Any]:
             "meta_columns": list(manifest.meta_columns)}  # fmt: skip
 
 
-def _differs(flag: Any, have: Any) -> bool:
-    if isinstance(flag, float) and isinstance(have, (int, float)):
-        return not math.isclose(flag, float(have), rel_tol=1e-9, abs_tol=1e-12)
-    return flag != have
+def check_splits(cfg: TrainConfig, train: Manifest, val: Manifest) -> None:
+    """Refuse preprocessing flags that disagree with the train shards, and a val split made
+    otherwise than the train split (``shards.manifest.check_compatible``, the rule infer uses).
 
-
-def _lookup_differs(flag_path: str, lookup: dict[str, Any] | None) -> bool:
-    """Whether ``--hard-neg-path`` names another lookup than the one the shards used."""
-    if lookup is None:
-        return True
-    path = Path(flag_path)
-    if path.is_file() and lookup.get("sha256"):
-        from haloscope.shards.write import sha256_file
-
-        return sha256_file(path) != lookup["sha256"]
-    return path.resolve() != Path(str(lookup.get("path"))).resolve()
-
-
-def check_preprocess(cfg: TrainConfig, manifest: Manifest) -> None:
-    """Refuse preprocessing flags that disagree with how the train shards were made.
+    Preprocessing is fixed when shards are written; the seed passes its preprocessing flags to
+    its trainer, so given flags must agree with the train manifest (absent flags are not checked).
 
     Raises:
-        ConfigError: naming the flag, both values and the fix (re-run ``haloscope shards``).
+        DataError: naming the manifest, the setting, both values and the fix.
     """
-    pre, d = manifest.preprocess, cfg.data
-    lookup = pre.get("hard_neg_lookup")
-    checks: list[tuple[str, Any, Any]] = [
-        ("--norm-method", d.norm_method, manifest.norm.get("method")),
-        ("--min-theta-over-psf", d.min_theta_over_psf, pre.get("min_theta_over_psf")),
-        ("--hard-neg-weight", d.hard_neg_weight, pre.get("hard_neg_weight") if lookup else None),
-        ("--meta-cols", None if cfg.model.meta_cols is None else list(cfg.model.meta_cols),
-         list(manifest.meta_columns)),
-    ]  # fmt: skip
-    if d.hard_neg_path is not None and _lookup_differs(d.hard_neg_path, lookup):
-        checks.append(
-            ("--hard-neg-path", d.hard_neg_path, None if lookup is None else lookup.get("path"))
-        )
-    for flag, value, have in checks:
-        if value is not None and _differs(value, have):
-            raise ConfigError(
-                f"{flag} {value!r} differs from the train shards ({manifest.split_dir / MANIFEST_NAME}"
-                f" has {have!r}); preprocessing is fixed when shards are written: re-run "
-                f"`haloscope shards ... {flag} {value}` into a new --out and train on that"
-            )
+    d, cols = cfg.data, cfg.model.meta_cols
+    flags = {"norm_method": d.norm_method, "min_theta_over_psf": d.min_theta_over_psf,
+             "hard_neg_weight": d.hard_neg_weight, "hard_neg_lookup": d.hard_neg_path,
+             "meta_columns": None if cols is None else list(cols)}  # fmt: skip
+    given = {k: v for k, v in flags.items() if v is not None}
+    check_compatible(train, given, against="the command line")
+    check_compatible(val, train, against=f"the train split ({train.split_dir / MANIFEST_NAME})")
 
 
 def resolve_meta(
@@ -119,9 +91,6 @@ def build_readers(cfg: TrainConfig, env: DistEnv, root: Path) -> tuple[ShardRead
                         shuffle=True, drop_last=True, **common)  # fmt: skip
     val = ShardReader(root / "val", batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
                       shuffle=False, drop_last=False, **common)  # fmt: skip
-    if val.manifest.meta_columns != train.manifest.meta_columns:
-        raise ConfigError(f"--shards {root}: val meta columns {val.manifest.meta_columns} differ "
-                          f"from train {train.manifest.meta_columns}; {_RUN_SHARDS}")  # fmt: skip
     return train, val
 
 

@@ -151,7 +151,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     root = tdata.resolve_shards_root(cfg.data.shards, cfg.data.data_root)
     train_reader, val_reader = tdata.build_readers(cfg, env, root)
     manifest = train_reader.manifest
-    tdata.check_preprocess(cfg, manifest)
+    tdata.check_splits(cfg, manifest, val_reader.manifest)
     cols, mean, std = tdata.resolve_meta(cfg, manifest)
     model_args = {"arch": cfg.model.arch, "meta_cols": cols, "meta_mean": mean, "meta_std": std,
                   "dropout": cfg.model.dropout, "drop_path_rate": cfg.model.drop_path_rate}  # fmt: skip

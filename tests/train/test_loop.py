@@ -107,10 +107,14 @@ def test_seed_data_flag_and_preprocessing_checks(tiny_shards: Path, tmp_path: Pa
                    "--num-workers", "0", "--norm_method", "outer", "--min_theta_over_psf", "0.5",
                    "--meta_cols", "psfsize_r,psfdepth_r")[2:] + ["--data", str(tiny_shards)]  # fmt: skip
     assert main(ok) == 0
-    for flag, value in [("--norm-method", "full"), ("--min-theta-over-psf", "0.7"),
-                        ("--meta-cols", "psfsize_r"), ("--hard-neg-weight", "5"),
-                        ("--hard-neg-path", str(tmp_path / "lookup.parquet"))]:  # fmt: skip
-        with pytest.raises(ConfigError, match=f"{flag} .* differs from the train shards.*re-run"):
+    lookup = str(tmp_path / "lookup.parquet")
+    for flag, value, key in [("--norm-method", "full", "norm_method"),
+                             ("--min-theta-over-psf", "0.7", "min_theta_over_psf"),
+                             ("--meta-cols", "psfsize_r", "meta_columns"),
+                             ("--hard-neg-weight", "5", "hard_neg_weight"),
+                             ("--hard-neg-path", lookup, "hard_neg_lookup")]:  # fmt: skip
+        with pytest.raises(DataError, match=f"train/manifest.json: .*{key}=.* but the command "
+                                            f"line has {key}=.*haloscope shards"):  # fmt: skip
             main(tiny_argv(tiny_shards, tmp_path / "d", flag, value))
 
 
