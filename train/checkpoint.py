@@ -159,7 +159,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"(no format={FORMAT!r} entry)")  # fmt: skip
     if payload.get("version") != VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has version {payload.get('version')}, this haloscope reads {VERSION}"
+            f"checkpoint {path} has version {payload.get('version')}; "
+            f"this haloscope reads {VERSION}"
         )
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:

@@ -43,8 +43,9 @@ def _write(path: Path, kind: str) -> Path:
 
 
 # what the one line must say, beyond naming the file
-_REASON = {"plain_dict": "not a haloscope", "custom_class": "Experiment", "pickle": "not a torch checkpoint",
-           "random_bytes": "not a torch checkpoint", "empty": "empty"}  # fmt: skip
+_REASON = {"plain_dict": "not a haloscope", "custom_class": "Experiment",
+           "pickle": "not a torch checkpoint", "random_bytes": "not a torch checkpoint",
+           "empty": "empty"}  # fmt: skip
 
 
 def _haloscope(*args: str) -> subprocess.CompletedProcess:

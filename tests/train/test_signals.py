@@ -61,10 +61,16 @@ def test_an_inherited_sig_ign_is_handed_back(tiny_shards: Path, tmp_path: Path) 
     """A job started in the background by a shell inherits SIGINT ignored: the run catches
     SIGINT while it trains (to save last.pt), then restores SIG_IGN, not Python's default."""
     argv = tiny_argv(tiny_shards, tmp_path / "run", "--epochs", "1", "--max-steps-per-epoch", "1")
-    code = ("import signal\nfrom haloscope.train.cli import main\n"
-            f"rc = main({argv!r})\nprint(rc, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")  # fmt: skip
+    code = (
+        "import signal\nfrom haloscope.train.cli import main\n"
+        f"rc = main({argv!r})\nprint(rc, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def ignore_sigint() -> None:  # as a shell does for a background job
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+                          timeout=300, preexec_fn=ignore_sigint)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0", "True"], proc.stdout
