@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -46,14 +48,6 @@ def test_vectorised_against_scipy():
             assert hi[i] == pytest.approx(ref.high, abs=1e-10)
 
 
-def test_beta_and_normal_quantiles_against_scipy():
-    q = np.array([0.025, 0.5, 0.975])
-    a, b = np.array([0.5, 3.0, 400.0]), np.array([2.0, 7.0, 9000.0])
-    np.testing.assert_allclose(intervals.beta_ppf(q, a, b), stats.beta.ppf(q, a, b), atol=1e-12)
-    np.testing.assert_allclose(intervals.betainc(a, b, q), stats.beta.cdf(q, a, b), atol=1e-12)
-    assert intervals.normal_ppf(0.975) == pytest.approx(stats.norm.ppf(0.975), abs=1e-12)
-
-
 def test_empty_trials_give_nan_and_bad_method_errors():
     lo, hi = intervals.wilson_interval(0, 0)
     assert np.isnan(lo) and np.isnan(hi)
@@ -65,3 +59,21 @@ def test_auroc_interval_contains_auc_and_shrinks_with_n():
     small = intervals.auroc_interval(0.9, 50, 50)
     large = intervals.auroc_interval(0.9, 5000, 5000)
     assert small[0] < large[0] < 0.9 < large[1] < small[1]
+
+
+@pytest.mark.parametrize("n", [10**3, 10**6, 10**9])
+@pytest.mark.parametrize("confidence", [0.95, 0.999])
+def test_clopper_pearson_closed_forms_to_full_precision(n, confidence):
+    """k = 0, 1, n-1, n have closed forms; they must hold to 1e-12 up to n = 1e9 (a full-sky
+    control set). ``binomtest(...).proportion_ci(method="exact")`` is itself off by ~1e-3 there
+    (it solves for the bound numerically), so the reference here is the closed form."""
+    alpha = 1.0 - confidence
+    lo, hi = intervals.clopper_pearson_interval([0, 1, n - 1, n], [n] * 4, confidence)
+
+    def root(p: float) -> float:  # 1 - p^(1/n), without cancellation
+        return -math.expm1(math.log(p) / n)
+
+    assert hi[0] == pytest.approx(root(alpha / 2), rel=1e-12, abs=0)  # 0 of n
+    assert lo[1] == pytest.approx(root(1 - alpha / 2), rel=1e-12, abs=0)  # 1 of n
+    assert hi[2] == pytest.approx(1 - root(1 - alpha / 2), rel=1e-12, abs=0)  # n-1 of n
+    assert lo[3] == pytest.approx(1 - root(alpha / 2), rel=1e-12, abs=0)  # n of n
