@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from haloscope.argparse_util import VerbParser, parse_csv
-from haloscope.errors import ConfigError
+from haloscope.atomic import atomic_write_text
+from haloscope.errors import ConfigError, DataError
 from haloscope.evaluate.compare import compare_frames
 from haloscope.evaluate.intervals import CI_METHODS, auroc_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, auroc
+from haloscope.evaluate.outputs import check_writable
 from haloscope.evaluate.scores import RANK_BY, ScoresFrame, load_scores
 from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec, stratify, write_stratified_csv
 from haloscope.log import setup_logging
@@ -42,7 +43,8 @@ def build_parser() -> VerbParser:
         "confidence intervals, strata (theta_E, theta_E/PSF, psfsize_r, psfdepth_r, arc SNR,\n"
         "source magnitude, control kind) at thresholds set on all controls. Writes the\n"
         "stratified CSV (the seed's column names + CI columns), a JSON with everything, and\n"
-        "with --report-dir a Markdown/HTML report with PNG plots.",
+        "with --report-dir an HTML (and Markdown) report with PNG plots, galleries and the\n"
+        "training curves of the run. Labels from 'label', 'y_true' or 'is_control'.",
     )
     p.add_argument(
         "--scores", required=True, metavar="SCORES.parquet", help="scores table (infer output)"
@@ -53,7 +55,7 @@ def build_parser() -> VerbParser:
     p.add_argument("--out-json", default=None, metavar="JSON",
                    help="full results JSON (default: --out-csv with .json)")  # fmt: skip
     p.add_argument(
-        "--report-dir", default=None, metavar="DIR", help="write report.md/.html and PNGs here"
+        "--report-dir", default=None, metavar="DIR", help="write report.html/.md and PNGs here"
     )
     p.add_argument("--stamps", default=None, metavar="ZARR",
                    help="stamps.zarr of the scored split, for galleries and the shortcut audit")  # fmt: skip
@@ -120,14 +122,42 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
             return [clean(x) for x in v]
         return v
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(doc), indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(clean(doc), indent=1, default=str))
+
+
+def _open_stamps(path: str | None) -> tuple[Any, str | None]:
+    """The stamps store, or None and why: an unreadable store costs one warning, not the run."""
+    if path is None:
+        return None, None
+    from haloscope.evaluate.gallery import open_stamp_store
+
+    try:
+        return open_stamp_store(path), None
+    except DataError as exc:
+        reason = str(exc).replace("\n", " ")
+        logger.warning("%s; writing the report without galleries and shortcut audit", reason)
+        return None, f"the --stamps store could not be read ({reason})"
+
+
+def _check_outputs(args: Any) -> tuple[Path, Path]:
+    """The CSV and JSON paths, after checking that every output can be written (nothing is
+    computed or created before that, so a read-only folder costs nothing)."""
+    out_csv = Path(args.out_csv)
+    out_json = Path(args.out_json) if args.out_json else out_csv.with_suffix(".json")
+    for path in (out_csv, out_json) + ((out_csv.with_name(out_csv.stem + "_compare.csv"),)
+                                       if args.compare else ()):  # fmt: skip
+        check_writable(path)
+    if args.report_dir:
+        check_writable(args.report_dir, folder=True)
+    return out_csv, out_json
 
 
 def main(argv: list[str]) -> int:
-    """Run ``haloscope eval``; user errors raise ``HaloscopeError`` (one line, exit 2)."""
+    """Run ``haloscope eval``; user errors raise ``HaloscopeError`` (one line, exit 2).
+
+    Outputs are written after everything is computed, each file atomically: the report
+    first (staged, then moved in), then the CSVs, then the JSON.
+    """
     args = build_parser().parse_args(argv)
     setup_logging()
     if not 0 < args.confidence < 1:
@@ -137,43 +167,39 @@ def main(argv: list[str]) -> int:
         _floats(args.fpr_targets, "--fpr-targets"),
         _floats(args.tpr_targets, "--tpr-targets"),
     )
+    out_csv, out_json = _check_outputs(args)
     frame = load_scores(args.scores, args.rank_by)
     others: dict[str, ScoresFrame] = {}
     for other in (load_scores(p, args.rank_by) for p in args.compare):
         _add_unique(others, other, reserved=_model_name(frame))
-    store = None
-    if args.stamps:
-        from haloscope.evaluate.gallery import open_stamp_store
-
-        store = open_stamp_store(args.stamps)
+    store, stamps_note = _open_stamps(args.stamps)
     result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence)
-    out_csv = write_stratified_csv(result, args.out_csv)
-    out_json = Path(args.out_json) if args.out_json else out_csv.with_suffix(".json")
     auc = auroc(frame.labels, frame.ranking)
-    doc: dict[str, Any] = {"scores": str(args.scores), "rank_by": frame.rank_by,
-                           "num_rows": frame.num_rows, "auroc": auc,
+    doc: dict[str, Any] = {"scores": str(args.scores), "label_column": frame.label_column,
+                           "rank_by": frame.rank_by, "num_rows": frame.num_rows, "auroc": auc,
                            "auroc_ci": list(auroc_interval(auc, result.rows[0]["P"], result.rows[0]["N"],
                                                            args.confidence))}  # fmt: skip
     doc |= result.to_dict()
-    comparison = None
+    comparison, compare_csv = None, out_csv.with_name(out_csv.stem + "_compare.csv")
     if others:
         comparison = compare_frames({**others, _model_name(frame): frame}, args.ci, args.confidence)
         doc["comparison"] = comparison.rows
-        comparison.to_csv(out_csv.with_name(out_csv.stem + "_compare.csv"))
     if args.report_dir:
         from haloscope.evaluate.report import build_report
 
         files = {"stratified CSV": out_csv.name, "full results JSON": out_json.name}
         if comparison is not None:
-            files["comparison CSV"] = out_csv.stem + "_compare.csv"
-        doc["report"] = build_report(
-            frame, result, args.report_dir, files, store, comparison, others
-        )
+            files["comparison CSV"] = compare_csv.name
+        doc["report"] = build_report(frame, result, args.report_dir, files, store, comparison,
+                                     others, stamps_note)  # fmt: skip
+    write_stratified_csv(result, out_csv)
+    if comparison is not None:
+        comparison.to_csv(compare_csv)
     _write_json(out_json, doc)
     first = result.rows[0]["tpr@fpr"]
     summary = ", ".join(
         f"TPR@FPR{e['target']:g}={e['value']:.4g}" for e in first if e["target"] in (1e-4, 1e-3)
     )
     print(f"eval: AUROC={auc:.5f} {summary} -> {out_csv}, {out_json}"
-          + (f", {Path(args.report_dir) / 'report.md'}" if args.report_dir else ""))  # fmt: skip
+          + (f", {Path(args.report_dir) / 'report.html'}" if args.report_dir else ""))  # fmt: skip
     return 0

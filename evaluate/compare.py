@@ -3,14 +3,14 @@
 ``compare_generations({"gen3": "gen3/scores_test.parquet", "gen4": table})`` returns a
 :class:`Comparison` with AUROC, tpr@fpr 1e-4 and 1e-3, and fpr@tpr 0.9, each with its
 confidence interval, plus the change of each model against the first one and whether the
-two intervals are disjoint (a difference larger than the intervals).
+two intervals are disjoint (a difference larger than the intervals). Each row names the
+column its labels came from (``label``, ``y_true`` or the seed's ``is_control``).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from haloscope.atomic import atomic_open
 from haloscope.errors import DataError
 from haloscope.evaluate.intervals import auroc_interval, binomial_interval
 from haloscope.evaluate.metrics import auroc, fpr_at_tpr, tpr_at_fpr
@@ -36,7 +37,7 @@ COMPARE_METRICS: tuple[tuple[str, str], ...] = (
 
 @dataclass
 class Comparison:
-    """Metrics per model: ``rows[i] = {"model", "num_pos", "num_neg", key: {...}}``.
+    """Metrics per model: ``rows[i] = {"model", "label_column", "num_pos", "num_neg", key: {...}}``.
 
     Each metric entry holds ``value, ci_low, ci_high`` (and ``k, n, threshold`` for rates);
     rows after the first also hold ``delta`` and ``disjoint`` (intervals do not overlap)
@@ -47,10 +48,10 @@ class Comparison:
     ci_method: str
     confidence: float
 
-    def to_markdown(self) -> str:
-        """A Markdown table, one row per model, values as ``v [lo, hi]``."""
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Header and one row of cells per model, values as ``v [lo, hi]`` (and the Δ)."""
         heads = ["model", "lenses", "controls"] + [h for _, h in COMPARE_METRICS]
-        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        rows = []
         for row in self.rows:
             cells = [row["model"], str(row["num_pos"]), str(row["num_neg"])]
             for key, _ in COMPARE_METRICS:
@@ -59,25 +60,35 @@ class Comparison:
                 if "delta" in m:
                     cell += f" (Δ {m['delta']:+.4g}{', CIs disjoint' if m['disjoint'] else ''})"
                 cells.append(cell)
-            lines.append("| " + " | ".join(cells) + " |")
-        level = f"{self.confidence:.0%} {self.ci_method}"
-        lines.append(f"\nIntervals: {level} (binomial for rates, Hanley-McNeil for AUROC); "
-                     "Δ is against the first model.")  # fmt: skip
-        return "\n".join(lines)
+            rows.append(cells)
+        return heads, rows
+
+    def note(self) -> str:
+        """What the intervals are, what Δ is against, and where each model's labels came from."""
+        labels = ", ".join(f"{r['model']} from `{r['label_column']}`" for r in self.rows)
+        return (f"Intervals: {self.confidence:.0%} {self.ci_method} (binomial for rates, "
+                f"Hanley-McNeil for AUROC); Δ is against the first model; labels: {labels}.")  # fmt: skip
+
+    def to_markdown(self) -> str:
+        """A Markdown table, one row per model, values as ``v [lo, hi]``, then :meth:`note`."""
+        heads, rows = self.table()
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        return "\n".join(lines) + "\n\n" + self.note()
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write one CSV row per model with ``<metric>, _ci_low, _ci_high, _delta`` columns."""
+        """Write one CSV row per model with ``<metric>, _ci_low, _ci_high, _delta`` columns
+        (atomically), then ``label_column``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cols = ["model", "num_pos", "num_neg"]
         for _, head in COMPARE_METRICS:
             cols += [head, f"{head}_ci_low", f"{head}_ci_high", f"{head}_delta", f"{head}_disjoint"]
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as handle:
+        cols.append("label_column")
+        with atomic_open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=cols, restval="")
             writer.writeheader()
             for row in self.rows:
-                out = {"model": row["model"], "num_pos": row["num_pos"], "num_neg": row["num_neg"]}
+                out = {k: row[k] for k in ("model", "num_pos", "num_neg", "label_column")}
                 for key, head in COMPARE_METRICS:
                     m = row[key]
                     out |= {head: f"{m['value']:.6g}", f"{head}_ci_low": f"{m['ci_low']:.6g}",
@@ -88,7 +99,6 @@ class Comparison:
                             f"{head}_disjoint": m["disjoint"],
                         }
                 writer.writerow(out)
-        os.replace(tmp, path)
         return path
 
 
@@ -140,7 +150,8 @@ def compare_frames(frames: Mapping[str, ScoresFrame], ci_method: str = "wilson",
         _check_same_rows(frames)
     rows = []
     for name, frame in frames.items():
-        rows.append({"model": name} | _model_metrics(frame, ci_method, confidence))
+        head = {"model": name, "label_column": frame.label_column}
+        rows.append(head | _model_metrics(frame, ci_method, confidence))
     base = rows[0]
     for row in rows[1:]:
         for key, _ in COMPARE_METRICS:

@@ -52,7 +52,10 @@ class StampStore:
             raise DataError(
                 f"--stamps {self.path}: 'stamps' must be (N, 3, H, W), got {self.stamps.shape}"
             )
-        raw = np.asarray(group["task_id"][:]).tolist()  # StringDType, bytes or object
+        try:
+            raw = np.asarray(group["task_id"][:]).tolist()  # StringDType, bytes or object
+        except Exception as exc:  # a corrupt chunk fails in the codec, with its own type
+            raise DataError(f"--stamps {self.path}: cannot read 'task_id' ({exc})") from exc
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         if len(ids) != self.stamps.shape[0]:
             raise DataError(f"--stamps {self.path}: 'task_id' has {len(ids)} rows, "
@@ -70,6 +73,9 @@ class StampStore:
         Args:
             rows: store rows.
             half_width: if given, only the central (2*half_width)^2 pixels are returned.
+
+        Raises:
+            DataError: the chunks cannot be read or decoded (named).
         """
         h, w = self.stamps.shape[2:]
         ys, xs = slice(None), slice(None)
@@ -82,7 +88,10 @@ class StampStore:
                 np.float32,
             )
         unique, inverse = np.unique(rows, return_inverse=True)  # zarr wants sorted, unique rows
-        data = self.stamps.get_orthogonal_selection((unique, slice(None), ys, xs))
+        try:
+            data = self.stamps.get_orthogonal_selection((unique, slice(None), ys, xs))
+        except Exception as exc:  # a corrupt chunk fails in the codec, with its own type
+            raise DataError(f"--stamps {self.path}: cannot read 'stamps' ({exc})") from exc
         return np.asarray(data, dtype=np.float32)[inverse]
 
 

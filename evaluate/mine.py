@@ -9,13 +9,16 @@ an empty lookup silently disables hard negatives.
 
 Output layout: "Hard-negative lookup" of ``docs/architecture.md``: ``ra_key, dec_key,
 ra, dec, max_score, num_models, models, split``.
+
+The seed's scores tables are accepted: labels from ``is_control`` (see
+:func:`haloscope.evaluate.scores.resolve_labels`) and the split from ``region_split`` when
+there is no ``split`` column.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from haloscope.atomic import atomic_path
 from haloscope.errors import ConfigError, DataError
+from haloscope.evaluate.outputs import check_writable
 from haloscope.evaluate.scores import ScoresFrame, load_scores
 
 __all__ = ["MINABLE_SPLITS", "LOOKUP_SCHEMA", "mine_frames", "mine_hard_negatives", "write_lookup"]
@@ -31,6 +36,7 @@ __all__ = ["MINABLE_SPLITS", "LOOKUP_SCHEMA", "mine_frames", "mine_hard_negative
 logger = logging.getLogger(__name__)
 
 MINABLE_SPLITS: tuple[str, ...] = ("train", "val")
+SPLIT_COLUMNS: tuple[str, ...] = ("split", "region_split")  # ours, then the seed's
 KEY_DECIMALS = 6
 LOOKUP_SCHEMA = pa.schema([
     ("ra_key", pa.float64()), ("dec_key", pa.float64()), ("ra", pa.float64()),
@@ -63,9 +69,17 @@ def _model_name(frame: ScoresFrame) -> str:
     return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
 
 
+def _split_column(frame: ScoresFrame) -> np.ndarray:
+    column = next((c for c in SPLIT_COLUMNS if c in frame.columns), None)
+    if column is None:
+        raise DataError(f"{frame.source}: missing column 'split' (or the seed's 'region_split'); "
+                        "mining must know which rows are test rows")  # fmt: skip
+    return frame.columns[column]
+
+
 def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int,
                 min_count: int = 0) -> dict:  # fmt: skip
-    split = frame.columns["split"]
+    split = _split_column(frame)
     if (split == "test").any():
         raise DataError(f"{frame.source}: {int((split == 'test').sum())} rows have split == 'test'; "
                         "test scores are never mined (score the train or val split)")  # fmt: skip
@@ -127,7 +141,8 @@ def mine_frames(
     """Select hard negatives from validated scores tables (one per model).
 
     Args:
-        frames: scores of earlier models; each needs ``ra, dec, split, label, score``.
+        frames: scores of earlier models; each needs ``ra, dec, score``, a label column and
+            ``split`` (or ``region_split``).
         min_score: keep controls with ``score > min_score``.
         top_k: keep at most this many distinct positions per model (highest scores).
         splits: splits to mine from (``train`` and/or ``val``; ``test`` is refused).
@@ -185,11 +200,9 @@ def write_lookup(table: pa.Table, path: str | Path, provenance: dict) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = table.replace_schema_metadata({"haloscope.mine": json.dumps(provenance)})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 
@@ -213,14 +226,19 @@ def mine_hard_negatives(
 
     Returns:
         The lookup table written.
+
+    Raises:
+        OSError: ``out`` cannot be written (checked before reading the scores).
     """
     _check_splits(splits)
-    frames = [load_scores(p, require=("ra", "dec", "split"), need_both_classes=False)
+    check_writable(out)
+    frames = [load_scores(p, require=("ra", "dec"), need_both_classes=False)
               for p in score_paths]  # fmt: skip
     table = mine_frames(frames, min_score, top_k, splits, min_count)
     provenance = {"scores": [Path(p).name for p in score_paths], "min_score": min_score,
                   "top_k": top_k, "min_count": min_count, "splits": list(splits),
-                  "lowest_score": float(min(table.column("max_score").to_pylist()))}  # fmt: skip
+                  "lowest_score": float(min(table.column("max_score").to_pylist())),
+                  "label_columns": {Path(f.source).name: f.label_column for f in frames}}  # fmt: skip
     write_lookup(table, out, provenance)
     logger.info("wrote %d hard negatives to %s", table.num_rows, out)
     return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -14,18 +15,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from haloscope.atomic import atomic_path, atomic_write_bytes  # noqa: E402
 from haloscope.evaluate.metrics import roc_curve  # noqa: E402
 from haloscope.evaluate.scores import ScoresFrame  # noqa: E402
 
-__all__ = ["plot_completeness", "plot_gallery", "plot_roc", "plot_score_hist"]
+__all__ = ["plot_completeness", "plot_roc", "plot_score_hist", "save_stamp_png", "stamp_rgb"]
 
 logger = logging.getLogger(__name__)
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")  # the temporary name has no .png suffix
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -106,22 +111,27 @@ def plot_score_hist(frame: ScoresFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _rgb(stamp: np.ndarray) -> np.ndarray:
-    # normalised units (robust sigmas, clipped +-10): asinh stretch, z,r,g -> R,G,B
+def stamp_rgb(stamp: np.ndarray) -> np.ndarray:
+    """An RGB image of a normalised stamp: bands z, r, g as R, G, B, asinh stretch.
+
+    Args:
+        stamp: (3, H, W) bands g, r, z in robust sigmas (clipped to +-10 by the converter).
+
+    Returns:
+        float (H, W, 3) in [0, 1].
+    """
     img = np.arcsinh(np.clip(stamp[::-1], 0, None)) / math.asinh(10.0)
     return np.clip(np.transpose(img, (1, 2, 0)), 0, 1)
 
 
-def plot_gallery(stamps: np.ndarray, titles: Sequence[str], path: Path, title: str) -> Path:
-    """A grid of RGB stamps (bands z, r, g as R, G, B) with one caption each."""
-    num = len(stamps)
-    cols = min(num, 6)
-    rows = max(1, math.ceil(num / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, stamp, caption in zip(axes.ravel(), stamps, titles, strict=False):
-        ax.imshow(_rgb(stamp), origin="lower")
-        ax.set_title(caption, fontsize=6)
-    fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+def save_stamp_png(stamp: np.ndarray, path: Path) -> Path:
+    """One stamp as a PNG of its native size (the page scales it up, pixelated).
+
+    Args:
+        stamp: (3, H, W) bands g, r, z, normalised.
+        path: PNG to write.
+    """
+    buffer = io.BytesIO()
+    # origin="lower": row 0 of the stamp is the bottom row, as in the sky images
+    plt.imsave(buffer, stamp_rgb(stamp), origin="lower", format="png")
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -1,33 +1,54 @@
 """The evaluation report: Markdown + HTML with PNG plots, galleries and the shortcut audit.
 
-The report is built as a list of blocks (heading, paragraph, table, image) rendered twice,
-to ``report.md`` and ``report.html``, so the two always say the same thing.
+The report is built as a list of blocks (heading, paragraph, list, table, image, gallery;
+see :mod:`haloscope.evaluate.report_render`) rendered by Jinja2 templates to ``report.md``
+and ``report.html``, so the two always say the same thing. Galleries are one small PNG per
+stamp under ``gallery/``, each captioned with ra, dec, score and a Legacy Survey viewer
+link. The whole folder is staged and moved in at the end
+(:func:`haloscope.evaluate.outputs.staged_folder`).
 """
 
 from __future__ import annotations
 
-import html
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from haloscope.atomic import atomic_path, atomic_write_text
+from haloscope.errors import DataError
 from haloscope.evaluate import plots
 from haloscope.evaluate.audit import shortcut_audit
 from haloscope.evaluate.compare import Comparison
 from haloscope.evaluate.gallery import StampStore
 from haloscope.evaluate.intervals import auroc_interval
 from haloscope.evaluate.metrics import auroc
-from haloscope.evaluate.scores import ScoresFrame
+from haloscope.evaluate.outputs import staged_folder
+from haloscope.evaluate.report_render import Block, code, render_html, render_markdown, spans
+from haloscope.evaluate.scores import ScoresFrame, describe_label_column
 from haloscope.evaluate.stratify import StratifiedResult
 
-__all__ = ["GALLERY_SIZE", "build_report"]
+__all__ = ["GALLERY_SIZE", "build_report", "find_run_curves", "viewer_url"]
 
 logger = logging.getLogger(__name__)
 GALLERY_SIZE = 12
-Block = tuple[str, Any]
+CURVES_NAME = "curves.png"  # written by the trainer next to best.pt / last.pt
+# (file stem, class, order, title): highest-scoring controls, lowest-scoring lenses
+GALLERIES = (
+    ("top_controls", 0, -1, "Highest-scoring controls"),
+    ("missed_lenses", 1, 1, "Missed lenses (lowest-scoring positives)"),
+)
+
+
+def _h(level: int, text: str) -> Block:
+    return {"kind": f"h{level}", "text": text}
+
+
+def _p(*parts: Any) -> Block:
+    return {"kind": "p", "spans": spans(*parts)}
 
 
 def _ci(entry: dict[str, Any]) -> str:
@@ -38,31 +59,47 @@ def _thr(value: float | None) -> str:
     return "inf (nothing passes)" if value is None else f"{value:.6g}"
 
 
-def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]) -> list[Block]:
+def viewer_url(ra: float, dec: float) -> str:
+    """The Legacy Survey DR10 sky viewer centred on (ra, dec), degrees."""
+    return f"https://www.legacysurvey.org/viewer?ra={ra:.6f}&dec={dec:.6f}&layer=ls-dr10&zoom=16"
+
+
+def _key_numbers(frame: ScoresFrame, result: StratifiedResult) -> list[list[dict]]:
     all_row = result.rows[0]
     auc = auroc(frame.labels, frame.ranking)
     lo, hi = auroc_interval(auc, all_row["P"], all_row["N"], result.confidence)
-    lines = [f"- AUROC: {auc:.5f} [{lo:.5f}, {hi:.5f}] (Hanley-McNeil)"]
+    items = [spans(f"AUROC: {auc:.5f} [{lo:.5f}, {hi:.5f}] (Hanley-McNeil)")]
     for entry in all_row["tpr@fpr"]:
         if entry["target"] in (1e-4, 1e-3):
             allowed = int(entry["target"] * all_row["N"] * (1 + 1e-9))
-            lines.append(f"- TPR@FPR{entry['target']:g}: {_ci(entry)}, threshold {_thr(entry['threshold'])}, "
-                         f"{allowed} false positive(s) allowed")  # fmt: skip
+            items.append(spans(f"TPR@FPR{entry['target']:g}: {_ci(entry)}, threshold "
+                               f"{_thr(entry['threshold'])}, {allowed} false positive(s) allowed"))  # fmt: skip
     for entry in all_row["fpr@tpr"]:
         if abs(entry["target"] - 0.9) < 1e-12:
-            lines.append(f"- FPR@TPR0.90: {_ci(entry)}, threshold {_thr(entry['threshold'])}")
+            items.append(spans(f"FPR@TPR0.90: {_ci(entry)}, threshold {_thr(entry['threshold'])}"))
+    return items
+
+
+def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]) -> list[Block]:
+    all_row = result.rows[0]
     counts = f"{frame.num_rows} rows: {all_row['P']} lenses, {all_row['N']} controls"
     level = f"{result.confidence:.0%} {result.ci_method}"
     files = files | {"this report (same content)": "report.md, report.html",
-                     "plots and galleries (this folder)": "*.png"}  # fmt: skip
-    where = "\n".join(f"- {k}: `{v}`" for k, v in files.items())
+                     "plots (this folder) and galleries": "*.png, gallery/*.png"}  # fmt: skip
     return [
-        ("h1", "haloscope evaluation report"),
-        ("p", f"Scores: `{frame.source}` ({counts}); ranked by `{frame.rank_by}`. A sample passes a "
-              f"threshold t when score >= t; thresholds come from all controls; intervals are {level}."),
-        ("h2", "Key numbers"), ("p", "\n".join(lines)),
-        ("h2", "Files"), ("p", where),
+        _h(1, "haloscope evaluation report"),
+        _p("Scores: ", code(frame.source), f" ({counts}); labels from ", code(frame.label_column),
+           f" ({describe_label_column(frame.label_column)}); ranked by ", code(frame.rank_by),
+           ". A sample passes a threshold t when score >= t; thresholds come from all "
+           f"controls; intervals are {level}."),
+        _h(2, "Key numbers"), {"kind": "list", "items": _key_numbers(frame, result)},
+        _h(2, "Files"),
+        {"kind": "list", "items": [spans(f"{k}: ", code(v)) for k, v in files.items()]},
     ]  # fmt: skip
+
+
+def _table(heads: list[str], rows: list[list[str]]) -> Block:
+    return {"kind": "table", "heads": heads, "rows": rows}
 
 
 def _operating_table(result: StratifiedResult) -> list[Block]:
@@ -71,8 +108,19 @@ def _operating_table(result: StratifiedResult) -> list[Block]:
     body += [[f"FPR@TPR{e['target']:.2f}", _ci(e), _thr(e["threshold"])] for e in row["fpr@tpr"]]
     note = ("An FPR target below 1/controls allows no false positive: it is the completeness "
             "before the first false positive (TPR0).")  # fmt: skip
-    return [("h2", "Operating points"), ("table", (["metric", "value [CI] (k/n)", "threshold"], body)),
-            ("p", note)]  # fmt: skip
+    return [_h(2, "Operating points"), _table(["metric", "value [CI] (k/n)", "threshold"], body),
+            _p(note)]  # fmt: skip
+
+
+def _comparison(comparison: Comparison) -> list[Block]:
+    heads, rows = comparison.table()
+    labels: list[Any] = ["Labels: "]
+    for i, row in enumerate(comparison.rows):
+        labels += [", " if i else "", f"{row['model']} from ", code(row["label_column"])]
+    note = (f"Intervals: {comparison.confidence:.0%} {comparison.ci_method} (binomial for rates, "
+            "Hanley-McNeil for AUROC); Δ is against the first model. ")  # fmt: skip
+    return [_h(2, "Comparison on the same test set"), _table(heads, rows),
+            _p(note, *labels, ".")]  # fmt: skip
 
 
 def _strata_tables(result: StratifiedResult, targets: tuple[float, ...]) -> list[Block]:
@@ -80,128 +128,165 @@ def _strata_tables(result: StratifiedResult, targets: tuple[float, ...]) -> list
     heads = ["stratum", "lenses"] + [f"TPR@FPR{t:g}" for t in targets]
     body = [[r["stratum"], str(r["P"])] + [_ci(e) for e in r["tpr@fpr"] if e["target"] in targets]
             for r in pos]  # fmt: skip
-    blocks: list[Block] = [("h2", "Completeness by stratum"), ("table", (heads, body))]
+    blocks: list[Block] = [_h(2, "Completeness by stratum"), _table(heads, body)]
     ctl = [r for r in result.rows if r["kind"] == "controls"]
     if ctl:
         heads = ["stratum", "controls"] + [f"FPR at the FPR{t:g} threshold" for t in targets]
         body = [[r["stratum"], str(r["N"])] + [_ci(e) for e in r["fpr_obs@fpr"] if e["target"] in targets]
                 for r in ctl]  # fmt: skip
-        blocks += [("h2", "False-positive rate by control stratum"), ("table", (heads, body))]
+        blocks += [_h(2, "False-positive rate by control stratum"), _table(heads, body)]
     if result.skipped:
-        skipped = "; ".join(f"{k}: {v}" for k, v in result.skipped.items())
-        blocks.append(("p", f"Strata skipped: {skipped}."))
+        blocks.append(
+            _p("Strata skipped: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()) + ".")
+        )
     return blocks
+
+
+def _img(src: str, caption: str) -> Block:
+    return {"kind": "img", "src": src, "caption": caption}
 
 
 def _plots(frame: ScoresFrame, result: StratifiedResult, out: Path, others: Mapping[str, ScoresFrame],
            targets: tuple[float, ...]) -> list[Block]:  # fmt: skip
-    blocks: list[Block] = [("h2", "Plots")]
+    blocks: list[Block] = [_h(2, "Plots")]
     plots.plot_roc({"this model": frame, **others}, result.fpr_targets, out / "roc.png")
-    blocks.append(("img", ("roc.png", "ROC on a log-FPR axis (exact ties, step function)")))
+    blocks.append(_img("roc.png", "ROC on a log-FPR axis (exact ties, step function)"))
     for column, label in (("theta_over_psf", "theta_E / PSF FWHM"), ("theta_e_arcsec", "theta_E [arcsec]"),
                           ("arc_snr", "arc SNR")):  # fmt: skip
         name = f"completeness_{column}.png"
         if plots.plot_completeness(result.rows, column, targets, out / name, label):
-            blocks.append(("img", (name, f"completeness vs {label}")))
+            blocks.append(_img(name, f"completeness vs {label}"))
         else:
-            blocks.append(
-                ("p", f"No completeness plot vs {label}: column `{column}` absent or empty.")
-            )
+            blocks.append(_p(f"No completeness plot vs {label}: column ", code(column),
+                             " absent or empty."))  # fmt: skip
     plots.plot_score_hist(frame, out / "score_hist.png")
-    blocks.append(("img", ("score_hist.png", f"{frame.rank_by} per class, log counts")))
+    blocks.append(_img("score_hist.png", f"{frame.rank_by} per class, log counts"))
     return blocks
 
 
-def _caption(frame: ScoresFrame, i: int) -> str:
-    tid = str(frame.columns["task_id"][i])
-    parts = [tid if len(tid) <= 14 else tid[:12] + "..", f"{frame.rank_by}={frame.ranking[i]:.3g}"]
-    for column, fmt in (
-        ("control_kind", "{}"),
-        ("theta_e_arcsec", "θE={:.2f}"),
-        ("arc_snr", "snr={:.1f}"),
-    ):
-        value = frame.columns.get(column, [None] * (i + 1))[i]
+def find_run_curves(frame: ScoresFrame) -> tuple[Path | None, Path | None]:
+    """The run folder of the checkpoint that scored ``frame``, and its ``curves.png``.
+
+    ``infer`` records the checkpoint path (as given on its command line) in the scores
+    parquet metadata under ``checkpoint``. A relative path is tried against the current
+    folder, then against the scores file's folder.
+
+    Returns:
+        ``(run folder, curves.png)``; ``(None, None)`` when the scores do not come from a
+        run, ``(run folder, None)`` when the run has no curves.
+    """
+    recorded = frame.metadata.get("checkpoint")
+    if not recorded:
+        return None, None
+    checkpoint = Path(recorded)
+    tries = (
+        [checkpoint]
+        if checkpoint.is_absolute()
+        else [checkpoint, Path(frame.source).parent / checkpoint]
+    )
+    for candidate in tries:
+        if (candidate.parent / CURVES_NAME).is_file():
+            return candidate.parent, (candidate.parent / CURVES_NAME).absolute()
+    return checkpoint.parent, None
+
+
+def _curves(frame: ScoresFrame, out: Path) -> tuple[list[Block], Path | None]:
+    run, curves = find_run_curves(frame)
+    if run is None:
+        return [], None
+    blocks = [_h(2, "Training")]
+    if curves is None:
+        return blocks + [_p("No training curves: no ", code(CURVES_NAME), " next to the "
+                            "checkpoint ", code(frame.metadata["checkpoint"]), ".")], None  # fmt: skip
+    with atomic_path(out / CURVES_NAME) as tmp:
+        shutil.copyfile(curves, tmp)
+    caption = (f"training curves of the run {run} (checkpoint {frame.metadata['checkpoint']}): "
+               "train loss, learning rate, validation metrics and loader wait per epoch")  # fmt: skip
+    return blocks + [_img(CURVES_NAME, caption)], curves
+
+
+def _caption(frame: ScoresFrame, i: int) -> tuple[list[str], str | None]:
+    """Caption lines of stamp row ``i`` and its viewer URL (None without ra/dec)."""
+    cols = frame.columns
+    tid = str(cols["task_id"][i])
+    lines = [tid if len(tid) <= 18 else tid[:16] + ".."]
+    ra, dec = (cols.get(c, [None] * (i + 1))[i] for c in ("ra", "dec"))
+    url = None
+    if ra is not None and dec is not None and np.isfinite(ra) and np.isfinite(dec):
+        lines.append(f"ra {ra:.6f}, dec {dec:.6f}")
+        url = viewer_url(float(ra), float(dec))
+    score = f"score {float(cols['score'][i]):.5g}"
+    lines.append(score + (f", logit {frame.ranking[i]:.3g}" if frame.rank_by == "logit" else ""))
+    extra = []
+    for column, fmt in (("control_kind", "{}"), ("theta_e_arcsec", "θE {:.2f}\""),
+                        ("arc_snr", "SNR {:.1f}")):  # fmt: skip
+        value = cols.get(column, [None] * (i + 1))[i]
         if value is not None and value == value:  # skips None and NaN
-            parts.append(fmt.format(value))
-    return "\n".join([parts[0], " ".join(parts[1:])])
+            extra.append(fmt.format(value))
+    return lines + ([", ".join(extra)] if extra else []), url
 
 
-def _gallery(frame: ScoresFrame, store: StampStore | None, out: Path) -> list[Block]:
-    blocks: list[Block] = [("h2", "Galleries")]
-    if store is None or "task_id" not in frame.columns:
-        why = "no --stamps store was given" if store is None else "the scores have no task_id"
-        return blocks + [("p", f"No galleries: {why}.")]
-    ids = frame.columns["task_id"]
-    for cls, order, fname, title in (
-        (0, -1, "gallery_top_controls.png", "highest-scoring controls"),
-        (1, 1, "gallery_missed_lenses.png", "missed lenses (lowest-scoring positives)"),
-    ):
-        idx = np.flatnonzero(frame.labels == cls)
-        idx = idx[np.argsort(order * frame.ranking[idx], kind="stable")]
-        rows, found = store.rows_for(ids[idx].tolist())
-        idx = idx[found][:GALLERY_SIZE]
+def _pick(
+    frame: ScoresFrame, store: StampStore, cls: int, order: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores rows and stamps of the gallery: the first GALLERY_SIZE found in the store."""
+    idx = np.flatnonzero(frame.labels == cls)
+    idx = idx[np.argsort(order * frame.ranking[idx], kind="stable")]
+    rows, found = store.rows_for(frame.columns["task_id"][idx].tolist())
+    return idx[found][:GALLERY_SIZE], store.read(rows[:GALLERY_SIZE])
+
+
+def _gallery(frame: ScoresFrame, picks: dict[str, tuple], out: Path) -> list[Block]:
+    blocks: list[Block] = []
+    for stem, _, _, title in GALLERIES:
+        idx, stamps = picks[stem]
+        blocks.append(_h(2, title))
         if idx.size == 0:
-            blocks.append(("p", f"No {title}: none of their task_ids is in the store."))
+            blocks.append(_p("None: no task_id of this class is in the --stamps store."))
             continue
-        caps = [_caption(frame, int(i)) for i in idx]
-        plots.plot_gallery(store.read(rows[:GALLERY_SIZE]), caps, out / fname, title)
-        blocks.append(("img", (fname, f"{title} (bands z,r,g as RGB)")))
+        items = []
+        for j, (i, stamp) in enumerate(zip(idx.tolist(), stamps, strict=True)):
+            src = f"gallery/{stem}_{j:02d}.png"
+            plots.save_stamp_png(stamp, out / src)
+            lines, url = _caption(frame, i)
+            items.append({"src": src, "lines": lines, "url": url, "alt": f"{title}, #{j + 1}"})
+        blocks += [_p("Bands z, r, g as R, G, B (asinh stretch); sorted by ", code(frame.rank_by), "."),
+                   {"kind": "gallery", "stamps": items}]  # fmt: skip
     return blocks
 
 
 def _audit(audit: dict[str, Any]) -> list[Block]:
-    blocks: list[Block] = [("h2", "Shortcut audit: central pixels only")]
+    blocks: list[Block] = [_h(2, "Shortcut audit: central pixels only")]
     if audit["status"] != "ok":
-        return blocks + [("p", f"Skipped: {audit['note']}.")]
+        return blocks + [_p(f"Skipped: {audit['note']}.")]
     lo, hi = audit["auroc_ci"]
-    return blocks + [("p", (
+    return blocks + [_p(
         f"A logistic regression on {len(audit['features'])} central-aperture fluxes (per band: "
-        f"disc r<4 px and ring 4-8 px), fitted on {audit['num_fit']} stamps, reaches AUROC "
-        f"**{audit['auroc']:.3f}** [{lo:.3f}, {hi:.3f}] on {audit['num_eval']} held-out stamps. "
-        f"0.5 means no information in the core. Interpretation: {audit['note']}."))]  # fmt: skip
+        f"disc r<4 px and ring 4-8 px), fitted on {audit['num_fit']} stamps, reaches AUROC ",
+        {"text": f"{audit['auroc']:.3f}", "style": "b"},
+        f" [{lo:.3f}, {hi:.3f}] on {audit['num_eval']} held-out stamps. 0.5 means no "
+        f"information in the core. Interpretation: {audit['note']}.")]  # fmt: skip
 
 
-def _render_md(blocks: list[Block]) -> str:
-    out = []
-    for kind, body in blocks:
-        if kind in ("h1", "h2"):
-            out.append(("# " if kind == "h1" else "## ") + body)
-        elif kind == "p":
-            out.append(body)
-        elif kind == "img":
-            out.append(f"![{body[1]}]({body[0]})\n\n*{body[1]}* (`{body[0]}`)")
-        elif kind == "table":
-            heads, rows = body
-            lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-            out.append("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]))
-        elif kind == "md":
-            out.append(body)
-    return "\n\n".join(out) + "\n"
+def _read_stamps(frame: ScoresFrame, store: StampStore | None,
+                 stamps_note: str | None) -> tuple[dict | None, dict, str]:  # fmt: skip
+    """Gallery picks and the shortcut audit, or why there are no galleries.
 
-
-def _render_html(blocks: list[Block]) -> str:
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>haloscope report</title>",
-           "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:"
-           "collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"]  # fmt: skip
-    for kind, body in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{html.escape(body)}</{kind}>")
-        elif kind in ("p", "md"):
-            out.append("<pre>" + html.escape(body) + "</pre>" if kind == "md" else
-                       "<p>" + html.escape(body).replace("\n", "<br>") + "</p>")  # fmt: skip
-        elif kind == "img":
-            out.append(f"<figure><img src='{html.escape(body[0])}'><figcaption>"
-                       f"{html.escape(body[1])}</figcaption></figure>")  # fmt: skip
-        elif kind == "table":
-            heads, rows = body
-            out.append(
-                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
-            )
-            out += [
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-            ]
-            out.append("</table>")
-    return "\n".join(out + ["</body></html>"]) + "\n"
+    A store that opened but cannot be read (a corrupt chunk) costs one warning, not the
+    report: galleries and audit are then skipped as without --stamps.
+    """
+    if stamps_note is None and (store is None or "task_id" not in frame.columns):
+        why = "no --stamps store was given" if store is None else "the scores have no task_id"
+        return None, shortcut_audit(frame, store), why
+    if stamps_note is None:
+        try:
+            picks = {stem: _pick(frame, store, cls, order) for stem, cls, order, _ in GALLERIES}
+            return picks, shortcut_audit(frame, store), ""
+        except DataError as exc:
+            reason = str(exc).replace("\n", " ")
+            logger.warning("%s; writing the report without galleries", reason)
+            stamps_note = f"the --stamps store could not be read ({reason})"
+    return None, {"status": "skipped", "note": f"{stamps_note}, so no pixels to audit"}, stamps_note
 
 
 def build_report(
@@ -212,33 +297,44 @@ def build_report(
     store: StampStore | None = None,
     comparison: Comparison | None = None,
     others: Mapping[str, ScoresFrame] | None = None,
+    stamps_note: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``report.html`` and the PNGs into ``report_dir``.
+    """Write ``report.md``, ``report.html``, the PNGs and ``gallery/`` into ``report_dir``.
 
     Args:
         frame: the evaluated scores.
         result: output of :func:`haloscope.evaluate.stratify.stratify`.
-        report_dir: output folder (created).
+        report_dir: output folder (created; files it holds and the report does not replace
+            are kept).
         files: label -> file name of the other outputs (CSV, JSON), listed in the report.
         store: stamps for galleries and the shortcut audit, or None (noted in the report).
         comparison: optional side-by-side table of other models on the same test set.
         others: their scores, drawn on the ROC plot.
+        stamps_note: why there is no store although --stamps was given (shown instead of
+            the galleries).
 
     Returns:
-        ``{"report_md", "report_html", "pngs", "shortcut_audit"}``.
+        ``{"report_md", "report_html", "pngs", "shortcut_audit", "training_curves"}``.
     """
     out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
     targets = tuple(t for t in result.fpr_targets if t in (1e-4, 1e-3)) or result.fpr_targets[:2]
-    audit = shortcut_audit(frame, store)
-    blocks = _summary(frame, result, files) + _operating_table(result)
-    if comparison is not None:
-        blocks += [("h2", "Comparison on the same test set"), ("md", comparison.to_markdown())]
-    blocks += _plots(frame, result, out, others or {}, targets) + _strata_tables(result, targets)
-    blocks += _gallery(frame, store, out) + _audit(audit)
-    (out / "report.md").write_text(_render_md(blocks))
-    (out / "report.html").write_text(_render_html(blocks))
-    pngs = sorted(p.name for p in out.glob("*.png"))
-    logger.info("report written to %s (%d plots)", out / "report.md", len(pngs))
+    picks, audit, why = _read_stamps(frame, store, stamps_note)
+    with staged_folder(out) as stage:
+        blocks = _summary(frame, result, files) + _operating_table(result)
+        if comparison is not None:
+            blocks += _comparison(comparison)
+        curves_blocks, curves = _curves(frame, stage)
+        blocks += curves_blocks + _plots(frame, result, stage, others or {}, targets)
+        blocks += _strata_tables(result, targets)
+        if picks is None:
+            blocks += [_h(2, "Galleries"), _p(f"No galleries: {why}.")]
+        else:
+            blocks += _gallery(frame, picks, stage)
+        blocks += _audit(audit)
+        atomic_write_text(stage / "report.md", render_markdown(blocks))
+        atomic_write_text(stage / "report.html", render_html(blocks, "haloscope evaluation report"))
+        pngs = sorted(str(p.relative_to(stage)) for p in stage.rglob("*.png"))
+    logger.info("report written to %s (%d PNGs)", out / "report.html", len(pngs))
     return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
-            "pngs": pngs, "shortcut_audit": audit}  # fmt: skip
+            "pngs": pngs, "shortcut_audit": audit,
+            "training_curves": None if curves is None else str(curves)}  # fmt: skip

@@ -1,8 +1,13 @@
 """Reading and validating a scores table (``infer`` output, ``eval``/``mine`` input).
 
-The layout is the "Scores table" of ``docs/architecture.md``. Evaluation needs ``label``
-and ``score``; everything else (``logit``, strata columns, ``task_id``, ``split``,
-``model``) is optional here and checked by the step that uses it.
+The layout is the "Scores table" of ``docs/architecture.md``. Evaluation needs a label and
+``score``; everything else (``logit``, strata columns, ``task_id``, ``split``, ``model``) is
+optional here and checked by the step that uses it.
+
+The label comes from ``label`` (1 = lens), else ``y_true`` (the seed's evaluation column, the
+same coding), else ``is_control`` (the seed's inference output: label = 1 - is_control);
+:func:`resolve_labels` is the one place that decides, and every frame records which column
+it used (``ScoresFrame.label_column``).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +24,21 @@ import pyarrow.parquet as pq
 
 from haloscope.errors import ConfigError, DataError
 
-__all__ = ["RANK_BY", "ScoresFrame", "load_scores", "scores_from_table"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "RANK_BY",
+    "ScoresFrame",
+    "describe_label_column",
+    "load_scores",
+    "resolve_labels",
+    "scores_from_table",
+]
 
 logger = logging.getLogger(__name__)
 
 RANK_BY: tuple[str, ...] = ("auto", "logit", "score")
+# in order of preference; is_control is inverted (1 = control)
+LABEL_COLUMNS: tuple[str, ...] = ("label", "y_true", "is_control")
 
 
 @dataclass
@@ -37,6 +52,9 @@ class ScoresFrame:
         labels: int8 (N,), 1 = lens.
         ranking: float64 (N,) the values that are ranked (``logit`` or ``score``).
         rank_by: ``"logit"`` or ``"score"``.
+        label_column: the column ``labels`` came from (one of ``LABEL_COLUMNS``).
+        metadata: the parquet schema metadata, decoded (``infer`` stores its provenance
+            there, e.g. ``checkpoint``); empty for an in-memory table without any.
     """
 
     source: str
@@ -44,6 +62,8 @@ class ScoresFrame:
     labels: np.ndarray
     ranking: np.ndarray
     rank_by: str
+    label_column: str = "label"
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -58,6 +78,8 @@ class ScoresFrame:
 
 
 def _column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_null(column.type):  # all NULL (e.g. psf_fwhm_used_r of controls only)
+        return np.full(len(column), np.nan)
     if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
         if column.null_count and pa.types.is_integer(column.type):
             column = column.cast(pa.float64())
@@ -95,6 +117,43 @@ def _check_numeric(table: pa.Table, name: str, source: str) -> np.ndarray:
     return values
 
 
+def describe_label_column(column: str) -> str:
+    """How labels were read from ``column``, for logs and reports."""
+    return "label = 1 - is_control" if column == "is_control" else "1 = lens"
+
+
+def resolve_labels(table: pa.Table, source: str = "<table>") -> tuple[np.ndarray, str]:
+    """The 0/1 labels (1 = lens) of a scores table and the column they came from.
+
+    The first of ``LABEL_COLUMNS`` present wins: ``label``, then ``y_true`` (both 1 = lens),
+    then ``is_control`` (1 = control, inverted here), as the seed's evaluation did.
+
+    Args:
+        table: the scores table.
+        source: name used in error messages.
+
+    Returns:
+        ``(labels int8 (N,), column name)``.
+
+    Raises:
+        DataError: none of the columns exists, or the one used holds nulls, NaN or values
+            other than 0/1.
+    """
+    column = next((c for c in LABEL_COLUMNS if c in table.column_names), None)
+    if column is None:
+        raise DataError(
+            f"{source}: missing column(s) 'label', 'y_true' or 'is_control' (one label column "
+            f"is needed; has: {', '.join(table.column_names)})"
+        )
+    values = _check_numeric(table, column, source)
+    if not np.isin(values, (0, 1)).all():
+        bad = sorted(set(np.unique(values[~np.isin(values, (0, 1))]).tolist()))[:5]
+        coding = "0 (lens) or 1 (control)" if column == "is_control" else "0 (control) or 1 (lens)"
+        raise DataError(f"{source}: column '{column}' must be {coding}, found {bad}")
+    labels = values.astype(np.int8)
+    return (1 - labels if column == "is_control" else labels), column
+
+
 def scores_from_table(
     table: pa.Table,
     source: str = "<table>",
@@ -118,7 +177,7 @@ def scores_from_table(
         DataError: naming the source and column for missing columns, nulls, NaN scores,
             labels other than 0/1, or a missing class.
     """
-    missing = [c for c in ("label", "score", *require) if c not in table.column_names]
+    missing = [c for c in ("score", *require) if c not in table.column_names]
     if missing:
         raise DataError(
             f"{source}: missing column(s) {', '.join(repr(c) for c in missing)} "
@@ -126,19 +185,20 @@ def scores_from_table(
         )
     if table.num_rows == 0:
         raise DataError(f"{source}: the scores table has no rows")
-    labels = _check_numeric(table, "label", source)
-    if not np.isin(labels, (0, 1)).all():
-        bad = sorted(set(np.unique(labels[~np.isin(labels, (0, 1))]).tolist()))[:5]
-        raise DataError(f"{source}: column 'label' must be 0 (control) or 1 (lens), found {bad}")
+    labels, label_column = resolve_labels(table, source)
     _check_numeric(table, "score", source)
     rank_by = _resolve_rank_by(table, rank_by, source)
     ranking = _check_numeric(table, rank_by, source)
     num_pos = int(labels.sum())
     if need_both_classes and (num_pos == 0 or num_pos == labels.size):
         which = "positives (label == 1)" if num_pos == 0 else "controls (label == 0)"
-        raise DataError(f"{source}: column 'label' has no {which}; evaluation needs both classes")
+        raise DataError(
+            f"{source}: column '{label_column}' has no {which}; evaluation needs both classes"
+        )
     columns = {name: _column_to_numpy(table.column(name)) for name in table.column_names}
-    return ScoresFrame(source, columns, labels.astype(np.int8), ranking, rank_by)
+    metadata = {k.decode(errors="replace"): v.decode(errors="replace")
+                for k, v in (table.schema.metadata or {}).items()}  # fmt: skip
+    return ScoresFrame(source, columns, labels, ranking, rank_by, label_column, metadata)
 
 
 def load_scores(
@@ -170,8 +230,8 @@ def load_scores(
         raise DataError(f"{path}: cannot read as parquet ({exc})") from exc
     frame = scores_from_table(table, str(path), rank_by, require, need_both_classes)
     logger.info(
-        "%s: %d rows (%d lenses, %d controls), ranking by %s",
-        path, frame.num_rows, int(frame.labels.sum()),
-        int((frame.labels == 0).sum()), frame.rank_by,
+        "%s: %d rows (%d lenses, %d controls), labels from column '%s' (%s), ranking by %s",
+        path, frame.num_rows, int(frame.labels.sum()), int((frame.labels == 0).sum()),
+        frame.label_column, describe_label_column(frame.label_column), frame.rank_by,
     )  # fmt: skip
     return frame

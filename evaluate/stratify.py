@@ -17,13 +17,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from haloscope.atomic import atomic_open
 from haloscope.evaluate.intervals import binomial_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, OperatingPoint, operating_points
 from haloscope.evaluate.scores import ScoresFrame
@@ -39,6 +39,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 INF = math.inf
+# PSF FWHM columns for theta_E / PSF when the table has no theta_over_psf, in order:
+# infer's, the seed's (the PSF its simulation used), the survey's r-band PSF size
+PSF_COLUMNS: tuple[str, ...] = ("psf_fwhm_r", "psf_fwhm_used_r", "psfsize_r")
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,8 @@ def _column_values(frame: ScoresFrame, spec: StratumSpec) -> np.ndarray | None:
     if spec.column in cols:
         return cols[spec.column]
     if spec.column == "theta_over_psf" and "theta_e_arcsec" in cols:
-        psf = cols.get("psf_fwhm_r", cols.get("psfsize_r"))
-        if psf is not None:
+        psf = next((cols[c] for c in PSF_COLUMNS if c in cols), None)
+        if psf is not None and psf.dtype != object:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = cols["theta_e_arcsec"].astype(float) / psf.astype(float)
             return np.where(np.isfinite(ratio) & (psf > 0), ratio, np.nan)
@@ -343,12 +346,9 @@ def write_stratified_csv(result: StratifiedResult, path: str | Path) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=csv_columns(result), restval="")
         writer.writeheader()
         for row in result.rows:
             writer.writerow(_csv_row(row, result))
-    os.replace(tmp, path)
     return path

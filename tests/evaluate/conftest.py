@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -32,13 +34,58 @@ def make_scores_table(num_rows: int = 600, seed: int = 0, split: str = "test",
     })  # fmt: skip
 
 
+def make_seed_table(num_rows: int = 600, seed: int = 0, split: str = "test") -> pa.Table:
+    """A scores table as the seed's ``phase5_infer_scores_v2.py`` wrote it.
+
+    ``is_control`` (int32, 1 = control) instead of ``label``; ``score`` only (bf16-quantised,
+    no ``logit``); ``region_split``, ``psf_fwhm_used_r`` (NULL for controls) and
+    ``theta_e_arcsec = 0`` for controls; no ``task_id`` and no ``model``.
+    """
+    ours = make_scores_table(num_rows, seed, split)
+    label = np.asarray(ours["label"])
+    score = np.round(np.asarray(ours["score"], np.float64) * 256) / 256  # bf16-like ties
+    return pa.table({
+        "ra": ours["ra"], "dec": ours["dec"], "brickname": ours["brickname"],
+        "region_split": ours["split"], "is_control": pa.array(1 - label, pa.int32()),
+        "theta_e_arcsec": np.nan_to_num(np.asarray(ours["theta_e_arcsec"])),
+        "psf_fwhm_used_r": pa.array([float(p) if y else None for y, p
+                                     in zip(label, np.asarray(ours["psf_fwhm_r"]), strict=True)]),
+        "psfsize_r": ours["psfsize_r"], "arc_snr": ours["arc_snr"],
+        "cutout_ok": pa.array(np.ones(num_rows, np.int32)),
+        "score": pa.array(score.astype(np.float32)),
+    })  # fmt: skip
+
+
+def write_stamps_store(path: Path, task_ids: list[str], stamps: np.ndarray) -> Path:
+    """The layout the converter writes: a group with ``stamps`` (N,3,64,64) f16 and ``task_id``."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("stamps", data=stamps.astype(np.float16), chunks=(64, 3, 64, 64))
+    ids = group.create_array("task_id", shape=(len(task_ids),), dtype=str)
+    ids[:] = np.asarray(task_ids)
+    return path
+
+
 @pytest.fixture
 def scores_table() -> pa.Table:
     """600 rows, ~40% lenses, tied logits."""
     return make_scores_table()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_scores():
     """The :func:`make_scores_table` factory (importlib mode cannot import conftest)."""
     return make_scores_table
+
+
+@pytest.fixture(scope="session")
+def make_seed_scores():
+    """The :func:`make_seed_table` factory."""
+    return make_seed_table
+
+
+@pytest.fixture(scope="session")
+def write_stamps():
+    """The :func:`write_stamps_store` writer."""
+    return write_stamps_store
