@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from haloscope.atomic import atomic_write_text
 from haloscope.errors import HaloscopeError
 
 if TYPE_CHECKING:
@@ -83,10 +84,7 @@ def stage_done(out: Path, stage: Stage) -> bool:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
@@ -393,7 +391,7 @@ def write_comparison(cfg: Gen4Config, scores: dict[str, Path]) -> dict:
              "Per-generation reports: gen3/report/report.md, gen4/report/report.md.", "",
              "| stage | wall time (s) |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {wall:.1f} |" for name, wall in times]
-    (cfg.out / "gen3_vs_gen4.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(cfg.out / "gen3_vs_gen4.md", "\n".join(lines) + "\n")
     comparison.to_csv(cfg.out / "gen3_vs_gen4.csv")
     doc = {"settings": cfg.scale(), "ci_method": comparison.ci_method,
            "confidence": comparison.confidence, "rows": comparison.rows,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haloscope.argparse_util import VerbParser
+from haloscope.atomic import atomic_write_text
 from haloscope.errors import ConfigError
 
 __all__ = ["Gen4Config", "TINY", "FULL", "build_parser", "config_from_args", "main"]
@@ -216,7 +217,7 @@ def _check_resume(cfg: Gen4Config) -> None:
                               "use a new --out or the same flags to resume")  # fmt: skip
         return
     cfg.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.scale(), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(cfg.scale(), indent=1) + "\n")
 
 
 def main(argv: list[str]) -> int:
