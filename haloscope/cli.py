@@ -21,6 +21,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "haloscope.preprocess.simulate_cli",
         "write a mock DR10 survey in the real layout",
     ),
+    "transfer-sets": (
+        "haloscope.preprocess.transfer_cli",
+        "independent lenstronomy lens/confuser sets for a transfer check",
+    ),
     "shards": ("haloscope.preprocess.convert_cli", "convert parquet splits into WebDataset shards"),
     "train": ("haloscope.train.cli", "train ConvNeXt-Tiny (focal loss) on shards"),
     "infer": ("haloscope.infer.cli", "score shards or parquet with a checkpoint"),
