@@ -21,6 +21,7 @@ __all__ = [
     "SPLITS",
     "REQUIRED_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "NULLABLE_COLUMNS",
     "DatasetLayout",
     "validate_dataset",
     "split_files",
@@ -53,10 +54,27 @@ REQUIRED_COLUMNS: dict[str, str] = {
 # Used when present: bandset gates r-only rows; control_kind is mock-only truth for strata.
 OPTIONAL_COLUMNS: dict[str, str] = {"bandset": "string", "control_kind": "string"}
 
+# Columns the contract allows to be NULL (read as NaN / "not set"): lens-only quantities are
+# NULL for controls, the fitted PSF falls back to psfsize_r. A file where such a column is
+# NULL in every row (a control-only file) may store it with parquet type ``null``, as
+# ``pyarrow.Table.from_pylist`` does; that type is accepted for these columns only.
+NULLABLE_COLUMNS: frozenset[str] = frozenset(
+    {
+        "theta_e_arcsec",
+        "psf_fwhm_used_r",
+        "arc_snr",
+        "src_dmag",
+        "src_reff_arcsec",
+        *OPTIONAL_COLUMNS,
+    }
+)
 
-def _kind_ok(dtype: pa.DataType, kind: str) -> bool:
+
+def _kind_ok(dtype: pa.DataType, kind: str, nullable: bool = False) -> bool:
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
+    if pa.types.is_null(dtype):
+        return nullable
     if kind == "float":
         return pa.types.is_floating(dtype) or pa.types.is_integer(dtype)
     if kind == "int":
@@ -145,10 +163,12 @@ def check_schema(path: Path, schema: pa.Schema, columns: dict[str, str] = REQUIR
             f"(the contract needs: {', '.join(columns)})"
         )
     for name, kind in {**columns, **OPTIONAL_COLUMNS}.items():
-        if name in names and not _kind_ok(schema.field(name).type, kind):
-            raise ContractError(
-                f"{path}: column {name!r} has type {schema.field(name).type}, expected {kind}"
+        dtype = schema.field(name).type if name in names else None
+        if dtype is not None and not _kind_ok(dtype, kind, nullable=name in NULLABLE_COLUMNS):
+            null = (
+                " (a column entirely NULL; this one may not be)" if pa.types.is_null(dtype) else ""
             )
+            raise ContractError(f"{path}: column {name!r} has type {dtype}, expected {kind}{null}")
 
 
 def _read_schema(path: Path) -> tuple[pa.Schema, int]:
