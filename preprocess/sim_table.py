@@ -8,6 +8,7 @@ directory, not a column inside the files (as Spark writes it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from haloscope.atomic import atomic_path
 from haloscope.preprocess.sim_config import BANDS, CONTROL_KINDS, EXPERIMENT_ID, PIPELINE_VERSION
 
 __all__ = ["SCHEMA", "encode_npz", "failed_stamp", "task_id", "SplitWriters", "DEFECTS"]
@@ -217,7 +219,11 @@ def galaxy_columns(pop: dict, g: int) -> dict:
 
 
 class SplitWriters:
-    """One parquet part file per split for a chunk, written to a temp name and renamed on close."""
+    """One parquet part file per split for a chunk, as a context manager.
+
+    Each file is written to a temporary sibling (``haloscope.atomic``) that is renamed into
+    place when the block exits cleanly; on an exception every temporary file is removed.
+    """
 
     def __init__(
         self, out: str | os.PathLike, chunk: int, compression: str, row_group_rows: int = 1024
@@ -225,9 +231,35 @@ class SplitWriters:
         self.out, self.chunk = Path(out), chunk
         self.codec = None if compression == "none" else compression
         self.row_group_rows = row_group_rows
-        self._writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = {}
+        self._files = contextlib.ExitStack()
+        self._writers: dict[str, pq.ParquetWriter] = {}
         self._pending: dict[str, list[dict]] = {}
         self.rows_written: dict[str, int] = {}
+
+    def __enter__(self) -> SplitWriters:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None:
+            self._abort(exc)
+            return False
+        try:
+            for split, pending in self._pending.items():
+                self._flush(split, pending)
+            for writer in self._writers.values():
+                writer.close()
+        except BaseException as err:
+            self._abort(err)
+            raise
+        self._files.close()  # renames each file into place
+        return False
+
+    def _abort(self, err: BaseException) -> None:
+        """Close the writers and remove every temporary file; ``err`` is what failed."""
+        for writer in self._writers.values():
+            with contextlib.suppress(Exception):  # err is the error to report, not this one
+                writer.close()
+        self._files.__exit__(type(err), err, err.__traceback__)
 
     def add(self, split: str, rows: list[dict]) -> None:
         """Queue rows of one split; a row group is flushed every ``row_group_rows`` rows."""
@@ -242,24 +274,8 @@ class SplitWriters:
             return
         if split not in self._writers:
             final = self.out / f"region_split={split}" / f"part-{self.chunk:05d}.parquet"
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.name}.tmp")
-            self._writers[split] = (
-                pq.ParquetWriter(tmp, SCHEMA, compression=self.codec),
-                tmp,
-                final,
-            )
+            tmp = self._files.enter_context(atomic_path(final))
+            self._writers[split] = pq.ParquetWriter(tmp, SCHEMA, compression=self.codec)
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        self._writers[split][0].write_table(table)
+        self._writers[split].write_table(table)
         self.rows_written[split] = self.rows_written.get(split, 0) + len(rows)
-
-    def close(self) -> dict[str, int]:
-        """Flush, close and rename every file; returns rows written per split."""
-        for split, pending in self._pending.items():
-            self._flush(split, pending)
-        self._pending.clear()
-        for writer, tmp, final in self._writers.values():
-            writer.close()
-            os.replace(tmp, final)
-        self._writers.clear()
-        return dict(self.rows_written)

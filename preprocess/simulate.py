@@ -9,6 +9,7 @@ and streams rows into one part file per split, so memory stays bounded at any su
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from haloscope.atomic import atomic_write_text, is_temp_name
 from haloscope.errors import ConfigError
 from haloscope.preprocess.sim_config import NUM_SELECTION_SETS, SPLITS, SimConfig
 from haloscope.preprocess.sim_population import Population, draw_population
@@ -138,17 +140,14 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> dict[str, int]:
     """
     rng = np.random.default_rng([cfg.seed, chunk])
     pop = draw_population(rng, cfg, chunk, cfg.rows_in_chunk(chunk))
-    writers = SplitWriters(cfg.out, chunk, cfg.compression)
     fail_bytes = failed_stamp()
-    try:
+    with SplitWriters(cfg.out, chunk, cfg.compression) as writers:
         for start in range(0, len(pop["ra"]), RENDER_BATCH):
             sub = {k: v[start : start + RENDER_BATCH] for k, v in pop.items()}
             rb = render_batch(rng, sub, quantize=cfg.quantize)
             for split, rows in _batch_rows(rng, sub, rb, fail_bytes):
                 writers.add(split, rows)
-    finally:
-        counts = writers.close()
-    return counts
+    return writers.rows_written
 
 
 def _run_chunk(args: tuple[SimConfig, int]) -> tuple[int, dict[str, int]]:
@@ -169,6 +168,41 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} exists and is not a directory")
 
 
+def _run_chunks(cfg: SimConfig, progress: bool) -> dict[str, int]:
+    """Write every chunk (in ``cfg.workers`` processes); returns rows written per split."""
+    totals = {s: 0 for s in SPLITS}
+    jobs = [(cfg, i) for i in range(cfg.num_chunks)]
+    bar = tqdm(total=cfg.rows, unit="row", desc="simulate", disable=not progress)
+    try:
+        with contextlib.ExitStack() as stack:
+            if cfg.workers == 1 or len(jobs) == 1:
+                results: Iterator = map(_run_chunk, jobs)
+            else:
+                # NOTE: a chunk's exception is re-raised here; leaving the block terminates
+                # the other workers at once (their temporaries are removed by the caller)
+                pool = stack.enter_context(
+                    mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)))
+                )
+                results = pool.imap_unordered(_run_chunk, jobs)
+            for _, counts in results:
+                for split, n in counts.items():
+                    totals[split] += n
+                bar.update(sum(counts.values()))
+    finally:
+        bar.close()
+    return totals
+
+
+def _discard_partial(out: Path) -> None:
+    """Remove what an unfinished run wrote: part files, temporaries, emptied split folders."""
+    for split_dir in out.glob("region_split=*"):
+        for path in split_dir.iterdir():
+            if path.suffix == ".parquet" or is_temp_name(path.name):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            split_dir.rmdir()
+
+
 def simulate(cfg: SimConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the whole mock survey described by ``cfg``.
 
@@ -182,41 +216,33 @@ def simulate(cfg: SimConfig, overwrite: bool = False, progress: bool = True) -> 
 
     Raises:
         ConfigError: ``cfg.out`` already holds a survey and ``overwrite`` is False.
+        OSError: ``cfg.out`` cannot be written; it names the file, or ``cfg.out`` when the
+            system did not say which (a full disk fails a write, not an open). The part
+            files of this run are removed, so no half-written survey is left.
     """
     out = Path(cfg.out)
     _check_out(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    totals = {s: 0 for s in SPLITS}
-    jobs = [(cfg, i) for i in range(cfg.num_chunks)]
-    bar = tqdm(total=cfg.rows, unit="row", desc="simulate", disable=not progress)
-    if cfg.workers == 1 or len(jobs) == 1:
-        results: Iterator = map(_run_chunk, jobs)
-        pool = None
-    else:
-        pool = mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)))
-        results = pool.imap_unordered(_run_chunk, jobs)
     try:
-        for _, counts in results:
-            for split, n in counts.items():
-                totals[split] += n
-            bar.update(sum(counts.values()))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    seconds = time.perf_counter() - t0
-    summary = {
-        "rows": sum(totals.values()),
-        "rows_per_split": totals,
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(sum(totals.values()) / max(seconds, 1e-9), 1),
-        "num_chunks": cfg.num_chunks,
-        "selection_sets": NUM_SELECTION_SETS,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
-    }
-    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        totals = _run_chunks(cfg, progress)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "rows": sum(totals.values()),
+            "rows_per_split": totals,
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(sum(totals.values()) / max(seconds, 1e-9), 1),
+            "num_chunks": cfg.num_chunks,
+            "selection_sets": NUM_SELECTION_SETS,
+            "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+        }
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _discard_partial(out)
+        if not isinstance(exc, OSError) or exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     logger.info(
         "wrote %d rows to %s in %.1f s (%.0f rows/s)",
         summary["rows"],
