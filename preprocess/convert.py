@@ -3,8 +3,9 @@
 Pass 1, one unit per input file: stream record batches, apply the contract's gates and the
 resolvability cut (``gates.gate_batch``), refuse rows with non-finite meta or ids too long
 for the schema (counted), normalise (``normalize.outer_normalize``) to float16, flag
-controls found in the hard-negative lookup and repeat them ``hard_neg_weight`` times
-(``copy`` 0..w-1), and spill every sample into hash buckets (``shards/buckets.py``).
+controls found in the hard-negative lookup and, in the train split only, repeat them
+``hard_neg_weight`` times (``copy`` 0..w-1), and spill every sample into hash buckets
+(``shards/buckets.py``).
 Pass 2, one unit per bucket: de-duplicate pixel-identical rows, shuffle, write one shard.
 The manifest step (``shards/assemble.py``) runs when every part of every split exists.
 Orchestration (tasks, workers, resume) lives in ``preprocess/convert_run.py``.
@@ -26,7 +27,7 @@ from haloscope.preprocess.hardneg import HardNegLookup
 from haloscope.preprocess.normalize import NORM_METHODS, outer_normalize
 from haloscope.preprocess.read_parquet import iter_record_batches
 from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS, check_meta_columns
-from haloscope.shards.buckets import PartWriter, row_dtype, shuffle_keys, stamp_digests
+from haloscope.shards.buckets import open_part, row_dtype, shuffle_keys, stamp_digests
 from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE, encode_control_kind
 
 __all__ = [
@@ -113,6 +114,10 @@ class ConvertConfig:
                 raise ConfigError(message)
         check_meta_columns(self.meta_cols)
 
+    def hard_neg_copies(self, split: str) -> int:
+        """Copies of each control matched by the lookup: the weight in train, else 1."""
+        return self.hard_neg_weight if split == "train" and self.hard_neg_path else 1
+
 
 def _encode_ids(col: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
     values = [(v or "").encode("utf-8") for v in col.to_pylist()]
@@ -150,8 +155,13 @@ def rows_of_batch(
     file_index: int,
     row_offset: int,
     lookup: HardNegLookup | None,
+    hard_neg_weight: int,
 ) -> tuple[np.ndarray, Counter, Counter]:
     """Gate, normalise, flag and duplicate one record batch into spill rows.
+
+    ``hard_neg_weight`` is the copies of each matched control: ``cfg.hard_neg_weight`` in the
+    train split, 1 in val/test, where a match is flagged and counted but never duplicated (a
+    duplicate there would bias every false-positive rate and early stopping).
 
     Returns:
         ``(rows, rejected, counts)``: ``row_dtype`` samples (hard negatives repeated),
@@ -182,7 +192,7 @@ def rows_of_batch(
         counts["lookup_lens_matches"] += int((hit & is_lens).sum())
     counts["accepted_rows"] += len(good)
     counts["hard_neg_matches"] += int(hard.sum())  # before de-duplication
-    repeats = np.where(hard, cfg.hard_neg_weight, 1)
+    repeats = np.where(hard, hard_neg_weight, 1)
     src = np.repeat(np.arange(len(good)), repeats)
     copy = (np.arange(len(src)) - np.repeat(np.cumsum(repeats) - repeats, repeats)).astype(np.uint8)
     digest = stamp_digests(stamps)
@@ -205,6 +215,7 @@ def convert_file(
     num_buckets: int,
     lookup: HardNegLookup | None,
     record: dict,
+    hard_neg_weight: int,
 ) -> dict:
     """Pass 1 for one parquet file: spill its samples into ``stem`` (a bucket part).
 
@@ -216,33 +227,34 @@ def convert_file(
         num_buckets: buckets of the split.
         lookup: hard-negative lookup or None.
         record: identity fields stored in the part record (fingerprint, source).
+        hard_neg_weight: copies of each matched control in this split (1 outside train).
 
     Returns:
         The part record: input rows, rejected rows by reason, counts.
     """
-    writer = PartWriter(stem, num_buckets)
     rejected, counts = Counter(), Counter()
     offset = 0
-    try:
+    with open_part(stem, num_buckets) as writer:
         for _, batch in iter_record_batches([path], extra=cfg.meta_cols, batch_rows=cfg.batch_rows):
             rows, rej, cnt = rows_of_batch(
-                batch, cfg=cfg, file_index=file_index, row_offset=offset, lookup=lookup
+                batch,
+                cfg=cfg,
+                file_index=file_index,
+                row_offset=offset,
+                lookup=lookup,
+                hard_neg_weight=hard_neg_weight,
             )
             writer.add(rows)
             rejected.update(rej)
             counts.update(cnt)
             offset += batch.num_rows
-    except BaseException:
-        writer.abort()
-        raise
     full = {
         **record,
         "input_rows": offset,
         "rejected": {k: v for k, v in sorted(rejected.items()) if v},
         "counts": dict(sorted(counts.items())),
     }
-    writer.close(full)
-    return full
+    return writer.write_record(stem, full)
 
 
 def required_columns(cfg: ConvertConfig) -> dict[str, str]:

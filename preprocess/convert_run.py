@@ -6,32 +6,37 @@ last and atomically, so a unit is done exactly when its record exists with the r
 fingerprint (and, for pass 2, the shard's sha256 matches). Units are dealt round-robin to
 tasks: task ``t`` of ``T`` runs pass-1 units ``i % T == t``, then pass-2 units likewise;
 whichever task finds every record present writes the manifests. Outputs never depend on
-``--workers`` or ``--num-tasks``.
+``--workers`` or ``--num-tasks``. ``shards/lock.py`` keeps other conversions out of the
+output root while this one runs (array tasks share it); the manifest step itself lives in
+``preprocess/convert_manifest.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
 from haloscope.preprocess import convert as cv
+from haloscope.preprocess import convert_manifest as cm
 from haloscope.preprocess.hardneg import HardNegLookup, load_lookup
 from haloscope.preprocess.normalize import norm_settings
 from haloscope.preprocess.schema import DatasetLayout, validate_dataset
-from haloscope.shards.assemble import assemble_split, combine_stats, finish_stats, meta_stats
+from haloscope.shards.assemble import meta_stats
 from haloscope.shards.buckets import dedup_and_order, load_part_record, read_bucket, row_dtype
+from haloscope.shards.lock import MERGE_LOCK_NAME, lock_output, try_lock
 from haloscope.shards.manifest import MANIFEST_NAME
 from haloscope.shards.schema import SCHEMA_VERSION
-from haloscope.shards.write import atomic_write_bytes, sha256_file, write_shard
+from haloscope.shards.write import sha256_file, write_shard
 
 __all__ = ["convert", "Plan"]
 
@@ -61,8 +66,8 @@ class Plan:
         }
         self.sources: dict[str, list[dict]] = {}
         self.num_buckets: dict[str, int] = {}
-        extra = (cfg.hard_neg_weight - 1) * lookup.num_rows if lookup else 0
         for split in cfg.splits:
+            extra = (cfg.hard_neg_copies(split) - 1) * lookup.num_rows if lookup else 0
             srcs = []
             for path in layout.files[split]:
                 st = path.stat()
@@ -87,10 +92,14 @@ class Plan:
         return [(s, b) for s in self.cfg.splits for b in range(self.num_buckets[s])]
 
     def p1_fingerprint(self, split: str, i: int) -> str:
-        return _digest([self.settings, split, i, self.num_buckets[split], self.sources[split][i]])
+        copies = self.cfg.hard_neg_copies(split)
+        return _digest(
+            [self.settings, split, copies, i, self.num_buckets[split], self.sources[split][i]]
+        )
 
     def p2_fingerprint(self, split: str) -> str:
-        return _digest([self.settings, split, self.num_buckets[split], self.sources[split]])
+        copies = self.cfg.hard_neg_copies(split)
+        return _digest([self.settings, split, copies, self.num_buckets[split], self.sources[split]])
 
     def p1_stem(self, split: str, i: int) -> Path:
         return self.work_dir(split) / f"p1-{i:05d}"
@@ -125,7 +134,14 @@ def _run_p1(job: tuple[Plan, str, int]) -> int:
     path = plan.layout.files[split][i]
     record = {"fingerprint": plan.p1_fingerprint(split, i), "source": plan.sources[split][i]}
     rec = cv.convert_file(
-        plan.cfg, path, i, plan.p1_stem(split, i), plan.num_buckets[split], plan.lookup, record
+        plan.cfg,
+        path,
+        i,
+        plan.p1_stem(split, i),
+        plan.num_buckets[split],
+        plan.lookup,
+        record,
+        hard_neg_weight=plan.cfg.hard_neg_copies(split),
     )
     return rec["input_rows"]
 
@@ -143,7 +159,6 @@ def _run_p2(job: tuple[Plan, str, int]) -> int:
     del rows
     shard = None
     if len(kept):
-        (plan.cfg.out / split).mkdir(parents=True, exist_ok=True)
         shard = write_shard(
             plan.cfg.out / split / f"shard-{b:06d}.tar",
             kept["image"],
@@ -158,22 +173,27 @@ def _run_p2(job: tuple[Plan, str, int]) -> int:
         "duplicates": dups,
         "meta_stats": meta_stats(kept["meta"]),
     }
-    atomic_write_bytes(plan.p2_path(split, b), json.dumps(rec).encode())
+    atomic_write_text(plan.p2_path(split, b), json.dumps(rec))
     return len(kept)
 
 
 def _map(fn, jobs: list, workers: int, desc: str, unit: str) -> None:
     """Run ``fn`` over ``jobs`` in ``workers`` processes with a progress bar."""
     bar = tqdm(total=len(jobs), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            fn(job)
-            bar.update(1)
-    else:
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            for _ in pool.imap_unordered(fn, jobs):
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                fn(job)
                 bar.update(1)
-    bar.close()
+        else:
+            # NOTE: a worker's exception (an OSError naming its file, a HaloscopeError) is
+            # re-raised here; leaving the block terminates the other workers, whose
+            # temporary files the caller removes (convert_manifest.remove_temporaries)
+            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for _ in pool.imap_unordered(fn, jobs):
+                    bar.update(1)
+    finally:
+        bar.close()  # the error line, if any, starts on a line of its own
 
 
 def _wait_for(check, what: str, timeout_s: float) -> None:
@@ -192,114 +212,77 @@ def _missing(plan: Plan, units: list[tuple[str, int]], pass_no: int) -> list[str
     return [f"{s}/{i}" for s, i in units if get(s, i) is None]
 
 
-def _train_meta(plan: Plan) -> dict[str, Any]:
-    """Meta mean/std of the train split: from this run's buckets or an existing manifest."""
-    cols = list(plan.cfg.meta_cols)
-    if "train" in plan.cfg.splits:
-        recs = [plan.p2_record("train", b) for b in range(plan.num_buckets["train"])]
-        stats = combine_stats([r["meta_stats"] for r in recs], len(cols))
-        mean, std = finish_stats(stats)
-        return {
-            "columns": cols,
-            "mean": mean,
-            "std": std,
-            "stats_split": "train",
-            "stats_count": stats["count"],
-        }
-    path = plan.cfg.out / "train" / MANIFEST_NAME
-    try:
-        meta = json.loads(path.read_text())["meta"]
-    except (OSError, ValueError, KeyError):
-        raise DataError(
-            f"{path}: meta statistics come from the train split; convert train "
-            "first or include it in --splits"
-        ) from None
-    if meta["columns"] != cols:
-        raise DataError(
-            f"{path}: train shards have meta columns {meta['columns']}, this run "
-            f"asks for {cols}; use the same --meta-cols"
+def _pass1(plan: Plan) -> None:
+    t, tasks = plan.cfg.task_index, plan.cfg.num_tasks
+    jobs = [(plan, s, i) for k, (s, i) in enumerate(plan.p1_units()) if k % tasks == t]
+    _map(_run_p1, jobs, plan.cfg.workers, f"pass 1 task {t}", "file")
+
+
+def _pass2(plan: Plan) -> None:
+    cfg, units = plan.cfg, plan.p1_units()
+    t, tasks = cfg.task_index, cfg.num_tasks
+    jobs = [(plan, s, b) for k, (s, b) in enumerate(plan.p2_units()) if k % tasks == t]
+    if not jobs:  # more tasks than buckets: nothing to wait for (the others may finish and
+        return  # remove the pass-1 data before this task would see it complete)
+    if cfg.stage == "all" and tasks > 1:
+        _wait_for(
+            lambda: not _missing(plan, units, 1),
+            "the pass-1 parts of every task",
+            cfg.wait_timeout_s,
         )
-    return meta
+    missing = _missing(plan, units, 1)
+    if missing:
+        raise DataError(
+            f"{cfg.out / WORK}: pass-1 parts missing for {', '.join(missing[:5])}"
+            " (run --stage pass1 for every task first)"
+        )
+    _map(_run_p2, jobs, cfg.workers, f"pass 2 task {t}", "shard")
 
 
-def _manifest_doc(plan: Plan, split: str, meta: dict[str, Any]) -> dict[str, Any]:
+def _manifest_step(plan: Plan) -> dict[str, Path]:
     cfg = plan.cfg
-    rejected, counts, files = Counter(), Counter(), []
-    for i, src in enumerate(plan.sources[split]):
-        rec = plan.p1_record(split, i)
-        rejected.update(rec["rejected"])
-        counts.update(rec["counts"])
-        counts["input_rows"] += rec["input_rows"]
-        files.append({**src, "rows": rec["input_rows"]})
-    preprocess = {
-        "min_theta_over_psf": cfg.min_theta_over_psf,
-        "resolvability_cut": "positives of every split",
-        "hard_neg_weight": cfg.hard_neg_weight if plan.lookup else None,
-        "hard_neg_lookup": plan.lookup.provenance() if plan.lookup else None,
-        "dedup": "blake2b-128 of the raw float32 stamp; first row in input order kept",
-        "seed": cfg.seed,
-        "num_buckets": plan.num_buckets[split],
-        "shard_samples": cfg.shard_samples,
-        "stamp_px": 64,
-        "bands": "grz",
-        "image_dtype": "float16",
-    }
-    return {
-        "split": split,
-        "record_samples": cfg.record_samples,
-        "counts": dict(sorted(counts.items())),
-        "rejected": dict(sorted(rejected.items())),
-        "norm": norm_settings(cfg.norm_method),
-        "meta": meta,
-        "preprocess": preprocess,
-        "sources": {"data_root": str(cfg.data), "files": files},
-        "command": list(cfg.command),
-        "fingerprint": plan.p2_fingerprint(split),
-    }
-
-
-def _finalise(plan: Plan) -> dict[str, Path]:
-    meta = _train_meta(plan)
-    out = {}
-    for split in plan.cfg.splits:
-        recs = [plan.p2_record(split, b) for b in range(plan.num_buckets[split])]
-        doc = _manifest_doc(plan, split, meta)
-        out[split] = assemble_split(
-            plan.cfg.out / split, doc, recs, len(plan.cfg.meta_cols), with_zarr=split != "train"
+    missing = _missing(plan, plan.p2_units(), 2)
+    if missing and cfg.stage == "manifest":
+        raise DataError(f"{cfg.out / WORK}: pass-2 parts missing for {', '.join(missing[:5])}")
+    if missing:
+        log.info(
+            "task %d done; %d buckets of other tasks pending, the last task writes the manifests",
+            cfg.task_index,
+            len(missing),
         )
-    for split in plan.cfg.splits:  # temporaries of killed runs (all work is done now)
-        for d in (plan.work_dir(split), plan.cfg.out / split):
-            for tmp in d.glob(".*.tmp*"):
-                tmp.unlink(missing_ok=True)
-        listed = {s["file"] for s in json.loads(out[split].read_text())["shards"]}
-        for stale in (plan.cfg.out / split).glob("shard-*.tar"):  # from earlier settings
-            if stale.name not in listed:
-                log.warning("%s: not in the new manifest, removed", stale)
-                stale.unlink()
-    if not plan.cfg.keep_work:
-        for split in plan.cfg.splits:
-            for dat in plan.work_dir(split).glob("p1-*.dat"):
-                dat.unlink(missing_ok=True)
-    return out
+        return {}
+    # several array tasks may find every bucket done at once: one writes the manifests
+    with try_lock(cfg.out / MERGE_LOCK_NAME) as held:
+        if not held:
+            log.info("task %d done; another task is writing the manifests", cfg.task_index)
+            return {}
+        if cfg.num_tasks > 1 and cm.is_up_to_date(plan):
+            log.info("task %d done; another task wrote the manifests", cfg.task_index)
+            return {}
+        return cm.finalise(plan)
 
 
-def _up_to_date(plan: Plan) -> bool:
-    for split in plan.cfg.splits:
-        try:
-            doc = json.loads((plan.cfg.out / split / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
-            return False
-        if doc.get("fingerprint") != plan.p2_fingerprint(split):
-            return False
-        for s in doc.get("shards", []):
-            tar = plan.cfg.out / split / s["file"]
-            if (
-                not tar.exists()
-                or tar.stat().st_size != s["bytes"]
-                or sha256_file(tar) != s["sha256"]
-            ):
-                return False
-    return True
+def _run_stages(plan: Plan) -> dict[str, Path]:
+    cfg = plan.cfg
+    if cm.is_up_to_date(plan):
+        log.info("%s: shards are up to date with these inputs and settings", cfg.out)
+        return {s: cfg.out / s / MANIFEST_NAME for s in cfg.splits}
+    cm.drop_stale_manifests(plan)
+    for split in cfg.splits:
+        plan.work_dir(split).mkdir(parents=True, exist_ok=True)
+    try:
+        if cfg.stage in ("all", "pass1"):
+            _pass1(plan)
+        if cfg.stage in ("all", "pass2"):
+            _pass2(plan)
+        if cfg.stage in ("all", "manifest"):
+            return _manifest_step(plan)
+    except BaseException:
+        if cfg.num_tasks == 1:  # in an array, other tasks' temporaries are still in use
+            with contextlib.suppress(OSError):
+                cm.remove_temporaries(plan)
+        raise
+    return {}
 
 
 def convert(cfg: cv.ConvertConfig) -> dict[str, Path]:
@@ -311,44 +294,18 @@ def convert(cfg: cv.ConvertConfig) -> dict[str, Path]:
     Raises:
         ContractError: the input violates the contract (layout, columns).
         DataError: unusable lookup, or parts of other tasks missing when needed.
+        OutputBusyError: another conversion (or another copy of this task) writes ``--out``.
+        OSError: the output cannot be written; it names the file, or ``--out`` when the
+            system did not say which (a full disk fails a write, not an open). Temporary
+            files are removed and no manifest is written for an unfinished split.
     """
     layout = validate_dataset(cfg.data, cfg.splits, columns=cv.required_columns(cfg))
     lookup = load_lookup(cfg.hard_neg_path) if cfg.hard_neg_path else None
     plan = Plan(cfg, layout, lookup)
-    if _up_to_date(plan):
-        log.info("%s: shards are up to date with these inputs and settings", cfg.out)
-        return {s: cfg.out / s / MANIFEST_NAME for s in cfg.splits}
-    for split in cfg.splits:
-        plan.work_dir(split).mkdir(parents=True, exist_ok=True)
-    t, tasks = cfg.task_index, cfg.num_tasks
-    if cfg.stage in ("all", "pass1"):
-        jobs = [(plan, s, i) for k, (s, i) in enumerate(plan.p1_units()) if k % tasks == t]
-        _map(_run_p1, jobs, cfg.workers, f"pass 1 task {t}", "file")
-    if cfg.stage in ("all", "pass2"):
-        units = plan.p1_units()
-        if cfg.stage == "all" and tasks > 1:
-            _wait_for(
-                lambda: not _missing(plan, units, 1),
-                "the pass-1 parts of every task",
-                cfg.wait_timeout_s,
-            )
-        missing = _missing(plan, units, 1)
-        if missing:
-            raise DataError(
-                f"{cfg.out / WORK}: pass-1 parts missing for {', '.join(missing[:5])}"
-                " (run --stage pass1 for every task first)"
-            )
-        jobs = [(plan, s, b) for k, (s, b) in enumerate(plan.p2_units()) if k % tasks == t]
-        _map(_run_p2, jobs, cfg.workers, f"pass 2 task {t}", "shard")
-    if cfg.stage in ("all", "manifest"):
-        missing = _missing(plan, plan.p2_units(), 2)
-        if not missing:
-            return _finalise(plan)
-        if cfg.stage == "manifest":
-            raise DataError(f"{cfg.out / WORK}: pass-2 parts missing for {', '.join(missing[:5])}")
-        log.info(
-            "task %d done; %d buckets of other tasks pending, the last task writes the manifests",
-            t,
-            len(missing),
-        )
-    return {}
+    try:
+        with lock_output(cfg.out, task_index=cfg.task_index, num_tasks=cfg.num_tasks):
+            return _run_stages(plan)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(cfg.out)) from exc

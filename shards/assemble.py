@@ -9,6 +9,7 @@ optional random-access zarr store, and writes ``manifest.json`` last.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,14 @@ __all__ = [
     "assemble_split",
     "ZARR_NAME",
     "ZARR_CHUNK",
+    "ZARR_ARRAYS",
 ]
 
 log = logging.getLogger(__name__)
 ZARR_NAME = "stamps.zarr"
 ZARR_CHUNK = 256
+ZARR_ARRAYS: tuple[str, ...] = ("stamps", "meta", *TABLE_DTYPE.names, "shard", "offset")
+"""The arrays of ``stamps.zarr``, each with one row per sample."""
 
 
 def meta_stats(meta: np.ndarray) -> dict[str, Any]:
@@ -71,17 +75,38 @@ def finish_stats(stats: dict[str, Any]) -> tuple[list[float], list[float]]:
 def write_zarr(split_dir: Path, shards: list[dict[str, Any]], num_meta: int) -> Path:
     """Write ``stamps.zarr``: every sample in shard order, chunked for random access by row.
 
-    Arrays: ``stamps`` (N,3,64,64) float16, ``meta`` (N,M) float32, one array per
-    ``TABLE_DTYPE`` field (``task_id``/``brickname`` as strings), ``shard`` and ``offset``
-    (N,) int32 locating each row in the tar shards. Written to a temporary name and renamed.
+    Arrays (``ZARR_ARRAYS``): ``stamps`` (N,3,64,64) float16, ``meta`` (N,M) float32, one
+    array per ``TABLE_DTYPE`` field (``task_id``/``brickname`` as strings), ``shard`` and
+    ``offset`` (N,) int32 locating each row in the tar shards. Written into a temporary
+    sibling folder (``.stamps.zarr.<random>.tmp``, removed on failure) that replaces the
+    store when complete.
     """
+    final = split_dir / ZARR_NAME
+    # NOTE: os.mkdir applies the umask (mkdtemp would make the store 0700)
+    tmp = split_dir / f".{ZARR_NAME}.{secrets.token_hex(8)}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        _fill_zarr(tmp, split_dir, shards, num_meta)
+        _replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Rename ``new`` to ``final``; an existing ``final`` is moved aside first, then removed."""
+    old = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fill_zarr(store: Path, split_dir: Path, shards: list[dict[str, Any]], num_meta: int) -> None:
     import zarr  # optional dependency path: only val/test conversions need it
 
     n = sum(s["num_samples"] for s in shards)
-    final = split_dir / ZARR_NAME
-    tmp = split_dir / f".{ZARR_NAME}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    root = zarr.open_group(str(store), mode="w", zarr_format=3)
     root.attrs.update({"num_samples": n, "order": "shard order (manifest shards, records)"})
     arrays = {
         "stamps": root.create_array(
@@ -117,9 +142,6 @@ def write_zarr(split_dir: Path, shards: list[dict[str, Any]], num_meta: int) -> 
         arrays["shard"][pos:end] = np.full(len(table), s_index, dtype=np.int32)
         arrays["offset"][pos:end] = np.arange(len(table), dtype=np.int32)
         pos = end
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
 
 
 def assemble_split(
@@ -130,6 +152,9 @@ def assemble_split(
     with_zarr: bool,
 ) -> Path:
     """Combine bucket records (bucket order) into the split's manifest; write it last.
+
+    A split without samples (no input rows, or every row rejected) is written as a manifest
+    with its counts and reject reasons, no shards and no zarr store, and a warning is logged.
 
     Args:
         split_dir: ``SHARDS/<split>``.
@@ -150,9 +175,11 @@ def assemble_split(
     if counts["duplicates_removed"]:
         rejected["duplicate"] = counts["duplicates_removed"]
     zarr_name = None
-    if with_zarr:
+    if with_zarr and shards:
         write_zarr(split_dir, shards, num_meta)
         zarr_name = ZARR_NAME
+    else:
+        shutil.rmtree(split_dir / ZARR_NAME, ignore_errors=True)  # of an earlier conversion
     full = {
         **doc,
         "num_samples": sum(s["num_samples"] for s in shards),
@@ -163,5 +190,12 @@ def assemble_split(
         "shards": shards,
     }
     path = write_manifest(split_dir, full)
+    if not shards:
+        log.warning(
+            "%s: no accepted samples (%d input rows; rejected: %s); wrote an empty split",
+            split_dir,
+            counts.get("input_rows", 0),
+            ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none",
+        )
     log.info("%s: %d samples in %d shards", path, full["num_samples"], len(shards))
     return path

@@ -11,21 +11,24 @@ so the result is a seeded shuffle that does not depend on how producers were sch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from haloscope.atomic import atomic_open, atomic_write_text
 from haloscope.shards.schema import IMAGE_DTYPE, STAMP_PX, TABLE_DTYPE
-from haloscope.shards.write import atomic_write_bytes
 
 __all__ = [
     "row_dtype",
     "stamp_digests",
     "shuffle_keys",
     "PartWriter",
+    "open_part",
     "read_bucket",
     "dedup_and_order",
     "load_part_record",
@@ -67,21 +70,20 @@ def shuffle_keys(digests: np.ndarray, copies: np.ndarray, seed: int) -> np.ndarr
 
 
 class PartWriter:
-    """Spills rows of one producer into ``<stem>.dat``; ``close`` writes ``<stem>.json`` last.
+    """Spills rows of one producer into a part's data file as sorted runs (see ``open_part``).
 
     Args:
-        stem: path without suffix, e.g. ``_work/train/p1-00003``.
+        fh: the open data file (a temporary sibling of ``<stem>.dat``).
         num_buckets: buckets of the split.
         spill_rows: rows buffered before a sorted run is appended (bounds memory).
     """
 
-    def __init__(self, stem: Path, num_buckets: int, spill_rows: int = 4096) -> None:
-        self.stem, self.num_buckets, self.spill_rows = Path(stem), num_buckets, spill_rows
-        self._tmp = self.stem.with_name(f".{self.stem.name}.dat.tmp{os.getpid()}")
-        self._fh = open(self._tmp, "wb")
+    def __init__(self, fh: BinaryIO, num_buckets: int, spill_rows: int = 4096) -> None:
+        self._fh, self.num_buckets, self.spill_rows = fh, num_buckets, spill_rows
         self._buf: list[np.ndarray] = []
         self._buffered = 0
-        self._rows = 0
+        self.rows = 0
+        """Rows written so far."""
         self.runs: list[list[int]] = []
         """Per run: row offsets of bucket starts (num_buckets + 1 entries, absolute)."""
 
@@ -91,34 +93,40 @@ class PartWriter:
             self._buf.append(rows)
             self._buffered += len(rows)
         if self._buffered >= self.spill_rows:
-            self._spill()
+            self.spill()
 
-    def _spill(self) -> None:
+    def spill(self) -> None:
+        """Append the buffered rows as one run sorted by bucket."""
         if not self._buffered:
             return
         rows = np.concatenate(self._buf)
         self._buf, self._buffered = [], 0
         bucket = rows["hkey"] % np.uint64(self.num_buckets)
         order = np.argsort(bucket, kind="stable")
-        rows[order].tofile(self._fh)
+        # NOTE: write(), not ndarray.tofile: a failed write keeps its errno (ENOSPC, EFBIG)
+        self._fh.write(rows[order].view(np.uint8))
         counts = np.bincount(bucket.astype(np.int64), minlength=self.num_buckets)
-        self.runs.append((self._rows + np.concatenate([[0], np.cumsum(counts)])).tolist())
-        self._rows += len(rows)
+        self.runs.append((self.rows + np.concatenate([[0], np.cumsum(counts)])).tolist())
+        self.rows += len(rows)
 
-    def close(self, record: dict) -> None:
-        """Flush, rename the data file into place, then write the JSON record atomically."""
-        self._spill()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.stem.with_suffix(".dat"))
-        doc = {**record, "rows_spilled": self._rows, "runs": self.runs}
-        atomic_write_bytes(self.stem.with_suffix(".json"), json.dumps(doc).encode())
+    def write_record(self, stem: Path, record: dict) -> dict:
+        """Write ``<stem>.json`` (``record`` plus the run layout) atomically; call it last."""
+        doc = {**record, "rows_spilled": self.rows, "runs": self.runs}
+        atomic_write_text(Path(stem).with_suffix(".json"), json.dumps(doc))
+        return doc
 
-    def abort(self) -> None:
-        """Drop the temporary data file."""
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+
+@contextlib.contextmanager
+def open_part(stem: Path, num_buckets: int, spill_rows: int = 4096) -> Iterator[PartWriter]:
+    """A ``PartWriter`` whose ``<stem>.dat`` appears only when the block exits cleanly.
+
+    On an exception the temporary data file is removed and no record exists, so the part
+    counts as unfinished. After the block, ``writer.write_record(stem, record)`` marks it done.
+    """
+    with atomic_open(Path(stem).with_suffix(".dat"), "wb") as fh:
+        writer = PartWriter(fh, num_buckets, spill_rows)
+        yield writer
+        writer.spill()
 
 
 def load_part_record(stem: Path) -> dict | None:

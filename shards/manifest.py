@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
 from haloscope.shards.schema import SCHEMA_VERSION
-from haloscope.shards.write import atomic_write_bytes
 
 __all__ = [
     "MANIFEST_NAME",
@@ -135,7 +135,7 @@ def write_manifest(split_dir: Path, doc: dict[str, Any]) -> Path:
     """Write ``doc`` (plus format and schema version) atomically as the split's manifest."""
     doc = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **doc}
     path = Path(split_dir) / MANIFEST_NAME
-    atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode())
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 
 

@@ -62,8 +62,8 @@ class ShardReader(IterableDataset):
         max_open_shards: memory maps kept open per worker.
 
     Raises:
-        DataError: missing/corrupt manifest, missing shard, or a shard whose size disagrees
-            with the manifest.
+        DataError: missing/corrupt manifest, a split without samples, missing shard, or a
+            shard whose size disagrees with the manifest.
         ConfigError: invalid arguments, or too few samples for one batch per rank.
     """
 
@@ -90,6 +90,13 @@ class ShardReader(IterableDataset):
                 f"{shuffle_records})"
             )
         self.manifest = load_manifest(split_dir)
+        if self.manifest.num_samples == 0:
+            rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.manifest.rejected.items()))
+            raise DataError(
+                f"{split_dir}: split {self.manifest.split} has no samples; the conversion "
+                f"accepted none of its {self.manifest.counts.get('input_rows', 0)} input rows "
+                f"(rejected: {rejected or 'none'}); fix the input or use another split"
+            )
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.shuffle, self.drop_last, self.with_table = shuffle, drop_last, with_table
         self.shuffle_records, self.verify, self.max_open_shards = (
@@ -241,6 +248,8 @@ class ShardReader(IterableDataset):
         rec, off = rec[order], off[order]
         bounds = np.flatnonzero(np.diff(rec)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n], strict=False):
+            if lo == hi:  # an all-padding batch (a short rank in exact eval mode)
+                continue
             r = int(rec[lo])
             view = self._records_of(int(self._rec_shard[r]))[int(self._rec_local[r])]
             idx = off[lo:hi]

@@ -1,4 +1,8 @@
-"""Full verification of converted shards against their manifests (``haloscope shards --verify``)."""
+"""Full verification of converted shards against their manifests (``haloscope shards --verify``).
+
+Every shard (sha256, tar structure, samples per record, labels) and, for val/test, the
+``stamps.zarr`` store (every array's metadata readable, one row per sample).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,48 @@ from pathlib import Path
 from tqdm import tqdm
 
 from haloscope.errors import DataError
+from haloscope.shards.assemble import ZARR_ARRAYS
 from haloscope.shards.index import open_shard
 from haloscope.shards.manifest import MANIFEST_NAME, load_manifest
 from haloscope.shards.write import sha256_file
 
-__all__ = ["verify_split", "verify_shards"]
+__all__ = ["verify_split", "verify_shards", "verify_zarr"]
 
 log = logging.getLogger(__name__)
+# missing metadata: KeyError / GroupNotFoundError (an OSError); corrupt JSON: ValueError
+_ZARR_ERRORS = (KeyError, ValueError, TypeError, OSError)
+
+
+def verify_zarr(store: Path, num_samples: int) -> None:
+    """Check a ``stamps.zarr`` store: every array's metadata readable, ``num_samples`` rows.
+
+    Raises:
+        DataError: naming the store and the array that is missing, unreadable or too short.
+    """
+    import zarr
+
+    fix = "re-run `haloscope shards` to rebuild it"
+    try:
+        root = zarr.open_group(str(store), mode="r")
+    except _ZARR_ERRORS as exc:
+        raise DataError(f"{store}: unreadable zarr store ({exc}); {fix}") from None
+    for name in ZARR_ARRAYS:
+        try:
+            rows = root[name].shape[0]
+        except _ZARR_ERRORS as exc:
+            raise DataError(
+                f"{store}/{name}: array metadata missing or unreadable "
+                f"({type(exc).__name__}: {exc}); {fix}"
+            ) from None
+        if rows != num_samples:
+            raise DataError(
+                f"{store}/{name}: {rows} rows but the manifest has {num_samples} samples; {fix}"
+            )
 
 
 def verify_split(split_dir: Path) -> str:
-    """Check every shard of one split: sha256, tar structure, samples per record, labels.
+    """Check every shard of one split (sha256, tar structure, samples per record, labels)
+    and its zarr store.
 
     Returns:
         A one-line summary.
@@ -45,9 +80,12 @@ def verify_split(split_dir: Path) -> str:
             raise DataError(
                 f"{path}: {lens} lenses but the manifest says {entry['num_by_label']['1']}"
             )
+    if manifest.zarr:
+        verify_zarr(split_dir / manifest.zarr, manifest.num_samples)
+    zarr_note = f", {manifest.zarr} checked" if manifest.zarr else ""
     return (
         f"{split_dir}: OK ({manifest.num_samples:,} samples, {len(manifest.shards)} "
-        "shards, sha256 and structure verified)"
+        f"shards, sha256 and structure verified{zarr_note})"
     )
 
 

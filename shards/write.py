@@ -4,14 +4,13 @@ A shard is a POSIX (ustar) tar file whose members are sorted by name and carry f
 metadata (mtime 0, uid/gid 0, mode 0644, empty user/group names), so the same samples always
 give the same bytes and the same sha256. Every record (one webdataset key ``rNNNNNN``) holds
 up to ``record_samples`` samples as three ``.npy`` members (``shards/schema.py``).
-Files are written under a temporary name in the same directory and renamed into place.
+Files are written through ``haloscope.atomic`` (a temporary sibling renamed into place).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from haloscope.atomic import atomic_write_bytes
 from haloscope.shards.schema import (
     IMAGE_DTYPE,
     IMAGE_MEMBER,
@@ -34,7 +34,6 @@ __all__ = [
     "record_key",
     "tar_bytes",
     "write_shard",
-    "atomic_write_bytes",
     "sha256_file",
 ]
 
@@ -130,17 +129,6 @@ def tar_bytes(
         for name, data in iter_records(image, meta, table, record_samples):
             tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
     return buf.getvalue()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:

@@ -55,13 +55,31 @@ def test_each_accepted_row_once_and_hard_negatives_weight_times(converted, split
     got = _all_samples(shards / split)
     ids = Counter(t.decode() for t in got["table"]["task_id"])
     assert set(ids) == survey.accepted[split]
+    weight = HN_WEIGHT if split == "train" else 1  # duplicates belong to train only
     for tid, n in ids.items():
-        expected = HN_WEIGHT if tid in survey.hard_neg else 1
+        expected = weight if tid in survey.hard_neg else 1
         assert n == expected, tid
     copies = got["table"][got["table"]["hard_neg"] == 1]
     for tid in {t.decode() for t in copies["task_id"]}:
-        assert sorted(copies["copy"][copies["task_id"] == tid.encode()]) == list(range(HN_WEIGHT))
+        assert sorted(copies["copy"][copies["task_id"] == tid.encode()]) == list(range(weight))
     assert (got["table"]["label"][got["table"]["hard_neg"] == 1] == 0).all()
+
+
+def test_hard_negatives_duplicated_in_train_only(converted):
+    """A lookup naming val/test controls flags them once there; only train repeats them."""
+    survey, shards = converted
+    for split in ("val", "test"):
+        matched = survey.hard_neg & survey.accepted[split]
+        assert matched, "the fixture's lookup must name controls of every split"
+        m = load_manifest(shards / split)
+        assert m.num_samples == len(survey.accepted[split])
+        assert m.counts["hard_neg_matches"] == len(matched)
+        assert m.counts["hard_neg_rows"] == m.counts["hard_neg_samples"] == len(matched)
+        assert m.preprocess["hard_neg_copies"] == 1
+    train = load_manifest(shards / "train")
+    matched = survey.hard_neg & survey.accepted["train"]
+    assert train.num_samples == len(survey.accepted["train"]) + len(matched) * (HN_WEIGHT - 1)
+    assert train.preprocess["hard_neg_copies"] == HN_WEIGHT
 
 
 def test_rejected_rows_are_counted_by_reason(converted):

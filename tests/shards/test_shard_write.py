@@ -7,9 +7,9 @@ import pytest
 
 from haloscope.errors import DataError
 from haloscope.shards.buckets import (
-    PartWriter,
     dedup_and_order,
     load_part_record,
+    open_part,
     read_bucket,
     row_dtype,
     shuffle_keys,
@@ -73,10 +73,10 @@ def test_dedup_keeps_first_occurrence_per_digest_and_copy():
 def test_parts_spill_by_bucket_and_read_back(tmp_path):
     stamps = np.random.default_rng(2).normal(size=(50, 3, 2, 2)).astype(np.float32)
     rows = _rows(50, stamp_digests(stamps), np.zeros(50, np.uint8), np.arange(50))
-    writer = PartWriter(tmp_path / "p1-00000", num_buckets=4, spill_rows=16)
-    for chunk in np.array_split(rows, 5):
-        writer.add(chunk)
-    writer.close({"fingerprint": "x"})
+    with open_part(tmp_path / "p1-00000", num_buckets=4, spill_rows=16) as writer:
+        for chunk in np.array_split(rows, 5):
+            writer.add(chunk)
+    writer.write_record(tmp_path / "p1-00000", {"fingerprint": "x"})
     rec = load_part_record(tmp_path / "p1-00000")
     assert rec["rows_spilled"] == 50 and len(rec["runs"]) > 1
     got = [read_bucket([(tmp_path / "p1-00000", rec)], b, rows.dtype) for b in range(4)]
