@@ -80,7 +80,12 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.filename is None:  # e.g. ENOSPC from a write(): say which file it was
+                raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise
         if not tmp.exists():
             raise FileNotFoundError(2, "the writer did not create its output", str(tmp))
         os.chmod(tmp, file_mode())

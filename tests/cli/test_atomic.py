@@ -93,3 +93,13 @@ def test_unwritable_parent_raises_oserror_naming_the_path(tmp_path):
 def test_text_mode_only():
     with pytest.raises(ValueError, match="mode"), atomic_open("x", "a"):
         pass
+
+
+def test_an_oserror_without_a_filename_gets_the_destination(tmp_path):
+    import errno
+
+    target = tmp_path / "scores.parquet"
+    with pytest.raises(OSError) as info, atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
