@@ -7,7 +7,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haloscope.argparse_util import VerbParser, parse_csv
 from haloscope.atomic import atomic_write_text
@@ -19,6 +19,9 @@ from haloscope.evaluate.outputs import check_writable
 from haloscope.evaluate.scores import RANK_BY, ScoresFrame, load_scores
 from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec, stratify, write_stratified_csv
 from haloscope.log import setup_logging
+
+if TYPE_CHECKING:
+    from haloscope.evaluate.gallery import StampStore
 
 __all__ = ["build_parser", "main"]
 
@@ -125,7 +128,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(clean(doc), indent=1, default=str))
 
 
-def _open_stamps(path: str | None) -> tuple[Any, str | None]:
+def _open_stamps(path: str | None) -> tuple[StampStore | None, str | None]:
     """The stamps store, or None and why: an unreadable store costs one warning, not the run."""
     if path is None:
         return None, None
