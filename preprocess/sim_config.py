@@ -12,7 +12,6 @@ __all__ = [
     "CONFUSER_KINDS",
     "BANDS",
     "SPLITS",
-    "SNR_MIX",
     "CHUNK_ROWS",
     "REGIONS_PER_CHUNK",
     "NUM_SELECTION_SETS",
@@ -25,10 +24,6 @@ SPLITS = ("train", "val", "test")
 CONFUSER_KINDS = ("ring", "spiral", "edge_on", "merger", "blue_companion")
 CONTROL_KINDS = ("ordinary", *CONFUSER_KINDS)
 
-# Target peak-pixel arc SNR (r band) mix, from the original pipeline's lesson "most arcs faint"
-# (reference/original_pipeline.md section 8): (low, high, probability); log-uniform in a bin.
-SNR_MIX = ((0.8, 2.0, 0.40), (2.0, 8.0, 0.40), (8.0, 20.0, 0.15), (20.0, 200.0, 0.05))
-
 # Rows per work unit. Fixed (never derived from --workers) so output is a pure function of the
 # seed; each chunk is its own set of sky regions and writes one part file per split.
 CHUNK_ROWS = 4096
@@ -36,7 +31,7 @@ CHUNK_ROWS = 4096
 REGIONS_PER_CHUNK = 20
 NUM_SELECTION_SETS = 12
 EXPERIMENT_ID = "mock_stamp64_bandsgrz_sie"
-PIPELINE_VERSION = "haloscope-mock-1"
+PIPELINE_VERSION = "haloscope-mock-2"  # 2: lens population from physics (issue 16)
 _CODECS = ("zstd", "gzip", "snappy", "none")
 
 

@@ -12,14 +12,14 @@ from haloscope.preprocess.sim_config import (
     CONFUSER_KINDS,
     NUM_SELECTION_SETS,
     REGIONS_PER_CHUNK,
-    SNR_MIX,
     SimConfig,
 )
+from haloscope.preprocess.sim_physics import moffat_fwhm_from_psfsize
+from haloscope.preprocess.sim_sources import MAX_KNOTS, draw_sources
 
 __all__ = ["Population", "draw_population", "brickname_of", "MAX_KNOTS"]
 
 Population = dict[str, np.ndarray]
-MAX_KNOTS = 6
 _REGION_COLS = 340  # regions per 1-degree dec row before wrapping
 _REGION_ROWS = 97  # dec rows from -65 to +32 deg
 _BRICK_DEG = 0.25
@@ -128,20 +128,12 @@ def _lens_light(rng: np.random.Generator, num: int) -> Population:
     }
 
 
-def _snr_targets(rng: np.random.Generator, num: int) -> np.ndarray:
-    probs = np.array([p for _, _, p in SNR_MIX])
-    which = rng.choice(len(SNR_MIX), size=num, p=probs / probs.sum())
-    lo = np.log(np.array([a for a, _, _ in SNR_MIX]))[which]
-    hi = np.log(np.array([b for _, b, _ in SNR_MIX]))[which]
-    return np.exp(rng.uniform(lo, hi))
-
-
-def _lens_mass_and_source(rng: np.random.Generator, pop: Population) -> Population:
-    """SIE + shear and a clumpy Sersic source; drawn for every galaxy, used for positives."""
+def _lens_mass(rng: np.random.Generator, pop: Population) -> Population:
+    """SIE + external shear tied to the light (science.md 2.5-2.6), drawn for every galaxy."""
     num = len(pop["ra"])
     shear = rng.uniform(0.0, 0.08, num)
     shear_phi = rng.uniform(0.0, np.pi, num)
-    out: Population = {
+    return {
         "theta_e": np.exp(rng.uniform(np.log(0.5), np.log(2.5), num)),
         "mass_q": np.clip(pop["lens_q"] + rng.uniform(-0.1, 0.1, num), 0.5, 1.0),
         "mass_phi": pop["lens_phi"] + np.deg2rad(10.0) * rng.standard_normal(num),
@@ -149,27 +141,25 @@ def _lens_mass_and_source(rng: np.random.Generator, pop: Population) -> Populati
         "shear_phi": shear_phi,
         "gamma1": shear * np.cos(2 * shear_phi),
         "gamma2": shear * np.sin(2 * shear_phi),
-        "snr_target": _snr_targets(rng, num),
-        "src_reff": np.exp(rng.uniform(np.log(0.08), np.log(0.5), num)),
-        "src_n": rng.uniform(0.5, 1.5, num),
-        "src_q": rng.uniform(0.3, 1.0, num),
-        "src_gr": rng.uniform(0.0, 0.6, num),
-        "src_rz": rng.uniform(-0.1, 0.6, num),
-        "knot_frac": rng.uniform(0.1, 0.4, num),
     }
-    nk = rng.integers(2, MAX_KNOTS + 1, num)
-    weights = rng.uniform(0.5, 1.5, (num, MAX_KNOTS)) * (np.arange(MAX_KNOTS) < nk[:, None])
-    out["knot_w"] = weights / weights.sum(axis=1, keepdims=True)
-    out["knot_dx"] = rng.standard_normal((num, MAX_KNOTS)) * out["src_reff"][:, None]
-    out["knot_dy"] = rng.standard_normal((num, MAX_KNOTS)) * out["src_reff"][:, None]
-    out["knot_sigma"] = np.maximum(
-        rng.uniform(0.3, 0.6, (num, MAX_KNOTS)) * out["src_reff"][:, None], 0.04
-    )
-    # Two replicates: new source offset (area-uniform within theta_E) and source angle each.
-    beta = out["theta_e"][:, None] * np.sqrt(rng.uniform(size=(num, 2)))
-    ang = rng.uniform(0.0, 2 * np.pi, (num, 2))
-    out["src_x"], out["src_y"] = beta * np.cos(ang), beta * np.sin(ang)
-    out["src_phi"] = rng.uniform(0.0, np.pi, (num, 2))
+
+
+def _sources(rng: np.random.Generator, pop: Population) -> Population:
+    """Lensed sources of the positives (``sim_sources``); zeros for controls."""
+    num = len(pop["ra"])
+    pos = np.flatnonzero(~pop["is_control"])
+    lens = {k: pop[k][pos] for k in ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2")}
+    sky = {
+        "depth_r": pop["depth_local"][pos, 1],
+        "fwhm_r": moffat_fwhm_from_psfsize(pop["psf_local"][pos, 1]),
+    }
+    drawn = draw_sources(rng, lens, sky)
+    out: Population = {}
+    for key, val in drawn.items():
+        out[key] = np.zeros((num, *val.shape[1:]), val.dtype)
+        out[key][pos] = val
+    out["src_q"][pop["is_control"]] = 1.0  # a valid (unused) shape for controls
+    out["src_n"][pop["is_control"]] = 1.0
     return out
 
 
@@ -195,12 +185,13 @@ def draw_population(
     pop.update(_sky(rng, cfg, chunk, num))
     pop.update(_conditions(rng, pop["brick_key"]))
     pop.update(_lens_light(rng, num))
-    pop.update(_lens_mass_and_source(rng, pop))
+    pop.update(_lens_mass(rng, pop))
     is_control = rng.uniform(size=num) < cfg.control_frac
     is_confuser = is_control & (rng.uniform(size=num) < cfg.confuser_frac)
     kind = np.where(is_confuser, 1 + rng.integers(0, len(CONFUSER_KINDS), num), 0)
     pop["is_control"] = is_control
     pop["control_kind"] = kind.astype(np.int8)  # index into CONTROL_KINDS
+    pop.update(_sources(rng, pop))
     u = rng.uniform(size=num)
     defect = np.zeros(num, np.int8)  # 0 none, 1 cutout failure, 2 NaN patch, 3 r-only
     defect[u < cfg.fail_frac] = 1

@@ -2,10 +2,19 @@
 
 Order of operations per galaxy: LRG Sersic light (2x supersampled, core pixels 8x) + field
 galaxies and stars + confuser light (controls only) -> per-band Moffat PSF -> sky noise from
-psfdepth/psfsize plus shot noise. Positives add, per replicate, an SIE + shear lensed clumpy
-Sersic source ray-traced on a 2x supersampled 40x40-pixel central box, PSF-convolved, scaled to
-its target peak-pixel SNR, with its own shot noise. The two replicates of a positive share the
+psfdepth/psfsize plus shot noise. Positives add, per replicate, their SIE + shear lensed clumpy
+Sersic source (``sim_sources``) at its drawn magnitude, ray-traced 2x supersampled on a central
+box sized to hold every image of the source (up to the stamp plus the PSF's reach), convolved
+without cropping and pasted, with its own shot noise. The two replicates of a positive share the
 lens image and its noise (as in the real pipeline, where arcs are painted onto one coadd).
+
+Truth per replicate (``RenderedBatch.truth``): ``arc_snr`` is the original's definition, the
+peak r pixel of the noise-free PSF-convolved arc over the coadd sigma (sky and lens shot noise,
+not the arc's own; ``reference/original_pipeline.md`` section 1.8); ``arc_snr_sum`` is the
+integrated S/N of the best pixel set (LensPop's estimator, ``reference/science.md`` 2.9);
+``magnification`` the lensed over intrinsic source flux (pre-PSF, whole image plane);
+``arc_lens_flux_ratio`` the arc's r flux on the stamp over the lens galaxy's; the stretches are
+the inverse eigenvalues of the lens Jacobian at the brightest pixel of the lensed source.
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,
     STAMP_PX,
     bin_image,
+    convolve_full,
     convolve_stamps,
     elliptical_radius,
     kernel_spectra,
+    lens_eigenvalues,
     mag_to_nmgy,
     moffat_fwhm_from_psfsize,
     moffat_kernels,
@@ -32,24 +43,46 @@ from haloscope.preprocess.sim_physics import (
     sersic_shape,
     shear_deflection,
     sie_deflection,
+    sie_max_deflection,
     sky_sigma_nmgy,
 )
-from haloscope.preprocess.sim_population import MAX_KNOTS, Population
+from haloscope.preprocess.sim_population import Population
+from haloscope.preprocess.sim_sources import MAX_KNOTS, source_extent
 
-__all__ = ["RenderedBatch", "render_batch", "noise_variance", "GAIN_E_PER_NMGY_S", "EXPTIME_S"]
+__all__ = [
+    "RenderedBatch",
+    "render_batch",
+    "noise_variance",
+    "box_px_needed",
+    "GAIN_E_PER_NMGY_S",
+    "EXPTIME_S",
+    "TRUTH_COLUMNS",
+    "BOX_SIZES",
+]
 
 F32 = np.float32
 PIX_AREA = PIXEL_SCALE**2
 # DECam nmgy -> e-/s and fiducial exposure per pass, g r z (reference/science.md 2.4)
 GAIN_E_PER_NMGY_S = np.array([44.1, 53.4, 39.2])
 EXPTIME_S = np.array([70.0, 50.0, 100.0])
-SRC_MAG_RANGE = (20.0, 28.5)  # intrinsic source r magnitudes allowed by the SNR targeting
+TRUTH_COLUMNS = (
+    "arc_snr",
+    "arc_snr_g",
+    "arc_snr_z",
+    "arc_snr_sum",
+    "magnification",
+    "arc_lens_flux_ratio",
+    "tangential_stretch",
+    "radial_stretch",
+)
 
 _AX2 = pixel_grid(STAMP_PX, 2).astype(F32)
 _CORE = pixel_grid(3, 8, center_px=1).astype(F32)  # central 3x3 pixels at 8x
 _AX1 = pixel_grid(STAMP_PX, 1).astype(F32)
-BOX_PX, BOX_LO, ARC_OVERSAMPLE = 40, 12, 2
-_BOX = pixel_grid(BOX_PX, ARC_OVERSAMPLE, center_px=BOX_PX // 2).astype(F32)
+ARC_OVERSAMPLE = 2
+# Central ray-tracing boxes (px); the largest is the stamp plus the 33-px PSF kernel's reach.
+BOX_SIZES = (16, 24, 32, 40, 48, 64, 80, 96)
+_SHAPE_KEYS = ("src_n", "src_reff", "src_q", "knot_dx", "knot_dy", "knot_sigma", "knot_w")
 
 
 @dataclass
@@ -60,20 +93,15 @@ class RenderedBatch:
         base: (B, 3, 64, 64) float32 noisy lens-only image (the control image).
         pos_index: (P,) positions in the batch of the positives.
         positives: (P, 2, 3, 64, 64) float32 images of the two replicates.
-        arc_snr: (P, 2) peak-pixel r-band arc SNR per replicate.
-        magnification: (P, 2) lensed/intrinsic source flux on the stamp (before PSF).
-        src_mag_r: (P,) intrinsic source r magnitude.
-        arc_snr_g, arc_snr_z: (P, 2) the same peak SNR in g and z.
+        truth: ``TRUTH_COLUMNS`` -> (P, 2) per-replicate values (see the module docstring).
+        arcs: (P, 2, 3, 64, 64) noise-free PSF-convolved arcs (only with ``keep_arcs``).
     """
 
     base: np.ndarray
     pos_index: np.ndarray
     positives: np.ndarray
-    arc_snr: np.ndarray
-    magnification: np.ndarray
-    src_mag_r: np.ndarray
-    arc_snr_g: np.ndarray
-    arc_snr_z: np.ndarray
+    truth: dict[str, np.ndarray]
+    arcs: np.ndarray | None = None
 
 
 def _c(a: np.ndarray) -> np.ndarray:
@@ -158,9 +186,17 @@ def noise_variance(model: np.ndarray, sky_sigma: np.ndarray, gain: np.ndarray) -
     return sky2 + np.maximum(model, 0) / gain.astype(F32)[:, :, None, None]
 
 
-def _unit_arcs(pop: Population, idx: np.ndarray, rep: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lensed source of unit intrinsic r flux: (P, 3, 40, 40) pre-PSF box and magnification."""
-    x, y = _BOX[None, None, :], _BOX[None, :, None]
+def _unit_arcs(
+    pop: Population, idx: np.ndarray, rep: int, box_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lensed source of unit intrinsic r flux on a central ``box_px`` box, 2x supersampled.
+
+    Returns:
+        (P, 3, box_px, box_px) pre-PSF nmgy per pixel and (P, 2) arcsec position of the
+        brightest r pixel.
+    """
+    grid = pixel_grid(box_px, ARC_OVERSAMPLE, center_px=box_px // 2).astype(F32)
+    x, y = grid[None, None, :], grid[None, :, None]
     ax, ay = sie_deflection(
         x, y, _c(pop["theta_e"][idx]), _c(pop["mass_q"][idx]), _c(pop["mass_phi"][idx])
     )
@@ -184,6 +220,7 @@ def _unit_arcs(pop: Population, idx: np.ndarray, rep: int) -> tuple[np.ndarray, 
     knot_pix = bin_image(knots, ARC_OVERSAMPLE) * F32(PIX_AREA)
     f = pop["knot_frac"][idx]
     gr, rz = pop["src_gr"][idx], pop["src_rz"][idx]
+    # clumps are bluer than the diffuse light (colour gradient, science.md 2.8)
     c_s = np.stack([10 ** (-0.4 * gr), np.ones_like(gr), 10 ** (0.4 * rz)], 1) * (1 - f)[:, None]
     c_k = (
         np.stack([10 ** (-0.4 * (gr - 0.3)), np.ones_like(gr), 10 ** (0.4 * (rz - 0.2))], 1)
@@ -193,23 +230,82 @@ def _unit_arcs(pop: Population, idx: np.ndarray, rep: int) -> tuple[np.ndarray, 
         smooth_pix[:, None] * c_s.astype(F32)[:, :, None, None]
         + knot_pix[:, None] * c_k.astype(F32)[:, :, None, None]
     )
-    return unit, unit[:, 1].sum(axis=(1, 2))
+    peak = np.argmax(unit[:, 1].reshape(len(idx), -1), axis=1)
+    axis = pixel_grid(box_px, 1, center_px=box_px // 2)
+    return unit, np.stack([axis[peak % box_px], axis[peak // box_px]], axis=1)
 
 
-def _flux_for_snr(
-    unit_r: np.ndarray, var_r: np.ndarray, gain_r: np.ndarray, snr: np.ndarray
-) -> np.ndarray:
-    """Source r flux giving peak SNR ``snr`` at the best pixel (shot noise of the arc included)."""
-    num = len(snr)
-    flat_u, flat_v = unit_r.reshape(num, -1), var_r.reshape(num, -1)
-    best = np.argmax(flat_u / np.sqrt(flat_v), axis=1)
-    a = np.maximum(flat_u[np.arange(num), best].astype(np.float64), 1e-12)
-    v0 = flat_v[np.arange(num), best].astype(np.float64)
-    s2 = snr.astype(np.float64) ** 2
-    peak = 0.5 * (s2 / gain_r + np.sqrt(s2**2 / gain_r**2 + 4 * s2 * v0))
-    flux = peak / a
-    lo, hi = mag_to_nmgy(SRC_MAG_RANGE[1]), mag_to_nmgy(SRC_MAG_RANGE[0])
-    return np.clip(flux, lo, hi)
+def box_px_needed(pop: Population, idx: np.ndarray) -> np.ndarray:
+    """Smallest central box (from ``BOX_SIZES``) that holds every image of both replicates.
+
+    Images of source points within ``source_extent`` of ``beta`` lie within
+    ``(|beta| + extent + theta_E max|alpha|) / (1 - |gamma|)`` of the lens; beyond the stamp plus
+    the PSF kernel's half-width (the largest box) no light can reach the stamp.
+    """
+    beta = np.hypot(pop["src_x"][idx], pop["src_y"][idx]).max(axis=1)
+    reach = beta + source_extent({k: pop[k][idx] for k in _SHAPE_KEYS})
+    reach = reach + pop["theta_e"][idx] * sie_max_deflection(pop["mass_q"][idx])
+    half_px = np.ceil(reach / (1 - pop["shear"][idx]) / PIXEL_SCALE) + 1
+    sizes = np.array(BOX_SIZES)
+    return sizes[np.minimum(np.searchsorted(sizes // 2, half_px), len(sizes) - 1)]
+
+
+def _paste(full: np.ndarray, box_px: int, kernel_px: int) -> np.ndarray:
+    """Place a full convolution of a central ``box_px`` box onto (P, 3, 64, 64) stamps."""
+    off = STAMP_PX // 2 - box_px // 2 - kernel_px // 2  # stamp index of full index 0
+    lo, hi = max(0, off), min(STAMP_PX, off + full.shape[-1])
+    out = np.zeros((*full.shape[:2], STAMP_PX, STAMP_PX), F32)
+    out[:, :, lo:hi, lo:hi] = full[:, :, lo - off : hi - off, lo - off : hi - off]
+    return out
+
+
+def _unit_stamps(pop, idx, kernels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PSF-convolved unit-flux arcs of both replicates on the stamp.
+
+    Returns:
+        (P, 2, 3, 64, 64) stamps, (P, 2) magnification, (P, 2, 2) brightest-pixel positions.
+    """
+    num = len(idx)
+    stamps = np.zeros((num, 2, 3, STAMP_PX, STAMP_PX), F32)
+    mag, peak = np.zeros((num, 2)), np.zeros((num, 2, 2))
+    boxes = box_px_needed(pop, idx)
+    k_px = kernels.shape[-1]
+    for box_px in np.unique(boxes):
+        sel = np.flatnonzero(boxes == box_px)
+        spectra = kernel_spectra(kernels[sel], int(box_px))
+        for rep in range(2):
+            unit, peak[sel, rep] = _unit_arcs(pop, idx[sel], rep, int(box_px))
+            mag[sel, rep] = unit[:, 1].sum(axis=(1, 2))
+            full = convolve_full(unit, spectra, k_px)
+            stamps[sel, rep] = _paste(full, int(box_px), k_px)
+    return stamps, mag, peak
+
+
+def _snr_sum(arc: np.ndarray, var: np.ndarray, top: int = 512) -> np.ndarray:
+    """LensPop's integrated S/N: pixels sorted by S/N, max of cumsum(signal)/sqrt(cumsum(var)).
+
+    Only the ``top`` best pixels are sorted; a row whose maximum falls on the last of them is
+    redone over all pixels, so the result is exact.
+    """
+    num = len(arc)
+    signal, variance = arc.reshape(num, -1), var.reshape(num, -1)
+    snr = signal / np.sqrt(variance)
+    best = np.argpartition(-snr, top, axis=1)[:, :top]
+    best = np.take_along_axis(best, np.argsort(-np.take_along_axis(snr, best, 1), 1), 1)
+    out, at = _cum_snr(signal, variance, best)
+    redo = np.flatnonzero(at == top - 1)
+    if len(redo):
+        order = np.argsort(-snr[redo], axis=1)
+        out[redo] = _cum_snr(signal[redo], variance[redo], order)[0]
+    return out
+
+
+def _cum_snr(signal, variance, order) -> tuple[np.ndarray, np.ndarray]:
+    """Max over prefixes of ``order`` of sum(signal)/sqrt(sum(var)), and where it is reached."""
+    cum_s = np.cumsum(np.take_along_axis(signal, order, axis=1), axis=1, dtype=np.float64)
+    cum_v = np.cumsum(np.take_along_axis(variance, order, axis=1), axis=1, dtype=np.float64)
+    ratio = cum_s / np.sqrt(cum_v)
+    return ratio.max(axis=1), ratio.argmax(axis=1)
 
 
 def quantize_pixels(images: np.ndarray, sky: np.ndarray, q: float) -> np.ndarray:
@@ -225,7 +321,11 @@ def quantize_pixels(images: np.ndarray, sky: np.ndarray, q: float) -> np.ndarray
 
 
 def render_batch(
-    rng: np.random.Generator, pop: Population, with_neighbours: bool = True, quantize: float = 0.0
+    rng: np.random.Generator,
+    pop: Population,
+    with_neighbours: bool = True,
+    quantize: float = 0.0,
+    keep_arcs: bool = False,
 ) -> RenderedBatch:
     """Render every galaxy of ``pop`` (a slice of a chunk's population).
 
@@ -235,6 +335,7 @@ def render_batch(
         with_neighbours: add field galaxies and stars (off only for noise tests).
         quantize: if > 0, round pixels to a step <= sky sigma / quantize (see
             :func:`quantize_pixels`); 0 keeps exact float32.
+        keep_arcs: also return the noise-free PSF-convolved arcs (``RenderedBatch.arcs``).
 
     Returns:
         The batch's images and measured truth.
@@ -253,13 +354,12 @@ def render_batch(
     fwhm_px = moffat_fwhm_from_psfsize(pop["psf_local"]) / PIXEL_SCALE  # (B, 3)
     kernels = moffat_kernels(fwhm_px.reshape(-1))
     kernels = kernels.reshape(num, 3, *kernels.shape[-2:])
-    spectra = kernel_spectra(kernels)  # shared by the lens image and both arc replicates
-    model = convolve_stamps(model, kernels, spectra)
+    model = convolve_stamps(model, kernels)
     sky = sky_sigma_nmgy(pop["depth_local"], pop["psf_local"])
     gain = GAIN_E_PER_NMGY_S * EXPTIME_S * pop["n_exp"][:, None]
     var = noise_variance(model, sky, gain)
     base = model + rng.standard_normal(model.shape, dtype=F32) * np.sqrt(var)
-    rb = _add_arcs(rng, pop, base, var, (kernels, spectra), gain)
+    rb = _add_arcs(rng, pop, base, var, kernels, gain, keep_arcs)
     if quantize > 0:
         rb.base = quantize_pixels(rb.base, sky, quantize)
         if len(rb.pos_index):
@@ -269,35 +369,30 @@ def render_batch(
     return rb
 
 
-def _add_arcs(rng, pop, base, var, psf, gain) -> RenderedBatch:
+def _add_arcs(rng, pop, base, var, kernels, gain, keep_arcs) -> RenderedBatch:
     """Lens the sources of the batch's positives onto their base images, two replicates each."""
     idx = np.flatnonzero(~pop["is_control"])
-    kernels, spectra = psf[0][idx], psf[1][idx]
     num_pos = len(idx)
     out = np.empty((num_pos, 2, 3, STAMP_PX, STAMP_PX), F32)
-    snr, mag = np.zeros((num_pos, 2, 3)), np.zeros((num_pos, 2))
-    flux = np.zeros(num_pos)
+    truth = {k: np.zeros((num_pos, 2)) for k in TRUTH_COLUMNS}
+    if num_pos == 0:
+        return RenderedBatch(base=base, pos_index=idx, positives=out, truth=truth)
+    unit, truth["magnification"], peak = _unit_stamps(pop, idx, kernels[idx])
+    flux = mag_to_nmgy(pop["src_mag_r"][idx]).astype(F32)
+    unit *= flux[:, None, None, None, None]  # now the noise-free arcs in nmgy
+    lens_flux_r = mag_to_nmgy(pop["lens_mag"][idx, 1])
+    sigma = np.sqrt(var[idx])
+    lens = tuple(pop[k][idx, None] for k in ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2"))
+    lam_t, lam_r = lens_eigenvalues(peak[..., 0], peak[..., 1], lens)
+    truth["tangential_stretch"], truth["radial_stretch"] = 1 / np.abs(lam_t), 1 / np.abs(lam_r)
     for rep in range(2):
-        if num_pos == 0:
-            break
-        unit_box, mag[:, rep] = _unit_arcs(pop, idx, rep)
-        unit = np.zeros((num_pos, 3, STAMP_PX, STAMP_PX), F32)
-        unit[:, :, BOX_LO : BOX_LO + BOX_PX, BOX_LO : BOX_LO + BOX_PX] = unit_box
-        unit = convolve_stamps(unit, kernels, spectra)
-        if rep == 0:
-            flux = _flux_for_snr(unit[:, 1], var[idx, 1], gain[idx, 1], pop["snr_target"][idx])
-        arc = unit * flux.astype(F32)[:, None, None, None]
+        arc = unit[:, rep]
         arc_var = np.maximum(arc, 0) / gain[idx].astype(F32)[:, :, None, None]
         out[:, rep] = base[idx] + arc + rng.standard_normal(arc.shape, dtype=F32) * np.sqrt(arc_var)
-        snr[:, rep] = (arc / np.sqrt(var[idx] + arc_var)).max(axis=(2, 3))
-    src_mag = 22.5 - 2.5 * np.log10(np.maximum(flux, 1e-30))
-    return RenderedBatch(
-        base=base,
-        pos_index=idx,
-        positives=out,
-        arc_snr=snr[:, :, 1],
-        magnification=mag,
-        src_mag_r=src_mag,
-        arc_snr_g=snr[:, :, 0],
-        arc_snr_z=snr[:, :, 2],
-    )
+        snr = (arc / sigma).max(axis=(2, 3))  # coadd sigma: sky + lens shot noise, not the arc's
+        truth["arc_snr_g"][:, rep], truth["arc_snr"][:, rep] = snr[:, 0], snr[:, 1]
+        truth["arc_snr_z"][:, rep] = snr[:, 2]
+        truth["arc_snr_sum"][:, rep] = _snr_sum(arc[:, 1], var[idx, 1])
+        truth["arc_lens_flux_ratio"][:, rep] = arc[:, 1].sum(axis=(1, 2)) / lens_flux_r
+    arcs = unit if keep_arcs else None
+    return RenderedBatch(base=base, pos_index=idx, positives=out, truth=truth, arcs=arcs)

@@ -1,8 +1,9 @@
 """Rows of the mock survey in the DR10 4c stamps schema, npz encoding and part-file writing.
 
-Column names and types follow ``reference/original_pipeline.md`` section 1.6; mock-only truth
-columns (``control_kind``, ``lens_mag_*``, ``src_mag_r``, ``arc_snr_g/z``, ``mock_galaxy_id``,
-``mock_defect``) are extra and never needed by a reader. ``region_split`` is the hive partition
+Column names and types follow ``reference/original_pipeline.md`` section 1.6 (plus Gen5's
+``arc_snr_sum``); mock-only truth columns (``control_kind``, ``lens_mag_*``, ``src_mag_r``,
+``src_redshift``, ``arc_snr_g/z``, ``arc_lens_flux_ratio``, ``mock_galaxy_id``, ``mock_defect``)
+are extra and never needed by a reader. ``region_split`` is the hive partition
 directory, not a column inside the files (as Spark writes it).
 """
 
@@ -78,16 +79,21 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("lens_e", _F64),
     ("lens_phi_rad", _F64),
     ("magnification", _F64),
+    ("tangential_stretch", _F64),
+    ("radial_stretch", _F64),
     ("physics_valid", pa.bool_()),
     ("physics_warnings", _STR),
+    ("arc_snr_sum", _F64),  # Gen5 column
     # mock-only truth
     ("control_kind", _STR),
     ("lens_mag_g", _F64),
     ("lens_mag_r", _F64),
     ("lens_mag_z", _F64),
     ("src_mag_r", _F64),
+    ("src_redshift", _F64),
     ("arc_snr_g", _F64),
     ("arc_snr_z", _F64),
+    ("arc_lens_flux_ratio", _F64),
     ("mock_galaxy_id", pa.int64()),
     ("mock_defect", _STR),
 ]
@@ -192,6 +198,8 @@ def galaxy_columns(pop: dict, g: int) -> dict:
             config_id="CONTROL",
             lens_model="CONTROL",
             control_kind=CONTROL_KINDS[int(pop["control_kind"][g])],
+            src_mag_r=None,
+            src_redshift=None,
         )
         for b in BANDS:
             row[f"psf_fwhm_used_{b}"] = None
@@ -201,6 +209,9 @@ def galaxy_columns(pop: dict, g: int) -> dict:
         {
             "theta_e_arcsec": float(pop["theta_e"][g]),
             "src_reff_arcsec": float(pop["src_reff"][g]),
+            "src_mag_r": float(pop["src_mag_r"][g]),
+            "src_dmag": float(pop["src_mag_r"][g] - lens_mag[1]),  # intrinsic source - lens, r
+            "src_redshift": float(pop["src_z"][g]),
             "src_e": float((1 - src_q) / (1 + src_q)),
             "shear": float(pop["shear"][g]),
             "shear_phi_rad": float(pop["shear_phi"][g]),

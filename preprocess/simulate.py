@@ -25,7 +25,7 @@ from haloscope.atomic import atomic_write_text, is_temp_name
 from haloscope.errors import ConfigError
 from haloscope.preprocess.sim_config import NUM_SELECTION_SETS, SPLITS, SimConfig
 from haloscope.preprocess.sim_population import Population, draw_population
-from haloscope.preprocess.sim_render import RenderedBatch, render_batch
+from haloscope.preprocess.sim_render import TRUTH_COLUMNS, RenderedBatch, render_batch
 from haloscope.preprocess.sim_table import (
     SplitWriters,
     failed_stamp,
@@ -80,22 +80,14 @@ def _galaxy_rows(
             physics_warnings="Processing error: cutout extends past the brick edge"
             if failed
             else None,
-            arc_snr=None,
-            magnification=None,
-            src_mag_r=None,
-            arc_snr_g=None,
-            arc_snr_z=None,
+            **dict.fromkeys(TRUTH_COLUMNS),
         )
         if truth is not None:
-            row["src_dmag"] = truth["src_mag_r"] - shared["lens_mag_r"]
-            row["src_mag_r"] = truth["src_mag_r"]
             row["src_x_arcsec"], row["src_y_arcsec"] = truth["src_x"][rep], truth["src_y"][rep]
             row["src_phi_rad"] = truth["src_phi"][rep]
             row["magnification"] = truth["magnification"][rep]
-            if not failed:
-                row["arc_snr"], row["arc_snr_g"], row["arc_snr_z"] = (
-                    truth[k][rep] for k in ("arc_snr", "arc_snr_g", "arc_snr_z")
-                )
+            if not failed:  # measured on the stamp, NULL where the cutout failed
+                row.update({k: truth[k][rep] for k in TRUTH_COLUMNS if k != "magnification"})
         rows.append(row)
     return rows
 
@@ -118,16 +110,8 @@ def _batch_rows(
             stamps = [stamp_bytes(img, r_only=defect == 3) for img in images]
         truth = None
         if p is not None:
-            truth = {
-                "src_mag_r": float(rb.src_mag_r[p]),
-                "magnification": rb.magnification[p].tolist(),
-                "arc_snr": rb.arc_snr[p].tolist(),
-                "arc_snr_g": rb.arc_snr_g[p].tolist(),
-                "arc_snr_z": rb.arc_snr_z[p].tolist(),
-                "src_x": pop["src_x"][g].tolist(),
-                "src_y": pop["src_y"][g].tolist(),
-                "src_phi": pop["src_phi"][g].tolist(),
-            }
+            truth = {k: v[p].tolist() for k, v in rb.truth.items()}
+            truth.update({k: pop[k][g].tolist() for k in ("src_x", "src_y", "src_phi")})
         yield split, _galaxy_rows(pop, g, split, stamps, truth)
 
 
