@@ -171,7 +171,10 @@ def _run_p2(job: tuple[Plan, str, int]) -> int:
         "bucket": b,
         "shard": shard,
         "duplicates": dups,
-        "meta_stats": meta_stats(kept["meta"]),
+        # NOTE: statistics of the unique accepted rows: hard-negative copies (copy > 0) would
+        # make them depend on the lookup and --hard-neg-weight, so a Gen4 train split would
+        # no longer match the val/test splits it shares with Gen3
+        "meta_stats": meta_stats(kept["meta"][kept["table"]["copy"] == 0]),
     }
     atomic_write_text(plan.p2_path(split, b), json.dumps(rec))
     return len(kept)

@@ -109,8 +109,12 @@ def test_manifest_contents(converted):
     files = train.raw["sources"]["files"]
     assert len(files) == 2 and sum(f["rows"] for f in files) == train.counts["input_rows"]
     assert len(train.shards) > 1 and all(len(s["sha256"]) == 64 for s in train.shards)
-    # meta statistics: train samples (hard-negative copies included), reused by val/test
-    got = _all_samples(shards / "train")["meta"].astype(np.float64)
+    # meta statistics: the unique accepted train rows (hard-negative copies excluded, so the
+    # statistics do not depend on the lookup), reused by val/test
+    samples = _all_samples(shards / "train")
+    got = samples["meta"][samples["table"]["copy"] == 0].astype(np.float64)
+    assert len(got) == len(survey.accepted["train"]) < len(samples["meta"])
+    assert train.raw["meta"]["stats_count"] == len(got)
     np.testing.assert_allclose(train.meta_mean, got.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(train.meta_std, got.std(axis=0), rtol=1e-9)
     for split in ("val", "test"):
