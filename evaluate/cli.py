@@ -66,6 +66,10 @@ def build_parser() -> VerbParser:
     p.add_argument("--confidence", type=float, default=0.95, help="two-sided interval level")
     p.add_argument("--rank-by", default="auto", choices=RANK_BY,
                    help="value ranked: auto = logit when present (no fp32 sigmoid ties), else score")  # fmt: skip
+    p.add_argument("--reference-scores", default=None, metavar="REF.parquet",
+                   help="transfer check: completeness of --scores per arc-SNR and theta_E/PSF bin, "
+                   "and control pass rates per kind, at the FPR thresholds set on this table's "
+                   "controls (e.g. the mock test), as ratios to it; writes <out-csv>_transfer.csv")  # fmt: skip
     p.add_argument("--compare", nargs="*", default=[], metavar="OTHER.parquet",
                    help="scores of other models on the same rows; the first is the baseline of Δ")  # fmt: skip
     p.add_argument(
@@ -142,6 +146,10 @@ def _open_stamps(path: str | None) -> tuple[StampStore | None, str | None]:
         return None, f"the --stamps store could not be read ({reason})"
 
 
+def _transfer_csv(out_csv: Path) -> Path:
+    return out_csv.with_name(out_csv.stem + "_transfer.csv")
+
+
 def _check_outputs(args: Any) -> tuple[Path, Path]:
     """The CSV and JSON paths, after checking that every output can be written (nothing is
     computed or created before that, so a read-only folder costs nothing)."""
@@ -150,6 +158,8 @@ def _check_outputs(args: Any) -> tuple[Path, Path]:
     for path in (out_csv, out_json) + ((out_csv.with_name(out_csv.stem + "_compare.csv"),)
                                        if args.compare else ()):  # fmt: skip
         check_writable(path)
+    if args.reference_scores:
+        check_writable(_transfer_csv(out_csv))
     if args.report_dir:
         check_writable(args.report_dir, folder=True)
     return out_csv, out_json
@@ -187,6 +197,13 @@ def main(argv: list[str]) -> int:
     if others:
         comparison = compare_frames({**others, _model_name(frame): frame}, args.ci, args.confidence)
         doc["comparison"] = comparison.rows
+    transfer = None
+    if args.reference_scores:
+        from haloscope.evaluate.transfer import transfer_check
+
+        reference = load_scores(args.reference_scores, frame.rank_by)
+        transfer = transfer_check(frame, reference, (1e-4, 1e-3), args.ci, args.confidence)
+        doc["transfer"] = transfer
     if args.report_dir:
         from haloscope.evaluate.report import build_report
 
@@ -198,6 +215,11 @@ def main(argv: list[str]) -> int:
     write_stratified_csv(result, out_csv)
     if comparison is not None:
         comparison.to_csv(compare_csv)
+    if transfer is not None:
+        from haloscope.evaluate.transfer import summary_line, write_transfer_csv
+
+        write_transfer_csv(transfer, _transfer_csv(out_csv))
+        print(f"eval: {summary_line(transfer)} -> {_transfer_csv(out_csv)}")
     _write_json(out_json, doc)
     first = result.rows[0]["tpr@fpr"]
     summary = ", ".join(

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_STRATA",
     "StratumSpec",
     "StratifiedResult",
+    "column_values",
     "csv_columns",
     "stratify",
     "write_stratified_csv",
@@ -172,7 +173,9 @@ def _fill_intervals(rows: list[dict[str, Any]], method: str, confidence: float) 
         entry["ci_high"] = b if math.isfinite(b) else None
 
 
-def _column_values(frame: ScoresFrame, spec: StratumSpec) -> np.ndarray | None:
+def column_values(frame: ScoresFrame, spec: StratumSpec) -> np.ndarray | None:
+    """The values of ``spec.column`` (``theta_over_psf`` derived from theta_E and the PSF
+    column of ``PSF_COLUMNS``), or None when the table has no such column."""
     cols = frame.columns
     if spec.column in cols:
         return cols[spec.column]
@@ -219,7 +222,7 @@ def _spec_rows(
     counter: _Counter, spec: StratumSpec, skipped: dict[str, str]
 ) -> list[dict[str, Any]]:
     frame = counter.frame
-    values = _column_values(frame, spec)
+    values = column_values(frame, spec)
     if values is None:
         skipped[spec.column] = "column absent"
         return []

@@ -16,7 +16,7 @@ Render lenses and confusers with a second, independent renderer (lenstronomy SIE
 Sersic + clump sources, its own Moffat PSF and DR10 noise, its own population ranges) into
 <out>/region_split=test/part-00000.parquet in the data contract's layout. Score them with
 `haloscope infer --data OUT --split test` and compare with the mock test at the mock's
-thresholds (`haloscope eval --thresholds-from MOCK_SCORES`): the transfer check of
+thresholds (`haloscope eval --scores THESE --reference-scores MOCK_TEST_SCORES`): the transfer check of
 docs/mock_survey.md. Never train on these rows. Needs lenstronomy (`pip install haloscope[test]`;
 `make` installs it)."""
 
