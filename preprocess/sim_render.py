@@ -76,8 +76,8 @@ TRUTH_COLUMNS = (
     "radial_stretch",
 )
 
-_AX2 = pixel_grid(STAMP_PX, 2).astype(F32)
-_CORE = pixel_grid(3, 8, center_px=1).astype(F32)  # central 3x3 pixels at 8x
+_INNER = pixel_grid(7, 4, center_px=3).astype(F32)  # central 7x7 pixels at 4x
+_CORE = pixel_grid(1, 16, center_px=0).astype(F32)  # central pixel at 16x
 _AX1 = pixel_grid(STAMP_PX, 1).astype(F32)
 ARC_OVERSAMPLE = 2
 # Central ray-tracing boxes (px); the largest is the stamp plus the 33-px PSF kernel's reach.
@@ -110,19 +110,22 @@ def _c(a: np.ndarray) -> np.ndarray:
 
 
 def _lens_light(pop: Population) -> np.ndarray:
-    """Sersic LRG light, (B, 3, 64, 64) nmgy per pixel."""
+    """Sersic LRG light, (B, 3, 64, 64) nmgy per pixel.
+
+    Sampled at pixel centres (science.md 2.11: 1x is acceptable for lens light) except the
+    central 7x7 pixels, integrated 4x4 per pixel where the n = 3-6 profile is steep, and the
+    central pixel 16x16 (the cusp).
+    """
     n, re = pop["lens_n"], pop["lens_reff"]
     bn = sersic_bn(n)
     ie = mag_to_nmgy(pop["lens_mag"]) / sersic_flux_per_ie(re, n, bn)[:, None]  # (B, 3)
     args = (_c(re), _c(n), _c(bn))
-    radius = elliptical_radius(
-        _AX2[None, None, :], _AX2[None, :, None], _c(pop["lens_q"]), _c(pop["lens_phi"])
-    )
-    pix = bin_image(sersic_shape(radius, *args), 2)
-    core_r = elliptical_radius(
-        _CORE[None, None, :], _CORE[None, :, None], _c(pop["lens_q"]), _c(pop["lens_phi"])
-    )
-    pix[:, 31:34, 31:34] = bin_image(sersic_shape(core_r, *args), 8)  # resolve the cusp
+    q, phi = _c(pop["lens_q"]), _c(pop["lens_phi"])
+    pix = sersic_shape(elliptical_radius(_AX1[None, None, :], _AX1[None, :, None], q, phi), *args)
+    inner = elliptical_radius(_INNER[None, None, :], _INNER[None, :, None], q, phi)
+    pix[:, 29:36, 29:36] = bin_image(sersic_shape(inner, *args), 4)
+    core_r = elliptical_radius(_CORE[None, None, :], _CORE[None, :, None], q, phi)
+    pix[:, 32, 32] = bin_image(sersic_shape(core_r, *args), 16)[:, 0, 0]  # resolve the cusp
     return pix[:, None] * (ie * PIX_AREA).astype(F32)[:, :, None, None]
 
 

@@ -15,11 +15,10 @@ from haloscope.preprocess.sim_physics import (
     lens_eigenvalues,
     moffat_fwhm_from_psfsize,
     moffat_kernels,
-    shear_deflection,
-    sie_deflection,
     sky_sigma_nmgy,
 )
 from haloscope.preprocess.sim_population import draw_population
+from haloscope.preprocess.sim_realism import count_images
 from haloscope.preprocess.sim_render import (
     EXPTIME_S,
     GAIN_E_PER_NMGY_S,
@@ -266,34 +265,12 @@ def test_rendered_magnification_matches_lenstronomy_extended_source(reff, n):
 # --- population ---------------------------------------------------------------------------------
 
 
-def _count_images(config, beta, num: int = 400) -> int:
-    """Image count of a point source by mapping grid triangles to the source plane."""
-    theta_e = config[0]
-    g = np.linspace(-3.2 * theta_e, 3.2 * theta_e, num) + 1e-4 * theta_e
-    x, y = np.meshgrid(g, g)
-    ax, ay = sie_deflection(x, y, np.float64(theta_e), np.float64(config[1]), np.float64(config[2]))
-    sx, sy = shear_deflection(x, y, config[3], config[4])
-    bx, by = x - ax - sx - beta[0], y - ay - sy - beta[1]
-    count = 0
-    corners = ((0, 0), (0, 1), (1, 1), (1, 0))
-    for tri in ((0, 1, 2), (0, 2, 3)):
-        vx = [bx[dy : num - 1 + dy, dx : num - 1 + dx] for dy, dx in (corners[t] for t in tri)]
-        vy = [by[dy : num - 1 + dy, dx : num - 1 + dx] for dy, dx in (corners[t] for t in tri)]
-        cross = [vx[i] * vy[(i + 1) % 3] - vy[i] * vx[(i + 1) % 3] for i in range(3)]
-        inside = ((cross[0] > 0) & (cross[1] > 0) & (cross[2] > 0)) | (
-            (cross[0] < 0) & (cross[1] < 0) & (cross[2] < 0)
-        )
-        core = np.hypot(x[:-1, :-1], y[:-1, :-1]) < 0.05 * theta_e  # the singular centre
-        count += int((inside & ~core).sum())
-    return count
-
-
 def test_image_counter_agrees_with_lenstronomy():
     for config in CONFIGS:
         for frac in (0.05, 0.3, 0.8, 1.6):
             beta = (frac * config[0] * 0.8, frac * config[0] * 0.6)
             xs, _, _ = _lenstronomy_images(config, beta)
-            assert _count_images(config, beta) == len(xs), (config, frac)
+            assert count_images(config, beta) == len(xs), (config, frac)
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +295,7 @@ def test_most_systems_are_multiply_imaged(lens_sample):
         config = tuple(
             float(pop[k][g]) for k in ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2")
         )
-        counts.append(_count_images(config, (pop["src_x"][g, 0], pop["src_y"][g, 0]), num=240))
+        counts.append(count_images(config, (pop["src_x"][g, 0], pop["src_y"][g, 0]), num=240))
     counts = np.array(counts)
     assert np.mean(counts >= 2) > 0.85
     assert 0.05 < np.mean(counts >= 4) < 0.7  # quads (folds, cusps) next to doubles
