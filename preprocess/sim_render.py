@@ -189,23 +189,36 @@ def noise_variance(model: np.ndarray, sky_sigma: np.ndarray, gain: np.ndarray) -
     return sky2 + np.maximum(model, 0) / gain.astype(F32)[:, :, None, None]
 
 
-def _unit_arcs(
-    pop: Population, idx: np.ndarray, rep: int, box_px: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lensed source of unit intrinsic r flux on a central ``box_px`` box, 2x supersampled.
-
-    Returns:
-        (P, 3, box_px, box_px) pre-PSF nmgy per pixel and (P, 2) arcsec position of the
-        brightest r pixel.
-    """
+def _trace(pop: Population, idx: np.ndarray, box_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source-plane positions ``theta - alpha(theta)`` of a central box's 2x sub-pixels."""
     grid = pixel_grid(box_px, ARC_OVERSAMPLE, center_px=box_px // 2).astype(F32)
     x, y = grid[None, None, :], grid[None, :, None]
     ax, ay = sie_deflection(
         x, y, _c(pop["theta_e"][idx]), _c(pop["mass_q"][idx]), _c(pop["mass_phi"][idx])
     )
     gx, gy = shear_deflection(x, y, _c(pop["gamma1"][idx]), _c(pop["gamma2"][idx]))
-    bx = x - ax - gx - _c(pop["src_x"][idx, rep])
-    by = y - ay - gy - _c(pop["src_y"][idx, rep])
+    return x - ax - gx, y - ay - gy
+
+
+def _unit_arcs(
+    pop: Population,
+    idx: np.ndarray,
+    rep: int,
+    box_px: int,
+    traced: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lensed source of unit intrinsic r flux on a central ``box_px`` box, 2x supersampled.
+
+    Args:
+        traced: ``_trace(pop, idx, box_px)``, shared by both replicates (computed if None).
+
+    Returns:
+        (P, 3, box_px, box_px) pre-PSF nmgy per pixel and (P, 2) arcsec position of the
+        brightest r pixel.
+    """
+    tx, ty = _trace(pop, idx, box_px) if traced is None else traced
+    bx = tx - _c(pop["src_x"][idx, rep])
+    by = ty - _c(pop["src_y"][idx, rep])
     re, n, q = pop["src_reff"][idx], pop["src_n"][idx], pop["src_q"][idx]
     phi = pop["src_phi"][idx, rep]
     bn = sersic_bn(n)
@@ -276,8 +289,9 @@ def _unit_stamps(pop, idx, kernels) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     for box_px in np.unique(boxes):
         sel = np.flatnonzero(boxes == box_px)
         spectra = kernel_spectra(kernels[sel], int(box_px))
+        traced = _trace(pop, idx[sel], int(box_px))
         for rep in range(2):
-            unit, peak[sel, rep] = _unit_arcs(pop, idx[sel], rep, int(box_px))
+            unit, peak[sel, rep] = _unit_arcs(pop, idx[sel], rep, int(box_px), traced)
             mag[sel, rep] = unit[:, 1].sum(axis=(1, 2))
             full = convolve_full(unit, spectra, k_px)
             stamps[sel, rep] = _paste(full, int(box_px), k_px)

@@ -208,7 +208,7 @@ def _accept_sources(
     out = {k: np.zeros(num) for k in ("mag", "z", "reff", "mu_req")}
     out["level"] = np.zeros(num, np.int64)
     todo = np.arange(num)
-    for _ in range(_MAX_ROUNDS):
+    for round_index in range(_MAX_ROUNDS):
         if len(todo) == 0:
             break
         mag = _draw_counts_mag(rng, len(todo))
@@ -219,7 +219,7 @@ def _accept_sources(
         frac = (maps[todo, level] >= mu_req[:, None, None]).mean(axis=(1, 2))
         accept = rng.uniform(size=len(todo)) * area_max[todo] < frac
         # NOTE: the last round keeps every candidate, so a lens always gets a source
-        keep = accept | (_ == _MAX_ROUNDS - 1)
+        keep = accept | (round_index == _MAX_ROUNDS - 1)
         for key, val in (("mag", mag), ("z", z), ("reff", reff), ("level", level)):
             out[key][todo[keep]] = val[keep]
         out["mu_req"][todo[keep]] = mu_req[keep]
