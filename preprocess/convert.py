@@ -26,7 +26,12 @@ from haloscope.preprocess.gates import column_f64, gate_batch, labels_of, theta_
 from haloscope.preprocess.hardneg import HardNegLookup
 from haloscope.preprocess.normalize import NORM_METHODS, outer_normalize
 from haloscope.preprocess.read_parquet import iter_record_batches
-from haloscope.preprocess.schema import REQUIRED_COLUMNS, SPLITS, check_meta_columns
+from haloscope.preprocess.schema import (
+    REQUIRED_COLUMNS,
+    SPLITS,
+    STRATA_COLUMNS,
+    check_meta_columns,
+)
 from haloscope.shards.buckets import open_part, row_dtype, shuffle_keys, stamp_digests
 from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE, encode_control_kind
 
@@ -141,6 +146,8 @@ def _table_rows(sub: pa.RecordBatch, task: np.ndarray, brick: np.ndarray) -> np.
         "src_reff_arcsec",
     ):
         table[name] = column_f64(sub, name)
+    for name in STRATA_COLUMNS:  # optional truth: NaN where the table has none
+        table[name] = column_f64(sub, name) if name in sub.schema.names else np.nan
     if "control_kind" in sub.schema.names:
         kinds = encode_control_kind(sub.column("control_kind").to_pylist())
         table["control_kind"] = np.where(labels == 0, kinds, 0)

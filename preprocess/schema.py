@@ -21,6 +21,7 @@ __all__ = [
     "SPLITS",
     "REQUIRED_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "STRATA_COLUMNS",
     "NULLABLE_COLUMNS",
     "DatasetLayout",
     "validate_dataset",
@@ -51,8 +52,23 @@ REQUIRED_COLUMNS: dict[str, str] = {
     "stamp_npz": "binary",
 }
 
+# Injection truth carried to the shards and scores as evaluation strata when a table has it
+# (the mock writes all of them; the original's Gen5 tables have arc_snr_sum and the
+# physics diagnostics); never model inputs (META_LEAKING).
+STRATA_COLUMNS: tuple[str, ...] = (
+    "arc_snr_sum",
+    "magnification",
+    "arc_lens_flux_ratio",
+    "tangential_stretch",
+    "radial_stretch",
+)
+
 # Used when present: bandset gates r-only rows; control_kind is mock-only truth for strata.
-OPTIONAL_COLUMNS: dict[str, str] = {"bandset": "string", "control_kind": "string"}
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "bandset": "string",
+    "control_kind": "string",
+    **dict.fromkeys(STRATA_COLUMNS, "float"),
+}
 
 # Columns the contract allows to be NULL (read as NaN / "not set"): lens-only quantities are
 # NULL for controls, the fitted PSF falls back to psfsize_r. A file where such a column is
@@ -97,7 +113,7 @@ META_LEAKING: frozenset[str] = frozenset(
         "theta_e_arcsec", "theta_e", "src_dmag", "src_reff_arcsec", "src_n", "src_e",
         "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "lens_e", "lens_phi_deg",
         "shear_gamma", "shear_phi_deg", "shear", "arc_snr", "arc_snr_sum", "magnification",
-        "tangential_stretch", "radial_stretch", "is_control", "label", "cutout_ok",
+        "tangential_stretch", "radial_stretch", "arc_lens_flux_ratio", "is_control", "label", "cutout_ok",
         "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "lens_model", "config_id",
         "src_gr", "src_rz", "metrics_ok", "expected_arc_radius", "control_kind", "bandset",
         "is_hard_neg",

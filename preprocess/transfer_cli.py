@@ -29,7 +29,7 @@ def build_parser() -> VerbParser:
     p.add_argument("--controls", type=int, default=1000, help="plain LRG controls")
     p.add_argument(
         "--confusers", type=int, default=1000,
-        help="confusers, evenly blue_companion / edge_on / merger / other (star blend)",
+        help="confusers, evenly blue_companion / edge_on / merger / star_blend",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed; output is a pure function of it")
     p.add_argument(

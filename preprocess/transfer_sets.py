@@ -17,7 +17,7 @@ Rows:
 - ``control`` (``control_kind`` ordinary): the LRG alone.
 - confusers, made by generators unlike the mock's: a field galaxy 1-3.5" away drawn from
   field-galaxy ranges (``blue_companion``), a thin edge-on disk (``edge_on``), an irregular
-  shapelet galaxy (``merger``) and a star blend (``other``).
+  shapelet galaxy (``merger``) and a star blend (``star_blend``).
 
 Truth columns follow the contract (``theta_e_arcsec``, ``arc_snr`` = peak of the noise-free r
 arc over the coadd sky sigma, ``src_dmag``, ``src_reff_arcsec``, ...) plus
@@ -53,7 +53,7 @@ PSFSIZE_PER_MOFFAT_FWHM = 1.2325  # science.md 2.3: psfsize is the Gaussian-equi
 # electrons per nmgy of a 3-pass coadd: DECam 44/53/39 e-/s per nmgy x 3 x (70, 50, 100) s
 # (science.md 2.4, cross-check paragraph); used only for the objects' own shot noise
 GAIN_E_PER_NMGY = np.array([9300.0, 8000.0, 11800.0])
-KINDS = ("lens", "ordinary", "blue_companion", "edge_on", "merger", "other")
+KINDS = ("lens", "ordinary", "blue_companion", "edge_on", "merger", "star_blend")
 CONFUSER_KINDS = KINDS[2:]
 
 
@@ -66,7 +66,7 @@ class TransferConfig:
     controls: int = 1000
     """Plain LRG controls."""
     confusers: int = 1000
-    """Confusers, split evenly over blue_companion, edge_on, merger and other (star blend)."""
+    """Confusers, split evenly over blue_companion, edge_on, merger and star_blend."""
     seed: int = 0
     """Seed of every random draw; the output is a pure function of (config, seed)."""
 
@@ -272,7 +272,7 @@ def _confuser(r: _Renderer, rng: np.random.Generator, kind: str) -> np.ndarray:
         img = np.clip(r.irregular.image(kwargs_lens_light=kw, unconvolved=True), 0, None)
         img = img / max(img.sum(), 1e-12)
         scale = _band_scale(rng.uniform(20.0, 22.5), rng.uniform(0.3, 1.2), rng.uniform(0.2, 0.8))
-    else:  # "other": a star blend, a point at pixel resolution
+    else:  # star_blend: a point at pixel resolution
         kw = [{"amp": 1.0, "sigma": 0.02, "center_x": x, "center_y": y}]
         img = r.point.image(kwargs_lens_light=kw, unconvolved=True)
         img = img / max(img.sum(), 1e-12)

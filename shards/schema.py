@@ -29,7 +29,7 @@ __all__ = [
     "decode_control_kind",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: injection-truth strata (arc_snr_sum, magnification, ...)
 BANDS: tuple[str, ...] = ("g", "r", "z")
 STAMP_PX = 64
 RECORD_SAMPLES = 256
@@ -53,6 +53,11 @@ TABLE_DTYPE = np.dtype(
         ("arc_snr", "<f4"),
         ("src_dmag", "<f4"),
         ("src_reff_arcsec", "<f4"),
+        ("arc_snr_sum", "<f4"),  # integrated arc SNR (original's Gen5 column)
+        ("magnification", "<f4"),
+        ("arc_lens_flux_ratio", "<f4"),
+        ("tangential_stretch", "<f4"),
+        ("radial_stretch", "<f4"),
         ("task_id", "S64"),
         ("brickname", "S8"),
     ]
@@ -67,6 +72,8 @@ CONTROL_KINDS: tuple[str, ...] = (
     "edge_on",
     "merger",
     "blue_companion",
+    "star_blend",
+    "near_miss",
     "other",
 )
 

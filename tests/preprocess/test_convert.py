@@ -13,6 +13,7 @@ from haloscope.errors import ConfigError, ContractError, DataError
 from haloscope.preprocess.normalize import norm_settings, outer_normalize
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.read import ShardReader
+from haloscope.shards.schema import SCHEMA_VERSION
 from tests.shards.shard_fixtures import HN_WEIGHT, make_survey, run_convert
 
 
@@ -211,7 +212,7 @@ def test_no_meta_columns_and_val_only_reuse_train_stats(tmp_path):
 def test_manifest_json_is_plain_json(converted):
     _, shards = converted
     doc = json.loads((shards / "train" / "manifest.json").read_text())
-    assert doc["format"] == "haloscope-shards" and doc["schema_version"] == 1
+    assert doc["format"] == "haloscope-shards" and doc["schema_version"] == SCHEMA_VERSION == 2
     assert set(doc["counts"]) >= {
         "lens",
         "control",
@@ -221,3 +222,33 @@ def test_manifest_json_is_plain_json(converted):
         "input_rows",
         "accepted_rows",
     }
+
+
+def test_injection_truth_strata_reach_the_shards_when_present(tmp_path):
+    """arc_snr_sum, magnification, ... travel to every sample's table; absent -> NaN."""
+    import pyarrow as pa
+
+    from haloscope.preprocess.schema import STRATA_COLUMNS
+    from tests.preprocess.contract_rows import SCHEMA, base_row, write_dataset
+
+    rng = np.random.default_rng(0)
+    rows = {s: [base_row(i + 100 * k, rng, is_control=i % 2) for i in range(6)]
+            for k, s in enumerate(("train", "val", "test"))}  # fmt: skip
+    schema = SCHEMA
+    for j, name in enumerate(STRATA_COLUMNS):
+        schema = schema.append(pa.field(name, pa.float64()))
+        for split_rows in rows.values():
+            for r in split_rows:
+                r[name] = None if r["is_control"] else 1.5 + j
+    write_dataset(tmp_path / "d", rows, schema)
+    run_convert(tmp_path / "d", tmp_path / "s", min_theta_over_psf=0.0)
+    got = _all_samples(tmp_path / "s" / "val")["table"]
+    lens = got["label"] == 1
+    assert lens.any() and (~lens).any()
+    for j, name in enumerate(STRATA_COLUMNS):
+        np.testing.assert_array_equal(got[name][lens], np.float32(1.5 + j))
+        assert np.isnan(got[name][~lens]).all()
+    # the shared fixture's survey has none of these columns: NaN everywhere, no error
+    write_dataset(tmp_path / "d2", {s: r for s, r in rows.items()})
+    run_convert(tmp_path / "d2", tmp_path / "s2", min_theta_over_psf=0.0)
+    assert np.isnan(_all_samples(tmp_path / "s2" / "val")["table"]["magnification"]).all()
