@@ -9,7 +9,9 @@ table, then
   and ``FPR@TPRt`` of (its positives together with all controls), as the seed's
   ``phase5_eval_stratified_fpr.py`` does (without its tie bug);
 - a *control* stratum (controls in a PSF or depth bin, or of one ``control_kind``) reports
-  its own false-positive rate at the same thresholds, ``FPRobs@FPRf``, with a CI.
+  its own false-positive rate at the same thresholds, ``FPRobs@FPRf``, with a CI;
+- the *detectable subset* (:mod:`haloscope.evaluate.detectable`), the headline, is a
+  positive stratum named ``detectable`` reported before all others.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from haloscope.atomic import atomic_open
+from haloscope.evaluate.detectable import DetectableSpec, detectable_mask, subset_block
 from haloscope.evaluate.intervals import binomial_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, OperatingPoint, operating_points
 from haloscope.evaluate.scores import ScoresFrame
@@ -75,6 +78,14 @@ DEFAULT_STRATA: tuple[StratumSpec, ...] = (
     StratumSpec("psfdepth_r", "psfdepth_r", controls=True),
     StratumSpec("arc_snr", "arc_snr", edges=(0, 0.8, 2, 5, 8, 20, INF)),
     StratumSpec("src_dmag", "src_dmag"),
+    StratumSpec("arc_snr_sum", "arc_snr_sum", edges=(0, 3, 8, 20, 60, 200, INF)),
+    StratumSpec("magnification", "magnification", edges=(0, 2, 3, 5, 10, 20, INF)),
+    StratumSpec(
+        "arc_lens_flux_ratio", "arc_lens_flux_ratio", edges=(0, 0.03, 0.1, 0.3, 1, 3, INF)
+    ),  # fmt: skip
+    StratumSpec("tangential_stretch", "tangential_stretch", edges=(0, 1.5, 2, 3, 5, 10, INF)),
+    StratumSpec("radial_stretch", "radial_stretch"),
+    StratumSpec("src_redshift", "src_redshift", edges=(0, 1, 1.5, 2, 2.5, 3, INF)),
     StratumSpec("control_kind", "control_kind", categorical=True, positives=False, controls=True),
 )
 
@@ -87,6 +98,9 @@ class StratifiedResult:
         global_points: global operating points (``tpr@fpr`` and ``fpr@tpr``).
         rows: one dict per stratum (long form, with CIs).
         skipped: column -> reason, for strata columns that were absent or all null.
+        detectable: the detectable-subset block (see
+            :func:`haloscope.evaluate.detectable.subset_block`); its operating points when
+            ``status == "ok"``, else the reason.
         ci_method: ``wilson`` or ``clopper-pearson``.
         confidence: two-sided CI level.
         fpr_targets: FPR targets.
@@ -96,6 +110,7 @@ class StratifiedResult:
     global_points: dict[str, list[OperatingPoint]]
     rows: list[dict[str, Any]]
     skipped: dict[str, str] = field(default_factory=dict)
+    detectable: dict[str, Any] = field(default_factory=lambda: subset_block(None, 0))
     ci_method: str = "wilson"
     confidence: float = 0.95
     fpr_targets: tuple[float, ...] = FPR_TARGETS
@@ -104,6 +119,7 @@ class StratifiedResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {
+            "detectable": self.detectable,
             "ci_method": self.ci_method,
             "confidence": self.confidence,
             "fpr_targets": list(self.fpr_targets),
@@ -255,6 +271,7 @@ def stratify(
     tpr_targets: tuple[float, ...] = TPR_TARGETS,
     ci_method: str = "wilson",
     confidence: float = 0.95,
+    detectable: DetectableSpec | None = None,
 ) -> StratifiedResult:
     """Global operating points and per-stratum completeness / FPR with CIs.
 
@@ -265,9 +282,11 @@ def stratify(
         tpr_targets: TPR operating points.
         ci_method: ``wilson`` or ``clopper-pearson``.
         confidence: two-sided CI level.
+        detectable: the headline subset of lenses (at the same thresholds), or None.
 
     Returns:
-        A :class:`StratifiedResult`; ``rows[0]`` is the ``ALL`` stratum.
+        A :class:`StratifiedResult`; ``rows[0]`` is the ``ALL`` stratum, the detectable
+        subset is in ``detectable`` (and first in the CSV).
     """
     points = operating_points(frame.labels, frame.ranking, fpr_targets, tpr_targets)
     counter = _Counter(frame, points)
@@ -277,10 +296,19 @@ def stratify(
     rows, skipped = [all_row], {}
     for spec in specs:
         rows.extend(_spec_rows(counter, spec, skipped))
-    _fill_intervals(rows, ci_method, confidence)
+    subset, det_row = None, None
+    if detectable is not None:
+        subset = detectable_mask(frame, detectable)
+        if subset.mask is not None and subset.mask.any():
+            det_row = {"stratum": "detectable", "kind": "positives", "column": detectable.text,
+                       "lo": None, "hi": None} | counter.positive_row(frame.ranking[subset.mask])  # fmt: skip
+    _fill_intervals(rows + ([det_row] if det_row else []), ci_method, confidence)
     for column, reason in skipped.items():
         logger.info("strata %s skipped: %s", column, reason)
-    return StratifiedResult(points, rows, skipped, ci_method, confidence,
+    block = subset_block(subset, all_row["P"], det_row)
+    if block["status"] == "not evaluated":
+        logger.info("detectable subset not evaluated: %s", block["reason"])
+    return StratifiedResult(points, rows, skipped, block, ci_method, confidence,
                             tuple(fpr_targets), tuple(tpr_targets))  # fmt: skip
 
 
@@ -340,6 +368,8 @@ def write_stratified_csv(result: StratifiedResult, path: str | Path) -> Path:
 
     Thresholds (``thr@...``) are in score units; a sample passes when ``score >= thr``.
     Empty cells mean "not defined for this stratum kind" (e.g. TPR of a control stratum).
+    The first row is the detectable subset (stratum ``detectable``, its definition in
+    ``column``) when there is one, then ``ALL``.
 
     Args:
         result: output of :func:`stratify`.
@@ -352,6 +382,7 @@ def write_stratified_csv(result: StratifiedResult, path: str | Path) -> Path:
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=csv_columns(result), restval="")
         writer.writeheader()
-        for row in result.rows:
+        head = [result.detectable] if result.detectable["status"] == "ok" else []
+        for row in head + result.rows:
             writer.writerow(_csv_row(row, result))
     return path

@@ -20,6 +20,18 @@ def make_scores_table(num_rows: int = 600, seed: int = 0, split: str = "test",
     logit = rng.normal(0, 1.5, num_rows) + 3.0 * label + np.where(label == 1, theta / psf, 0)
     logit = np.round(logit, 1).astype(np.float32)  # ties on purpose
     kinds = np.array(["plain", "ring", "spiral"])[rng.integers(0, 3, num_rows)]
+
+    def lens_only(values: np.ndarray) -> np.ndarray:
+        return np.where(label == 1, values, np.nan)
+
+    mock = {  # the mock v2 columns (issue 16 item 4), lenses only
+        "arc_snr_sum": lens_only(arc_snr * rng.uniform(3, 12, num_rows)),
+        "magnification": lens_only(rng.lognormal(1.7, 0.5, num_rows)),
+        "arc_lens_flux_ratio": lens_only(rng.lognormal(-2.0, 1.0, num_rows)),
+        "tangential_stretch": lens_only(rng.lognormal(1.2, 0.5, num_rows)),
+        "radial_stretch": lens_only(rng.uniform(0.8, 1.5, num_rows)),
+        "src_redshift": lens_only(rng.uniform(1.0, 3.0, num_rows)),
+    }
     return pa.table({
         "task_id": [f"t{i:05d}" for i in range(num_rows)],
         "ra": rng.uniform(0, 360, num_rows), "dec": rng.uniform(-30, 30, num_rows),
@@ -29,7 +41,7 @@ def make_scores_table(num_rows: int = 600, seed: int = 0, split: str = "test",
         "psfsize_r": psf, "psfdepth_r": rng.uniform(23.5, 25, num_rows),
         "arc_snr": arc_snr, "src_dmag": np.where(label == 1, rng.uniform(0.5, 3, num_rows), np.nan),
         "control_kind": [None if y else str(k) for y, k in zip(label, kinds, strict=True)],
-        "logit": logit, "score": (1 / (1 + np.exp(-logit))).astype(np.float32),
+        **mock, "logit": logit, "score": (1 / (1 + np.exp(-logit))).astype(np.float32),
         "model": [model] * num_rows,
     })  # fmt: skip
 
