@@ -14,7 +14,7 @@ Light added, r band (``added_flux_bounds`` holds the same numbers):
 * ``edge_on``: a centred edge-on disk (B/T 0.3-0.6), or an edge-on field disk of r 19-23 at 1.5-4";
 * ``merger``: a 1:1-1:4 companion at 5-20 kpc plus a tidal tail of 3-15% of the pair's light;
 * ``blue_companion``: 1-3 star-forming field galaxies of r 20-24 at 1-4";
-* ``star_blend``: a star of r 16-23 at 0.3-2.5" (not yet a ``CONTROL_KINDS`` entry).
+* ``star_blend``: a star of r 16-23 at 0.3-2.5".
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import numpy as np
 
 from haloscope.preprocess.sim_config import CONTROL_KINDS
 from haloscope.preprocess.sim_confusers import render_confusers
+from haloscope.preprocess.sim_field import field_neighbours
 from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,
     STAMP_PX,
@@ -127,54 +128,6 @@ def _lens_light(pop: Population) -> np.ndarray:
     core_r = elliptical_radius(_CORE[None, None, :], _CORE[None, :, None], q, phi)
     pix[:, 32, 32] = bin_image(sersic_shape(core_r, *args), 16)[:, 0, 0]  # resolve the cusp
     return pix[:, None] * (ie * PIX_AREA).astype(F32)[:, :, None, None]
-
-
-def _neighbours(rng: np.random.Generator, num: int) -> np.ndarray:
-    """Field galaxies (up to 3, exponential) and stars (up to 1), (B, 3, 64, 64) nmgy."""
-    out = np.zeros((num, 3, STAMP_PX, STAMP_PX), F32)
-    count = np.minimum(rng.poisson(0.8, num), 3)
-    for k in range(3):
-        cx, cy = rng.uniform(-8.4, 8.4, (2, num))
-        radius = elliptical_radius(
-            _AX1[None, None, :] - _c(cx),
-            _AX1[None, :, None] - _c(cy),
-            _c(rng.uniform(0.4, 1.0, num)),
-            _c(rng.uniform(0, np.pi, num)),
-        )
-        blob = sersic_shape(radius, _c(rng.uniform(0.2, 1.0, num)), F32(1.0), F32(sersic_bn(1.0)))
-        blob /= np.maximum(blob.sum(axis=(1, 2), keepdims=True), 1e-30)
-        flux = mag_to_nmgy(rng.uniform(20.0, 24.5, num)) * (count > k)
-        colour = np.stack(
-            [
-                10 ** (-0.4 * rng.uniform(0.3, 1.6, num)),
-                np.ones(num),
-                10 ** (0.4 * rng.uniform(0.2, 1.2, num)),
-            ],
-            1,
-        )
-        out += blob[:, None] * (flux[:, None] * colour).astype(F32)[:, :, None, None]
-    has_star = rng.uniform(size=num) < 0.25
-    sx, sy = rng.uniform(0, STAMP_PX - 1, (2, num))
-    flux = mag_to_nmgy(rng.uniform(17.0, 23.0, num)) * has_star
-    colour = np.stack(
-        [
-            10 ** (-0.4 * rng.uniform(0.3, 1.4, num)),
-            np.ones(num),
-            10 ** (0.4 * rng.uniform(0.1, 0.8, num)),
-        ],
-        1,
-    )
-    ix, iy = np.floor(sx).astype(int), np.floor(sy).astype(int)
-    fx, fy = sx - ix, sy - iy
-    rows = np.arange(num)
-    for dy, dx, w in (
-        (0, 0, (1 - fx) * (1 - fy)),
-        (0, 1, fx * (1 - fy)),
-        (1, 0, (1 - fx) * fy),
-        (1, 1, fx * fy),
-    ):
-        out[rows, :, iy + dy, ix + dx] += (flux * w)[:, None] * colour  # bilinear point source
-    return out
 
 
 def noise_variance(model: np.ndarray, sky_sigma: np.ndarray, gain: np.ndarray) -> np.ndarray:
@@ -360,7 +313,7 @@ def render_batch(
     num = len(pop["ra"])
     model = _lens_light(pop)
     if with_neighbours:
-        model += _neighbours(rng, num)
+        model += field_neighbours(rng, num)
     lens_flux_r = mag_to_nmgy(pop["lens_mag"][:, 1])
     g_r = pop["lens_mag"][:, 0] - pop["lens_mag"][:, 1]
     r_z = pop["lens_mag"][:, 1] - pop["lens_mag"][:, 2]
