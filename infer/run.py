@@ -89,6 +89,7 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
             stats=stats)  # fmt: skip
         return it, num_rows // env.world_size
     from haloscope.shards.read import ShardReader, build_loader
+    from haloscope.train.failures import worker_batches
 
     manifest = _check_shards(cfg, settings)
     reader = ShardReader(manifest.split_dir, batch_size=cfg.batch_size, seed=0, rank=env.rank,
@@ -97,9 +98,8 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
     log.info("shards %s: %d samples, %d batches per rank", manifest.split_dir,
              manifest.num_samples, reader.batches_per_rank())  # fmt: skip
     loader = build_loader(reader, num_workers=cfg.num_workers, pin_memory=env.device.type == "cuda")
-    return sources.iter_shard_batches(
-        iter(loader), stats=stats
-    ), manifest.num_samples // env.world_size
+    batches = worker_batches(iter(loader))  # a worker's error as one line
+    return sources.iter_shard_batches(batches, stats=stats), manifest.num_samples // env.world_size
 
 
 def _load_model(cfg: InferConfig, env):
@@ -153,10 +153,13 @@ def run_inference(cfg: InferConfig) -> Path | None:
     """
     from haloscope.log import setup_logging
     from haloscope.train.dist import init_distributed, shutdown
+    from haloscope.train.failures import check_writable
 
     env = init_distributed(cfg.device)
     setup_logging(env.rank)
     try:
+        if env.is_main:  # an unwritable --out fails now, not after the scoring
+            check_writable(cfg.out)
         model, info = _load_model(cfg, env)
         t0 = time.perf_counter()
         settings = checkpoint_settings(info)

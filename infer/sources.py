@@ -30,6 +30,7 @@ from haloscope.preprocess import gates
 from haloscope.preprocess.normalize import outer_normalize
 from haloscope.preprocess.read_parquet import contract_columns
 from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
+from haloscope.train.failures import worker_batches
 
 __all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "ParquetScoreSource", "parquet_units",
            "iter_parquet_batches", "iter_shard_batches", "columns_from_table"]  # fmt: skip
@@ -202,8 +203,9 @@ def iter_parquet_batches(
                                 batch_size=batch_size, rank=rank, world_size=world_size)  # fmt: skip
     items: Iterable = source
     if num_workers > 0:
-        items = DataLoader(source, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-                           prefetch_factor=2)  # fmt: skip
+        loader = DataLoader(source, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                            prefetch_factor=2)  # fmt: skip
+        items = worker_batches(iter(loader))  # a worker's error as one line
     for prepared, rejected, rows_read in items:
         stats.rows_read += rows_read
         stats.rejected.update(rejected)

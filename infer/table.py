@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from haloscope.atomic import atomic_path
 from haloscope.infer.predict import sigmoid32
+from haloscope.train.failures import naming
 
 __all__ = ["SCORES_SCHEMA", "build_scores_table", "concat_tables", "gather_tables",
            "write_scores"]  # fmt: skip
@@ -126,7 +127,7 @@ def gather_tables(table: pa.Table, env) -> list[pa.Table] | None:
 
 
 def write_scores(table: pa.Table, path: str | Path, *, metadata: dict[str, str]) -> Path:
-    """Write the scores parquet atomically (temp file in the same folder, then rename).
+    """Write the scores parquet atomically (``haloscope.atomic``: temp sibling, rename, umask).
 
     Args:
         table: rows in ``SCORES_SCHEMA``.
@@ -135,17 +136,15 @@ def write_scores(table: pa.Table, path: str | Path, *, metadata: dict[str, str])
 
     Returns:
         The written path.
+
+    Raises:
+        OSError: naming ``path`` (full disk, read-only folder); ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     meta = {
         **(table.schema.metadata or {}),
         **{k.encode(): v.encode() for k, v in metadata.items()},
     }
-    try:
+    with naming(path), atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from haloscope.atomic import atomic_write_text
 from haloscope.errors import ConfigError
 from haloscope.train.cuda_graph import make_predict_step, make_train_step
 from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
@@ -352,8 +353,7 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
             lambda: {"rows": [r for b in batch_sizes for r in depthwise_probe(b)]}, "graph_tdw"
         )
     tmp.cleanup()
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out_path, json.dumps(doc, indent=1) + "\n")
     return doc
 
 

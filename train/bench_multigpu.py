@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from haloscope.atomic import atomic_write_text
 from haloscope.errors import ConfigError
 from haloscope.train.bench_gpu import free_cuda, gpu_env
 
@@ -270,7 +271,7 @@ def _worker(args: argparse.Namespace) -> None:
             doc["graph_vs_eager_ddp"] = _graph_vs_eager(args, env, model_args, weights)
         doc.update(_eval_rows(args, env, model_args, weights))
         if env.is_main:
-            Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+            atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
     finally:
         shutdown(env)
 
@@ -362,8 +363,7 @@ def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = No
     }  # fmt: skip
     doc["scaling"]["infer"] = _efficiency(runs, lambda r: r["infer"]["img_per_s"])
     doc["scaling"]["validate"] = _efficiency(runs, lambda r: r["val_img_per_s"])
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out_path, json.dumps(doc, indent=2) + "\n")
     return {k: doc[k] for k in ("device", "gpus_present", "scaling", "checks")}
 
 

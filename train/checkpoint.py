@@ -21,11 +21,9 @@ dicts). Keys (``FORMAT`` version 1):
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,9 @@ import numpy as np
 import torch
 
 from haloscope import __version__
+from haloscope.atomic import atomic_open
 from haloscope.errors import CheckpointError
+from haloscope.train.failures import WriteErrors, naming
 
 __all__ = [
     "FORMAT",
@@ -95,7 +95,7 @@ def to_plain(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+    """Write ``payload`` atomically (``haloscope.atomic``: temp sibling, fsync, rename, umask).
 
     Args:
         path: destination (e.g. ``RUN/last.pt``).
@@ -103,21 +103,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
     Returns:
         The destination path.
+
+    Raises:
+        OSError: naming ``path`` (full disk, read-only folder); ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "haloscope_version": __version__,
                **{k: to_plain(v) if k in _PLAIN_KEYS else v for k, v in payload.items()}}  # fmt: skip
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming(path), atomic_open(path, "wb") as handle:
+        sink = WriteErrors(handle)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
     return path
 
 

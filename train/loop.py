@@ -33,6 +33,7 @@ from haloscope.train.dist import (
     all_reduce_mean,
     barrier,
 )
+from haloscope.train.failures import worker_batches
 from haloscope.train.metrics import MetricsWriter
 from haloscope.train.validate import EarlyStopping, validate
 
@@ -191,11 +192,13 @@ def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]
     starts (at the first ``next``); that draw is undone so dropout and stochastic depth see
     the same stream in a resumed run. SIGINT/SIGTERM are blocked while the workers fork, so
     the workers inherit the block and never die of a signal sent to the whole process group
-    (a terminal's Ctrl-C, ``kill -- -PGID``): only the main process handles it.
+    (a terminal's Ctrl-C, ``kill -- -PGID``): only the main process handles it. A worker's
+    error is re-raised with its own message once the workers are shut down
+    (``failures.worker_batches``: blocking SIGTERM, they would otherwise outlive the run).
     """
     rng = torch.get_rng_state()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    it = iter(batches)
+    it = worker_batches(iter(batches))  # a worker's error as one line, workers shut down
     try:
         first = next(it)
     except StopIteration:

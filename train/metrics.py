@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from haloscope.errors import ConfigError
+from haloscope.train.failures import naming
 
 __all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "MetricsWriter"]
 
@@ -71,7 +72,8 @@ class MetricsWriter:
                     "--tensorboard needs the tensorboard package: "
                     "pip install 'haloscope[tensorboard]' (or drop --tensorboard)"
                 ) from None
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            with naming(self.run_dir / "tb"):
+                self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def _open_csv(self, name: str, columns: tuple[str, ...]) -> tuple[Any, csv.DictWriter]:
         path = self.run_dir / name
@@ -94,8 +96,11 @@ class MetricsWriter:
             return
         row = {"kind": kind, "time/wall_s": round(time.time() - self._t0, 3), **record}
         row = {k: _clean(v) for k, v in row.items()}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._csv[kind][1].writerow(row)
+        with naming(self._jsonl.name):  # a full disk: name the file
+            self._jsonl.write(json.dumps(row) + "\n")
+        handle, writer = self._csv[kind]
+        with naming(handle.name):
+            writer.writerow(row)
         if self._tb is not None and to_tensorboard:
             step = int(record.get("global_step", 0))
             for key, value in record.items():

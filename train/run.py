@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from haloscope.atomic import atomic_write_text
 from haloscope.config import config_to_dict
 from haloscope.errors import CheckpointError, ConfigError
 from haloscope.log import setup_logging
@@ -142,7 +143,7 @@ def _prepare_run_dir(cfg: TrainConfig, env: DistEnv) -> Path:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
-        (run_dir / "config.resolved.json").write_text(text)
+        atomic_write_text(run_dir / "config.resolved.json", text)
     return run_dir
 
 
