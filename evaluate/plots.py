@@ -19,7 +19,14 @@ from haloscope.atomic import atomic_path, atomic_write_bytes  # noqa: E402
 from haloscope.evaluate.metrics import roc_curve  # noqa: E402
 from haloscope.evaluate.scores import ScoresFrame  # noqa: E402
 
-__all__ = ["plot_completeness", "plot_roc", "plot_score_hist", "save_stamp_png", "stamp_rgb"]
+__all__ = [
+    "plot_completeness",
+    "plot_completeness_curve",
+    "plot_roc",
+    "plot_score_hist",
+    "save_stamp_png",
+    "stamp_rgb",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +94,31 @@ def plot_completeness(rows: Sequence[dict[str, Any]], column: str, fpr_targets: 
     ax.set(ylim=(-0.02, 1.02), xlabel=xlabel, ylabel="completeness (TPR)",
            title=f"completeness vs {column} (thresholds from all controls)")  # fmt: skip
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_completeness_curve(curve: dict[str, Any], thresholds: Mapping[str, float],
+                            path: Path) -> Path:  # fmt: skip
+    """Completeness against one column with binomial CI bands, one line per FPR threshold.
+
+    Args:
+        curve: one entry of ``completeness_curves(...)["curves"]`` (see
+            :mod:`haloscope.evaluate.curves`).
+        thresholds: FPR (as in ``curve["fpr"]``) -> score threshold, for the legend.
+        path: PNG to write.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = np.array(curve["x"])
+    for fpr, entry in curve["fpr"].items():
+        (line,) = ax.plot(x, entry["value"], marker="o", ms=3,
+                          label=f"FPR {fpr} (score >= {thresholds[fpr]:.4g})")  # fmt: skip
+        ax.fill_between(x, entry["ci_low"], entry["ci_high"], color=line.get_color(), alpha=0.2)
+    ax.set(xscale=curve["scale"], ylim=(-0.02, 1.02), xlabel=curve["label"],
+           ylabel="completeness (lenses passing)",
+           title=f"completeness vs {curve['label']}\n(thresholds from all controls; "
+           f"{sum(curve['n'])} lenses, bands: CI)")  # fmt: skip
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
