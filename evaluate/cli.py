@@ -13,6 +13,8 @@ from haloscope.argparse_util import VerbParser, parse_csv
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import ConfigError, DataError
 from haloscope.evaluate.compare import compare_frames
+from haloscope.evaluate.curves import completeness_curves
+from haloscope.evaluate.detectable import DEFAULT_DETECTABLE, DetectableSpec, parse_detectable
 from haloscope.evaluate.intervals import CI_METHODS, auroc_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, auroc
 from haloscope.evaluate.outputs import check_writable
@@ -43,7 +45,8 @@ def build_parser() -> VerbParser:
     p = VerbParser(
         "eval",
         "ROC with exact ties, TPR at FPR and FPR at TPR with thresholds and binomial\n"
-        "confidence intervals, strata (theta_E, theta_E/PSF, psfsize_r, psfdepth_r, arc SNR,\n"
+        "confidence intervals, first on a pre-registered detectable subset of the lenses\n"
+        "(--detectable), then on all injections; completeness curves; strata (theta_E, theta_E/PSF, psfsize_r, psfdepth_r, arc SNR,\n"
         "source magnitude, control kind) at thresholds set on all controls. Writes the\n"
         "stratified CSV (the seed's column names + CI columns), a JSON with everything, and\n"
         "with --report-dir an HTML (and Markdown) report with PNG plots, galleries and the\n"
@@ -72,6 +75,10 @@ def build_parser() -> VerbParser:
                    "controls (e.g. the mock test), as ratios to it; writes <out-csv>_transfer.csv")  # fmt: skip
     p.add_argument("--compare", nargs="*", default=[], metavar="OTHER.parquet",
                    help="scores of other models on the same rows; the first is the baseline of Δ")  # fmt: skip
+    p.add_argument("--detectable", default=DEFAULT_DETECTABLE, metavar="SPEC",
+                   help="the headline's lens subset: COLUMN OP NUMBER joined by commas (OP >= > "
+                   "<= <; theta_over_psf = theta_e_arcsec/psfsize_r, the original's proxy), "
+                   "thresholds from all controls; 'none' turns it off")  # fmt: skip
     p.add_argument(
         "--fpr-targets",
         default=",".join(f"{t:g}" for t in FPR_TARGETS),
@@ -165,6 +172,25 @@ def _check_outputs(args: Any) -> tuple[Path, Path]:
     return out_csv, out_json
 
 
+def _summary_line(result: Any, auc: float) -> str:
+    """The printed line: the detectable headline first, then all injections."""
+
+    def points(row: dict[str, Any]) -> str:
+        tpr = [f"TPR@FPR{e['target']:g}={e['value']:.4g}" for e in row["tpr@fpr"]
+               if e["target"] in (1e-4, 1e-3)]  # fmt: skip
+        fpr = [f"FPR@TPR{e['target']:.2f}={e['value']:.4g}" for e in row["fpr@tpr"]
+               if round(e["target"], 6) in (0.5, 0.9)]  # fmt: skip
+        return " ".join(tpr + fpr)
+
+    det = result.detectable
+    if det["status"] == "ok":
+        head = (f"detectable ({det['spec']}: {det['num_lenses']}/{det['num_all_lenses']} "
+                f"lenses) {points(det)}")  # fmt: skip
+    else:
+        head = f"detectable subset not evaluated ({det['reason']})"
+    return f"{head} | all injections: AUROC={auc:.5f} {points(result.rows[0])}"
+
+
 def main(argv: list[str]) -> int:
     """Run ``haloscope eval``; user errors raise ``HaloscopeError`` (one line, exit 2).
 
@@ -176,6 +202,7 @@ def main(argv: list[str]) -> int:
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
     specs = _specs(args)
+    detectable: DetectableSpec | None = parse_detectable(args.detectable)
     fpr_targets, tpr_targets = (
         _floats(args.fpr_targets, "--fpr-targets"),
         _floats(args.tpr_targets, "--tpr-targets"),
@@ -186,16 +213,19 @@ def main(argv: list[str]) -> int:
     for other in (load_scores(p, args.rank_by) for p in args.compare):
         _add_unique(others, other, reserved=_model_name(frame))
     store, stamps_note = _open_stamps(args.stamps)
-    result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence)
+    result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence,
+                      detectable)  # fmt: skip
+    curves = completeness_curves(frame, method=args.ci, confidence=args.confidence)
     auc = auroc(frame.labels, frame.ranking)
     doc: dict[str, Any] = {"scores": str(args.scores), "label_column": frame.label_column,
                            "rank_by": frame.rank_by, "num_rows": frame.num_rows, "auroc": auc,
                            "auroc_ci": list(auroc_interval(auc, result.rows[0]["P"], result.rows[0]["N"],
                                                            args.confidence))}  # fmt: skip
-    doc |= result.to_dict()
+    doc |= result.to_dict() | {"completeness_curves": curves}
     comparison, compare_csv = None, out_csv.with_name(out_csv.stem + "_compare.csv")
     if others:
-        comparison = compare_frames({**others, _model_name(frame): frame}, args.ci, args.confidence)
+        comparison = compare_frames({**others, _model_name(frame): frame}, args.ci, args.confidence,
+                                    detectable=detectable)  # fmt: skip
         doc["comparison"] = comparison.rows
     transfer = None
     if args.reference_scores:
@@ -211,7 +241,7 @@ def main(argv: list[str]) -> int:
         if comparison is not None:
             files["comparison CSV"] = compare_csv.name
         doc["report"] = build_report(frame, result, args.report_dir, files, store, comparison,
-                                     others, stamps_note)  # fmt: skip
+                                     others, stamps_note, curves)  # fmt: skip
     write_stratified_csv(result, out_csv)
     if comparison is not None:
         comparison.to_csv(compare_csv)
@@ -221,10 +251,6 @@ def main(argv: list[str]) -> int:
         write_transfer_csv(transfer, _transfer_csv(out_csv))
         print(f"eval: {summary_line(transfer)} -> {_transfer_csv(out_csv)}")
     _write_json(out_json, doc)
-    first = result.rows[0]["tpr@fpr"]
-    summary = ", ".join(
-        f"TPR@FPR{e['target']:g}={e['value']:.4g}" for e in first if e["target"] in (1e-4, 1e-3)
-    )
-    print(f"eval: AUROC={auc:.5f} {summary} -> {out_csv}, {out_json}"
+    print(f"eval: {_summary_line(result, auc)} -> {out_csv}, {out_json}"
           + (f", {Path(args.report_dir) / 'report.html'}" if args.report_dir else ""))  # fmt: skip
     return 0

@@ -80,6 +80,35 @@ def _key_numbers(frame: ScoresFrame, result: StratifiedResult) -> list[list[dict
     return items
 
 
+def _headline_entries(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """TPR@FPR 1e-4 and 1e-3, FPR@TPR 0.5 and 0.9 of a stratum row (those computed)."""
+    out = [(f"TPR@FPR{e['target']:g}", e) for e in row["tpr@fpr"] if e["target"] in (1e-4, 1e-3)]
+    return out + [(f"FPR@TPR{e['target']:.2f}", e) for e in row["fpr@tpr"]
+                  if round(e["target"], 6) in (0.5, 0.9)]  # fmt: skip
+
+
+def _detectable(result: StratifiedResult) -> list[Block]:
+    block = result.detectable
+    blocks = [_h(2, "Headline: detectable lenses")]
+    if block["status"] == "off":
+        return blocks + [_p("Off (", code("--detectable none"), "): all injections only.")]
+    definition = _p("Pre-registered subset: ", {"text": block["definition"], "style": "b"},
+                    " (", code(block["spec"]), "; theta_E/PSF here is ",
+                    code(block["theta_over_psf"]), "). Thresholds from all controls.")  # fmt: skip
+    if block["status"] != "ok":
+        return blocks + [definition, _p(f"Not evaluated: {block['reason']}. The numbers below "
+                                        "are on all injections only.")]  # fmt: skip
+    size = (f"{block['num_lenses']} of {block['num_all_lenses']} lenses "
+            f"({block['share_of_lenses']:.1%}) are in the subset"
+            + (f"; {block['num_undefined']} lacked a value" if block["num_undefined"] else "") + ".")  # fmt: skip
+    items = []
+    for name, e in _headline_entries(block):
+        allowed = (f", {int(e['target'] * block['N'] * (1 + 1e-9))} false positive(s) allowed"
+                   if name.startswith("TPR") else "")  # fmt: skip
+        items.append(spans(f"{name}: {_ci(e)}, threshold {_thr(e['threshold'])}{allowed}"))
+    return blocks + [definition, _p(size), {"kind": "list", "items": items}]
+
+
 def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]) -> list[Block]:
     all_row = result.rows[0]
     counts = f"{frame.num_rows} rows: {all_row['P']} lenses, {all_row['N']} controls"
@@ -92,7 +121,9 @@ def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]
            f" ({describe_label_column(frame.label_column)}); ranked by ", code(frame.rank_by),
            ". A sample passes a threshold t when score >= t; thresholds come from all "
            f"controls; intervals are {level}."),
-        _h(2, "Key numbers"), {"kind": "list", "items": _key_numbers(frame, result)},
+        *_detectable(result),
+        _h(2, "All injections: key numbers"),
+        {"kind": "list", "items": _key_numbers(frame, result)},
         _h(2, "Files"),
         {"kind": "list", "items": [spans(f"{k}: ", code(v)) for k, v in files.items()]},
     ]  # fmt: skip
@@ -108,7 +139,7 @@ def _operating_table(result: StratifiedResult) -> list[Block]:
     body += [[f"FPR@TPR{e['target']:.2f}", _ci(e), _thr(e["threshold"])] for e in row["fpr@tpr"]]
     note = ("An FPR target below 1/controls allows no false positive: it is the completeness "
             "before the first false positive (TPR0).")  # fmt: skip
-    return [_h(2, "Operating points"), _table(["metric", "value [CI] (k/n)", "threshold"], body),
+    return [_h(2, "Operating points (all injections)"), _table(["metric", "value [CI] (k/n)", "threshold"], body),
             _p(note)]  # fmt: skip
 
 
@@ -120,7 +151,7 @@ def _comparison(comparison: Comparison) -> list[Block]:
     note = (f"Intervals: {comparison.confidence:.0%} {comparison.ci_method} (binomial for rates, "
             "Hanley-McNeil for AUROC); Δ is against the first model. ")  # fmt: skip
     return [_h(2, "Comparison on the same test set"), _table(heads, rows),
-            _p(note, *labels, ".")]  # fmt: skip
+            _p(comparison.subset_note(), " ", note, *labels, ".")]  # fmt: skip
 
 
 def _strata_tables(result: StratifiedResult, targets: tuple[float, ...]) -> list[Block]:
@@ -146,8 +177,23 @@ def _img(src: str, caption: str) -> Block:
     return {"kind": "img", "src": src, "caption": caption}
 
 
+def _curve_plots(curves: dict[str, Any] | None, out: Path) -> list[Block]:
+    """Completeness curves with CI bands (:mod:`haloscope.evaluate.curves`)."""
+    if curves is None:
+        return []
+    blocks: list[Block] = []
+    for column, curve in curves["curves"].items():
+        name = f"completeness_curve_{column}.png"
+        plots.plot_completeness_curve(curve, curves["thresholds"], out / name)
+        blocks.append(_img(name, f"completeness vs {curve['label']} at the FPR "
+                           f"{' and '.join(curve['fpr'])} thresholds, CI bands"))  # fmt: skip
+    for column, reason in curves["skipped"].items():
+        blocks.append(_p("No completeness curve vs ", code(column), f": {reason}."))
+    return blocks
+
+
 def _plots(frame: ScoresFrame, result: StratifiedResult, out: Path, others: Mapping[str, ScoresFrame],
-           targets: tuple[float, ...]) -> list[Block]:  # fmt: skip
+           targets: tuple[float, ...], curves: dict[str, Any] | None) -> list[Block]:  # fmt: skip
     blocks: list[Block] = [_h(2, "Plots")]
     plots.plot_roc({"this model": frame, **others}, result.fpr_targets, out / "roc.png")
     blocks.append(_img("roc.png", "ROC on a log-FPR axis (exact ties, step function)"))
@@ -159,6 +205,7 @@ def _plots(frame: ScoresFrame, result: StratifiedResult, out: Path, others: Mapp
         else:
             blocks.append(_p(f"No completeness plot vs {label}: column ", code(column),
                              " absent or empty."))  # fmt: skip
+    blocks += _curve_plots(curves, out)
     plots.plot_score_hist(frame, out / "score_hist.png")
     blocks.append(_img("score_hist.png", f"{frame.rank_by} per class, log counts"))
     return blocks
@@ -298,6 +345,7 @@ def build_report(
     comparison: Comparison | None = None,
     others: Mapping[str, ScoresFrame] | None = None,
     stamps_note: str | None = None,
+    completeness: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.html``, the PNGs and ``gallery/`` into ``report_dir``.
 
@@ -312,6 +360,8 @@ def build_report(
         others: their scores, drawn on the ROC plot.
         stamps_note: why there is no store although --stamps was given (shown instead of
             the galleries).
+        completeness: completeness curves
+            (:func:`haloscope.evaluate.curves.completeness_curves`), drawn with CI bands.
 
     Returns:
         ``{"report_md", "report_html", "pngs", "shortcut_audit", "training_curves"}``.
@@ -324,7 +374,8 @@ def build_report(
         if comparison is not None:
             blocks += _comparison(comparison)
         curves_blocks, curves = _curves(frame, stage)
-        blocks += curves_blocks + _plots(frame, result, stage, others or {}, targets)
+        blocks += curves_blocks + _plots(frame, result, stage, others or {}, targets,
+                                         completeness)  # fmt: skip
         blocks += _strata_tables(result, targets)
         if picks is None:
             blocks += [_h(2, "Galleries"), _p(f"No galleries: {why}.")]

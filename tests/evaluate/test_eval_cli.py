@@ -44,23 +44,50 @@ def test_eval_writes_csv_json_and_report(tmp_path, scores_table):
                 "--report-dir", str(tmp_path / "report"), "--stamps", str(tmp_path / "stamps.zarr"),
                 "--ci", "clopper-pearson")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("eval: detectable (arc_snr>=5,theta_over_psf>=0.8: ")
+    assert proc.stdout.index("TPR@FPR0.0001=") < proc.stdout.index("| all injections: AUROC=")
     rows = list(csv.DictReader((tmp_path / "out/strat.csv").open()))
-    assert rows[0]["stratum"] == "ALL" and int(rows[0]["P"]) == int(
-        np.asarray(scores_table["label"]).sum()
-    )
+    assert [r["stratum"] for r in rows[:2]] == ["detectable", "ALL"]
+    assert int(rows[1]["P"]) == int(np.asarray(scores_table["label"]).sum())
     doc = json.loads((tmp_path / "out/strat.json").read_text())
     assert doc["ci_method"] == "clopper-pearson" and doc["rank_by"] == "logit"
+    det = doc["detectable"]
+    assert det["status"] == "ok" and det["num_lenses"] == int(rows[0]["P"])
+    assert det["theta_over_psf"].startswith("theta_e_arcsec / psfsize_r")
+    assert set(doc["completeness_curves"]["curves"]) == {"arc_snr_sum", "theta_over_psf",
+                                                         "arc_lens_flux_ratio"}  # fmt: skip
     assert doc["report"]["shortcut_audit"]["status"] == "ok"
     report = tmp_path / "report"
     pngs = {"roc.png", "score_hist.png", "completeness_theta_over_psf.png", "completeness_arc_snr.png",
-            "gallery/top_controls_00.png", "gallery/missed_lenses_11.png"}  # fmt: skip
+            "gallery/top_controls_00.png", "gallery/missed_lenses_11.png",
+            "completeness_curve_arc_snr_sum.png", "completeness_curve_theta_over_psf.png",
+            "completeness_curve_arc_lens_flux_ratio.png"}  # fmt: skip
     assert pngs <= {str(p.relative_to(report)) for p in report.rglob("*.png")}
     assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     md = (report / "report.md").read_text()
     for needle in ("AUROC", "TPR@FPR0.0001", "TPR@FPR0.001", "FPR@TPR0.90", "strat.csv", "roc.png",
                    "Shortcut audit"):  # fmt: skip
         assert needle in md
+    assert md.index("Headline: detectable lenses") < md.index("All injections: key numbers")
     assert '<img src="roc.png"' in (report / "report.html").read_text()
+
+
+def test_eval_without_subset_columns_reports_all_injections(tmp_path, scores_table):
+    pq.write_table(scores_table.drop_columns(["arc_snr"]), tmp_path / "s.parquet")
+    proc = _run("--scores", str(tmp_path / "s.parquet"), "--out-csv", str(tmp_path / "s.csv"))
+    assert proc.returncode == 0, proc.stderr
+    expected = "eval: detectable subset not evaluated (column 'arc_snr' absent) | all injections:"
+    assert proc.stdout.startswith(expected)
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["detectable"]["reason"] == "column 'arc_snr' absent"
+    assert next(csv.DictReader((tmp_path / "s.csv").open()))["stratum"] == "ALL"
+
+
+def test_bad_detectable_spec_is_one_clear_line(tmp_path):
+    proc = _run("--scores", str(tmp_path / "s.parquet"), "--out-csv", str(tmp_path / "s.csv"),
+                "--detectable", "arc_snr=5")  # fmt: skip
+    _assert_one_line_error(proc, "--detectable: cannot read 'arc_snr=5'")
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_eval_without_stamps_says_so(tmp_path, scores_table):

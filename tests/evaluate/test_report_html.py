@@ -97,6 +97,9 @@ def test_report_html_has_tables_images_and_captioned_galleries(report):
     for caption in page.captions:
         _check_caption(caption["text"], caption["links"])
     html = (report / "report.html").read_text()
+    assert html.index("<h2>Headline: detectable lenses</h2>") < html.index(
+        "<h2>All injections: key numbers</h2>"
+    )
     assert "**" not in html and "|---" not in html and "<pre>" not in html  # no raw Markdown
     md = (report / "report.md").read_text()
     assert "| metric |" in md and "](gallery/" in md and VIEWER in md
