@@ -21,7 +21,15 @@ __all__ = [
 
 BANDS = ("g", "r", "z")
 SPLITS = ("train", "val", "test")
-CONFUSER_KINDS = ("ring", "spiral", "edge_on", "merger", "blue_companion", "star_blend")
+CONFUSER_KINDS = (
+    "ring",
+    "spiral",
+    "edge_on",
+    "merger",
+    "blue_companion",
+    "star_blend",
+    "near_miss",
+)
 CONTROL_KINDS = ("ordinary", *CONFUSER_KINDS)
 
 # Rows per work unit. Fixed (never derived from --workers) so output is a pure function of the

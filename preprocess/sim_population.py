@@ -10,12 +10,13 @@ import numpy as np
 
 from haloscope.preprocess.sim_config import (
     CONFUSER_KINDS,
+    CONTROL_KINDS,
     NUM_SELECTION_SETS,
     REGIONS_PER_CHUNK,
     SimConfig,
 )
 from haloscope.preprocess.sim_physics import moffat_fwhm_from_psfsize
-from haloscope.preprocess.sim_sources import MAX_KNOTS, draw_sources
+from haloscope.preprocess.sim_sources import MAX_KNOTS, draw_near_miss_sources, draw_sources
 
 __all__ = ["Population", "draw_population", "brickname_of", "MAX_KNOTS"]
 
@@ -144,22 +145,33 @@ def _lens_mass(rng: np.random.Generator, pop: Population) -> Population:
     }
 
 
+_LENS_KEYS = ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2")
+NEAR_MISS = CONTROL_KINDS.index("near_miss")
+
+
 def _sources(rng: np.random.Generator, pop: Population) -> Population:
-    """Lensed sources of the positives (``sim_sources``); zeros for controls."""
+    """Lensed sources of the positives and of near-miss controls (``sim_sources``); zeros for
+    other controls."""
     num = len(pop["ra"])
     pos = np.flatnonzero(~pop["is_control"])
-    lens = {k: pop[k][pos] for k in ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2")}
     sky = {
         "depth_r": pop["depth_local"][pos, 1],
         "fwhm_r": moffat_fwhm_from_psfsize(pop["psf_local"][pos, 1]),
     }
-    drawn = draw_sources(rng, lens, sky)
+    drawn = draw_sources(rng, {k: pop[k][pos] for k in _LENS_KEYS}, sky)
     out: Population = {}
     for key, val in drawn.items():
         out[key] = np.zeros((num, *val.shape[1:]), val.dtype)
         out[key][pos] = val
     out["src_q"][pop["is_control"]] = 1.0  # a valid (unused) shape for controls
     out["src_n"][pop["is_control"]] = 1.0
+    near = np.flatnonzero(pop["control_kind"] == NEAR_MISS)
+    if len(near):
+        lens = {k: pop[k][near] for k in _LENS_KEYS}
+        for key, val in draw_near_miss_sources(
+            rng, lens, {"depth_r": pop["depth_local"][near, 1]}
+        ).items():
+            out[key][near] = val
     return out
 
 

@@ -7,6 +7,8 @@ Sersic source (``sim_sources``) at its drawn magnitude, ray-traced 2x supersampl
 box sized to hold every image of the source (up to the stamp plus the PSF's reach), convolved
 without cropping and pasted, with its own shot noise. The two replicates of a positive share the
 lens image and its noise (as in the real pipeline, where arcs are painted onto one coadd).
+Near-miss controls get the same lensed source, placed outside the caustics
+(``sim_sources.draw_near_miss_sources``), added to their image before the noise.
 
 Truth per replicate (``RenderedBatch.truth``): ``arc_snr`` is the original's definition, the
 peak r pixel of the noise-free PSF-convolved arc over the coadd sigma (sky and lens shot noise,
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from haloscope.preprocess.sim_config import CONTROL_KINDS
-from haloscope.preprocess.sim_confusers import render_confusers
+from haloscope.preprocess.sim_confusers import RENDERERS, render_confusers
 from haloscope.preprocess.sim_field import field_neighbours
 from haloscope.preprocess.sim_physics import (
     PIXEL_SCALE,
@@ -53,6 +55,7 @@ from haloscope.preprocess.sim_sources import MAX_KNOTS, source_extent
 __all__ = [
     "RenderedBatch",
     "render_batch",
+    "near_miss_light",
     "noise_variance",
     "box_px_needed",
     "GAIN_E_PER_NMGY_S",
@@ -83,6 +86,7 @@ _AX1 = pixel_grid(STAMP_PX, 1).astype(F32)
 ARC_OVERSAMPLE = 2
 # Central ray-tracing boxes (px); the largest is the stamp plus the 33-px PSF kernel's reach.
 BOX_SIZES = (16, 24, 32, 40, 48, 64, 80, 96)
+_NEAR_MISS = CONTROL_KINDS.index("near_miss")
 _SHAPE_KEYS = ("src_n", "src_reff", "src_q", "knot_dx", "knot_dy", "knot_sigma", "knot_w")
 
 
@@ -228,22 +232,22 @@ def _paste(full: np.ndarray, box_px: int, kernel_px: int) -> np.ndarray:
     return out
 
 
-def _unit_stamps(pop, idx, kernels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PSF-convolved unit-flux arcs of both replicates on the stamp.
+def _unit_stamps(pop, idx, kernels, num_reps: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PSF-convolved unit-flux arcs of the first ``num_reps`` replicates on the stamp.
 
     Returns:
-        (P, 2, 3, 64, 64) stamps, (P, 2) magnification, (P, 2, 2) brightest-pixel positions.
+        (P, R, 3, 64, 64) stamps, (P, R) magnification, (P, R, 2) brightest-pixel positions.
     """
     num = len(idx)
-    stamps = np.zeros((num, 2, 3, STAMP_PX, STAMP_PX), F32)
-    mag, peak = np.zeros((num, 2)), np.zeros((num, 2, 2))
+    stamps = np.zeros((num, num_reps, 3, STAMP_PX, STAMP_PX), F32)
+    mag, peak = np.zeros((num, num_reps)), np.zeros((num, num_reps, 2))
     boxes = box_px_needed(pop, idx)
     k_px = kernels.shape[-1]
     for box_px in np.unique(boxes):
         sel = np.flatnonzero(boxes == box_px)
         spectra = kernel_spectra(kernels[sel], int(box_px))
         traced = _trace(pop, idx[sel], int(box_px))
-        for rep in range(2):
+        for rep in range(num_reps):
             unit, peak[sel, rep] = _unit_arcs(pop, idx[sel], rep, int(box_px), traced)
             mag[sel, rep] = unit[:, 1].sum(axis=(1, 2))
             full = convolve_full(unit, spectra, k_px)
@@ -319,12 +323,15 @@ def render_batch(
     r_z = pop["lens_mag"][:, 1] - pop["lens_mag"][:, 2]
     for k, kind in enumerate(CONTROL_KINDS[1:], start=1):
         sel = np.flatnonzero(pop["control_kind"] == k)
-        if len(sel):
+        if len(sel) and kind in RENDERERS:
             model[sel] += render_confusers(rng, kind, lens_flux_r[sel], g_r[sel], r_z[sel])
     fwhm_px = moffat_fwhm_from_psfsize(pop["psf_local"]) / PIXEL_SCALE  # (B, 3)
     kernels = moffat_kernels(fwhm_px.reshape(-1))
     kernels = kernels.reshape(num, 3, *kernels.shape[-2:])
     model = convolve_stamps(model, kernels)
+    near = np.flatnonzero(pop["control_kind"] == _NEAR_MISS)
+    if len(near):  # lensed like an arc, so added after the PSF as the arcs are
+        model[near] += near_miss_light(pop, near, kernels[near])[0]
     sky = sky_sigma_nmgy(pop["depth_local"], pop["psf_local"])
     gain = GAIN_E_PER_NMGY_S * EXPTIME_S * pop["n_exp"][:, None]
     var = noise_variance(model, sky, gain)
@@ -337,6 +344,25 @@ def render_batch(
             pos_sky = np.repeat(sky[rb.pos_index], 2, axis=0)
             rb.positives = quantize_pixels(pos, pos_sky, quantize).reshape(rb.positives.shape)
     return rb
+
+
+def near_miss_light(
+    pop: Population, idx: np.ndarray, kernels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """PSF-convolved light of the near-miss sources of galaxies ``idx`` (replicate 0's position).
+
+    Args:
+        pop: population with the sources of ``sim_sources.draw_near_miss_sources``.
+        idx: (N,) galaxies to render.
+        kernels: (N, 3, K, K) their PSF kernels.
+
+    Returns:
+        (N, 3, 64, 64) float32 noise-free nmgy per pixel and (N,) magnification (lensed over
+        intrinsic flux, pre-PSF).
+    """
+    unit, mag, _ = _unit_stamps(pop, idx, kernels, num_reps=1)
+    flux = mag_to_nmgy(pop["src_mag_r"][idx]).astype(F32)
+    return unit[:, 0] * flux[:, None, None, None], mag[:, 0]
 
 
 def _add_arcs(rng, pop, base, var, kernels, gain, keep_arcs) -> RenderedBatch:

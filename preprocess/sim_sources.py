@@ -23,6 +23,10 @@ its position ``beta`` behind an SIE + shear lens (``reference/science.md`` secti
   Gaussian star-forming clumps that carry 10-30% of the flux, lie in the disk plane and are
   bluer than the diffuse light (sections 2.8, 2.11).
 
+Near-miss controls (``draw_near_miss_sources``) use the same source model behind the same kind of
+lens, placed just outside the multiply-imaged region (outside the cut and the caustics): one
+weakly distorted, modestly magnified image and no counter-image.
+
 Everything works in Einstein-radius units where it can (SIE and shear deflections scale with
 ``theta_E``), so one map grid serves every lens.
 """
@@ -34,7 +38,12 @@ import math
 import numpy as np
 from scipy.special import gammaincinv, ndtr, ndtri
 
-from haloscope.preprocess.sim_physics import sersic_bn, shear_deflection, sie_deflection
+from haloscope.preprocess.sim_physics import (
+    lens_eigenvalues,
+    sersic_bn,
+    shear_deflection,
+    sie_deflection,
+)
 
 __all__ = [
     "MAX_KNOTS",
@@ -42,6 +51,8 @@ __all__ = [
     "SRC_MAG_RANGE",
     "REFF_RANGE",
     "draw_sources",
+    "draw_near_miss_sources",
+    "multiple_image_radius",
     "magnification_maps",
     "source_extent",
     "luminosity_distance_mpc",
@@ -69,6 +80,19 @@ MAP_PX, MAP_HALF = 24, 1.3
 IMG_PX, IMG_HALF = 96, 2.6
 SMOOTH_LEVELS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6)  # Gaussian sigma of the source / theta_E
 _MAX_ROUNDS = 200
+# Near misses: polar image-plane grid whose negative-parity points outline the multiply-imaged
+# region (every multiple-image system has a saddle image; the tangential critical curve of an SIE
+# with q >= 0.5 and shear <= 0.08 lies within 1.6 theta_E (tested)). Radii are uniform, so the
+# source-plane sampling stays dense next to the cut, where the SIE compresses the centre.
+_NM_RADII = np.linspace(0.004, 1.8, 100)
+_NM_ANGLES = np.linspace(0.0, 2 * np.pi, 240, endpoint=False)
+_NM_BINS = 120  # source-plane azimuth bins of the boundary
+# [E] gap between the boundary and the source centre, in theta_E, on top of 2 R_e (so the
+# source's light stays outside); 1.05-1.4 theta_E from the centre for a compact source, where
+# an isothermal lens magnifies a single image 1.7-2x
+_NM_GAP = (0.05, 0.4)
+_NM_MU = 1.5  # [E] typical magnification of a near miss, for its flux limit
+_NM_MU_MAX, _NM_MU_ROUNDS = 1.9, 20  # weak: push sources next to a cusp out until mu <= 1.9
 
 _Z_GRID = np.linspace(0.0, 4.0, 801)
 
@@ -236,7 +260,7 @@ def _place(
         ``beta_x``, ``beta_y`` and the map's magnification there, each (L, 2).
     """
     num = len(theta_e)
-    mu = maps[np.arange(num), src["level"]].reshape(num, -1)
+    mu = maps[np.arange(num), src["level"]].reshape(num, MAP_PX * MAP_PX)
     ok = mu >= src["mu_req"][:, None]
     ok[~ok.any(axis=1), :] = False  # forced candidates: fall back to the peak pixel
     ok[np.arange(num), np.argmax(mu, axis=1)] |= ~ok.any(axis=1)
@@ -308,3 +332,117 @@ def draw_sources(
     out.update(_morphology(rng, src["reff"]))
     out.update(src_x=bx, src_y=by, mu_map=mu_at, src_phi=rng.uniform(0.0, np.pi, (num, 2)))
     return out
+
+
+def multiple_image_radius(
+    q: np.ndarray, phi: np.ndarray, gamma1: np.ndarray, gamma2: np.ndarray
+) -> np.ndarray:
+    """Outer radius of the multiply-imaged source region per azimuth, in theta_E units.
+
+    Negative-parity image-plane points (saddles: every multiple-image system has one) are traced
+    to the source plane; the largest radius they reach per azimuth bin, widened to the bin's
+    neighbours, bounds the cut and the caustics. Sources beyond it have one image.
+
+    Returns:
+        float64 (L, ``_NM_BINS``); bin ``k`` covers azimuths [k, k+1) x 2 pi / ``_NM_BINS``.
+    """
+    num = len(q)
+    r, ang = _NM_RADII[:, None], _NM_ANGLES[None, :]
+    x, y = (r * np.cos(ang))[None], (r * np.sin(ang))[None]  # (1, R, A)
+    c3 = lambda a: np.asarray(a, np.float64)[:, None, None]  # noqa: E731
+    lens = (np.ones((num, 1, 1)), c3(q), c3(phi), c3(gamma1), c3(gamma2))
+    lam_t, lam_r = lens_eigenvalues(x, y, lens)
+    ax, ay = sie_deflection(x, y, lens[0], lens[1], lens[2])
+    sx, sy = shear_deflection(x, y, lens[3], lens[4])
+    bx, by = x - ax - sx, y - ay - sy
+    radius = np.where(lam_t * lam_r < 0, np.hypot(bx, by), 0.0).reshape(num, -1)
+    azimuth = np.mod(np.arctan2(by, bx), 2 * np.pi).reshape(num, -1)
+    k = np.minimum((azimuth / (2 * np.pi) * _NM_BINS).astype(np.int64), _NM_BINS - 1)
+    out = np.zeros(num * _NM_BINS)
+    np.maximum.at(out, (np.arange(num)[:, None] * _NM_BINS + k).ravel(), radius.ravel())
+    out = out.reshape(num, _NM_BINS)
+    return np.maximum(out, np.maximum(np.roll(out, 1, axis=1), np.roll(out, -1, axis=1)))
+
+
+def _draw_limited_mag(rng: np.random.Generator, faint: np.ndarray) -> np.ndarray:
+    """Counts magnitudes (``_draw_counts_mag``) truncated to ``[SRC_MAG_RANGE[0], faint]``."""
+    k = COUNT_SLOPE * math.log(10.0)
+    lo = SRC_MAG_RANGE[0]
+    hi = np.clip(faint, lo + 0.1, SRC_MAG_RANGE[1])
+    u = rng.uniform(size=len(faint))
+    return hi + np.log(u + (1 - u) * np.exp(-k * (hi - lo))) / k
+
+
+def _light_radius(shape: dict[str, np.ndarray], reff: np.ndarray) -> np.ndarray:
+    """Radius (arcsec) outside which a near-miss source has little light: 2 R_e along the major
+    axis (~5% of an exponential disk's light lies beyond it on one side) and every clump to
+    2 sigma."""
+    knots = np.hypot(shape["knot_dx"], shape["knot_dy"]) + 2 * shape["knot_sigma"]
+    knots = (knots * (shape["knot_w"] > 0)).max(axis=1)
+    return np.maximum(2 * reff / np.sqrt(shape["src_q"]), knots)
+
+
+def draw_near_miss_sources(
+    rng: np.random.Generator, lens: dict[str, np.ndarray], sky: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """A source just outside the multiply-imaged region of each lens (near-miss controls).
+
+    The source galaxy is the lens sample's (counts, LensPop sizes, clumpy disk) with the sample's
+    lensed-flux limit at a typical near-miss magnification of ``_NM_MU``; its centre lies
+    ``2 R_e + U(_NM_GAP) theta_E`` beyond the boundary of :func:`multiple_image_radius` at a
+    uniform azimuth, so it forms one weakly distorted image and no counter-image.
+
+    Args:
+        rng: the chunk's generator.
+        lens: ``theta_e``, ``mass_q``, ``mass_phi``, ``gamma1``, ``gamma2`` per lens.
+        sky: ``depth_r`` (r 5-sigma point-source depth, AB mag) per lens.
+
+    Returns:
+        The keys of :func:`draw_sources`; both replicate columns hold the same position.
+    """
+    num = len(lens["theta_e"])
+    theta_e = lens["theta_e"]
+    faint = sky["depth_r"] - LIMIT_BELOW_DEPTH + 2.5 * math.log10(_NM_MU)
+    mag = _draw_limited_mag(rng, faint)
+    z = rng.uniform(*SRC_Z_RANGE, num)
+    reff = _draw_reff(rng, mag, z)
+    bound = multiple_image_radius(lens["mass_q"], lens["mass_phi"], lens["gamma1"], lens["gamma2"])
+    k = rng.integers(0, _NM_BINS, num)
+    azimuth = (k + rng.uniform(size=num)) * 2 * np.pi / _NM_BINS
+    shape = _morphology(rng, reff)
+    beta = bound[np.arange(num), k] * theta_e + _light_radius(shape, reff)
+    beta += rng.uniform(*_NM_GAP, num) * theta_e
+    unit_lens = (np.ones(num), *(lens[k] for k in ("mass_q", "mass_phi", "gamma1", "gamma2")))
+    direction = np.stack([np.cos(azimuth), np.sin(azimuth)])
+    for _ in range(_NM_MU_ROUNDS):  # off cusps: move out until the centre's image is weak
+        mu = _single_image_magnification(direction * beta / theta_e, unit_lens)
+        beta = np.where(mu > _NM_MU_MAX, beta * 1.05, beta)
+    two = lambda a: np.repeat(a[:, None], 2, axis=1)  # noqa: E731
+    out = {"src_mag_r": mag, "src_z": z, "src_reff": reff, **shape}
+    out.update(
+        src_x=two(beta * direction[0]),
+        src_y=two(beta * direction[1]),
+        mu_map=two(_single_image_magnification(direction * beta / theta_e, unit_lens)),
+        src_phi=two(rng.uniform(0.0, np.pi, num)),
+    )
+    return out
+
+
+def _single_image_magnification(beta: np.ndarray, lens: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Point-source magnification of the one image of a source outside the caustics.
+
+    The image solves ``theta = beta + alpha(theta)``, found by fixed-point iteration from
+    ``beta``: outside the critical curve the deflection changes slowly (``kappa + gamma < 1``),
+    so the iteration contracts.
+
+    Args:
+        beta: (2, L) source positions in theta_E units.
+        lens: ``(1, q, phi, gamma1, gamma2)``, each (L,).
+    """
+    x, y = beta[0] * 1.0, beta[1] * 1.0
+    for _ in range(40):
+        ax, ay = sie_deflection(x, y, *lens[:3])
+        sx, sy = shear_deflection(x, y, *lens[3:])
+        x, y = beta[0] + ax + sx, beta[1] + ay + sy
+    lam_t, lam_r = lens_eigenvalues(x, y, lens)
+    return 1.0 / np.abs(lam_t * lam_r)

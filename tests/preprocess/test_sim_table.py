@@ -179,8 +179,10 @@ def test_stamps_decode_with_np_load_and_defects_present(survey):
                 offsets.append(_centroid_offset(img[1]))
     assert seen["cutout_fail"] and seen["nan_stamp"] and seen["r_only"]
     offsets = np.array(offsets)
-    # field galaxies and stars pull a few centroids; the LRG itself sits at (32, 32)
-    assert np.median(offsets) < 0.2 and np.percentile(offsets, 90) < 0.6  # galaxy at pixel (32, 32)
+    # field galaxies and stars pull a few centroids; the LRG itself sits at (32, 32). ~50 distinct
+    # ordinary galaxies: over seeds 3-6 the 90th percentile is 0.27-0.64 px (a bright neighbour
+    # or two), the median 0.10-0.12 px
+    assert np.median(offsets) < 0.2 and np.percentile(offsets, 90) < 0.8  # galaxy at pixel (32, 32)
 
 
 def _centroid_offset(img: np.ndarray) -> float:
