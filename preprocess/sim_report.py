@@ -20,11 +20,14 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from haloscope.preprocess.sim_config import CONTROL_KINDS
+
 __all__ = [
     "load_unique",
     "aperture_features",
     "difficulty_check",
     "plot_examples",
+    "plot_confusers",
     "plot_distributions",
     "main",
 ]
@@ -39,6 +42,10 @@ _COLS = [
     "psfsize_r",
     "psfdepth_r",
     "src_mag_r",
+    "arc_snr_sum",
+    "magnification",
+    "arc_lens_flux_ratio",
+    "src_reff_arcsec",
     "mock_galaxy_id",
     "replicate",
     "region_split",
@@ -92,16 +99,17 @@ def load_unique(data: str, examples_per_class: int = 6) -> dict[str, np.ndarray]
     return out
 
 
+# Lens rows of the example grid: peak arc SNR bins, brightest first.
+LENS_BINS = ((20.0, "lens, arc SNR >= 20"), (8.0, "lens, SNR 8-20"), (5.0, "lens, SNR 5-8"))
+LENS_BINS += ((2.0, "lens, SNR 2-5"), (0.0, "lens, SNR < 2"))
+
+
 def _example_class(kind: str | None, snr: float | None) -> str | None:
     if kind is not None:
         return f"control: {kind}"
     if snr is None:
         return None
-    if snr >= 20:
-        return "lens, arc SNR > 20"
-    if snr >= 8:
-        return "lens, SNR 8-20"
-    return "lens, SNR 2-8" if snr >= 2 else None
+    return next(label for lo, label in LENS_BINS if snr >= lo)
 
 
 def _decode(blob: bytes) -> np.ndarray:
@@ -156,6 +164,8 @@ def difficulty_check(u: dict[str, np.ndarray]) -> dict:
             res["auc_by_arc_snr"] = {}
             for lo, hi in ((0, 2), (2, 8), (8, 20), (20, np.inf)):
                 sel = (y[te] == 0) | ((snr >= lo) & (snr < hi))
+                if y[te][sel].min() == y[te][sel].max():
+                    continue  # no lens in this bin
                 res["auc_by_arc_snr"][f"[{lo},{hi})"] = round(
                     float(roc_auc_score(y[te][sel], score[sel])), 4
                 )
@@ -169,18 +179,13 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.clip(np.arcsinh(x / 0.01) / np.arcsinh(1.0 / 0.01) * 1.6, 0, 1).transpose(1, 2, 0)
 
 
-def plot_examples(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> None:
-    """Grid of example stamps: lenses in three SNR bins, ordinary controls and each confuser kind."""
+def _grid(u: dict[str, np.ndarray], labels: list[str], path: Path, per_row: int) -> None:
+    """One row of ``per_row`` example stamps per class label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["lens, arc SNR > 20", "lens, SNR 8-20", "lens, SNR 2-8"]
-    labels += [
-        f"control: {k}"
-        for k in ("ordinary", "ring", "spiral", "edge_on", "merger", "blue_companion")
-    ]
     rows = [(lab, [img for name, img in u["examples"] if name == lab]) for lab in labels]
     fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 1.1, len(rows) * 1.15))
     for i, (label, imgs) in enumerate(rows):
@@ -191,8 +196,18 @@ def plot_examples(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> Non
                 ax.imshow(_rgb(imgs[j]), origin="lower", interpolation="nearest")
         axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.2, wspace=0.03, hspace=0.03)
-    fig.savefig(path, dpi=46, bbox_inches="tight")
+    fig.savefig(path, dpi=72, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_examples(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> None:
+    """Grid of example stamps: lenses per peak arc-SNR bin, then ordinary controls."""
+    _grid(u, [label for _, label in LENS_BINS] + ["control: ordinary"], path, per_row)
+
+
+def plot_confusers(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> None:
+    """Grid of example stamps, one row per confuser kind (``CONTROL_KINDS`` after ordinary)."""
+    _grid(u, [f"control: {k}" for k in CONTROL_KINDS[1:]], path, per_row)
 
 
 def plot_distributions(u: dict[str, np.ndarray], path: Path) -> None:
@@ -224,7 +239,7 @@ def plot_distributions(u: dict[str, np.ndarray], path: Path) -> None:
             np.log10(u["arc_snr"][lens].astype(float)),
             np.linspace(-0.5, 2.6, 32),
             np.log10([0.8, 2, 8, 20]),
-            "target bins 40/40/15/5 %",
+            "orig. mix 40/40/15/5 %",
         ),
         (
             "psfsize_r [arcsec]",
@@ -241,14 +256,35 @@ def plot_distributions(u: dict[str, np.ndarray], path: Path) -> None:
             "DR10 peaks 24.2, 25.1; v3 median 24.55",
         ),
         (
-            "src_mag_r (lenses)",
+            "src_mag_r, intrinsic (lenses)",
             u["src_mag_r"][lens].astype(float),
-            np.linspace(19.5, 29, 39),
-            [22.5, 26],
-            "sheet: 22.5-26",
+            np.linspace(21.5, 27, 23),
+            [23.5, 25],
+            "2.10: 23.5-25 (detectable)",
+        ),
+        (
+            "log10 arc_snr_sum (LensPop S/N)",
+            np.log10(u["arc_snr_sum"][lens].astype(float)),
+            np.linspace(0, 3, 31),
+            np.log10([8, 60]),
+            "2.10: most at 8-60",
+        ),
+        (
+            "log10 magnification (lenses)",
+            np.log10(u["magnification"][lens].astype(float)),
+            np.linspace(0.3, 1.8, 31),
+            np.log10([5.0]),
+            "injections median 5.65",
+        ),
+        (
+            "source R_e [arcsec] (lenses)",
+            u["src_reff_arcsec"][lens].astype(float),
+            np.linspace(0, 1.3, 27),
+            [0.1, 1.2],
+            "2.8/2.11: ~0.1-1.2",
         ),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(9, 5))
+    fig, axes = plt.subplots(3, 3, figsize=(9, 7.5))
     for ax, (title, vals, bins, lines, note) in zip(axes.ravel(), panels, strict=False):
         vals = vals[np.isfinite(vals)]
         ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8)
@@ -283,18 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_examples(u, out / "mock_examples.png")
+    plot_confusers(u, out / "mock_confusers.png")
     plot_distributions(u, out / "mock_distributions.png")
     res = difficulty_check(u)
+    snr = u["arc_snr"][u["is_control"] == 0].astype(float)
+    edges = [0, 2, 5, 10, 20, np.inf]
+    counts, _ = np.histogram(snr, edges)
     res["snr_bin_fractions"] = {
-        k: round(float(v), 4)
-        for k, v in zip(
-            ("[0.8,2)", "[2,8)", "[8,20)", ">=20"),
-            np.histogram(u["arc_snr"][u["is_control"] == 0].astype(float), [0.8, 2, 8, 20, np.inf])[
-                0
-            ]
-            / max(1, (u["is_control"] == 0).sum()),
-            strict=False,
-        )
+        f"[{lo:g},{hi:g})": round(float(c) / max(1, len(snr)), 4)
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
     }
     text = json.dumps(res, indent=2)
     print(text)
