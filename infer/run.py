@@ -113,7 +113,9 @@ def _load_model(cfg: InferConfig, env):
 
 
 def _metadata(cfg: InferConfig, env, info, stats: Counter, use_bf16: bool, wall_s: float) -> dict:
+    # NOTE: the eval report finds the run (and its curves.png) next to the checkpoint
     return {"haloscope_version": __version__, "checkpoint": str(cfg.ckpt),
+            "checkpoint_resolved": str(Path(cfg.ckpt).resolve()),
             "source": str(cfg.shards if cfg.shards is not None else cfg.data),
             "source_kind": cfg.source_kind, "split": cfg.split, "tta": str(cfg.tta),
             "precision": "bf16-autocast+fp32-logit" if use_bf16 else "fp32", "step": cfg.step,

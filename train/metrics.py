@@ -2,7 +2,8 @@
 
 Only the main rank writes (``enabled=False`` on the others makes every call a no-op).
 Train steps go to ``metrics.csv`` (fixed columns ``TRAIN_COLUMNS``), validations to
-``val_metrics.csv``, and both to ``metrics.jsonl`` with a ``kind`` field.
+``val_metrics.csv``, and both to ``metrics.jsonl`` with a ``kind`` field. Every validation
+record also redraws ``curves.png`` from ``metrics.jsonl`` (``train.curves``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from haloscope.errors import ConfigError
+from haloscope.train.curves import write_curves
 from haloscope.train.failures import naming
 
 __all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "MetricsWriter"]
@@ -46,14 +48,17 @@ class MetricsWriter:
         run_dir: the run directory.
         enabled: False on non-main ranks (then nothing is written).
         tensorboard: also write TensorBoard events to ``run_dir/tb``.
+        curves: redraw ``run_dir/curves.png`` after every validation record.
 
     Raises:
         ConfigError: ``tensorboard=True`` but the package is not installed.
     """
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False,
+                 curves: bool = True):  # fmt: skip
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.curves = curves
         self._t0 = time.time()
         self._tb = None
         if not enabled:
@@ -101,6 +106,8 @@ class MetricsWriter:
         handle, writer = self._csv[kind]
         with naming(handle.name):
             writer.writerow(row)
+        if kind == "val" and self.curves:
+            write_curves(self.run_dir)  # metrics.jsonl is line-buffered: the row is there
         if self._tb is not None and to_tensorboard:
             step = int(record.get("global_step", 0))
             for key, value in record.items():

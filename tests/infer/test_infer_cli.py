@@ -146,3 +146,17 @@ def test_tta_changes_scores_but_not_rows(workdir, scored, tmp_path):
     assert not np.array_equal(tta.column("logit").to_numpy(), plain.column("logit").to_numpy())
     assert tta.schema.metadata[b"tta"] == b"True"
     assert set(tta.column("model").to_pylist()) == {"g3tta"}
+
+
+def test_scores_record_the_checkpoint_as_given_and_resolved(workdir, tmp_path, monkeypatch):
+    """The eval report looks for the run's curves.png next to the checkpoint: the metadata
+    keeps the path as given (``checkpoint``) and absolute (``checkpoint_resolved``)."""
+    from haloscope.infer.cli import main
+
+    monkeypatch.chdir(workdir)
+    out = tmp_path / "s.parquet"
+    assert main(["--ckpt", "gen3/best.pt", "--data", "data", "--out", str(out),
+                 "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    meta = pq.read_schema(out).metadata
+    assert meta[b"checkpoint"] == b"gen3/best.pt"
+    assert meta[b"checkpoint_resolved"] == str(workdir / "gen3" / "best.pt").encode()

@@ -1,0 +1,59 @@
+"""RUN/curves.png: redrawn from metrics.jsonl at every validation, a valid PNG, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from haloscope.train import loop
+from haloscope.train.cli import main
+from tests.train.train_fixtures import tiny_argv
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(data: bytes) -> None:
+    assert data.startswith(PNG_MAGIC)
+    height, width, _ = matplotlib.image.imread(io.BytesIO(data), format="png").shape
+    assert width >= 600 and height >= 400
+
+
+def test_curves_png_is_redrawn_at_every_validation(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    seen: list[bytes | None] = []  # curves.png as each validation starts
+    real = loop.validate
+
+    def spy(*args, **kwargs):
+        path = run / "curves.png"
+        seen.append(path.read_bytes() if path.exists() else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", spy)
+    assert main(tiny_argv(tiny_shards, run, "--epochs", "3", "--max-steps-per-epoch", "3")) == 0
+    final = (run / "curves.png").read_bytes()
+    assert seen[0] is None and len(seen) == 3  # none before the first validation
+    after_each = [*seen[1:], final]  # the picture after validations 1, 2 and 3
+    for data in after_each:
+        _assert_png(data)
+    assert len(set(after_each)) == 3  # redrawn each time
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_curves_survive_a_resumed_log_and_missing_values(tmp_path: Path) -> None:
+    """A resumed run repeats steps in metrics.jsonl; NaN metrics are logged as null."""
+    from haloscope.train.curves import write_curves
+
+    rows = [{"kind": "train", "epoch": 0, "step": s, "global_step": s, "train/loss": 1.0 / s,
+             "train/lr": 1e-4 * s, "perf/data_wait_frac": 0.1} for s in (1, 2, 3, 2, 3, 4)]  # fmt: skip
+    rows.append({"kind": "val", "epoch": 0, "global_step": 4, "val/loss": 0.3, "val/auroc": None,
+                 "val/tpr@fpr1e-4": 0.0, "val/is_best": 1})  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_curves(tmp_path)
+    assert path == tmp_path / "curves.png"
+    _assert_png(path.read_bytes())
