@@ -29,6 +29,7 @@ from haloscope.errors import ContractError
 from haloscope.preprocess import gates
 from haloscope.preprocess.normalize import outer_normalize
 from haloscope.preprocess.read_parquet import contract_columns
+from haloscope.preprocess.schema import STRATA_COLUMNS
 from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
 from haloscope.train.failures import worker_batches
 
@@ -91,6 +92,9 @@ def _parquet_columns(batch: pa.RecordBatch, kept: np.ndarray) -> dict[str, np.nd
     }
     for name in _F32_STRATA:
         cols[name] = gates.column_f64(batch, name)[kept].astype(np.float32)
+    for name in STRATA_COLUMNS:  # optional injection truth: NaN where the table has none
+        values = gates.column_f64(batch, name)[kept] if name in batch.schema.names else np.nan
+        cols[name] = np.broadcast_to(np.float32(values), kept.shape).copy()
     cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], cols["psf_fwhm_r"])
     if "control_kind" in batch.schema.names:
         # Same vocabulary as the shards: unknown names -> "other", ""/lenses -> null.
@@ -235,7 +239,7 @@ def columns_from_table(table: np.ndarray) -> dict[str, np.ndarray]:
         "is_hard_neg": table["hard_neg"].astype(bool),
         "psf_fwhm_r": psf,
     }
-    for name in _F32_STRATA:
+    for name in (*_F32_STRATA, *STRATA_COLUMNS):
         cols[name] = table[name].astype(np.float32)
     cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], psf)
     cols["control_kind"] = np.array(decode_control_kind(table["control_kind"]), dtype=object)

@@ -16,7 +16,9 @@ from tests.infer.infer_fixtures import assert_tables_identical, make_checkpoint,
 
 ARCH_COLUMNS = ["task_id", "ra", "dec", "brickname", "split", "label", "is_hard_neg",
                 "theta_e_arcsec", "psf_fwhm_r", "theta_over_psf", "psfsize_r", "psfdepth_r",
-                "arc_snr", "src_dmag", "control_kind", "logit", "score", "model"]  # fmt: skip
+                "arc_snr", "src_dmag", "arc_snr_sum", "magnification", "arc_lens_flux_ratio",
+                "tangential_stretch", "radial_stretch", "control_kind", "logit", "score",
+                "model"]  # fmt: skip
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
