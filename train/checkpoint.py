@@ -21,7 +21,6 @@ dicts). Keys (``FORMAT`` version 1):
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import re
 import warnings
@@ -130,8 +129,9 @@ def _load_failure(path: Path, exc: Exception) -> str:
                 f"({foreign.group(1)}), not only tensors and plain data")  # fmt: skip
     if path.stat().st_size == 0:
         return f"checkpoint {path} is unreadable or corrupt: the file is empty"
-    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError)):
-        return f"checkpoint {path} is unreadable or corrupt: not a torch checkpoint file"
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # torch.save's zip format, which haloscope writes
+            return f"checkpoint {path} is unreadable or corrupt: not a torch checkpoint file"
     first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip().split("\n")[0])
     return (
         f"checkpoint {path} is unreadable or corrupt: {first.split('. ')[0] or type(exc).__name__}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def _write(path: Path, kind: str) -> Path:
     elif kind == "pickle":
         path.write_bytes(pickle.dumps(Experiment(), protocol=4))
     elif kind == "random_bytes":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(random.Random(0).randbytes(4096))
     elif kind == "empty":
         path.write_bytes(b"")
     return path
