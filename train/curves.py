@@ -34,21 +34,22 @@ def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str,
     A resumed run repeats the steps between its ``last.pt`` and the kill: the later record
     of a ``global_step`` wins. A torn last line (a killed writer) is skipped.
     """
-    latest: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "val": {}}
+    train: dict[int, dict[str, Any]] = {}
+    val: dict[int, dict[str, Any]] = {}
     for line in Path(path).read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if row.get("kind") in latest and row.get("global_step") is not None:
-            latest[row["kind"]][int(row["global_step"])] = row
-    return tuple([rows[k] for k in sorted(rows)] for rows in latest.values())  # type: ignore[return-value]
+        if row.get("global_step") is not None and row.get("kind") in ("train", "val"):
+            (train if row["kind"] == "train" else val)[int(row["global_step"])] = row
+    return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
     """Column ``key`` as float64, NaN where missing or null."""
-    out = [rows[i].get(key) for i in range(len(rows))]
-    return np.array([math.nan if v is None else float(v) for v in out], dtype=np.float64)
+    values = [row.get(key) for row in rows]
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
 def _train_epochs(train: list[dict[str, Any]]) -> np.ndarray:

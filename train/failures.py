@@ -28,7 +28,7 @@ from haloscope.errors import HaloscopeError
 __all__ = ["WriteErrors", "check_writable", "naming", "worker_batches"]
 
 T = TypeVar("T")
-_WORKER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+_WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
 @contextlib.contextmanager
