@@ -20,6 +20,9 @@ BATCH=${BATCH:-256}
 W=${W:-$(nproc)}
 LOADER_WORKERS=${LOADER_WORKERS:-6}
 TRAIN_ARGS=${TRAIN_ARGS:-}  # e.g. --preset demo for a CPU smoke run
+SIM_ARGS=${SIM_ARGS:-}      # e.g. --split-fracs 0.8,0.1,0.1
+TRANSFER_CHECK=${TRANSFER_CHECK:-1}  # 0: skip the transfer sets
+STOP_AFTER=${STOP_AFTER:-}  # "shards": stop there (a later call with the same WORK goes on)
 TRANSFER_LENSES=${TRANSFER_LENSES:-3000}
 TRANSFER_CONFUSERS=${TRANSFER_CONFUSERS:-2000}
 PY=${PY:-python3}
@@ -33,8 +36,9 @@ pack() { [ -z "$OUT_TGZ" ] || tar -czf "$OUT_TGZ" -C "$(dirname "$RES")" "$(base
 
 stage "simulate $ROWS rows"
 [ -d "$DATA/region_split=test" ] || $H simulate --out "$DATA" --rows "$ROWS" --seed 1 \
-    --workers "$W" --selection-frac 0 --quantize 4 --no-progress
-$PY -m haloscope.preprocess.sim_realism --data "$DATA" > "$RES/realism.txt" 2>&1 || true
+    --workers "$W" --selection-frac 0 --quantize 4 --no-progress $SIM_ARGS
+[ -s "$RES/realism.txt" ] || $PY -m haloscope.preprocess.sim_realism --data "$DATA" \
+    > "$RES/realism.txt" 2>&1 || true
 pack
 
 stage "shards"
@@ -47,11 +51,14 @@ for s in ("train", "val", "test"):
     print(s, "samples", m["num_samples"], "counts", {k: v for k, v in m["counts"].items() if "hard" not in k})
 EOF
 
-stage "transfer sets (background, $((W / 2)) workers)"
-( $H transfer-sets --out "$TRANSFER" --lenses "$TRANSFER_LENSES" --controls 1000 \
+[ "$STOP_AFTER" = shards ] && { pack; stage "stopped after shards"; exit 0; }
+
+bg=""
+[ "$TRANSFER_CHECK" = 1 ] && stage "transfer sets (background, $((W / 2)) workers)"
+[ "$TRANSFER_CHECK" = 1 ] && ( $H transfer-sets --out "$TRANSFER" --lenses "$TRANSFER_LENSES" --controls 1000 \
     --confusers "$TRANSFER_CONFUSERS" --workers $((W / 2)) --no-progress --overwrite \
     > "$WORK/transfer.log" 2>&1 && touch "$TRANSFER/done" ) &
-bg=$!
+[ "$TRANSFER_CHECK" = 1 ] && bg=$!
 
 stage "train $EPOCHS epochs"
 $H train --shards "$SHARDS" --out-dir "$RUN" --epochs "$EPOCHS" --batch-size "$BATCH" \
@@ -71,6 +78,7 @@ $H eval --scores "$RUN/scores_test.parquet" --out-csv "$RES/stratified_fpr.csv" 
 cp -r "$WORK/report" "$RES/report"
 pack
 
+[ "$TRANSFER_CHECK" = 1 ] || { stage "done (no transfer check)"; exit 0; }
 stage "transfer check"
 wait "$bg" || { tail -20 "$WORK/transfer.log"; exit 1; }
 $H infer --ckpt "$RUN/best.pt" --data "$TRANSFER" --split test \
