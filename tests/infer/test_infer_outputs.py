@@ -9,8 +9,6 @@ ignored, so the write fails with EFBIG).
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.infer.infer_fixtures import make_checkpoint, make_dataset
-from tests.train.test_unwritable_run import unwritable_dir
+from tests.output_faults import limit_file_size, unwritable_out
 
 REPO = Path(__file__).resolve().parents[2]
 _FSIZE_LIMIT = 2048  # bytes: less than the 46-row scores parquet
@@ -30,11 +28,6 @@ def workdir(tmp_path_factory) -> Path:
     make_dataset(root / "data", num_rows=48)
     make_checkpoint(root / "gen3" / "best.pt")
     return root
-
-
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (_FSIZE_LIMIT, _FSIZE_LIMIT))
 
 
 def _infer(workdir: Path, out: Path, **kwargs) -> str:
@@ -53,7 +46,7 @@ def _infer(workdir: Path, out: Path, **kwargs) -> str:
 
 
 def test_out_folder_that_cannot_be_created(workdir: Path, tmp_path: Path) -> None:
-    out = unwritable_dir(tmp_path) / "scores.parquet"
+    out = unwritable_out(tmp_path) / "scores.parquet"
     line = _infer(workdir, out)
     assert line.startswith(f"haloscope infer: error: {out.parent}"), line
     assert "Not a directory" in line or "Permission denied" in line, line
@@ -69,7 +62,7 @@ def test_out_that_is_a_folder_fails_before_scoring(workdir: Path, tmp_path: Path
 
 def test_full_disk_leaves_no_partial_scores(workdir: Path, tmp_path: Path) -> None:
     out = tmp_path / "scores" / "test.parquet"
-    line = _infer(workdir, out, preexec_fn=_limit_file_size)
+    line = _infer(workdir, out, preexec_fn=limit_file_size(_FSIZE_LIMIT))
     assert line.startswith(f"haloscope infer: error: {out}: "), line
     assert "File too large" in line, line
     assert list(out.parent.iterdir()) == []

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.preprocess.output_faults import (
+from tests.output_faults import (
     assert_umask_modes,
     debris,
     limit_file_size,
@@ -44,15 +42,6 @@ def test_shards_on_a_full_disk_names_the_out_and_leaves_nothing_half_written(
     assert str(out) in line and "File too large" in line
     assert debris(out) == []
     assert list(out.rglob("manifest.json")) == []
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_shards_manifest_and_zarr_follow_the_umask(survey, tmp_path, umask_022):

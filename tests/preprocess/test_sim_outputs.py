@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from haloscope.preprocess.sim_config import SimConfig
 from haloscope.preprocess.simulate import simulate
-from tests.preprocess.output_faults import (
+from tests.output_faults import (
     assert_umask_modes,
     debris,
     limit_file_size,
@@ -35,15 +31,6 @@ def test_simulate_on_a_full_disk_names_the_out_and_leaves_no_half_survey(tmp_pat
     assert str(out) in line and "File too large" in line
     assert debris(out) == [] and list(out.rglob("*.parquet")) == []
     assert list(out.iterdir()) == []  # a re-run needs no --overwrite
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_simulated_parquet_follows_the_umask(tmp_path, umask_022):

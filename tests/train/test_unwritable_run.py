@@ -13,33 +13,15 @@ Two ways to be unwritable:
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.output_faults import limit_file_size, unwritable_out
 from tests.train.train_fixtures import tiny_argv
 
 REPO = Path(__file__).resolve().parents[2]
 _FSIZE_LIMIT = 256 * 1024  # bytes: metrics and config fit, a convnext_atto checkpoint does not
-
-
-def unwritable_dir(tmp_path: Path) -> Path:
-    """A folder path that cannot be created (see the module docstring for root)."""
-    if os.geteuid() == 0:
-        blocker = tmp_path / "not_a_folder"
-        blocker.write_text("a regular file\n")
-        return blocker / "run"
-    locked = tmp_path / "read_only"
-    locked.mkdir()
-    locked.chmod(0o555)
-    return locked / "run"
-
-
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (_FSIZE_LIMIT, _FSIZE_LIMIT))
 
 
 def _train(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -57,7 +39,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_run_folder_that_cannot_be_created(tiny_shards: Path, tmp_path: Path) -> None:
-    run = unwritable_dir(tmp_path)
+    run = unwritable_out(tmp_path)
     line = _one_error_line(_train(tiny_argv(tiny_shards, run)))
     assert line.startswith(f"haloscope train: error: {run}"), line
     assert "Not a directory" in line or "Permission denied" in line, line
@@ -66,7 +48,7 @@ def test_run_folder_that_cannot_be_created(tiny_shards: Path, tmp_path: Path) ->
 def test_full_disk_leaves_no_half_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     argv = tiny_argv(tiny_shards, run, "--epochs", "1", "--max-steps-per-epoch", "1")
-    line = _one_error_line(_train(argv, preexec_fn=_limit_file_size))
+    line = _one_error_line(_train(argv, preexec_fn=limit_file_size(_FSIZE_LIMIT)))
     assert line.startswith(f"haloscope train: error: {run / 'last.pt'}: "), line
     assert "File too large" in line, line
     left = sorted(p.name for p in run.iterdir())

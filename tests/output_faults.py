@@ -1,9 +1,10 @@
-"""Outputs that cannot be written, for the CLI tests of `shards` and `simulate` (also as root)."""
+"""Outputs that cannot be written, for the CLI tests of every verb (also as root)."""
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -34,10 +35,12 @@ def unwritable_out(tmp_path: Path) -> Path:
 def limit_file_size(max_bytes: int):
     """preexec_fn: files may grow to ``max_bytes`` only (EFBIG after), like a full disk.
 
-    Works for root too. Python ignores SIGXFSZ at start-up, so writes fail with an OSError.
+    Works for root too. SIGXFSZ is ignored (Python also ignores it at start-up), so a write past
+    the limit fails with EFBIG (an OSError) instead of killing the process.
     """
 
     def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
     return limit
