@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_text",
     "file_mode",
     "is_temp_name",
+    "naming",
 ]
 
 _TMP_SUFFIX = ".tmp"
@@ -50,6 +51,21 @@ def file_mode() -> int:
 def is_temp_name(name: str) -> bool:
     """True for a temporary sibling this module creates (``.NAME.<random>.tmp``)."""
     return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Give an ``OSError`` raised inside the block ``path`` as its filename, if it has none.
+
+    A full disk fails ``write``/``flush``/``fsync`` on an open handle (and pyarrow's writer)
+    with no filename; the CLI prints an OSError by its filename, so the block's file is named.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -80,21 +96,17 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        try:
+        with naming(path):  # e.g. ENOSPC from a write() or fsync(): say which file it was
             yield tmp
-        except OSError as exc:
-            if exc.filename is None:  # e.g. ENOSPC from a write(): say which file it was
-                raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
-            raise
-        if not tmp.exists():
-            raise FileNotFoundError(2, "the writer did not create its output", str(tmp))
-        os.chmod(tmp, file_mode())
-        if fsync:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_dir(path.parent)
+            if not tmp.exists():
+                raise FileNotFoundError(2, "the writer did not create its output", str(tmp))
+            os.chmod(tmp, file_mode())
+            if fsync:
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            if fsync:
+                _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -18,7 +18,6 @@ import torch
 
 from haloscope.atomic import atomic_path
 from haloscope.infer.predict import sigmoid32
-from haloscope.train.failures import naming
 
 __all__ = ["SCORES_SCHEMA", "build_scores_table", "concat_tables", "gather_tables",
            "write_scores"]  # fmt: skip
@@ -150,6 +149,6 @@ def write_scores(table: pa.Table, path: str | Path, *, metadata: dict[str, str])
         **(table.schema.metadata or {}),
         **{k.encode(): v.encode() for k, v in metadata.items()},
     }
-    with naming(path), atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
     return path

@@ -33,7 +33,7 @@ import torch
 from haloscope import __version__
 from haloscope.atomic import atomic_open
 from haloscope.errors import CheckpointError
-from haloscope.train.failures import WriteErrors, naming
+from haloscope.train.failures import WriteErrors
 
 __all__ = [
     "FORMAT",
@@ -109,7 +109,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "haloscope_version": __version__,
                **{k: to_plain(v) if k in _PLAIN_KEYS else v for k, v in payload.items()}}  # fmt: skip
-    with naming(path), atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         sink = WriteErrors(handle)
         try:
             torch.save(payload, sink)

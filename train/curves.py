@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from haloscope.atomic import atomic_path
-from haloscope.train.failures import naming
 
 __all__ = ["CURVES_NAME", "read_metrics", "write_curves"]
 
@@ -147,6 +146,6 @@ def write_curves(run_dir: str | Path) -> Path:
              f"global step {last['global_step']}")  # fmt: skip
     fig = _figure(train, val, title)
     path = run_dir / CURVES_NAME
-    with naming(path), atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

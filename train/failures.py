@@ -2,9 +2,9 @@
 
 - Writes. The dispatcher prints an uncaught ``OSError`` from its ``filename``. Opening a file
   in a missing or read-only folder gives one, a full disk does not: ``write``/``flush`` on an
-  open handle raise without a filename, pyarrow's writer too, and ``torch.save`` replaces the
-  error by a ``RuntimeError`` without the reason. ``naming`` and ``WriteErrors`` put the path
-  and the reason back; ``check_writable`` fails a job before its work rather than after it.
+  open handle raise without a filename, pyarrow's writer too (``haloscope.atomic.naming``, which
+  every atomic write applies, puts the path back), and ``torch.save`` replaces the error by a
+  ``RuntimeError`` without the reason (``WriteErrors`` keeps it); ``check_writable`` fails a job before its work rather than after it.
 - Loader workers. torch re-raises a worker's exception as ``type(exc)(text)`` whose text is
   the worker's whole traceback, and that re-raise leaves a reference cycle holding the
   DataLoader iterator, so its workers live on; train's workers block SIGTERM
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -25,21 +24,10 @@ from typing import IO, TypeVar
 
 from haloscope.errors import HaloscopeError
 
-__all__ = ["WriteErrors", "check_writable", "naming", "worker_batches"]
+__all__ = ["WriteErrors", "check_writable", "worker_batches"]
 
 T = TypeVar("T")
 _WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
-
-
-@contextlib.contextmanager
-def naming(path: str | Path) -> Iterator[None]:
-    """Give an ``OSError`` raised inside the block ``path`` as its filename, if it has none."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 class WriteErrors:

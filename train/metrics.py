@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from haloscope.atomic import naming
 from haloscope.errors import ConfigError
 from haloscope.train.curves import write_curves
-from haloscope.train.failures import naming
 
 __all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "MetricsWriter"]
 
