@@ -27,9 +27,7 @@ arc over the coadd sky sigma, ``src_dmag``, ``src_reff_arcsec``, ...) plus
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import pyarrow.parquet as pq
 from scipy.signal import fftconvolve
 
 from haloscope.atomic import atomic_path
+from haloscope.preprocess.sim_table import encode_npz  # the contract's stamp format only
 
 __all__ = ["TransferConfig", "KINDS", "render_system", "write_transfer_sets", "SCHEMA"]
 
@@ -303,13 +302,14 @@ def render_system(renderer: _Renderer, kind: str, seed: int) -> dict:
     total = model + arc
     var = sigma[:, None, None] ** 2 + np.clip(total, 0, None) / GAIN_E_PER_NMGY[:, None, None]
     image = (total + rng.standard_normal(total.shape) * np.sqrt(var)).astype(np.float32)
+    stamp = encode_npz({f"image_{band}": image[i] for i, band in enumerate(BANDS)})
     row = {
         "is_control": int(kind != "lens"), "cutout_ok": 1, "bandset": "grz",
         "theta_e_arcsec": theta_e, "psf_fwhm_used_r": float(psf[1]) if kind == "lens" else None,
         "psfsize_g": float(psf[0]), "psfsize_r": float(psf[1]), "psfsize_z": float(psf[2]),
         "psfdepth_g": float(depth[0]), "psfdepth_r": float(depth[1]), "psfdepth_z": float(depth[2]),
         "lens_mag_r": float(lens["mag"][1]), "renderer": "lenstronomy",
-        "control_kind": None if kind == "lens" else kind, "stamp_npz": _npz(image),
+        "control_kind": None if kind == "lens" else kind, "stamp_npz": stamp,
     }  # fmt: skip
     if kind == "lens":
         sig_r = sigma[1]
@@ -333,18 +333,6 @@ def _snr_sum(arc_r: np.ndarray, sigma: float, frac: float = 0.01) -> float:
     """
     mask = arc_r > frac * arc_r.max()
     return float(arc_r[mask].sum() / (sigma * np.sqrt(mask.sum())))
-
-
-def _npz(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for b, name in enumerate(BANDS):
-            arr = io.BytesIO()
-            np.lib.format.write_array(arr, np.ascontiguousarray(image[b]))
-            # a fixed timestamp, so the bytes are a pure function of the seed
-            info = zipfile.ZipInfo(f"image_{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            zf.writestr(info, arr.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-    return buf.getvalue()
 
 
 # --- the whole set -------------------------------------------------------------------------
