@@ -3,7 +3,8 @@
 Fixes the seed's mining flaws (``reference/original_pipeline.md`` section 4.3, B11):
 only controls (``label == 0``) are mined, never from the test split (a scores file that
 holds any test row is refused), above an explicit ``min_score``, top-k per model, merged
-over models and de-duplicated by position key ``(round(ra, 6), round(dec, 6))``, with an
+over models and de-duplicated by position key ``(round(ra, 6), round(dec, 6))`` (the
+converter's own key, :func:`haloscope.preprocess.hardneg.position_keys`), with an
 optional per-model floor on the count (``min_count``). An empty result is an error, because
 an empty lookup silently disables hard negatives.
 
@@ -30,6 +31,7 @@ from haloscope.atomic import atomic_path
 from haloscope.errors import ConfigError, DataError
 from haloscope.evaluate.outputs import check_writable
 from haloscope.evaluate.scores import ScoresFrame, load_scores
+from haloscope.preprocess.hardneg import key_columns, position_keys
 
 __all__ = ["MINABLE_SPLITS", "LOOKUP_SCHEMA", "mine_frames", "mine_hard_negatives", "write_lookup"]
 
@@ -37,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 MINABLE_SPLITS: tuple[str, ...] = ("train", "val")
 SPLIT_COLUMNS: tuple[str, ...] = ("split", "region_split")  # ours, then the seed's
-KEY_DECIMALS = 6
 LOOKUP_SCHEMA = pa.schema([
     ("ra_key", pa.float64()), ("dec_key", pa.float64()), ("ra", pa.float64()),
     ("dec", pa.float64()), ("max_score", pa.float64()), ("num_models", pa.int32()),
@@ -87,14 +88,12 @@ def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top
     score = frame.columns["score"].astype(np.float64)[base]
     ra = frame.columns["ra"].astype(np.float64)[base]
     dec = frame.columns["dec"].astype(np.float64)[base]
-    ra_key, dec_key = np.round(ra, KEY_DECIMALS), np.round(dec, KEY_DECIMALS)
+    keys = position_keys(ra, dec)  # the converter's key: a mined position is always found
     split, rank = split[base], frame.ranking[base]
     # best first by the ranked value (logit when present: fp32 scores saturate and tie
     # near 1), then by position, so duplicates keep their best and ties are deterministic
-    order = np.lexsort((dec_key, ra_key, -rank))
-    _, first = np.unique(
-        np.stack([ra_key[order], dec_key[order]], axis=1), axis=0, return_index=True
-    )
+    order = np.lexsort((keys, -rank))
+    _, first = np.unique(keys[order], return_index=True)
     ranked = order[np.sort(first)]  # one row per position, best first
     passing = score > min_score
     above = ranked[passing[ranked]]
@@ -103,16 +102,16 @@ def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top
     if not (np.isfinite(ra[eligible]).all() and np.isfinite(dec[eligible]).all()):
         raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
     best = ranked[: min(top_k, min_count)] if filled else above[:top_k]
-    return {"ra_key": ra_key[best], "dec_key": dec_key[best], "ra": ra[best], "dec": dec[best],
+    return {"key": keys[best], "ra": ra[best], "dec": dec[best],
             "score": score[best], "split": split[best], "num_above": int(above.size),
             "filled": bool(filled)}  # fmt: skip
 
 
 def _merge(per_model: dict[str, dict]) -> pa.Table:
-    merged: dict[tuple[float, float], dict] = {}
+    merged: dict[int, dict] = {}
     for model, cand in per_model.items():
         for i in range(cand["score"].size):
-            key = (float(cand["ra_key"][i]), float(cand["dec_key"][i]))
+            key = int(cand["key"][i])
             entry = merged.setdefault(key, {"models": set(), "splits": set(), "max_score": -1.0})
             entry["models"].add(model)
             entry["splits"].add(str(cand["split"][i]))
@@ -121,8 +120,9 @@ def _merge(per_model: dict[str, dict]) -> pa.Table:
                           "dec": float(cand["dec"][i])}  # fmt: skip
     keys = sorted(merged, key=lambda k: (-merged[k]["max_score"], k))
     rows = [merged[k] for k in keys]
+    ra_key, dec_key = key_columns(np.array(keys, dtype=np.int64))
     return pa.table({
-        "ra_key": [k[0] for k in keys], "dec_key": [k[1] for k in keys],
+        "ra_key": ra_key, "dec_key": dec_key,
         "ra": [r["ra"] for r in rows], "dec": [r["dec"] for r in rows],
         "max_score": [r["max_score"] for r in rows],
         "num_models": [len(r["models"]) for r in rows],

@@ -6,6 +6,10 @@ or plain ``ra, dec``. A row matches when its ``(round(ra, 6), round(dec, 6))`` i
 lookup; positions are compared as integers of micro-degrees, so float formatting never
 matters. Only controls (label 0) may be hard negatives. A missing, unreadable or empty lookup
 is an error, never a silent no-op.
+
+:func:`position_keys` is the one definition of a lookup key: ``haloscope mine`` de-duplicates
+by it and writes its ``ra_key, dec_key`` columns with :func:`key_columns`, and the converter
+matches rows by it, so a position written by one is always found by the other.
 """
 
 from __future__ import annotations
@@ -21,25 +25,58 @@ import pyarrow.parquet as pq
 
 from haloscope.errors import DataError
 
-__all__ = ["HardNegLookup", "load_lookup", "position_keys", "KEY_DECIMALS"]
+__all__ = [
+    "HardNegLookup",
+    "load_lookup",
+    "position_keys",
+    "key_columns",
+    "KEY_DECIMALS",
+]
 
 log = logging.getLogger(__name__)
 KEY_DECIMALS = 6
 _SCALE = 10**KEY_DECIMALS
+_DEC_BITS = 28  # dec_i < 2^28 (<= 180e6 + 1); ra_i <= 360e6 < 2^29
+_DEC_OFFSET = 90 * _SCALE + 1
 
 
 def position_keys(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     """One int64 key per position: micro-degree ra and dec (rounded) packed together.
 
-    Non-finite positions get key -1, which no lookup entry can have.
+    Distinct for distinct rounded positions with |dec| <= 90 and |ra| < 34,000 degrees (any
+    sky position, also ra outside [0, 360)). Non-finite positions get key -1, which no lookup
+    entry can have.
     """
     ra = np.asarray(ra, dtype=np.float64)
     dec = np.asarray(dec, dtype=np.float64)
     ok = np.isfinite(ra) & np.isfinite(dec)
     ra_i = np.rint(np.where(ok, ra, 0.0) * _SCALE).astype(np.int64)
-    dec_i = np.rint(np.where(ok, dec, 0.0) * _SCALE).astype(np.int64) + 90 * _SCALE + 1
-    keys = (ra_i << 28) | dec_i  # dec_i < 2^28 (<= 180e6 + 1); ra_i <= 360e6 < 2^29
+    dec_i = np.rint(np.where(ok, dec, 0.0) * _SCALE).astype(np.int64) + _DEC_OFFSET
+    keys = (ra_i << _DEC_BITS) | dec_i
     return np.where(ok, keys, -1)
+
+
+def key_columns(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup's ``ra_key, dec_key`` columns of position keys: degrees rounded to 6 decimals.
+
+    The values equal ``np.round(ra, 6), np.round(dec, 6)`` of the positions the keys were
+    made from, and ``position_keys(*key_columns(keys)) == keys``.
+
+    Args:
+        keys: (K,) int64 keys of :func:`position_keys`.
+
+    Returns:
+        ``(ra_key, dec_key)`` float64 arrays.
+
+    Raises:
+        ValueError: a key of a non-finite position (-1).
+    """
+    keys = np.asarray(keys, dtype=np.int64)
+    if (keys == -1).any():
+        raise ValueError("key_columns: key -1 stands for a non-finite position, not a place")
+    ra_i = keys >> _DEC_BITS
+    dec_i = (keys & ((1 << _DEC_BITS) - 1)) - _DEC_OFFSET
+    return ra_i / _SCALE, dec_i / _SCALE
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from haloscope.errors import ConfigError, DataError
-from haloscope.evaluate.mine import LOOKUP_SCHEMA, mine_frames, mine_hard_negatives
+from haloscope.evaluate import mine
+from haloscope.evaluate.mine import LOOKUP_SCHEMA, mine_frames, mine_hard_negatives, write_lookup
 from haloscope.evaluate.scores import scores_from_table
+from haloscope.preprocess import hardneg
 
 HALOSCOPE = str(Path(sys.executable).with_name("haloscope"))
 
@@ -149,3 +151,37 @@ def test_nan_position_of_any_eligible_control_is_an_error_even_beyond_top_k():
     assert mine_frames([_frame(below)], min_score=0.9).num_rows == 2
     with pytest.raises(DataError, match="NaN"):
         mine_frames([_frame(below)], min_score=0.9, top_k=1, min_count=5)
+
+
+def test_a_mined_position_is_found_by_the_converter(tmp_path):
+    """One key function: mine writes the converter's key, whose lookup then matches positions
+    that differ from the mined ones in the last float digits."""
+    assert mine.position_keys is hardneg.position_keys  # one owner, used by both sides
+    ra = np.array([0.1 + 0.2, 150.123457, 359.999999, 12.5, 7.0000004])
+    dec = np.array([-(0.1 + 0.2), 2.000001, -89.999999, 60.0, 0.0000004])
+    rows = [
+        (r, d, 0, 0.99 - 0.01 * i, "train") for i, (r, d) in enumerate(zip(ra, dec, strict=True))
+    ]
+    table = mine_frames([_frame(rows)], min_score=0.9)
+    # the on-disk columns are unchanged: degrees rounded to 6 decimals
+    assert table.column("ra_key").to_pylist() == np.round(ra, 6).tolist()
+    assert table.column("dec_key").to_pylist() == np.round(dec, 6).tolist()
+    path = write_lookup(table, tmp_path / "lookup.parquet", {})
+    lookup = hardneg.load_lookup(path)
+    for steps in (-3, -1, 1, 3):  # ulps away from the mined coordinates
+        near_ra = ra + steps * np.spacing(ra)
+        near_dec = dec + steps * np.spacing(np.abs(dec))
+        assert not (near_ra == ra).all()
+        assert lookup.match(near_ra, near_dec).all(), steps
+    assert not lookup.match(ra + 1.1e-6, dec).any()  # a micro-degree off is another position
+
+
+def test_key_columns_invert_position_keys():
+    rng = np.random.default_rng(0)
+    ra, dec = rng.uniform(0, 360, 1000), rng.uniform(-90, 90, 1000)
+    keys = hardneg.position_keys(ra, dec)
+    ra_key, dec_key = hardneg.key_columns(keys)
+    assert (ra_key == np.round(ra, 6)).all() and (dec_key == np.round(dec, 6)).all()
+    assert (hardneg.position_keys(ra_key, dec_key) == keys).all()
+    with pytest.raises(ValueError, match="non-finite"):
+        hardneg.key_columns(hardneg.position_keys(np.array([np.nan]), np.array([0.0])))
