@@ -10,10 +10,12 @@ directory, not a column inside the files (as Spark writes it).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
-import zipfile
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -100,24 +102,72 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ in _COLUMNS])
 _PSF_EDGES = np.array([1.15, 1.30, 1.47])  # r psfsize quartile edges of the mock (arcsec)
 _DEPTH_EDGES = np.array([24.05, 24.35, 24.85])  # r psfdepth quartile edges (AB mag)
+# zip fields of the npz members, as ``zipfile`` writes them: version 2.0, deflate, 1980-01-01
+# 00:00, created on unix with mode ?rw-------
+_ZIP_VERSION, _ZIP_SYSTEM_UNIX, _ZIP_DEFLATE = 20, 3, 8
+_DOS_DATE_1980 = 1 << 5 | 1
+_ZIP_MODE_RW = 0o600 << 16
 
 
 def encode_npz(arrays: dict[str, np.ndarray], level: int = 1) -> bytes:
     """Bytes of a deflate zip of ``.npy`` members, read by ``np.load`` like ``np.savez_compressed``.
 
+    The zip is assembled here rather than by ``zipfile`` (whose per-member Python overhead was
+    ~1/4 of the encoding time): the bytes equal ``zipfile.ZipFile(..., ZIP_DEFLATED)`` with
+    ``writestr`` of a ``ZipInfo`` dated 1980-01-01 (no data descriptor, mode ``?rw-------``).
+
     Args:
         arrays: member name (without ``.npy``) -> array.
         level: zlib level; 1 is ~5x faster than numpy's default at a ~1% larger size.
+
+    Raises:
+        ValueError: an array holds Python objects (npz members are never pickled).
     """
+    local, central, offset = [], [], 0
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.hasobject:
+            raise ValueError(f"encode_npz: member {name!r} is an object array; pass numbers")
+        data = _npy_header(arr.dtype, arr.shape) + arr.tobytes()
+        packed = zlib.compressobj(level, zlib.DEFLATED, -15)
+        packed = packed.compress(data) + packed.flush()
+        fname = (name + ".npy").encode()
+        # fixed timestamp: the bytes must not depend on the wall clock (determinism)
+        fields = (_ZIP_VERSION, 0, 0, _ZIP_DEFLATE, 0, _DOS_DATE_1980, zlib.crc32(data))
+        sizes = (len(packed), len(data), len(fname))
+        local.append(struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", *fields, *sizes, 0) + fname)
+        local.append(packed)
+        central.append(
+            struct.pack(
+                "<4s4B4HL2L5H2L",
+                b"PK\x01\x02",
+                _ZIP_VERSION,
+                _ZIP_SYSTEM_UNIX,
+                *fields,
+                *sizes,
+                0,
+                0,
+                0,
+                0,
+                _ZIP_MODE_RW,
+                offset,
+            )
+            + fname
+        )
+        offset += len(local[-2]) + len(packed)
+    size = sum(map(len, central))
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(central), len(central), size, offset, 0)
+    return b"".join([*local, *central, end])
+
+
+@functools.lru_cache(maxsize=32)
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header ``np.lib.format.write_array`` writes for a C-ordered array."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
-        for name, arr in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-            # fixed timestamp: the bytes must not depend on the wall clock (determinism)
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, member.getvalue(), compresslevel=level)
+    descr = np.lib.format.dtype_to_descr(dtype)
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
     return buf.getvalue()
 
 

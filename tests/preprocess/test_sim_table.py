@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 from collections import defaultdict
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
+from haloscope.preprocess.sim_table import encode_npz
 from haloscope.preprocess.simulate import simulate
 
 # reference/original_pipeline.md section 1.6 (names and types that readers rely on)
@@ -189,3 +191,34 @@ def _centroid_offset(img: np.ndarray) -> float:
     yy, xx = np.mgrid[25:40, 25:40]
     w = np.clip(img[25:40, 25:40], 0, None)
     return float(np.hypot((w * yy).sum() / w.sum() - 32, (w * xx).sum() / w.sum() - 32))
+
+
+def _zipfile_npz(arrays: dict[str, np.ndarray], level: int) -> bytes:
+    """The npz bytes as ``zipfile`` writes them (the encoder's reference)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+        for name, arr in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue(), compresslevel=level)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_encode_npz_matches_zipfile_bytes(level):
+    img = np.random.default_rng(0).standard_normal((3, 64, 64)).astype(np.float32)
+    cases = [
+        {f"image_{b}": img[i] for i, b in enumerate("grz")},
+        {"image_r": np.zeros((64, 64), np.float32)},
+        {"a": np.arange(10), "b": img[:, ::2, 1:5], "c": np.float64(3.0), "d": img.T},
+    ]
+    for arrays in cases:
+        blob = encode_npz(arrays, level)
+        assert blob == _zipfile_npz(arrays, level)
+        with np.load(io.BytesIO(blob)) as z:
+            for name, arr in arrays.items():
+                np.testing.assert_array_equal(z[name], arr)
+    with pytest.raises(ValueError, match="object array"):
+        encode_npz({"x": np.array([None])})
