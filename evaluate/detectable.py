@@ -26,6 +26,7 @@ import numpy as np
 
 from haloscope.errors import ConfigError
 from haloscope.evaluate.scores import ScoresFrame
+from haloscope.preprocess.gates import theta_psf_ratio
 
 __all__ = [
     "DEFAULT_DETECTABLE",
@@ -138,10 +139,7 @@ def _values(frame: ScoresFrame, column: str) -> tuple[np.ndarray | None, str | N
             return None, f"column {name!r} is not numeric"
     if column != "theta_over_psf":
         return cols[column].astype(np.float64), None
-    psf = cols[PSF_COLUMN].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = cols["theta_e_arcsec"].astype(np.float64) / psf
-    return np.where(psf > 0, ratio, np.nan), None
+    return theta_psf_ratio(cols["theta_e_arcsec"], cols[PSF_COLUMN]), None
 
 
 def detectable_mask(frame: ScoresFrame, spec: DetectableSpec) -> DetectableSubset:

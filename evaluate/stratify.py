@@ -30,6 +30,7 @@ from haloscope.evaluate.detectable import DetectableSpec, detectable_mask, subse
 from haloscope.evaluate.intervals import binomial_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, OperatingPoint, operating_points
 from haloscope.evaluate.scores import ScoresFrame
+from haloscope.preprocess.gates import theta_psf_ratio
 
 __all__ = [
     "DEFAULT_STRATA",
@@ -198,9 +199,7 @@ def column_values(frame: ScoresFrame, spec: StratumSpec) -> np.ndarray | None:
     if spec.column == "theta_over_psf" and "theta_e_arcsec" in cols:
         psf = next((cols[c] for c in PSF_COLUMNS if c in cols), None)
         if psf is not None and psf.dtype != object:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = cols["theta_e_arcsec"].astype(float) / psf.astype(float)
-            return np.where(np.isfinite(ratio) & (psf > 0), ratio, np.nan)
+            return theta_psf_ratio(cols["theta_e_arcsec"], psf)
     return None
 
 

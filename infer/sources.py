@@ -65,14 +65,6 @@ class SourceStats:
     """reason -> rows (the gate reasons of ``preprocess.gates``, plus ``hard_neg_copy``)."""
 
 
-def _theta_over_psf(theta: np.ndarray, psf: np.ndarray) -> np.ndarray:
-    """theta / psf in float32 from float32 inputs, NaN where the PSF is not positive."""
-    theta64, psf64 = theta.astype(np.float64), psf.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.isfinite(psf64) & (psf64 > 0), theta64 / psf64, np.nan)
-    return ratio.astype(np.float32)
-
-
 def _strings(batch: pa.RecordBatch, name: str, kept: np.ndarray) -> np.ndarray:
     values = batch.column(name).take(pa.array(kept)).to_pylist()
     return np.array(values, dtype=object)
@@ -95,7 +87,8 @@ def _parquet_columns(batch: pa.RecordBatch, kept: np.ndarray) -> dict[str, np.nd
     for name in STRATA_COLUMNS:  # optional injection truth: NaN where the table has none
         values = gates.column_f64(batch, name)[kept] if name in batch.schema.names else np.nan
         cols[name] = np.broadcast_to(np.float32(values), kept.shape).copy()
-    cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], cols["psf_fwhm_r"])
+    ratio = gates.theta_psf_ratio(cols["theta_e_arcsec"], cols["psf_fwhm_r"])
+    cols["theta_over_psf"] = ratio.astype(np.float32)
     if "control_kind" in batch.schema.names:
         # Same vocabulary as the shards: unknown names -> "other", ""/lenses -> null.
         codes = encode_control_kind(_strings(batch, "control_kind", kept).tolist())
@@ -241,7 +234,7 @@ def columns_from_table(table: np.ndarray) -> dict[str, np.ndarray]:
     }
     for name in (*_F32_STRATA, *STRATA_COLUMNS):
         cols[name] = table[name].astype(np.float32)
-    cols["theta_over_psf"] = _theta_over_psf(cols["theta_e_arcsec"], psf)
+    cols["theta_over_psf"] = gates.theta_psf_ratio(cols["theta_e_arcsec"], psf).astype(np.float32)
     cols["control_kind"] = np.array(decode_control_kind(table["control_kind"]), dtype=object)
     return cols
 

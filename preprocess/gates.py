@@ -17,7 +17,15 @@ import pyarrow.compute as pc
 
 from haloscope.preprocess import decode as dec
 
-__all__ = ["REASONS", "GateResult", "labels_of", "theta_over_psf", "gate_batch", "column_f64"]
+__all__ = [
+    "REASONS",
+    "GateResult",
+    "labels_of",
+    "theta_psf_ratio",
+    "theta_over_psf",
+    "gate_batch",
+    "column_f64",
+]
 
 REASONS: tuple[str, ...] = (
     "bad_label",
@@ -65,19 +73,36 @@ def labels_of(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     return np.where(is_control == 0, 1, np.where(is_control == 1, 0, -1)).astype(np.int8)
 
 
+def theta_psf_ratio(theta: np.ndarray, psf: np.ndarray) -> np.ndarray:
+    """theta_E / PSF-FWHM, the one definition of the resolvability ratio.
+
+    The converter's cut, infer's ``theta_over_psf`` column and evaluate's strata, transfer
+    bins and detectable subset all use it (each with its own PSF column).
+
+    Args:
+        theta: Einstein radii (arcsec), any float dtype.
+        psf: PSF FWHM (arcsec), same shape.
+
+    Returns:
+        float64 ratio; NaN where the PSF is not > 0 (or NaN) or the ratio is not finite.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    psf = np.asarray(psf, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = theta / psf
+    return np.where((psf > 0) & np.isfinite(ratio), ratio, np.nan)
+
+
 def theta_over_psf(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """theta_E / PSF-FWHM per row, with PSF = psf_fwhm_used_r if finite and > 0 else psfsize_r.
 
     Returns:
-        ``(ratio, psf)`` float64 arrays; NaN where undefined.
+        ``(ratio, psf)`` float64 arrays; NaN where undefined (:func:`theta_psf_ratio`).
     """
     used = column_f64(batch, "psf_fwhm_used_r")
     size = column_f64(batch, "psfsize_r")
     psf = np.where(np.isfinite(used) & (used > 0), used, size)
-    theta = column_f64(batch, "theta_e_arcsec")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(psf > 0, theta / psf, np.nan)
-    return ratio, psf
+    return theta_psf_ratio(column_f64(batch, "theta_e_arcsec"), psf), psf
 
 
 def _pre_decode_reasons(batch: pa.RecordBatch, min_theta_over_psf: float) -> np.ndarray:
