@@ -70,7 +70,8 @@ def train_meta(plan: Plan) -> dict[str, Any]:
 
 
 def manifest_doc(plan: Plan, split: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The manifest fields known before assembly: counts, rejects, settings, sources."""
+    """The ``shards.manifest.build_manifest`` arguments known before assembly: counts,
+    rejects, settings, sources (``shards.assemble.assemble_split`` adds the shards)."""
     cfg = plan.cfg
     rejected, counts, files = Counter(), Counter(), []
     for i, src in enumerate(plan.sources[split]):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from haloscope.shards.index import open_shard
-from haloscope.shards.manifest import write_manifest
+from haloscope.shards.manifest import build_manifest, write_manifest
 from haloscope.shards.schema import STAMP_PX, TABLE_DTYPE
 
 __all__ = [
@@ -158,8 +158,9 @@ def assemble_split(
 
     Args:
         split_dir: ``SHARDS/<split>``.
-        doc: manifest fields known to the caller (split, counts, rejected, norm, meta, ...);
-            ``shards``, ``num_samples`` and sample counts are filled in here.
+        doc: :func:`haloscope.shards.manifest.build_manifest` arguments known to the caller
+            (split, counts, rejected, norm, meta, preprocess, ...); ``shards``, ``zarr`` and
+            the sample counts are filled in here.
         records: pass-2 records of every bucket, in bucket order.
         num_meta: meta columns.
         with_zarr: also write ``stamps.zarr``.
@@ -180,15 +181,9 @@ def assemble_split(
         zarr_name = ZARR_NAME
     else:
         shutil.rmtree(split_dir / ZARR_NAME, ignore_errors=True)  # of an earlier conversion
-    full = {
-        **doc,
-        "num_samples": sum(s["num_samples"] for s in shards),
-        "num_shards": len(shards),
-        "counts": counts,
-        "rejected": rejected,
-        "zarr": zarr_name,
-        "shards": shards,
-    }
+    full = build_manifest(
+        **{**doc, "counts": counts, "rejected": rejected, "zarr": zarr_name, "shards": shards}
+    )
     path = write_manifest(split_dir, full)
     if not shards:
         log.warning(

@@ -123,7 +123,7 @@ def _rate(make: Callable[[], Iterable[torch.Tensor]], repeats: int = 3) -> dict[
 
 
 def _write_packed(split_dir: Path, image: np.ndarray, labels: np.ndarray, per_shard: int) -> None:
-    from haloscope.shards.manifest import write_manifest
+    from haloscope.shards.manifest import build_manifest, write_manifest
 
     split_dir.mkdir(parents=True)
     shards = []
@@ -135,19 +135,16 @@ def _write_packed(split_dir: Path, image: np.ndarray, labels: np.ndarray, per_sh
         shards.append(
             write_shard(split_dir / f"shard-{k:06d}.tar", image[sl], meta, table).to_json()
         )
-    write_manifest(
-        split_dir,
-        {
-            "split": "bench",
-            "num_samples": len(image),
-            "counts": {},
-            "rejected": {},
-            "norm": {"method": "outer"},
-            "meta": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]},
-            "preprocess": {},
-            "shards": shards,
-        },
+    doc = build_manifest(
+        split="bench",
+        shards=shards,
+        counts={},
+        rejected={},
+        norm={"method": "outer"},
+        meta={"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]},
+        preprocess={},
     )
+    write_manifest(split_dir, doc)
 
 
 def run_bench(

@@ -3,23 +3,30 @@
 The manifest is the reader's index (files, samples per record) and the provenance of the
 data (preprocessing settings, rejected counts, sources, the exact command). It also carries
 the meta-input statistics of the *train* split, which every split uses to standardise.
+
+Every manifest is made by :func:`build_manifest` (explicit, checked fields in the on-disk
+order of ``docs/shards.md``) and written by :func:`write_manifest`, which refuses anything
+else: the converter, the benchmarks and the test fixtures all write one layout.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
-from haloscope.shards.schema import SCHEMA_VERSION
+from haloscope.shards.schema import RECORD_SAMPLES, SCHEMA_VERSION
 
 __all__ = [
     "MANIFEST_NAME",
     "FORMAT",
     "Manifest",
+    "PREPROCESS_KEYS",
+    "build_manifest",
     "load_manifest",
     "write_manifest",
     "check_compatible",
@@ -27,6 +34,14 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "haloscope-shards"
+PREPROCESS_KEYS: frozenset[str] = frozenset({
+    "min_theta_over_psf", "resolvability_cut", "hard_neg_weight", "hard_neg_copies",
+    "min_arc_snr", "hard_neg_lookup", "dedup", "seed", "num_buckets", "shard_samples",
+    "stamp_px", "bands", "image_dtype",
+})  # fmt: skip
+"""Fields a manifest's ``preprocess`` block may hold (``docs/shards.md``); each optional."""
+_SHARD_KEYS = ("file", "num_samples", "records", "bytes", "sha256")
+_META_KEYS = ("columns", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,8 @@ class Manifest:
     meta_mean: list[float]
     meta_std: list[float]
     preprocess: dict[str, Any]
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, Any] = field(default_factory=dict)
+    """``data_root`` and ``files`` (path, bytes, mtime_ns, rows) of the converted parquet."""
     command: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     record_samples: int = 256
@@ -122,7 +138,7 @@ def load_manifest(split_dir: str | Path) -> Manifest:
         meta_mean=list(meta["mean"]),
         meta_std=list(meta["std"]),
         preprocess=_require(doc, "preprocess", path),
-        sources=doc.get("sources", []),
+        sources=doc.get("sources", {}),
         command=doc.get("command", []),
         schema_version=doc["schema_version"],
         record_samples=doc.get("record_samples", 256),
@@ -131,9 +147,101 @@ def load_manifest(split_dir: str | Path) -> Manifest:
     )
 
 
+def _check_shards(shards: Sequence[Mapping[str, Any]], record_samples: int) -> None:
+    for i, entry in enumerate(shards):
+        missing = [k for k in _SHARD_KEYS if k not in entry]
+        if missing:
+            raise ValueError(f"build_manifest: shards[{i}] lacks {missing} (use ShardInfo.to_json)")
+        records, num = entry["records"], entry["num_samples"]
+        if sum(records) != num or not all(0 < n <= record_samples for n in records):
+            raise ValueError(f"build_manifest: shards[{i}] ({entry['file']}) records {records} "
+                             f"must each hold 1..{record_samples} samples (record_samples) and "
+                             f"sum to num_samples={num}")  # fmt: skip
+
+
+def build_manifest(
+    *,
+    split: str,
+    shards: Sequence[Mapping[str, Any]],
+    counts: Mapping[str, int],
+    rejected: Mapping[str, int],
+    norm: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    preprocess: Mapping[str, Any],
+    record_samples: int = RECORD_SAMPLES,
+    sources: Mapping[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+    fingerprint: str | None = None,
+    zarr: str | None = None,
+) -> dict[str, Any]:
+    """The ``manifest.json`` document of one split, in the on-disk layout, checked.
+
+    ``num_samples`` and ``num_shards`` are derived from ``shards``.
+
+    Args:
+        split: the split's name.
+        shards: per shard, ``ShardInfo.to_json()`` (file, num_samples, records, bytes, sha256,
+            counts by label and hard negatives), in reading order.
+        counts: sample and row counts (``lens``, ``control``, ``input_rows``, ...).
+        rejected: rejected input rows by reason.
+        norm: the stamp normalisation settings (``method`` and its parameters).
+        meta: ``columns``, ``mean``, ``std`` (train-split statistics), optionally
+            ``stats_split``, ``stats_count``.
+        preprocess: conversion settings, keys from :data:`PREPROCESS_KEYS`.
+        record_samples: the most samples one packed record holds.
+        sources: ``data_root`` and ``files`` of the converted parquet; omitted when None.
+        command: the converting argv; omitted when None.
+        fingerprint: settings + sources hash of the conversion; omitted when None.
+        zarr: the split's random-access store (``stamps.zarr``) or None.
+
+    Returns:
+        The JSON-able document that :func:`write_manifest` writes.
+
+    Raises:
+        ValueError: a field is missing, of the wrong kind or inconsistent (named).
+    """
+    if not split or not isinstance(split, str):
+        raise ValueError(f"build_manifest: split must be a non-empty string, got {split!r}")
+    if not isinstance(record_samples, int) or record_samples < 1:
+        raise ValueError(f"build_manifest: record_samples must be >= 1, got {record_samples!r}")
+    _check_shards(shards, record_samples)
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing or not len(meta["columns"]) == len(meta["mean"]) == len(meta["std"]):
+        raise ValueError(f"build_manifest: meta needs columns, mean and std of one length "
+                         f"(missing {missing}, got {dict(meta)})")  # fmt: skip
+    if "method" not in norm:
+        raise ValueError(f"build_manifest: norm lacks 'method', got {dict(norm)}")
+    unknown = sorted(set(preprocess) - PREPROCESS_KEYS)
+    if unknown:
+        raise ValueError(f"build_manifest: unknown preprocess field(s) {unknown}; "
+                         f"known: {sorted(PREPROCESS_KEYS)}")  # fmt: skip
+    doc: dict[str, Any] = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "split": split,
+        "record_samples": record_samples, "counts": dict(counts), "rejected": dict(rejected),
+        "norm": dict(norm), "meta": dict(meta), "preprocess": dict(preprocess),
+    }  # fmt: skip
+    if sources is not None:
+        doc["sources"] = dict(sources)
+    if command is not None:
+        doc["command"] = list(command)
+    if fingerprint is not None:
+        doc["fingerprint"] = fingerprint
+    return doc | {
+        "num_samples": sum(int(s["num_samples"]) for s in shards),
+        "num_shards": len(shards),
+        "zarr": zarr,
+        "shards": [dict(s) for s in shards],
+    }
+
+
 def write_manifest(split_dir: Path, doc: dict[str, Any]) -> Path:
-    """Write ``doc`` (plus format and schema version) atomically as the split's manifest."""
-    doc = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **doc}
+    """Write a :func:`build_manifest` document atomically as the split's manifest.
+
+    Raises:
+        ValueError: ``doc`` was not made by :func:`build_manifest` (no format or schema version).
+    """
+    if doc.get("format") != FORMAT or doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError("write_manifest: build the document with build_manifest")
     path = Path(split_dir) / MANIFEST_NAME
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path

@@ -52,7 +52,7 @@ MODES = ("eager", "compile", "graph", "graph_tdw")
 def write_random_shards(split_dir: Path, num_samples: int, *, seed: int = 0,
                         shard_samples: int = 8192) -> Path:  # fmt: skip
     """Write ``num_samples`` random samples as packed-record shards + manifest (the real writer)."""
-    from haloscope.shards.manifest import write_manifest
+    from haloscope.shards.manifest import build_manifest, write_manifest
     from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE
     from haloscope.shards.write import write_shard
 
@@ -71,15 +71,15 @@ def write_random_shards(split_dir: Path, num_samples: int, *, seed: int = 0,
         num_lens += int(table["label"].sum())
         info = write_shard(split_dir / f"shard-{s:06d}.tar", image, meta, table, RECORD_SAMPLES)
         infos.append(info.to_json())
-    write_manifest(split_dir, {
-        "split": "train", "num_samples": num_samples, "shards": infos,
-        "counts": {"lens": num_lens, "control": num_samples - num_lens}, "rejected": {},
-        "norm": {"method": "outer", "clip": 10.0},
-        "meta": {"columns": list(META_COLS), "mean": [1.3, 24.5], "std": [0.2, 0.5]},
-        "preprocess": {"min_theta_over_psf": 0.5, "hard_neg_path": None, "hard_neg_weight": 1,
-                       "stamp_px": 64},
-        "record_samples": RECORD_SAMPLES, "command": ["haloscope", "bench", "gpu"],
-    })  # fmt: skip
+    write_manifest(split_dir, build_manifest(
+        split="train", shards=infos,
+        counts={"lens": num_lens, "control": num_samples - num_lens}, rejected={},
+        norm={"method": "outer", "clip": 10.0},
+        meta={"columns": list(META_COLS), "mean": [1.3, 24.5], "std": [0.2, 0.5]},
+        preprocess={"min_theta_over_psf": 0.5, "hard_neg_lookup": None, "hard_neg_weight": 1,
+                    "stamp_px": 64},
+        record_samples=RECORD_SAMPLES, command=["haloscope", "bench", "gpu"],
+    ))  # fmt: skip
     return split_dir
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haloscope.shards.manifest import write_manifest
+from haloscope.shards.manifest import build_manifest, write_manifest
 from haloscope.shards.schema import TABLE_DTYPE
 from haloscope.shards.write import write_shard
 
@@ -33,15 +33,15 @@ def make_split(split_dir: Path, num: int, seed: int, *, split: str, pos_frac: fl
     for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         infos.append(write_shard(split_dir / f"shard-{s:06d}.tar", image[lo:hi].astype(np.float16),
                                  meta[lo:hi], table[lo:hi], record_samples))  # fmt: skip
-    write_manifest(split_dir, {
-        "split": split, "num_samples": num, "shards": [i.to_json() for i in infos],
-        "counts": {"lens": int(labels.sum()), "control": int(num - labels.sum())},
-        "rejected": {}, "norm": {"method": "outer", "clip": 10.0},
-        "meta": {"columns": META_COLS, "mean": [1.3, 24.5], "std": [0.2, 0.5]},
-        "preprocess": {"min_theta_over_psf": 0.5, "hard_neg_lookup": None, "hard_neg_weight": None,
-                       "stamp_px": 64},
-        "record_samples": record_samples,
-    })  # fmt: skip
+    write_manifest(split_dir, build_manifest(
+        split=split, shards=[i.to_json() for i in infos],
+        counts={"lens": int(labels.sum()), "control": int(num - labels.sum())},
+        rejected={}, norm={"method": "outer", "clip": 10.0},
+        meta={"columns": META_COLS, "mean": [1.3, 24.5], "std": [0.2, 0.5]},
+        preprocess={"min_theta_over_psf": 0.5, "hard_neg_lookup": None, "hard_neg_weight": None,
+                    "stamp_px": 64},
+        record_samples=record_samples,
+    ))  # fmt: skip
 
 
 def make_shards(root: Path, num_train: int = 96, num_val: int = 64, seed: int = 0) -> Path:
