@@ -86,7 +86,7 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
             files, meta_cols=settings["meta_columns"],
             min_theta_over_psf=settings["min_theta_over_psf"], batch_size=cfg.batch_size,
             rank=env.rank, world_size=env.world_size, num_workers=cfg.num_workers,
-            stats=stats)  # fmt: skip
+            stats=stats, norm_method=settings["norm_method"])  # fmt: skip
         return it, num_rows // env.world_size
     from haloscope.shards.read import ShardReader, build_loader
     from haloscope.train.failures import worker_batches
@@ -153,9 +153,9 @@ def run_inference(cfg: InferConfig) -> Path | None:
             (``shards.manifest.check_compatible``), or unreadable shards.
         ContractError: unreadable parquet.
     """
+    from haloscope.atomic import check_writable
     from haloscope.log import setup_logging
     from haloscope.train.dist import init_distributed, shutdown
-    from haloscope.train.failures import check_writable
 
     env = init_distributed(cfg.device)
     setup_logging(env.rank)

@@ -3,7 +3,7 @@
 Two sources give the *same* arrays for the same row:
 
 - ``iter_parquet_batches``: raw contract parquet, through ``preprocess`` only (the contract's
-  columns, gates, decode, ``outer_normalize``), in loader worker processes, then rounded to float16 exactly as the converter
+  columns, gates, decode, the checkpoint's ``normalize`` method), in loader worker processes, then rounded to float16 exactly as the converter
   stores normalised stamps in shards, so the model sees the values it was trained on.
 - ``iter_shard_batches``: the shard reader in exact (non-shuffled, padded) eval mode.
 
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from haloscope.errors import ContractError
 from haloscope.preprocess import gates
-from haloscope.preprocess.normalize import outer_normalize
+from haloscope.preprocess.normalize import normalize
 from haloscope.preprocess.read_parquet import contract_columns
 from haloscope.preprocess.schema import STRATA_COLUMNS
 from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
@@ -100,7 +100,7 @@ def _parquet_columns(batch: pa.RecordBatch, kept: np.ndarray) -> dict[str, np.nd
 
 
 def _prepare(
-    batch: pa.RecordBatch, meta_cols: Sequence[str], min_theta_over_psf: float
+    batch: pa.RecordBatch, meta_cols: Sequence[str], min_theta_over_psf: float, norm_method: str
 ) -> tuple[ScoreBatch | None, Counter, int]:
     """Gate, decode and normalise one record batch: (kept rows or None, rejected, rows read)."""
     result = gates.gate_batch(batch, min_theta_over_psf)
@@ -113,7 +113,7 @@ def _prepare(
     kept = result.kept[meta_ok]
     if kept.size == 0:
         return None, rejected, batch.num_rows
-    images = outer_normalize(result.stamps[meta_ok]).astype(IMAGE_DTYPE)  # as in shards
+    images = normalize(result.stamps[meta_ok], norm_method).astype(IMAGE_DTYPE)  # as in shards
     cols = _parquet_columns(batch, kept)
     return ScoreBatch(images=images, meta=meta[meta_ok], columns=cols), rejected, batch.num_rows
 
@@ -141,10 +141,11 @@ class ParquetScoreSource(IterableDataset):
 
     def __init__(self, files: Sequence[Path], *, meta_cols: Sequence[str],
                  min_theta_over_psf: float, batch_size: int, rank: int = 0,
-                 world_size: int = 1) -> None:  # fmt: skip
+                 world_size: int = 1, norm_method: str = "outer") -> None:  # fmt: skip
         super().__init__()
         self.units = parquet_units(files)
         self.meta_cols, self.cut, self.batch_size = tuple(meta_cols), min_theta_over_psf, batch_size
+        self.norm_method = norm_method
         self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[tuple[ScoreBatch | None, Counter, int]]:
@@ -157,7 +158,7 @@ class ParquetScoreSource(IterableDataset):
                 reader = pq.ParquetFile(path).iter_batches(
                     batch_size=self.batch_size, row_groups=[group], columns=columns)  # fmt: skip
                 for batch in reader:
-                    yield _prepare(batch, self.meta_cols, self.cut)
+                    yield _prepare(batch, self.meta_cols, self.cut, self.norm_method)
             except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
                 raise ContractError(f"{path}: cannot read row group {group}: {exc}") from None
 
@@ -176,6 +177,7 @@ def iter_parquet_batches(
     world_size: int = 1,
     num_workers: int = 0,
     stats: SourceStats | None = None,
+    norm_method: str = "outer",
 ) -> Iterator[ScoreBatch]:
     """Gate, decode and normalise this rank's part of a parquet split.
 
@@ -188,6 +190,7 @@ def iter_parquet_batches(
         world_size: number of ranks.
         num_workers: decoding processes (0: decode in this process).
         stats: updated in place with rows read, kept and rejected by reason.
+        norm_method: the checkpoint's stamp normalisation (``preprocess.normalize``).
 
     Yields:
         One ``ScoreBatch`` per record batch with at least one kept row.
@@ -197,7 +200,8 @@ def iter_parquet_batches(
     """
     stats = stats if stats is not None else SourceStats()
     source = ParquetScoreSource(files, meta_cols=meta_cols, min_theta_over_psf=min_theta_over_psf,
-                                batch_size=batch_size, rank=rank, world_size=world_size)  # fmt: skip
+                                batch_size=batch_size, rank=rank, world_size=world_size,
+                                norm_method=norm_method)  # fmt: skip
     items: Iterable = source
     if num_workers > 0:
         loader = DataLoader(source, batch_size=None, num_workers=num_workers, collate_fn=_as_is,

@@ -2,7 +2,7 @@
 
 Pass 1, one unit per input file: stream record batches, apply the contract's gates and the
 resolvability cut (``gates.gate_batch``), refuse rows with non-finite meta or ids too long
-for the schema (counted), normalise (``normalize.outer_normalize``) to float16, flag
+for the schema (counted), normalise (``normalize.normalize``, ``--norm-method``) to float16, flag
 controls found in the hard-negative lookup and, in the train split only, repeat them
 ``hard_neg_weight`` times (``copy`` 0..w-1), and spill every sample into hash buckets
 (``shards/buckets.py``).
@@ -24,7 +24,7 @@ import pyarrow as pa
 from haloscope.errors import ConfigError
 from haloscope.preprocess.gates import column_f64, gate_batch, labels_of, theta_over_psf
 from haloscope.preprocess.hardneg import HardNegLookup
-from haloscope.preprocess.normalize import NORM_METHODS, outer_normalize
+from haloscope.preprocess.normalize import NORM_METHODS, normalize
 from haloscope.preprocess.read_parquet import iter_record_batches
 from haloscope.preprocess.schema import (
     REQUIRED_COLUMNS,
@@ -62,6 +62,9 @@ class ConvertConfig:
     min_theta_over_psf: float = 0.5
     """Resolvability cut on positives of every split."""
     norm_method: str = "outer"
+    """Stamp stretch after sky-sigma scaling: outer (the seed's clip at +-10) or asinh."""
+    train_min_arc_snr: float = 0.0
+    """Drop lenses with arc_snr below this from the train split only (0 = keep all)."""
     meta_cols: tuple[str, ...] = ("psfsize_r", "psfdepth_r")
     record_samples: int = RECORD_SAMPLES
     shard_samples: int = 4096
@@ -93,6 +96,10 @@ class ConvertConfig:
                 f"--norm-method must be one of {NORM_METHODS}, got {self.norm_method!r}",
             ),
             (
+                self.train_min_arc_snr >= 0,
+                f"--train-min-arc-snr must be >= 0, got {self.train_min_arc_snr}",
+            ),
+            (
                 1 <= self.record_samples <= 65536,
                 f"--record-samples must be 1..65536, got {self.record_samples}",
             ),
@@ -122,6 +129,10 @@ class ConvertConfig:
     def hard_neg_copies(self, split: str) -> int:
         """Copies of each control matched by the lookup: the weight in train, else 1."""
         return self.hard_neg_weight if split == "train" and self.hard_neg_path else 1
+
+    def min_arc_snr(self, split: str) -> float:
+        """Lenses with a lower arc_snr are dropped: ``train_min_arc_snr`` in train, else 0."""
+        return self.train_min_arc_snr if split == "train" else 0.0
 
 
 def _encode_ids(col: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,12 +174,15 @@ def rows_of_batch(
     row_offset: int,
     lookup: HardNegLookup | None,
     hard_neg_weight: int,
+    min_arc_snr: float = 0.0,
 ) -> tuple[np.ndarray, Counter, Counter]:
     """Gate, normalise, flag and duplicate one record batch into spill rows.
 
     ``hard_neg_weight`` is the copies of each matched control: ``cfg.hard_neg_weight`` in the
     train split, 1 in val/test, where a match is flagged and counted but never duplicated (a
     duplicate there would bias every false-positive rate and early stopping).
+    ``min_arc_snr`` (train only, ``cfg.min_arc_snr``) rejects lenses with a lower ``arc_snr``
+    as ``below_train_arc_snr``.
 
     Returns:
         ``(rows, rejected, counts)``: ``row_dtype`` samples (hard negatives repeated),
@@ -191,6 +205,11 @@ def rows_of_batch(
     good = np.flatnonzero(meta_ok & task_ok & brick_ok)
     sub, stamps, meta = sub.take(pa.array(good)), gate.stamps[good], meta[good]
     table = _table_rows(sub, task[good], brick[good])
+    if min_arc_snr > 0:
+        faint = (table["label"] == 1) & ~(table["arc_snr"] >= min_arc_snr)  # NaN counts as faint
+        rejected["below_train_arc_snr"] += int(faint.sum())
+        keep = np.flatnonzero(~faint)
+        good, stamps, meta, table = good[keep], stamps[keep], meta[keep], table[keep]
     is_lens = table["label"] == 1
     hard = np.zeros(len(good), dtype=bool)
     if lookup is not None:
@@ -204,7 +223,7 @@ def rows_of_batch(
     copy = (np.arange(len(src)) - np.repeat(np.cumsum(repeats) - repeats, repeats)).astype(np.uint8)
     digest = stamp_digests(stamps)
     rows = np.empty(len(src), dtype=row_dtype(len(cfg.meta_cols)))
-    rows["image"] = outer_normalize(stamps).astype(np.float16)[src]
+    rows["image"] = normalize(stamps, cfg.norm_method).astype(np.float16)[src]
     rows["meta"], rows["table"] = meta[src], table[src]
     rows["table"]["hard_neg"] = hard[src]
     rows["table"]["copy"] = copy
@@ -223,6 +242,7 @@ def convert_file(
     lookup: HardNegLookup | None,
     record: dict,
     hard_neg_weight: int,
+    min_arc_snr: float = 0.0,
 ) -> dict:
     """Pass 1 for one parquet file: spill its samples into ``stem`` (a bucket part).
 
@@ -235,6 +255,7 @@ def convert_file(
         lookup: hard-negative lookup or None.
         record: identity fields stored in the part record (fingerprint, source).
         hard_neg_weight: copies of each matched control in this split (1 outside train).
+        min_arc_snr: lenses below this arc_snr are dropped (0 outside train).
 
     Returns:
         The part record: input rows, rejected rows by reason, counts.
@@ -250,6 +271,7 @@ def convert_file(
                 row_offset=offset,
                 lookup=lookup,
                 hard_neg_weight=hard_neg_weight,
+                min_arc_snr=min_arc_snr,
             )
             writer.add(rows)
             rejected.update(rej)

@@ -11,6 +11,7 @@ from haloscope.argparse_util import VerbParser, parse_csv
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
 from haloscope.preprocess.convert import ConvertConfig
+from haloscope.preprocess.normalize import NORM_METHODS
 from haloscope.preprocess.schema import META_ALLOWED, SPLITS
 
 __all__ = ["main", "build_parser", "slurm_task"]
@@ -60,7 +61,12 @@ def build_parser() -> VerbParser:
         default=0.5,
         help="resolvability cut theta_E/PSF-FWHM on positives of every split",
     )
-    p.add_argument("--norm-method", default="outer", help="stamp normalisation (outer)")
+    p.add_argument("--norm-method", default="outer", choices=NORM_METHODS,
+                   help="stamp stretch after sky-sigma scaling: outer (the seed's clip at +-10) "
+                   "or asinh (3*asinh(z/3): linear in the noise, never saturating)")  # fmt: skip
+    p.add_argument("--train-min-arc-snr", type=float, default=0.0,
+                   help="drop lenses with arc_snr below this from the train split only; val and "
+                   "test keep every lens (default 0 = keep all)")  # fmt: skip
     p.add_argument(
         "--meta-cols",
         default="psfsize_r,psfdepth_r",
@@ -125,6 +131,7 @@ def _config(args, argv: list[str]) -> ConvertConfig:
         hard_neg_weight=args.hard_neg_weight,
         min_theta_over_psf=args.min_theta_over_psf,
         norm_method=args.norm_method,
+        train_min_arc_snr=args.train_min_arc_snr,
         meta_cols=tuple(parse_csv(args.meta_cols)),
         record_samples=args.record_samples,
         shard_samples=args.shard_samples,

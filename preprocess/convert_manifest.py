@@ -85,6 +85,7 @@ def manifest_doc(plan: Plan, split: str, meta: dict[str, Any]) -> dict[str, Any]
         "resolvability_cut": "positives of every split",
         "hard_neg_weight": cfg.hard_neg_weight if plan.lookup else None,
         "hard_neg_copies": cfg.hard_neg_copies(split),
+        "min_arc_snr": cfg.min_arc_snr(split),
         "hard_neg_lookup": plan.lookup.provenance() if plan.lookup else None,
         "dedup": "blake2b-128 of the raw float32 stamp; first row in input order kept",
         "seed": cfg.seed,

@@ -59,6 +59,7 @@ class Plan:
             "norm": norm_settings(cfg.norm_method),
             "meta_cols": list(cfg.meta_cols),
             "min_theta_over_psf": cfg.min_theta_over_psf,
+            "train_min_arc_snr": cfg.train_min_arc_snr,
             "hard_neg_weight": cfg.hard_neg_weight if lookup else None,
             "hard_neg_lookup_sha256": lookup.sha256 if lookup else None,
             "record_samples": cfg.record_samples,
@@ -142,6 +143,7 @@ def _run_p1(job: tuple[Plan, str, int]) -> int:
         plan.lookup,
         record,
         hard_neg_weight=plan.cfg.hard_neg_copies(split),
+        min_arc_snr=plan.cfg.min_arc_snr(split),
     )
     return rec["input_rows"]
 

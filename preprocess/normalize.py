@@ -1,9 +1,15 @@
-"""``outer`` normalisation: per band median and MAD over the stamp's outer pixels.
+"""Stamp normalisation: per band median and MAD over the stamp's outer pixels, then a stretch.
 
 For each band: ``med`` and ``mad = median(|x - med|)`` over pixels farther than 16 px from
-the centre (32, 32) (3,299 of 4,096 px for 64x64), then
-``clip((x - med) / (1.4826 * mad + 1e-6), -10, 10)`` on the whole stamp. This is the seed's
-``robust_mad_norm_outer`` (``reference/original_pipeline.md`` section 2), vectorised.
+the centre (32, 32) (3,299 of 4,096 px for 64x64), ``z = (x - med) / (1.4826 * mad + 1e-6)``
+(the stamp in units of its sky noise), then one of two stretches (``--norm-method``):
+
+- ``outer``: ``clip(z, -10, 10)``. The seed's ``robust_mad_norm_outer``
+  (``reference/original_pipeline.md`` section 2), vectorised. It saturates: bright arcs and
+  the LRG core are flat at 10, which erases their colour and any counter-image in the core.
+- ``asinh``: ``a * asinh(z / a)`` with softening ``a = 3``. Linear (``~z``) within a few sigma,
+  so the noise looks as under ``outer``; logarithmic beyond, so it never saturates
+  (10 sigma -> 5.8, 100 -> 12.6, 1000 -> 19.5) and band ratios of bright pixels survive.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ __all__ = [
     "EPS",
     "outer_mask",
     "outer_normalize",
+    "asinh_normalize",
+    "normalize",
     "norm_settings",
 ]
 
-NORM_METHODS: tuple[str, ...] = ("outer",)
+NORM_METHODS: tuple[str, ...] = ("outer", "asinh")
 OUTER_RADIUS_PX = 16
 CLIP = 10.0
+ASINH_SOFTENING = 3.0
 MAD_SCALE = 1.4826
 EPS = 1e-6
 
@@ -45,16 +54,8 @@ def _median_last(x: np.ndarray) -> np.ndarray:
     return 0.5 * (part[..., half - 1 : half] + part[..., half : half + 1])
 
 
-def outer_normalize(stamps: np.ndarray, clip: float = CLIP) -> np.ndarray:
-    """Normalise a batch of stamps band by band.
-
-    Args:
-        stamps: (N, C, H, W) float array (nanomaggies).
-        clip: symmetric clip applied after scaling.
-
-    Returns:
-        (N, C, H, W) float32 normalised stamps.
-    """
+def _sky_sigma_units(stamps: np.ndarray) -> np.ndarray:
+    """``(x - med) / (1.4826 * mad + eps)`` per stamp and band, over the outer pixels."""
     if stamps.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) stamps, got shape {stamps.shape}")
     x = np.asarray(stamps, dtype=np.float32)
@@ -66,18 +67,47 @@ def outer_normalize(stamps: np.ndarray, clip: float = CLIP) -> np.ndarray:
     np.abs(outer, out=outer)
     mad = _median_last(outer)
     scale = (MAD_SCALE * mad + EPS).astype(np.float32)
-    out = (x - med[..., None]) / scale[..., None]
+    return (x - med[..., None]) / scale[..., None]
+
+
+def outer_normalize(stamps: np.ndarray, clip: float = CLIP) -> np.ndarray:
+    """The seed's normalisation: sky-sigma units clipped to ``[-clip, clip]``.
+
+    Args:
+        stamps: (N, C, H, W) float array (nanomaggies).
+        clip: symmetric clip applied after scaling.
+
+    Returns:
+        (N, C, H, W) float32 normalised stamps.
+    """
+    out = _sky_sigma_units(stamps)
     return np.clip(out, -clip, clip, out=out).astype(np.float32, copy=False)
+
+
+def asinh_normalize(stamps: np.ndarray, softening: float = ASINH_SOFTENING) -> np.ndarray:
+    """Sky-sigma units through ``a * asinh(z / a)``: linear near the noise, never saturating."""
+    z = _sky_sigma_units(stamps)
+    np.multiply(z, 1.0 / softening, out=z)
+    np.arcsinh(z, out=z)
+    np.multiply(z, softening, out=z)
+    return z.astype(np.float32, copy=False)
+
+
+def normalize(stamps: np.ndarray, method: str = "outer") -> np.ndarray:
+    """Normalise (N, C, H, W) stamps with the named method (one of ``NORM_METHODS``)."""
+    if method == "outer":
+        return outer_normalize(stamps)
+    if method == "asinh":
+        return asinh_normalize(stamps)
+    raise ValueError(f"--norm-method must be one of {NORM_METHODS}, got {method!r}")
 
 
 def norm_settings(method: str = "outer") -> dict:
     """The normalisation settings recorded in manifests and checkpoints."""
     if method not in NORM_METHODS:
         raise ValueError(f"--norm-method must be one of {NORM_METHODS}, got {method!r}")
-    return {
-        "method": method,
-        "outer_radius_px": OUTER_RADIUS_PX,
-        "clip": CLIP,
-        "mad_scale": MAD_SCALE,
-        "eps": EPS,
-    }
+    settings = {"method": method, "outer_radius_px": OUTER_RADIUS_PX, "mad_scale": MAD_SCALE,
+                "eps": EPS}  # fmt: skip
+    if method == "outer":
+        return {**settings, "clip": CLIP}
+    return {**settings, "softening": ASINH_SOFTENING}

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from haloscope.errors import ConfigError, ContractError, DataError
-from haloscope.preprocess.normalize import norm_settings, outer_normalize
+from haloscope.preprocess.normalize import (
+    asinh_normalize,
+    norm_settings,
+    normalize,
+    outer_normalize,
+)
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.read import ShardReader
 from haloscope.shards.schema import SCHEMA_VERSION
@@ -252,3 +257,55 @@ def test_injection_truth_strata_reach_the_shards_when_present(tmp_path):
     write_dataset(tmp_path / "d2", {s: r for s, r in rows.items()})
     run_convert(tmp_path / "d2", tmp_path / "s2", min_theta_over_psf=0.0)
     assert np.isnan(_all_samples(tmp_path / "s2" / "val")["table"]["magnification"]).all()
+
+
+@pytest.fixture(scope="module")
+def converted_asinh_bright(tmp_path_factory):
+    """The same survey with ``--norm-method asinh --train-min-arc-snr 12.5`` (its lenses: 12)."""
+    root = tmp_path_factory.mktemp("conv_asinh")
+    survey = make_survey(root)
+    run_convert(survey.root, root / "shards", norm_method="asinh", train_min_arc_snr=12.5)
+    return survey, root / "shards"
+
+
+def test_asinh_stamps_and_lens_cut_in_train_only(converted_asinh_bright, converted):
+    survey, shards = converted_asinh_bright
+    plain = load_manifest(converted[1] / "train").counts["accepted_rows"]
+    for split in ("train", "val", "test"):
+        got = _all_samples(shards / split)
+        ids = [t.decode() for t in got["table"]["task_id"]]
+        lenses = {t for t in survey.accepted[split] if survey.labels[t] == 1}
+        assert lenses, "the fixture must have lenses in every split"
+        m = load_manifest(shards / split)
+        assert m.norm == norm_settings("asinh")
+        if split == "train":  # every lens (arc_snr 12 < 12.5) dropped and counted
+            assert set(ids) == survey.accepted[split] - lenses
+            # input rows, so the fixture's pixel-identical duplicates of a lens count too
+            assert m.rejected["below_train_arc_snr"] >= len(lenses)
+            assert m.counts["accepted_rows"] == plain - m.rejected["below_train_arc_snr"]
+            assert m.preprocess["min_arc_snr"] == 12.5
+        else:
+            assert set(ids) == survey.accepted[split]
+            assert "below_train_arc_snr" not in m.rejected
+            assert m.preprocess["min_arc_snr"] == 0.0
+        for i, tid in enumerate(ids):
+            want = asinh_normalize(survey.stamps[tid][None]).astype(np.float16)[0]
+            assert got["image"][i].tobytes() == want.tobytes(), tid
+
+
+def test_asinh_is_linear_in_the_noise_and_never_saturates():
+    rng = np.random.default_rng(0)
+    stamp = rng.normal(0.0, 1.0, (1, 3, 64, 64)).astype(np.float32)
+    stamp[0, :, 32, 32] = [30.0, 300.0, 3000.0]  # a bright core, different per band
+    outer, asinh = outer_normalize(stamp)[0], asinh_normalize(stamp)[0]
+    noise = np.abs(outer) < 1.0
+    np.testing.assert_allclose(asinh[noise], outer[noise], atol=0.04)  # a*asinh(z/a) ~ z
+    assert (outer[:, 32, 32] == 10.0).all()  # the seed's clip erases the colour
+    core = asinh[:, 32, 32]
+    assert core[0] < core[1] < core[2] and core[2] > 15.0  # kept, ordered, not flat
+    assert (np.diff(np.sort(asinh.ravel())) >= 0).all()
+
+
+def test_unknown_norm_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--norm-method must be one of"):
+        normalize(np.zeros((1, 3, 64, 64), np.float32), "linear")
