@@ -1,4 +1,4 @@
-"""Rows of the mock survey in the DR10 4c stamps schema, npz encoding and part-file writing.
+"""The mock survey's table: the DR10 4c stamps schema, npz encoding and part-file writing.
 
 Column names and types follow ``reference/original_pipeline.md`` section 1.6 (plus Gen5's
 ``arc_snr_sum``); mock-only truth columns (``control_kind``, ``lens_mag_*``, ``src_mag_r``,
@@ -23,9 +23,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from haloscope.atomic import atomic_path
-from haloscope.preprocess.sim_config import BANDS, CONTROL_KINDS, EXPERIMENT_ID, PIPELINE_VERSION
+from haloscope.preprocess.sim_config import BANDS, EXPERIMENT_ID
 
-__all__ = ["SCHEMA", "encode_npz", "failed_stamp", "task_id", "SplitWriters", "DEFECTS"]
+__all__ = [
+    "SCHEMA",
+    "encode_npz",
+    "failed_stamp",
+    "stamp_bytes",
+    "task_id",
+    "SplitWriters",
+    "DEFECTS",
+]
 
 DEFECTS = (None, "cutout_fail", "nan_stamp", "r_only")
 _F64, _I32, _STR = pa.float64(), pa.int32(), pa.string()
@@ -100,8 +108,6 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("mock_defect", _STR),
 ]
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ in _COLUMNS])
-_PSF_EDGES = np.array([1.15, 1.30, 1.47])  # r psfsize quartile edges of the mock (arcsec)
-_DEPTH_EDGES = np.array([24.05, 24.35, 24.85])  # r psfdepth quartile edges (AB mag)
 # zip fields of the npz members, as ``zipfile`` writes them: version 2.0, deflate, 1980-01-01
 # 00:00, created on unix with mode ?rw-------
 _ZIP_VERSION, _ZIP_SYSTEM_UNIX, _ZIP_DEFLATE = 20, 3, 8
@@ -191,94 +197,6 @@ def task_id(
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def galaxy_columns(pop: dict, g: int) -> dict:
-    """Per-galaxy values shared by all of its rows (row-level fields are filled later)."""
-    is_control = bool(pop["is_control"][g])
-    lens_mag = pop["lens_mag"][g]
-    psf, depth = pop["psfsize"][g], pop["psfdepth"][g]
-    ra, dec = float(pop["ra"][g]), float(pop["dec"][g])
-    row = {
-        "experiment_id": EXPERIMENT_ID,
-        "ranking_mode": "mock",
-        "selection_strategy": "psf_depth_strata",
-        "region_id": int(pop["region_id"][g]),
-        "brickname": str(pop["brickname"][g]),
-        "ra": ra,
-        "dec": dec,
-        "stamp_size": 64,
-        "bandset": "r" if pop["defect"][g] == 3 else "grz",
-        "task_seed64": int(pop["task_seed64"][g]),
-        "psf_bin": int(np.searchsorted(_PSF_EDGES, psf[1])),
-        "depth_bin": int(np.searchsorted(_DEPTH_EDGES, depth[1])),
-        "ab_zp_nmgy": 22.5,
-        "pipeline_version": PIPELINE_VERSION,
-        "ebv": float(0.02 + 0.04 * (1 + np.sin(np.deg2rad(3 * ra)) * np.cos(np.deg2rad(5 * dec)))),
-        "bad_pixel_frac": 0.0,
-        "wise_brightmask_frac": 0.0,
-        "metrics_only": 0,
-        "is_control": int(is_control),
-        "mock_galaxy_id": int(pop["galaxy_id"][g]),
-        "mock_defect": DEFECTS[int(pop["defect"][g])],
-        "lens_mag_g": float(lens_mag[0]),
-        "lens_mag_r": float(lens_mag[1]),
-        "lens_mag_z": float(lens_mag[2]),
-    }
-    for i, b in enumerate(BANDS):
-        row[f"psfsize_{b}"], row[f"psfdepth_{b}"] = float(psf[i]), float(depth[i])
-    if is_control:
-        row.update(
-            {
-                k: 0.0
-                for k in (
-                    "theta_e_arcsec",
-                    "src_dmag",
-                    "src_reff_arcsec",
-                    "src_e",
-                    "shear",
-                    "src_x_arcsec",
-                    "src_y_arcsec",
-                    "src_phi_rad",
-                    "shear_phi_rad",
-                    "src_gr",
-                    "src_rz",
-                )
-            }
-        )
-        row.update(
-            config_id="CONTROL",
-            lens_model="CONTROL",
-            control_kind=CONTROL_KINDS[int(pop["control_kind"][g])],
-            src_mag_r=None,
-            src_redshift=None,
-        )
-        for b in BANDS:
-            row[f"psf_fwhm_used_{b}"] = None
-        return row
-    src_q = pop["src_q"][g]
-    row.update(
-        {
-            "theta_e_arcsec": float(pop["theta_e"][g]),
-            "src_reff_arcsec": float(pop["src_reff"][g]),
-            "src_mag_r": float(pop["src_mag_r"][g]),
-            "src_dmag": float(pop["src_mag_r"][g] - lens_mag[1]),  # intrinsic source - lens, r
-            "src_redshift": float(pop["src_z"][g]),
-            "src_e": float((1 - src_q) / (1 + src_q)),
-            "shear": float(pop["shear"][g]),
-            "shear_phi_rad": float(pop["shear_phi"][g]),
-            "src_gr": float(pop["src_gr"][g]),
-            "src_rz": float(pop["src_rz"][g]),
-            "config_id": f"mock_te{pop['theta_e'][g]:.3f}",
-            "lens_model": "SIE",
-            "lens_e": float((1 - pop["mass_q"][g]) / (1 + pop["mass_q"][g])),
-            "lens_phi_rad": float(np.mod(pop["mass_phi"][g], np.pi)),
-            "control_kind": None,
-        }
-    )
-    for i, b in enumerate(BANDS):
-        row[f"psf_fwhm_used_{b}"] = float(pop["psf_local"][g, i])
-    return row
-
-
 class SplitWriters:
     """One parquet part file per split for a chunk, as a context manager.
 
@@ -294,7 +212,7 @@ class SplitWriters:
         self.row_group_rows = row_group_rows
         self._files = contextlib.ExitStack()
         self._writers: dict[str, pq.ParquetWriter] = {}
-        self._pending: dict[str, list[dict]] = {}
+        self._pending: dict[str, list[pa.Table]] = {}
         self.rows_written: dict[str, int] = {}
 
     def __enter__(self) -> SplitWriters:
@@ -322,21 +240,26 @@ class SplitWriters:
                 writer.close()
         self._files.__exit__(type(err), err, err.__traceback__)
 
-    def add(self, split: str, rows: list[dict]) -> None:
-        """Queue rows of one split; a row group is flushed every ``row_group_rows`` rows."""
+    def add(self, split: str, rows: pa.Table) -> None:
+        """Queue rows (``SCHEMA``) of one split; a row group is written every ``row_group_rows``."""
         pending = self._pending.setdefault(split, [])
-        pending.extend(rows)
-        while len(pending) >= self.row_group_rows:
-            self._flush(split, pending[: self.row_group_rows])
-            del pending[: self.row_group_rows]
+        pending.append(rows)
+        queued = sum(t.num_rows for t in pending)
+        if queued < self.row_group_rows:
+            return
+        joined, start = pa.concat_tables(pending), 0
+        while queued - start >= self.row_group_rows:
+            self._flush(split, [joined.slice(start, self.row_group_rows)])
+            start += self.row_group_rows
+        pending[:] = [joined.slice(start)]
 
-    def _flush(self, split: str, rows: list[dict]) -> None:
-        if not rows:
+    def _flush(self, split: str, tables: list[pa.Table]) -> None:
+        table = pa.concat_tables(tables).combine_chunks() if tables else None
+        if table is None or table.num_rows == 0:
             return
         if split not in self._writers:
             final = self.out / f"region_split={split}" / f"part-{self.chunk:05d}.parquet"
             tmp = self._files.enter_context(atomic_path(final))
             self._writers[split] = pq.ParquetWriter(tmp, SCHEMA, compression=self.codec)
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
         self._writers[split].write_table(table)
-        self.rows_written[split] = self.rows_written.get(split, 0) + len(rows)
+        self.rows_written[split] = self.rows_written.get(split, 0) + table.num_rows

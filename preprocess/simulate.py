@@ -4,7 +4,8 @@ Work is split into fixed-size chunks (``CHUNK_ROWS`` rows, its own sky regions, 
 ``default_rng([seed, chunk])``), so the bytes written depend on the seed only, never on
 ``--workers``. Each chunk renders its unique images in batches, encodes each image once and
 reuses the bytes for all rows of that galaxy (controls: every row; positives: per replicate),
-and streams rows into one part file per split, so memory stays bounded at any survey size.
+builds the batch's rows column by column (``sim_rows``) and streams them into one part file per
+split, so memory stays bounded at any survey size.
 """
 
 from __future__ import annotations
@@ -19,20 +20,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from haloscope.atomic import atomic_write_text, is_temp_name
 from haloscope.errors import ConfigError
 from haloscope.preprocess.sim_config import NUM_SELECTION_SETS, SPLITS, SimConfig
 from haloscope.preprocess.sim_population import Population, draw_population
-from haloscope.preprocess.sim_render import TRUTH_COLUMNS, RenderedBatch, render_batch
-from haloscope.preprocess.sim_table import (
-    SplitWriters,
-    failed_stamp,
-    galaxy_columns,
-    stamp_bytes,
-    task_id,
-)
+from haloscope.preprocess.sim_render import RenderedBatch, render_batch
+from haloscope.preprocess.sim_rows import batch_table
+from haloscope.preprocess.sim_table import SplitWriters, failed_stamp, stamp_bytes
 
 __all__ = ["simulate", "simulate_chunk", "RENDER_BATCH", "SUMMARY_NAME"]
 
@@ -50,69 +47,37 @@ def _apply_nan_patch(rng: np.random.Generator, images: np.ndarray) -> np.ndarray
     return images
 
 
-def _galaxy_rows(
-    pop: Population, g: int, split: str, stamps: list[bytes], truth: dict | None
-) -> list[dict]:
-    """Expand one galaxy into its rows (selection sets x replicates)."""
-    shared = galaxy_columns(pop, g)
-    failed = pop["defect"][g] == 1
-    rows = []
-    for j in range(int(pop["num_rows"][g])):
-        rep = j % 2
-        sel = f"ss{int(pop['sel_sets'][g, j // 2]):02d}"
-        row = dict(shared)
-        row.update(
-            task_id=task_id(
-                sel,
-                split,
-                shared["brickname"],
-                shared["ra"],
-                shared["dec"],
-                shared["config_id"],
-                rep,
-            ),
-            selection_set_id=sel,
-            replicate=rep,
-            stamp_npz=stamps[rep if len(stamps) > 1 else 0],
-            cutout_ok=0 if failed else 1,
-            metrics_ok=0 if failed else 1,
-            physics_valid=not failed,
-            physics_warnings="Processing error: cutout extends past the brick edge"
-            if failed
-            else None,
-            **dict.fromkeys(TRUTH_COLUMNS),
-        )
-        if truth is not None:
-            row["src_x_arcsec"], row["src_y_arcsec"] = truth["src_x"][rep], truth["src_y"][rep]
-            row["src_phi_rad"] = truth["src_phi"][rep]
-            row["magnification"] = truth["magnification"][rep]
-            if not failed:  # measured on the stamp, NULL where the cutout failed
-                row.update({k: truth[k][rep] for k in TRUTH_COLUMNS if k != "magnification"})
-        rows.append(row)
-    return rows
-
-
-def _batch_rows(
+def _batch_stamps(
     rng: np.random.Generator, pop: Population, rb: RenderedBatch, fail_bytes: bytes
-) -> Iterator[tuple[str, list[dict]]]:
-    """Encode each unique image once and yield (split, rows) per galaxy of the batch."""
+) -> list[list[bytes]]:
+    """Encode each unique image of the batch once: per galaxy one stamp, or one per replicate."""
     pos_of = {int(g): p for p, g in enumerate(rb.pos_index)}
-    for g in range(len(pop["ra"])):
-        split = SPLITS[int(pop["split_index"][g])]
-        defect = int(pop["defect"][g])
+    stamps = []
+    for g, defect in enumerate(pop["defect"].tolist()):
         p = pos_of.get(g)
         images = rb.base[g][None] if p is None else rb.positives[p]
         if defect == 2:
             images = _apply_nan_patch(rng, images)
         if defect == 1:
-            stamps = [fail_bytes]
+            stamps.append([fail_bytes])
         else:
-            stamps = [stamp_bytes(img, r_only=defect == 3) for img in images]
-        truth = None
-        if p is not None:
-            truth = {k: v[p].tolist() for k, v in rb.truth.items()}
-            truth.update({k: pop[k][g].tolist() for k in ("src_x", "src_y", "src_phi")})
-        yield split, _galaxy_rows(pop, g, split, stamps, truth)
+            stamps.append([stamp_bytes(img, r_only=defect == 3) for img in images])
+    return stamps
+
+
+def _split_blocks(pop: Population, table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """The rows of each split, in row order.
+
+    A batch's galaxies are sorted by split, so each split's rows are one slice (no copy of the
+    stamps); ``take`` covers any other order.
+    """
+    row_split = np.repeat(pop["split_index"], pop["num_rows"])
+    for s, split in enumerate(SPLITS):
+        rows = np.flatnonzero(row_split == s)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            yield split, table.slice(int(rows[0]), len(rows))
+        elif len(rows):
+            yield split, table.take(pa.array(rows))
 
 
 def simulate_chunk(cfg: SimConfig, chunk: int) -> dict[str, int]:
@@ -129,7 +94,8 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> dict[str, int]:
         for start in range(0, len(pop["ra"]), RENDER_BATCH):
             sub = {k: v[start : start + RENDER_BATCH] for k, v in pop.items()}
             rb = render_batch(rng, sub, quantize=cfg.quantize)
-            for split, rows in _batch_rows(rng, sub, rb, fail_bytes):
+            table = batch_table(sub, rb, _batch_stamps(rng, sub, rb, fail_bytes))
+            for split, rows in _split_blocks(sub, table):
                 writers.add(split, rows)
     return writers.rows_written
 

@@ -10,8 +10,8 @@ from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
 from haloscope.preprocess.sim_physics import PIXEL_SCALE, moffat_fwhm_from_psfsize, moffat_kernels
 from haloscope.preprocess.sim_population import draw_population
 from haloscope.preprocess.sim_realism import count_images
-from haloscope.preprocess.sim_render import near_miss_light
-from haloscope.preprocess.sim_table import galaxy_columns
+from haloscope.preprocess.sim_render import near_miss_light, render_batch
+from haloscope.preprocess.sim_rows import batch_table
 
 _NEAR = CONTROL_KINDS.index("near_miss")
 _LENS_KEYS = ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2")
@@ -93,11 +93,16 @@ def test_sources_sit_just_outside_the_caustics(near_misses):
 
 def test_the_control_row_has_control_truth(near_misses):
     pop, idx, _, _ = near_misses
-    row = galaxy_columns(pop, int(idx[0]))
-    assert row["is_control"] == 1 and row["control_kind"] == "near_miss"
-    assert row["config_id"] == "CONTROL" and row["lens_model"] == "CONTROL"
-    assert row["theta_e_arcsec"] == 0.0 and row["src_x_arcsec"] == 0.0
-    assert row["src_mag_r"] is None and row["psf_fwhm_used_r"] is None
+    sub = {k: v[idx[:3]] for k, v in pop.items()}
+    rb = render_batch(np.random.default_rng(0), sub)
+    rows = batch_table(sub, rb, [[b""]] * 3).drop(["stamp_npz"]).to_pylist()
+    assert len(rows) == sub["num_rows"].sum()
+    for row in rows:
+        assert row["is_control"] == 1 and row["control_kind"] == "near_miss"
+        assert row["config_id"] == "CONTROL" and row["lens_model"] == "CONTROL"
+        assert row["theta_e_arcsec"] == 0.0 and row["src_x_arcsec"] == 0.0
+        assert row["src_mag_r"] is None and row["psf_fwhm_used_r"] is None
+        assert row["magnification"] is None and row["arc_snr"] is None
 
 
 def test_same_seed_same_near_misses():
