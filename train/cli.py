@@ -1,18 +1,23 @@
 """``haloscope train``: flags -> resolved config -> ``run_training``.
 
-Single process: ``haloscope train --shards S --out-dir RUN``. Several GPUs or nodes:
-``torchrun --nproc-per-node 8 -m haloscope train --shards S --out-dir RUN`` (one process
-per GPU; ``--batch-size`` is the global batch).
+Single process: ``haloscope train --shards S --out RUN``. Several GPUs or nodes:
+``torchrun --nproc-per-node 8 -m haloscope train --shards S --out RUN`` (one process
+per GPU; ``--batch-size`` is the global batch). The flags are the fields of
+``TrainConfig`` (``train/config.py``); torch is imported only after parsing.
 """
 
 from __future__ import annotations
 
-from haloscope.config import load_config
-from haloscope.errors import ConfigError
+from haloscope.argparse_util import ConfigCLI
 from haloscope.train.config import PRESETS, TrainConfig
-from haloscope.train.flags import build_parser, flag_overrides
 
-__all__ = ["main", "parse_config"]
+__all__ = ["CLI", "main", "parse_config"]
+
+_DESCRIPTION = """\
+Train the lens finder on shards (timm ConvNeXt + meta head, focal loss, DDP via torchrun).
+Batch sizes are global (all ranks together) in every verb; --num-workers is per rank."""
+
+CLI = ConfigCLI("train", TrainConfig, _DESCRIPTION, presets=PRESETS)
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
@@ -21,26 +26,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
     Raises:
         ConfigError: unknown flag or config key, bad value, or a failed cross-field check.
     """
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    dotted: list[str] = []
-    i = 0
-    while i < len(rest):
-        item = rest[i]
-        if not (item.startswith("--") and "." in item.split("=", 1)[0]):
-            raise ConfigError(f"unrecognised argument {item!r} (see `haloscope train --help`)")
-        if "=" not in item:  # "--optim.lr 3e-4"
-            if i + 1 >= len(rest):
-                raise ConfigError(f"override {item} needs a value")
-            item, i = f"{item}={rest[i + 1]}", i + 1
-        dotted.append(item)
-        i += 1
-    return load_config(
-        TrainConfig,
-        layers=[PRESETS[args.preset]],
-        toml_path=args.config,
-        overrides=[*flag_overrides(args), *dotted],
-    )
+    return CLI.parse(argv)
 
 
 def main(argv: list[str]) -> int:

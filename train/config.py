@@ -2,17 +2,24 @@
 
 Sources, in precedence order: these defaults < a ``--preset`` < ``--config run.toml`` <
 the flat flags of ``haloscope train`` (the seed's names) < ``--section.field=value``.
+Every field is one flag (``haloscope.argparse_util.ConfigCLI``), its docstring the help.
 The resolved config is written to ``RUN/config.resolved.json`` and into every checkpoint.
+This module imports no torch, so ``haloscope train --help`` is fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
+from haloscope.config import option
 from haloscope.errors import ConfigError
 
 __all__ = [
+    "ComputeConfig",
+    "Monitor",
+    "Precision",
+    "StepMode",
     "DataConfig",
     "ModelConfig",
     "LossConfig",
@@ -24,20 +31,52 @@ __all__ = [
 ]
 
 
+Precision = Literal["auto", "bf16", "fp32"]
+StepMode = Literal["auto", "graph", "compile", "eager"]
+Monitor = Literal["tpr@fpr1e-4", "tpr@fpr1e-3", "auroc"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeConfig:
+    """Device and numerics: the same flags with the same meaning in train and infer."""
+
+    device: str = "auto"
+    """auto (cuda:LOCAL_RANK if CUDA is available, else cpu), cpu, cuda, or cuda:N."""
+    precision: Precision = option("auto", switches={"--use-bf16": "bf16", "--no-bf16": "fp32"})
+    """bf16 autocast or fp32; auto: bf16 on CUDA, fp32 on CPU. Losses and logits are fp32."""
+    step: StepMode = option(
+        "auto",
+        switches={"--compile": "compile", "--no-compile": "auto", "--cuda-graphs": "auto",
+                  "--no-cuda-graphs": "eager"},
+    )  # fmt: skip
+    """How a step runs: auto (one CUDA graph per step on CUDA, eager on CPU), graph (CUDA
+    only), compile (torch.compile) or eager."""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def use_bf16(self, device_type: str) -> bool:
+        """Whether the model runs under bf16 autocast on a device of this type."""
+        if self.precision == "auto":
+            return device_type == "cuda"
+        return self.precision == "bf16"
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where the shards are and how batches are drawn."""
 
     shards: str = ""
     """Shard root holding train/ and val/ (each with manifest.json), from `haloscope shards`."""
-    data_root: str | None = None
+    data_root: str | None = option(None, flag="--data")
     """The seed's --data: accepted only when it is a shard root (else run `haloscope shards`)."""
     batch_size: int = 256
-    """Global training batch, split evenly over ranks (the seed's 256 on one GPU)."""
+    """Global training batch: all ranks together, split evenly over them (the seed's 256)."""
     val_batch_size: int = 512
     """Global validation batch, split evenly over ranks."""
     num_workers: int = 4
-    """Loader worker processes per rank."""
+    """Shard-reader worker processes per rank (0: read in the training process)."""
     samples_per_epoch: int | None = None
     """Cap on training samples per epoch (all ranks together); None: the whole train split."""
     max_steps_per_epoch: int | None = None
@@ -98,11 +137,11 @@ class ModelConfig:
 class LossConfig:
     """Training loss, always computed in fp32 from logits."""
 
-    name: Literal["focal", "bce"] = "focal"
+    name: Literal["focal", "bce"] = option("focal", flag="--loss")
     """focal (the seed's Gen4 loss) or bce."""
-    alpha: float | None = 0.25
+    alpha: float | None = option(0.25, flag="--focal-alpha")
     """Focal weight on positives (lenses), 1 - alpha on controls; None: no class weight."""
-    gamma: float = 2.0
+    gamma: float = option(2.0, flag="--focal-gamma")
     """Focal-loss focusing parameter; 0 reduces to (alpha-weighted) BCE."""
 
     def __post_init__(self) -> None:
@@ -149,31 +188,22 @@ class OptimConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunConfig:
+class RunConfig(ComputeConfig):
     """Run length, devices, numerics, cadence and outputs."""
 
     out_dir: str = ""
-    """Run directory: checkpoints, metrics.jsonl/csv, config.resolved.json."""
+    """Run directory: checkpoints, metrics.jsonl/csv, config.resolved.json (required)."""
     epochs: int = 50
     """Maximum number of epochs."""
     seed: int = 1337
     """Seed of model init, dropout, augmentation and shard order."""
-    device: str = "auto"
-    """auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, or cuda:N (single process)."""
-    bf16: bool | None = None
-    """bf16 autocast; None: on for CUDA, off on CPU (fp32)."""
     augment: bool = True
     """D4 (rot90 x flip) augmentation per sample on the device."""
     channels_last: bool | None = None
     """Channels-last memory format; None: on for CUDA, off on CPU (3x slower there)."""
-    compile: bool = False
-    """torch.compile the model."""
-    cuda_graphs: bool = True
-    """Capture the whole training step in one CUDA graph on CUDA (under torchrun with the
-    gradient all-reduce inside)."""
     early_stopping_patience: int = 5
     """Stop after this many validations without improvement of the monitor (0: never)."""
-    monitor: str = "tpr@fpr1e-4"
+    monitor: Monitor = "tpr@fpr1e-4"
     """Val metric of early stopping and best.pt: tpr@fpr1e-4 (the seed's), tpr@fpr1e-3 or
     auroc; ties are broken by val AUROC."""
     val_every: int = 1
@@ -194,13 +224,12 @@ class RunConfig:
     """torch.use_deterministic_algorithms (debugging; slower)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-        from haloscope.train.validate import MONITORS
-
-        if self.monitor not in MONITORS:
+        if self.monitor not in get_args(Monitor):
             raise ValueError(
-                f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"
+                f"--monitor must be one of {', '.join(get_args(Monitor))}, got {self.monitor!r}"
             )
         for name in ("early_stopping_patience", "ckpt_every_steps"):
             if getattr(self, name) < 0:
@@ -212,6 +241,22 @@ class RunConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
+
+    # NOTE: the trainer's earlier names of `precision` and `step`, read by train/run.py.
+    @property
+    def bf16(self) -> bool | None:
+        """bf16 autocast: True, False, or None for auto (on CUDA only)."""
+        return None if self.precision == "auto" else self.precision == "bf16"
+
+    @property
+    def compile(self) -> bool:
+        """torch.compile the model (``step == "compile"``)."""
+        return self.step == "compile"
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """One CUDA graph per training step where CUDA allows it (``step`` auto or graph)."""
+        return self.step in ("auto", "graph")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +306,8 @@ RESUME_MUTABLE_KEYS: frozenset[str] = frozenset(
         "run.tensorboard",
         "run.progress",
         "run.device",
+        "run.step",
+        # the names of `step` before it replaced them, as stored in older checkpoints
         "run.compile",
         "run.cuda_graphs",
     }
