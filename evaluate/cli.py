@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from haloscope.argparse_util import VerbParser, parse_csv
-from haloscope.atomic import atomic_write_text
+from haloscope.atomic import atomic_write_text, check_writable
 from haloscope.errors import ConfigError, DataError
 from haloscope.evaluate.compare import compare_frames
 from haloscope.evaluate.curves import completeness_curves
 from haloscope.evaluate.detectable import DEFAULT_DETECTABLE, DetectableSpec, parse_detectable
 from haloscope.evaluate.intervals import CI_METHODS, auroc_interval
 from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, auroc
-from haloscope.evaluate.outputs import check_writable
 from haloscope.evaluate.scores import RANK_BY, ScoresFrame, load_scores
 from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec, stratify, write_stratified_csv
 from haloscope.log import setup_logging

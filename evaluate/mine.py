@@ -27,9 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from haloscope.atomic import atomic_path
+from haloscope.atomic import atomic_path, check_writable
 from haloscope.errors import ConfigError, DataError
-from haloscope.evaluate.outputs import check_writable
 from haloscope.evaluate.scores import ScoresFrame, load_scores
 from haloscope.preprocess.hardneg import key_columns, position_keys
 

@@ -17,11 +17,15 @@ Usage::
     with atomic_open(out, "w") as fh:      # we write to a handle
         json.dump(obj, fh)
     atomic_write_bytes(out, data)
+
+A verb that works for minutes before it writes calls :func:`check_writable` on each output
+first, so a read-only folder or a file in the way fails at once, creating nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +37,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable",
     "file_mode",
     "is_temp_name",
     "naming",
@@ -66,6 +71,44 @@ def naming(path: str | Path) -> Iterator[None]:
         if exc.filename is not None:
             raise
         raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> Path:
+    """Raise now the ``OSError`` that writing ``path`` would raise later; create nothing.
+
+    The nearest existing folder is asked by the file system itself: an unnamed temporary file
+    is opened in it and dropped at once (so read-only mounts, ACLs and root are judged as a
+    real write would be). The error names what the write would fail on: ``path`` when its
+    folder exists, else the first folder that would have to be created.
+
+    Args:
+        path: a file to be written (its folders may not exist yet), or with ``folder=True``
+            a folder to be created or written into.
+        folder: ``path`` is a folder, not a file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        IsADirectoryError: a folder stands where the file is to be written.
+        NotADirectoryError: a regular file stands where a folder is needed.
+        OSError: the folder cannot be written (``PermissionError``, read-only file system, ...).
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        code = errno.ENOTDIR if folder else errno.EISDIR
+        raise OSError(code, os.strerror(code), str(path))  # the subclass of that errno
+    named, probe = path, path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:  # exists() is False under a file too
+        named, probe = probe, probe.parent
+    if not probe.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(named))
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(named)) from None
+    return path
 
 
 def _fsync_dir(folder: Path) -> None:

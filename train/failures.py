@@ -4,7 +4,8 @@
   in a missing or read-only folder gives one, a full disk does not: ``write``/``flush`` on an
   open handle raise without a filename, pyarrow's writer too (``haloscope.atomic.naming``, which
   every atomic write applies, puts the path back), and ``torch.save`` replaces the error by a
-  ``RuntimeError`` without the reason (``WriteErrors`` keeps it); ``check_writable`` fails a job before its work rather than after it.
+  ``RuntimeError`` without the reason (``WriteErrors`` keeps it); infer calls
+  ``haloscope.atomic.check_writable`` to fail a job before its work rather than after it.
 - Loader workers. torch re-raises a worker's exception as ``type(exc)(text)`` whose text is
   the worker's whole traceback, and that re-raise leaves a reference cycle holding the
   DataLoader iterator, so its workers live on; train's workers block SIGTERM
@@ -14,17 +15,13 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, TypeVar
 
 from haloscope.errors import HaloscopeError
 
-__all__ = ["WriteErrors", "check_writable", "worker_batches"]
+__all__ = ["WriteErrors", "worker_batches"]
 
 T = TypeVar("T")
 _WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
@@ -50,23 +47,6 @@ class WriteErrors:
 
     def flush(self) -> None:
         self.handle.flush()
-
-
-def check_writable(path: str | Path) -> None:
-    """Create the folder of ``path`` and make sure a file can be created in it.
-
-    Raises:
-        OSError: naming ``path`` (or the folder that cannot be created) and the reason.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def _from_worker(exc: Exception) -> Exception | None:

@@ -12,9 +12,11 @@ from haloscope.atomic import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
+    check_writable,
     file_mode,
     is_temp_name,
 )
+from tests.output_faults import unwritable_out
 
 
 def _mode(path) -> int:
@@ -94,3 +96,44 @@ def test_an_oserror_without_a_filename_gets_the_destination(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def _tree(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_check_writable_creates_nothing_and_returns_the_path(tmp_path):
+    before = _tree(tmp_path)
+    out = tmp_path / "new" / "deeper" / "scores.parquet"
+    assert check_writable(out) == out
+    assert check_writable(tmp_path / "report", folder=True) == tmp_path / "report"
+    assert _tree(tmp_path) == before
+
+
+def test_check_writable_names_what_the_write_would_fail_on(tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        check_writable(folder)
+    assert err.value.filename == str(folder)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(NotADirectoryError) as err:
+        check_writable(tmp_path / "a-file", folder=True)
+    assert err.value.filename == str(tmp_path / "a-file")
+    with pytest.raises(NotADirectoryError) as err:  # the first folder mkdir would fail on
+        check_writable(tmp_path / "a-file" / "sub" / "out.csv")
+    assert err.value.filename == str(tmp_path / "a-file" / "sub")
+    (tmp_path / "u").mkdir()
+    blocked = unwritable_out(tmp_path / "u")  # read-only folder (or, as root, under a file)
+    with pytest.raises(OSError) as err:
+        check_writable(blocked / "strat.csv")
+    assert err.value.filename == str(blocked) and not blocked.exists()
+
+
+def test_one_check_writable_for_every_stage():
+    from haloscope.evaluate import cli as eval_cli
+    from haloscope.evaluate import mine, outputs
+    from haloscope.train import failures
+
+    assert mine.check_writable is eval_cli.check_writable is check_writable
+    assert not hasattr(outputs, "check_writable") and not hasattr(failures, "check_writable")

@@ -15,6 +15,7 @@ import pytest
 
 from haloscope.evaluate import cli as eval_cli
 from haloscope.evaluate import mine_cli
+from tests.output_faults import unwritable_out
 
 HALOSCOPE = str(Path(sys.executable).with_name("haloscope"))
 # a valid 1x1 PNG (red pixel): a stand-in for the trainer's curves.png
@@ -75,22 +76,6 @@ def test_unreadable_stamps_warn_once_and_the_report_is_written(tmp_path, scores_
     assert doc["report"]["shortcut_audit"]["status"] == "skipped"
 
 
-def _blocked(tmp_path: Path) -> tuple[Path, str]:
-    """A folder no output can be written under, and the OS reason expected for it.
-
-    Tests run as root in CI, where a chmod 0o555 folder does not stop writes: as root the
-    "folder" is a regular file instead, so creating anything under it fails with
-    NotADirectoryError. Otherwise it is a read-only folder (PermissionError).
-    """
-    blocked = tmp_path / "blocked"
-    if os.geteuid() == 0:
-        blocked.write_text("a regular file where a folder is expected")
-        return blocked, "Not a directory"
-    blocked.mkdir()
-    blocked.chmod(0o555)
-    return blocked, "Permission denied"
-
-
 @pytest.mark.parametrize("verb, flag, target", [
     ("eval", "--out-csv", "strat.csv"),
     ("eval", "--out-json", "strat.json"),
@@ -103,7 +88,7 @@ def test_unwritable_output_is_one_line_and_writes_nothing(tmp_path, make_scores,
     scores = tmp_path / "in" / "scores.parquet"
     scores.parent.mkdir()
     pq.write_table(make_scores(300, split="train"), scores)
-    blocked, reason = _blocked(tmp_path)
+    blocked = unwritable_out(tmp_path)  # read-only folder; as root, under a regular file
     out = tmp_path / "out"
     args = {
         "eval": ["--scores", str(scores), "--out-csv", str(out / "strat.csv"),
@@ -117,7 +102,8 @@ def test_unwritable_output_is_one_line_and_writes_nothing(tmp_path, make_scores,
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"haloscope {verb}: error: {blocked}") and reason in lines[0]
+    assert lines[0].startswith(f"haloscope {verb}: error: {blocked}")
+    assert ("Not a directory" if os.geteuid() == 0 else "Permission denied") in lines[0]
     assert _files(tmp_path) == before  # not even the outputs that could have been written
 
 
