@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["HaloscopeError", "ContractError", "ConfigError", "DataError", "CheckpointError"]
+__all__ = [
+    "HaloscopeError",
+    "ContractError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "OutputBusyError",
+]
 
 
 class HaloscopeError(Exception):
@@ -27,3 +34,7 @@ class DataError(HaloscopeError, ValueError):
 
 class CheckpointError(HaloscopeError, ValueError):
     """A checkpoint is missing, corrupt or does not match the data it is used with."""
+
+
+class OutputBusyError(HaloscopeError):
+    """Another process is writing the same output folder (``shards/lock.py``)."""

@@ -31,12 +31,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from haloscope.errors import HaloscopeError
+from haloscope.errors import OutputBusyError
 
 __all__ = [
     "LOCK_NAME",
     "MERGE_LOCK_NAME",
-    "OutputBusyError",
     "lock_output",
     "try_lock",
 ]
@@ -44,10 +43,6 @@ __all__ = [
 LOCK_NAME = ".haloscope-shards.lock"
 MERGE_LOCK_NAME = ".haloscope-shards.merge.lock"
 _TASK_LOCK = ".haloscope-shards.task-{:05d}.lock"
-
-
-class OutputBusyError(HaloscopeError):
-    """Another process is writing the same output folder."""
 
 
 def _holders(out: Path, path: Path) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from haloscope.errors import HaloscopeError, OutputBusyError
 from haloscope.shards.lock import lock_output
 from tests.shards.shard_fixtures import make_survey
 
@@ -76,6 +77,15 @@ def test_refusal_names_the_pid_of_a_whole_conversion(survey, tmp_path):
         line = _one_error_line(_run(_cmd(survey, out)))
     assert str(out) in line and f"pid {os.getpid()}" in line
     assert not (out / "_work").exists()
+
+
+def test_a_busy_output_raises_the_haloscope_error(tmp_path):
+    out = tmp_path / "shards"
+    with lock_output(out, task_index=0, num_tasks=1):
+        with pytest.raises(OutputBusyError, match="output folder in use") as err:
+            with lock_output(out, task_index=0, num_tasks=1):
+                pass
+    assert isinstance(err.value, HaloscopeError)  # the CLI prints it as one line, exit 2
 
 
 def test_verify_checks_the_zarr_store(survey, tmp_path):
