@@ -57,6 +57,31 @@ def _binned(values: np.ndarray | None, edges: tuple[float, ...]) -> list[tuple[s
     ]
 
 
+def _compare(
+    group: tuple[str, str, str], target: np.ndarray, reference: np.ndarray,
+    thresholds: dict[float, float], method: str, confidence: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per threshold: the pass rates of two sets of ranked values and their ratio.
+
+    Args:
+        group: ``(kind, column, bin)`` naming the compared sets.
+        target: ranked values (logit or score) of the target's members of the group.
+        reference: the same for the reference.
+        thresholds: ``fpr -> threshold`` on the ranked values.
+        method: binomial interval method.
+        confidence: interval confidence.
+    """
+    kind, column, name = group
+    rows = []
+    for fpr, thr in thresholds.items():
+        t = _rate(target >= thr, method, confidence)
+        r = _rate(reference >= thr, method, confidence)
+        ratio = t["rate"] / r["rate"] if r["rate"] > 0 else math.nan
+        rows.append({"kind": kind, "column": column, "bin": name, "fpr": fpr, "threshold": thr,
+                     "target": t, "reference": r, "ratio": ratio})  # fmt: skip
+    return rows
+
+
 def _lens_rows(
     target: ScoresFrame, reference: ScoresFrame, thresholds: dict[float, float],
     method: str, confidence: float,
@@ -69,12 +94,8 @@ def _lens_rows(
         for name in t_bins if t_bins and r_bins else ():
             t_mask = t_bins[name] & (target.labels == 1)
             r_mask = r_bins[name] & (reference.labels == 1)
-            for fpr, thr in thresholds.items():
-                t = _rate(target.ranking[t_mask] >= thr, method, confidence)
-                r = _rate(reference.ranking[r_mask] >= thr, method, confidence)
-                ratio = t["rate"] / r["rate"] if r["rate"] > 0 else math.nan
-                rows.append({"kind": "lenses", "column": column, "bin": name, "fpr": fpr,
-                             "threshold": thr, "target": t, "reference": r, "ratio": ratio})  # fmt: skip
+            rows += _compare(("lenses", column, name), target.ranking[t_mask],
+                             reference.ranking[r_mask], thresholds, method, confidence)  # fmt: skip
     return rows
 
 
@@ -93,12 +114,8 @@ def _kind_rows(
     for kind in sorted(set(t_kind[target.labels == 0].tolist())):
         t_mask = (target.labels == 0) & (t_kind == kind)
         r_mask = (reference.labels == 0) & (r_kind == kind)
-        for fpr, thr in thresholds.items():
-            t = _rate(target.ranking[t_mask] >= thr, method, confidence)
-            r = _rate(reference.ranking[r_mask] >= thr, method, confidence)
-            ratio = t["rate"] / r["rate"] if r["rate"] > 0 else math.nan
-            rows.append({"kind": "controls", "column": "control_kind", "bin": kind, "fpr": fpr,
-                         "threshold": thr, "target": t, "reference": r, "ratio": ratio})  # fmt: skip
+        rows += _compare(("controls", "control_kind", kind), target.ranking[t_mask],
+                         reference.ranking[r_mask], thresholds, method, confidence)  # fmt: skip
     return rows
 
 

@@ -78,3 +78,17 @@ def test_eval_cli_writes_the_transfer_csv(tmp_path):
     }
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["transfer"]["thresholds"].keys() == {"0.0001", "0.001"}
+
+
+def test_lens_and_control_rows_come_from_one_row_builder():
+    check = transfer_check(scores_from_table(make_scores_table(800, 1)),
+                           scores_from_table(make_scores_table(3000, 0)))  # fmt: skip
+    kinds = {r["kind"] for r in check["rows"]}
+    assert kinds == {"lenses", "controls"}
+    fields = {"kind", "column", "bin", "fpr", "threshold", "target", "reference", "ratio"}
+    for row in check["rows"]:
+        assert row.keys() == fields
+        assert row["threshold"] == check["thresholds"][f"{row['fpr']:g}"]
+        t, r = row["target"]["rate"], row["reference"]["rate"]
+        expected = t / r if r > 0 else math.nan
+        assert row["ratio"] == pytest.approx(expected, nan_ok=True)
