@@ -172,6 +172,7 @@ class ShardReader(IterableDataset):
             ConfigError: the state was saved with a different seed, world size, batch size,
                 sample count or order setting (the remaining samples would differ).
         """
+        current = self.state_dict()
         for key in (
             "seed",
             "world_size",
@@ -181,14 +182,42 @@ class ShardReader(IterableDataset):
             "drop_last",
             "shuffle_records",
         ):
-            if key in state and state[key] != getattr(self, key, self.manifest.num_samples):
+            if key in state and state[key] != current[key]:
                 raise ConfigError(
                     f"loader state has {key}={state[key]!r} but this reader has "
-                    f"{getattr(self, key, self.manifest.num_samples)!r}; resume "
-                    "with the same settings"
+                    f"{current[key]!r}; resume with the same settings"
                 )
         self.epoch = int(state["epoch"])
         self._start_batch = self._consumed = int(state["batches_consumed"])
+
+    # ----------------------------------------------------------------- for ShardLoader
+    @property
+    def start_batch(self) -> int:
+        """The batch of the epoch the next iteration starts at (a loaded position, else 0)."""
+        return self._start_batch
+
+    def set_output(self, *, ring_slots: int, pinned: bool) -> None:
+        """How the next iterations allocate their batch tensors.
+
+        Args:
+            ring_slots: shared-memory slots each worker process cycles through instead of a
+                fresh segment per batch (0: fresh). Workers copy the reader when they start,
+                so a loader sets this just before starting them and 0 right after.
+            pinned: in-process iteration gathers straight into pinned memory.
+        """
+        if ring_slots < 0:
+            raise ValueError(f"set_output: ring_slots must be >= 0, got {ring_slots}")
+        self._ring_slots, self._pin_out = ring_slots, pinned
+
+    def clear_start_batch(self) -> None:
+        """Drop the resume position here: worker processes took it with them when they started
+        (in-process iteration clears it itself)."""
+        self._start_batch = 0
+
+    def mark_consumed(self, batches_consumed: int) -> None:
+        """Record that the caller has taken the epoch's batches before ``batches_consumed``
+        (the position :meth:`state_dict` saves)."""
+        self._consumed = batches_consumed
 
     # ----------------------------------------------------------------- reading
     def _records_of(self, shard: int) -> list[RecordView]:
@@ -329,11 +358,11 @@ class ShardLoader:
         return out
 
     def __len__(self) -> int:
-        return self.reader.batches_per_rank() - self.reader._start_batch
+        return self.reader.batches_per_rank() - self.reader.start_batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         reader = self.reader
-        start = reader._start_batch
+        start = reader.start_batch
         loader = torch.utils.data.DataLoader(
             reader,
             batch_size=None,
@@ -343,17 +372,18 @@ class ShardLoader:
             persistent_workers=False,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
-        reader._ring_slots = self.prefetch_factor + 2 if self.num_workers > 0 else 0
-        reader._pin_out = self.pin_memory and self.num_workers == 0
+        pinned = self.pin_memory and self.num_workers == 0
+        reader.set_output(ring_slots=self.prefetch_factor + 2 if self.num_workers > 0 else 0,
+                          pinned=pinned)  # fmt: skip
         try:
             batches = iter(loader)  # workers fork here, taking the resume position with them
         finally:
-            reader._ring_slots = 0
+            reader.set_output(ring_slots=0, pinned=pinned)
         if self.num_workers > 0:
-            reader._start_batch = 0  # in-process iteration clears it itself
+            reader.clear_start_batch()
         for i, batch in enumerate(batches):
             batch = self._own(batch)
-            reader._consumed = start + i + 1
+            reader.mark_consumed(start + i + 1)
             yield batch
 
 

@@ -8,13 +8,13 @@ them to its trainer) agree with the train manifest, and that val was made like t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from haloscope.errors import ConfigError
 from haloscope.shards.manifest import MANIFEST_NAME, Manifest, check_compatible
-from haloscope.shards.read import ShardReader, build_loader
+from haloscope.shards.read import ShardLoader, ShardReader, build_loader
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv
 from haloscope.train.model import check_meta_cols
@@ -104,10 +104,10 @@ def steps_per_epoch(cfg: TrainConfig, batches_per_rank: int) -> int:
     return steps
 
 
-def loader_factory(cfg: TrainConfig, env: DistEnv) -> Callable[[Any], Iterable[dict[str, Any]]]:
+def loader_factory(cfg: TrainConfig, env: DistEnv) -> Callable[[ShardReader], ShardLoader]:
     """``reader -> iterable of batches`` with the configured workers (pinned on CUDA)."""
 
-    def make(reader: Any) -> Iterable[dict[str, Any]]:
+    def make(reader: ShardReader) -> ShardLoader:
         return build_loader(reader, num_workers=cfg.data.num_workers,
                             pin_memory=env.device.type == "cuda")  # fmt: skip
 

@@ -80,10 +80,17 @@ def test_resume_yields_exactly_the_remaining_batches(shards, workers):
     assert state["batches_consumed"] == 5 and state["epoch"] == 2
     resumed = ShardReader(shards / "train", batch_size=16, seed=3, with_table=True)
     resumed.load_state_dict(state)
-    tail = [_keys([b]) for b in build_loader(resumed, num_workers=workers)]
+    assert resumed.start_batch == 5
+    loader = build_loader(resumed, num_workers=workers)
+    assert len(loader) == resumed.batches_per_rank() - 5
+    tail = [_keys([b]) for b in loader]
     assert head + tail == want
+    assert resumed.start_batch == 0 and resumed.state_dict()["batches_consumed"] == len(want)
     with pytest.raises(ConfigError, match="batch_size"):
         ShardReader(shards / "train", batch_size=8, seed=3).load_state_dict(state)
+    n = state["num_samples"]  # a setting that is no reader attribute: read from state_dict()
+    with pytest.raises(ConfigError, match=f"num_samples={n + 1} but this reader has {n};"):
+        resumed.load_state_dict(state | {"num_samples": n + 1})
 
 
 @pytest.mark.parametrize("world", [2, 3])
