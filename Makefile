@@ -1,6 +1,8 @@
 # haloscope: every target is a thin call of one CLI verb, `haloscope <verb>`.
 # On first use the targets create .venv and install the pinned dependencies
-# (requirements.lock), so on a fresh clone `make demo` and `make test` are all you type.
+# (requirements.lock: runtime; requirements-test.lock: tests and dev tools), so on a fresh
+# clone `make demo` and `make test` are all you type. Into an existing CUDA PyTorch (a site
+# module, an NGC container) install with `pip install -e .` instead: see docs/cluster.md.
 # Override any variable on the command line, e.g. `make shards DATA=/path/to/dr10 WORKERS=16`.
 
 PYTHON     ?= python3
@@ -8,6 +10,8 @@ VENV       ?= .venv
 BIN        := $(VENV)/bin
 HALO       := $(BIN)/haloscope
 STAMP      := $(VENV)/.installed
+# a venv with the runtime lock only, for `make runtime-check`
+RUNTIME_VENV ?= .venv-runtime
 
 # hive-partitioned parquet root (region_split=train|val|test)
 DATA       ?= data/mock
@@ -35,12 +39,13 @@ DEMO_DIR   ?= runs/demo
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-gpu test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu bench-multigpu clean
+.PHONY: help install runtime-check demo test test-gpu test-dist lint data validate shards train infer eval mine gen4 bench bench-gpu bench-multigpu clean
 
 help:
 	@echo "haloscope make targets (variables in CAPS can be overridden: make train EPOCHS=5)"
 	@echo "  demo     fresh clone -> install -> mock survey -> shards -> train -> infer -> eval report"
 	@echo "  test     the fast test suite (CPU, a few minutes)"
+	@echo "  runtime-check   the runtime lock alone in $(RUNTIME_VENV): imports + haloscope env"
 	@echo "  data     write a mock DR10 survey to DATA=$(DATA) (ROWS=$(ROWS))"
 	@echo "  shards   convert DATA parquet to WebDataset shards in SHARDS (LOOKUP=... adds hard negatives)"
 	@echo "  train    train ConvNeXt-Tiny on SHARDS into RUN (torchrun: see README)"
@@ -52,12 +57,26 @@ help:
 	@echo "  bench-gpu, bench-multigpu   GPU benchmarks (one GPU; DDP scaling on >= 2 GPUs)"
 	@echo "  clean    remove generated data and runs (keeps .venv)"
 
-$(STAMP): pyproject.toml requirements.lock
+# --no-deps: exactly the locked versions, nothing resolved at install time; `pip check`
+# then fails the install if a lock misses a dependency.
+$(STAMP): pyproject.toml requirements.lock requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -r requirements.lock -r requirements-test.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# The runtime lock alone in a second venv: every module imports and `haloscope env` runs
+# without the test tools (run by .ci/run).
+runtime-check:
+	test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps -r requirements.lock
+	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(RUNTIME_VENV)/bin/python -m pip check
+	$(RUNTIME_VENV)/bin/python tools/import_all.py
+	$(RUNTIME_VENV)/bin/haloscope env
 
 install: $(STAMP)
 
@@ -79,8 +98,8 @@ test-dist: $(STAMP)
 	$(BIN)/python -m pytest -q -m dist $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check haloscope preprocess shards train infer evaluate tests
-	$(BIN)/ruff format --check haloscope preprocess shards train infer evaluate tests
+	$(BIN)/ruff check haloscope preprocess shards train infer evaluate tests tools
+	$(BIN)/ruff format --check haloscope preprocess shards train infer evaluate tests tools
 
 data: $(STAMP)
 	$(HALO) simulate --out $(DATA) --rows $(ROWS) --seed $(SEED) --workers $(WORKERS)
