@@ -250,11 +250,40 @@ def moffat_kernels(
     r2 = half[:, None] ** 2 + half[None, :] ** 2
     inv_a2 = (1.0 / alpha**2)[:, None, None]
     quad = np.exp(np.float32(-beta) * np.log1p(r2[None] * inv_a2))
-    skip = n_axis % 2  # an odd axis holds 0 once
-    top = np.concatenate([quad[:, ::-1][:, : len(half) - skip], quad], axis=1)
-    prof = np.concatenate([top[:, :, ::-1][:, :, : len(half) - skip], top], axis=2)
-    k = prof.reshape(-1, size, oversample, size, oversample).sum(axis=(2, 4))
+    if oversample == 2:
+        k = _mirror(_quadrant_pixel_sums(quad))
+    else:
+        skip = n_axis % 2  # an odd axis holds 0 once
+        top = np.concatenate([quad[:, ::-1][:, : len(half) - skip], quad], axis=1)
+        prof = np.concatenate([top[:, :, ::-1][:, :, : len(half) - skip], top], axis=2)
+        k = prof.reshape(-1, size, oversample, size, oversample).sum(axis=(2, 4))
     return (k / k.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
+def _quadrant_pixel_sums(quad: np.ndarray) -> np.ndarray:
+    """Pixel sums of 2x2 sub-samples for the pixels ``(c + my, c + mx)``, ``my, mx >= 0``.
+
+    ``quad`` (K, S, S) holds the profile at sub-sample offsets ``0.25 + 0.5 j`` from the
+    central pixel's centre; pixel ``c + m`` holds samples ``2m - 1`` and ``2m`` (the central one
+    sample 0 and its mirror image). The sums are added in the order of numpy's ``sum`` over the
+    block axes of the mirrored profile (pairs along x, then the two rows, from +0), and each
+    mirrored pixel adds the same numbers in swapped pairs, so mirroring the result gives the
+    same bits as summing the whole mirrored profile.
+    """
+    half_px = quad.shape[-1] // 2 + 1
+    hi = 2 * np.arange(half_px)
+    lo = np.maximum(hi - 1, 0)
+    cols = quad[:, :, lo] + quad[:, :, hi]
+    out = cols[:, lo] + cols[:, hi]
+    out += 0.0
+    return out
+
+
+def _mirror(quadrant: np.ndarray) -> np.ndarray:
+    """(K, h, h) pixels ``c..c+h-1`` of a kernel symmetric about pixel c -> (K, 2h-1, 2h-1)."""
+    top = np.concatenate([quadrant[:, :0:-1], quadrant], axis=1)
+    # C order: the normalising sum over the kernel adds in memory order
+    return np.ascontiguousarray(np.concatenate([top[:, :, :0:-1], top], axis=2))
 
 
 # NOTE: scipy.fft transforms float32 in single precision (numpy.fft computes in double and
@@ -274,6 +303,27 @@ def _fft_size(n: int) -> int:
         size += 1
 
 
+def _rfft2_padded(images: np.ndarray, n_fft: int) -> np.ndarray:
+    """``rfft2(images, s=(n_fft, n_fft))`` of (..., H, W) images, without transforming the
+    zero rows of the padding: pocketfft's rfft2 is the rfft of each row and then the fft of
+    each column, and an all-zero row transforms to zeros (the same bits)."""
+    return sp_fft.fft(sp_fft.rfft(images, n=n_fft, axis=-1), n=n_fft, axis=-2)
+
+
+def _irfft2_crop(spectra: np.ndarray, n_fft: int, start: int, size: int) -> np.ndarray:
+    """``irfft2(spectra, s=(n_fft, n_fft))[..., start:start+size, start:start+size]`` as
+    contiguous float32, inverting only the rows that are kept.
+
+    pocketfft's irfft2 is the inverse fft of each column, the inverse rfft of each row and then
+    one multiplication by ``1 / n_fft^2`` (rounded from long double, as pocketfft does).
+    """
+    rows = sp_fft.ifft(spectra, axis=-2, norm="forward")[..., start : start + size, :]
+    full = sp_fft.irfft(rows, n=n_fft, axis=-1, norm="forward")[..., start : start + size]
+    out = np.ascontiguousarray(full, dtype=np.float32)
+    out *= np.float32(1 / np.longdouble(n_fft * n_fft))
+    return out
+
+
 def kernel_spectra(kernels: np.ndarray, image_px: int = STAMP_PX) -> np.ndarray:
     """Real FFTs of centred kernels, zero-padded for a linear convolution of ``image_px`` stamps.
 
@@ -285,7 +335,7 @@ def kernel_spectra(kernels: np.ndarray, image_px: int = STAMP_PX) -> np.ndarray:
         complex64 spectra (..., N, N//2 + 1) with ``N = fft size >= image_px + K - 1``.
     """
     n_fft = _fft_size(image_px + kernels.shape[-1] - 1)
-    return sp_fft.rfft2(kernels, s=(n_fft, n_fft))
+    return _rfft2_padded(kernels, n_fft)
 
 
 def convolve_stamps(
@@ -311,9 +361,7 @@ def convolve_stamps(
     if spectra is None:
         spectra = kernel_spectra(kernels, h)
     n_fft = spectra.shape[-2]
-    full = sp_fft.irfft2(sp_fft.rfft2(images, s=(n_fft, n_fft)) * spectra, s=(n_fft, n_fft))
-    c = k // 2
-    return np.ascontiguousarray(full[..., c : c + h, c : c + w], dtype=np.float32)
+    return _irfft2_crop(_rfft2_padded(images, n_fft) * spectra, n_fft, k // 2, h)
 
 
 def convolve_full(images: np.ndarray, spectra: np.ndarray, kernel_px: int) -> np.ndarray:
@@ -331,9 +379,8 @@ def convolve_full(images: np.ndarray, spectra: np.ndarray, kernel_px: int) -> np
         float32 (..., H + K - 1, H + K - 1); index ``j`` is image pixel ``j - K // 2``.
     """
     n_fft = spectra.shape[-2]
-    full = sp_fft.irfft2(sp_fft.rfft2(images, s=(n_fft, n_fft)) * spectra, s=(n_fft, n_fft))
     size = images.shape[-1] + kernel_px - 1
-    return np.ascontiguousarray(full[..., :size, :size], dtype=np.float32)
+    return _irfft2_crop(_rfft2_padded(images, n_fft) * spectra, n_fft, 0, size)
 
 
 def sky_sigma_nmgy(psfdepth_mag: np.ndarray, psfsize_arcsec: np.ndarray) -> np.ndarray:
@@ -354,6 +401,18 @@ def bin_image(fine: np.ndarray, oversample: int) -> np.ndarray:
     """Average ``oversample x oversample`` blocks of the last two axes (pixel integration)."""
     if oversample == 1:
         return fine
+    if oversample == 2 and fine.dtype.kind == "f":
+        return _bin2(fine)
     *lead, hh, ww = fine.shape
     shaped = fine.reshape(*lead, hh // oversample, oversample, ww // oversample, oversample)
     return shaped.mean(axis=(-3, -1))
+
+
+def _bin2(fine: np.ndarray) -> np.ndarray:
+    """2x2 block mean with the additions in the order of numpy's ``mean`` over the block axes
+    (the two rows' pair sums added to a +0 start), ~9x faster than the strided reduction."""
+    out = fine[..., 0::2, 0::2] + fine[..., 0::2, 1::2]
+    out += fine[..., 1::2, 0::2] + fine[..., 1::2, 1::2]
+    out += 0.0  # NOTE: numpy's sum starts at +0, so an all -0 block averages to +0
+    out /= 4
+    return out

@@ -181,14 +181,7 @@ def _unit_arcs(
     bn = sersic_bn(n)
     smooth = sersic_shape(elliptical_radius(bx, by, _c(q), _c(phi)), _c(re), _c(n), _c(bn))
     smooth *= _c(1.0 / sersic_flux_per_ie(re, n, bn))
-    knots = np.zeros_like(smooth)
-    cphi, sphi = np.cos(phi), np.sin(phi)
-    for k in range(MAX_KNOTS):
-        dx, dy = pop["knot_dx"][idx, k], pop["knot_dy"][idx, k]
-        kx, ky = cphi * dx - sphi * dy, sphi * dx + cphi * dy
-        sig2 = pop["knot_sigma"][idx, k] ** 2
-        d2 = (bx - _c(kx)) ** 2 + (by - _c(ky)) ** 2
-        knots += _c(pop["knot_w"][idx, k] / (2 * np.pi * sig2)) * np.exp(d2 * _c(-0.5 / sig2))
+    knots = _knot_light(pop, idx, phi, bx, by)
     smooth_pix = bin_image(smooth, ARC_OVERSAMPLE) * F32(PIX_AREA)
     knot_pix = bin_image(knots, ARC_OVERSAMPLE) * F32(PIX_AREA)
     f = pop["knot_frac"][idx]
@@ -206,6 +199,41 @@ def _unit_arcs(
     peak = np.argmax(unit[:, 1].reshape(len(idx), -1), axis=1)
     axis = pixel_grid(box_px, 1, center_px=box_px // 2)
     return unit, np.stack([axis[peak % box_px], axis[peak // box_px]], axis=1)
+
+
+def _knot_light(
+    pop: Population, idx: np.ndarray, phi: np.ndarray, bx: np.ndarray, by: np.ndarray
+) -> np.ndarray:
+    """Sum of the sources' Gaussian clumps at source-plane positions ``(bx, by)`` (P, H, W).
+
+    A clump of zero weight (a source has 2 to ``MAX_KNOTS``) adds exactly 0, so each clump is
+    evaluated only on the rows that have it.
+    """
+    knots = np.zeros_like(bx)
+    cphi, sphi = np.cos(phi), np.sin(phi)
+    for k in range(MAX_KNOTS):
+        rows = np.flatnonzero(pop["knot_w"][idx, k] > 0)
+        if len(rows) == 0:
+            continue
+        every = len(rows) == len(idx)
+        sub = idx[rows]
+        dx, dy = pop["knot_dx"][sub, k], pop["knot_dy"][sub, k]
+        kx, ky = cphi[rows] * dx - sphi[rows] * dy, sphi[rows] * dx + cphi[rows] * dy
+        sig2 = pop["knot_sigma"][sub, k] ** 2
+        # in place: (x - kx)^2 + (y - ky)^2, times -1/(2 sigma^2), exp, times the amplitude
+        d2 = (bx if every else bx[rows]) - _c(kx)
+        np.square(d2, out=d2)
+        dy2 = (by if every else by[rows]) - _c(ky)
+        np.square(dy2, out=dy2)
+        d2 += dy2
+        d2 *= _c(-0.5 / sig2)
+        np.exp(d2, out=d2)
+        d2 *= _c(pop["knot_w"][sub, k] / (2 * np.pi * sig2))
+        if every:
+            knots += d2
+        else:
+            knots[rows] += d2
+    return knots
 
 
 def box_px_needed(pop: Population, idx: np.ndarray) -> np.ndarray:
