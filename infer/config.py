@@ -1,8 +1,9 @@
 """The typed configuration of ``haloscope infer``: one frozen dataclass, validated on creation.
 
-``InferConfig`` is built from the CLI flags (``infer/cli.py``) or directly by callers such as
-``haloscope gen4``; every cross-field check raises ``ValueError`` naming the flag, which the
-CLI turns into a one-line ``ConfigError``.
+``InferConfig`` is built from the CLI flags (``infer/cli.py``, each field one flag) or directly
+by callers; every cross-field check raises ``ValueError`` naming the flag, which the CLI
+turns into a one-line ``ConfigError``. Device, precision and step are ``ComputeConfig``'s,
+the same flags as in ``haloscope train``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DEVICES", "PRECISIONS", "STEPS", "InferConfig"]
+from haloscope.errors import ConfigError
+from haloscope.train.config import ComputeConfig
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
-STEPS: tuple[str, ...] = ("auto", "graph", "compile", "eager")
+__all__ = ["InferConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferConfig:
+class InferConfig(ComputeConfig):
     """Everything one scoring run needs."""
 
     ckpt: str
@@ -27,21 +27,15 @@ class InferConfig:
     out: str
     """Scores parquet to write (atomically: temp name, then rename)."""
     shards: str | None = None
-    """Shard root holding <split>/manifest.json (exclusive with data)."""
+    """Shard root holding <split>/manifest.json (exclusive with --data)."""
     data: str | None = None
-    """Hive-partitioned parquet root, region_split=<split>/ (exclusive with shards)."""
-    split: str = "test"
-    """Split to score: train, val or test."""
+    """Hive-partitioned parquet root, region_split=<split>/ (exclusive with --shards)."""
+    split: Literal["train", "val", "test"] = "test"
+    """Split to score."""
     batch_size: int = 1024
-    """Images per model call per rank (the last call may be shorter)."""
+    """Global batch: images per model call of all ranks together, split evenly over them."""
     tta: bool = False
-    """Mean logit over the 8 dihedral (D4) transforms of every image."""
-    device: str = "auto"
-    """auto (cuda:LOCAL_RANK if CUDA is available, else cpu), cpu or cuda."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """Model numerics: auto = bf16 autocast on CUDA, fp32 on CPU. Logits are always fp32."""
-    step: str = "auto"
-    """Inference step: auto (a CUDA graph per batch on CUDA, eager on CPU), graph, compile, eager."""
+    """Mean logit over the 8 dihedral (D4) transforms of every image (8x the compute)."""
     num_workers: int = 2
     """Loader worker processes per rank: shard reading, or parquet decoding (0: in-process)."""
     model_name: str | None = None
@@ -50,6 +44,7 @@ class InferConfig:
     """tqdm progress bar on rank 0."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.shards is None) == (self.data is None):
             raise ValueError("give exactly one of --shards SHARDS or --data DATA")
         if self.split not in ("train", "val", "test"):
@@ -58,12 +53,6 @@ class InferConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ValueError(f"--device must be one of {DEVICES} or cuda:N, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.step not in STEPS:
-            raise ValueError(f"--step must be one of {STEPS}, got {self.step!r}")
         if not str(self.out).endswith(".parquet"):
             raise ValueError(f"--out must name a .parquet file, got {self.out!r}")
         if self.model_name is not None and not self.model_name.strip():
@@ -74,15 +63,16 @@ class InferConfig:
         """``"shards"`` or ``"parquet"``."""
         return "shards" if self.shards is not None else "parquet"
 
+    def per_rank_batch(self, world_size: int) -> int:
+        """Images per model call on each rank; the global batch must divide evenly."""
+        if self.batch_size % world_size:
+            raise ConfigError(f"--batch-size {self.batch_size} (the global batch) does not divide "
+                              f"evenly over {world_size} ranks")  # fmt: skip
+        return self.batch_size // world_size
+
     def resolved_model_name(self) -> str:
         """The `model` column: --model-name, else the checkpoint's directory name."""
         if self.model_name is not None:
             return self.model_name
         path = Path(self.ckpt).resolve()
         return path.parent.name or path.stem
-
-    def use_bf16(self, device_type: str) -> bool:
-        """Whether the model runs under bf16 autocast on a device of this type."""
-        if self.precision == "auto":
-            return device_type == "cuda"
-        return self.precision == "bf16"

@@ -84,7 +84,8 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
         files, num_rows = _check_parquet(cfg, settings)
         it = sources.iter_parquet_batches(
             files, meta_cols=settings["meta_columns"],
-            min_theta_over_psf=settings["min_theta_over_psf"], batch_size=cfg.batch_size,
+            min_theta_over_psf=settings["min_theta_over_psf"],
+            batch_size=cfg.per_rank_batch(env.world_size),
             rank=env.rank, world_size=env.world_size, num_workers=cfg.num_workers,
             stats=stats, norm_method=settings["norm_method"])  # fmt: skip
         return it, num_rows // env.world_size
@@ -92,9 +93,9 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
     from haloscope.train.failures import worker_batches
 
     manifest = _check_shards(cfg, settings)
-    reader = ShardReader(manifest.split_dir, batch_size=cfg.batch_size, seed=0, rank=env.rank,
-                         world_size=env.world_size, shuffle=False, drop_last=False,
-                         with_table=True)  # fmt: skip
+    reader = ShardReader(manifest.split_dir, batch_size=cfg.per_rank_batch(env.world_size),
+                         seed=0, rank=env.rank, world_size=env.world_size, shuffle=False,
+                         drop_last=False, with_table=True)  # fmt: skip
     log.info("shards %s: %d samples, %d batches per rank", manifest.split_dir,
              manifest.num_samples, reader.batches_per_rank())  # fmt: skip
     loader = build_loader(reader, num_workers=cfg.num_workers, pin_memory=env.device.type == "cuda")
@@ -160,6 +161,7 @@ def run_inference(cfg: InferConfig) -> Path | None:
     env = init_distributed(cfg.device)
     setup_logging(env.rank)
     try:
+        cfg.per_rank_batch(env.world_size)  # a global batch that does not divide: fail now
         if env.is_main:  # an unwritable --out fails now, not after the scoring
             check_writable(cfg.out)
         model, info = _load_model(cfg, env)
@@ -167,7 +169,7 @@ def run_inference(cfg: InferConfig) -> Path | None:
         settings = checkpoint_settings(info)
         use_bf16 = cfg.use_bf16(env.device.type)
         forward = predict.make_forward(model, env.device, use_bf16, step=cfg.step,
-                                       batch_size=cfg.batch_size)  # fmt: skip
+                                       batch_size=cfg.per_rank_batch(env.world_size))  # fmt: skip
         stats = sources.SourceStats()
         batches, expected = _batches(cfg, env, settings, stats)
         parts = predict.score_batches(

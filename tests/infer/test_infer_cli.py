@@ -98,7 +98,7 @@ def test_missing_checkpoint_and_bad_flags_are_one_line_errors(workdir, tmp_path)
     proc = run_cli("--ckpt", "x.pt", "--data", "d", "--out", "s.csv")
     assert proc.returncode == 2 and "--out" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("--ckpt", "x.pt", "--data", "d", "--shards", "s", "--out", "s.parquet")
-    assert proc.returncode == 2 and "not allowed with" in proc.stderr
+    assert proc.returncode == 2 and "exactly one of --shards SHARDS or --data DATA" in proc.stderr
 
 
 def test_decoding_workers_do_not_change_the_table(workdir, scored, tmp_path):

@@ -28,10 +28,11 @@ def test_two_gloo_ranks_give_the_same_scores_table_as_one(tmp_path):
     make_dataset(tmp_path / "data", num_rows=60)
     ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
     common = ["--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--split", "val",
-              "--batch-size", "8", "--device", "cpu", "--no-progress"]  # fmt: skip
-    one = _infer(*common, "--out", str(tmp_path / "one.parquet"), nproc=1)
+              "--device", "cpu", "--no-progress"]  # fmt: skip
+    # --batch-size is global: the same 8 rows per model call on each rank in both runs
+    one = _infer(*common, "--batch-size", "8", "--out", str(tmp_path / "one.parquet"), nproc=1)
     assert one.returncode == 0, one.stderr
-    two = _infer(*common, "--out", str(tmp_path / "two.parquet"), nproc=2)
+    two = _infer(*common, "--batch-size", "16", "--out", str(tmp_path / "two.parquet"), nproc=2)
     assert two.returncode == 0, two.stderr
     a, b = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "two.parquet")
     assert a.num_rows == 58
