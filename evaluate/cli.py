@@ -5,108 +5,48 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haloscope.argparse_util import VerbParser, parse_csv
+from haloscope.argparse_util import ConfigCLI
 from haloscope.atomic import atomic_write_text, check_writable
 from haloscope.errors import ConfigError, DataError
 from haloscope.evaluate.compare import compare_frames
+from haloscope.evaluate.config import EvalConfig
 from haloscope.evaluate.curves import completeness_curves
-from haloscope.evaluate.detectable import DEFAULT_DETECTABLE, DetectableSpec, parse_detectable
-from haloscope.evaluate.intervals import CI_METHODS, auroc_interval
-from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, auroc
-from haloscope.evaluate.scores import RANK_BY, ScoresFrame, load_scores
-from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec, stratify, write_stratified_csv
+from haloscope.evaluate.intervals import auroc_interval
+from haloscope.evaluate.metrics import auroc
+from haloscope.evaluate.scores import ScoresFrame, load_scores
+from haloscope.evaluate.stratify import stratify, write_stratified_csv
 from haloscope.log import setup_logging
 
 if TYPE_CHECKING:
     from haloscope.evaluate.gallery import StampStore
 
-__all__ = ["build_parser", "main"]
+__all__ = ["CLI", "main", "parse_config"]
 
 logger = logging.getLogger(__name__)
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in parse_csv(text))
-    except ValueError as exc:
-        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from exc
-    if not values:
-        raise ConfigError(f"{flag}: empty list")
-    return values
+_DESCRIPTION = """\
+ROC with exact ties, TPR at FPR and FPR at TPR with thresholds and binomial
+confidence intervals, first on a pre-registered detectable subset of the lenses
+(--detectable), then on all injections; completeness curves; strata (theta_E, theta_E/PSF,
+psfsize_r, psfdepth_r, arc SNR, source magnitude, control kind) at thresholds set on all
+controls. Writes the stratified CSV (the seed's column names + CI columns), a JSON with
+everything, and with --report-dir an HTML (and Markdown) report with PNG plots, galleries
+and the training curves of the run. Labels from 'label', 'y_true' or 'is_control'."""
+
+CLI = ConfigCLI("eval", EvalConfig, _DESCRIPTION)
 
 
-def build_parser() -> VerbParser:
-    """The ``eval`` argument parser (every flag shows its default in --help)."""
-    p = VerbParser(
-        "eval",
-        "ROC with exact ties, TPR at FPR and FPR at TPR with thresholds and binomial\n"
-        "confidence intervals, first on a pre-registered detectable subset of the lenses\n"
-        "(--detectable), then on all injections; completeness curves; strata (theta_E, theta_E/PSF, psfsize_r, psfdepth_r, arc SNR,\n"
-        "source magnitude, control kind) at thresholds set on all controls. Writes the\n"
-        "stratified CSV (the seed's column names + CI columns), a JSON with everything, and\n"
-        "with --report-dir an HTML (and Markdown) report with PNG plots, galleries and the\n"
-        "training curves of the run. Labels from 'label', 'y_true' or 'is_control'.",
-    )
-    p.add_argument(
-        "--scores", required=True, metavar="SCORES.parquet", help="scores table (infer output)"
-    )
-    p.add_argument(
-        "--out-csv", required=True, metavar="STRAT.csv", help="stratified table to write"
-    )
-    p.add_argument("--out-json", default=None, metavar="JSON",
-                   help="full results JSON (default: --out-csv with .json)")  # fmt: skip
-    p.add_argument(
-        "--report-dir", default=None, metavar="DIR", help="write report.html/.md and PNGs here"
-    )
-    p.add_argument("--stamps", default=None, metavar="ZARR",
-                   help="stamps.zarr of the scored split, for galleries and the shortcut audit")  # fmt: skip
-    p.add_argument("--ci", default="wilson", choices=CI_METHODS, help="binomial interval method")
-    p.add_argument("--confidence", type=float, default=0.95, help="two-sided interval level")
-    p.add_argument("--rank-by", default="auto", choices=RANK_BY,
-                   help="value ranked: auto = logit when present (no fp32 sigmoid ties), else score")  # fmt: skip
-    p.add_argument("--reference-scores", default=None, metavar="REF.parquet",
-                   help="transfer check: completeness of --scores per arc-SNR and theta_E/PSF bin, "
-                   "and control pass rates per kind, at the FPR thresholds set on this table's "
-                   "controls (e.g. the mock test), as ratios to it; writes <out-csv>_transfer.csv")  # fmt: skip
-    p.add_argument("--compare", nargs="*", default=[], metavar="OTHER.parquet",
-                   help="scores of other models on the same rows; the first is the baseline of Δ")  # fmt: skip
-    p.add_argument("--detectable", default=DEFAULT_DETECTABLE, metavar="SPEC",
-                   help="the headline's lens subset: COLUMN OP NUMBER joined by commas (OP >= > "
-                   "<= <; theta_over_psf = theta_e_arcsec/psfsize_r, the original's proxy), "
-                   "thresholds from all controls; 'none' turns it off")  # fmt: skip
-    p.add_argument(
-        "--fpr-targets",
-        default=",".join(f"{t:g}" for t in FPR_TARGETS),
-        help="FPR operating points",
-    )
-    p.add_argument(
-        "--tpr-targets",
-        default=",".join(f"{t:g}" for t in TPR_TARGETS),
-        help="TPR operating points",
-    )
-    p.add_argument(
-        "--theta-bins", default="0,0.5,0.75,1,1.25,1.5,2,3,inf", help="theta_E bin edges [arcsec]"
-    )
-    p.add_argument("--res-bins", default="0,0.4,0.6,0.8,1,1.5,2,inf", help="theta_E/PSF bin edges")
-    return p
+def parse_config(argv: list[str]) -> EvalConfig:
+    """The validated ``EvalConfig`` of a command line (defaults < --config < flags).
 
-
-def _specs(args: Any) -> tuple[StratumSpec, ...]:
-    edges = {"theta_e_arcsec": _floats(args.theta_bins, "--theta-bins"),
-             "theta_over_psf": _floats(args.res_bins, "--res-bins")}  # fmt: skip
-    for flag, values in (
-        ("--theta-bins", edges["theta_e_arcsec"]),
-        ("--res-bins", edges["theta_over_psf"]),
-    ):
-        if len(values) < 2 or any(b <= a for a, b in zip(values, values[1:], strict=False)):
-            raise ConfigError(f"{flag}: need at least 2 increasing edges, got {values}")
-    return tuple(
-        replace(s, edges=edges[s.column]) if s.column in edges else s for s in DEFAULT_STRATA
-    )
+    Raises:
+        ConfigError: an invalid flag, config key or value, naming it.
+    """
+    return CLI.parse(argv)
 
 
 def _model_name(frame: ScoresFrame) -> str:
@@ -156,11 +96,10 @@ def _transfer_csv(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + "_transfer.csv")
 
 
-def _check_outputs(args: Any) -> tuple[Path, Path]:
+def _check_outputs(args: EvalConfig) -> tuple[Path, Path]:
     """The CSV and JSON paths, after checking that every output can be written (nothing is
     computed or created before that, so a read-only folder costs nothing)."""
-    out_csv = Path(args.out_csv)
-    out_json = Path(args.out_json) if args.out_json else out_csv.with_suffix(".json")
+    out_csv, out_json = Path(args.out_csv), args.json_path()
     for path in (out_csv, out_json) + ((out_csv.with_name(out_csv.stem + "_compare.csv"),)
                                        if args.compare else ()):  # fmt: skip
         check_writable(path)
@@ -196,16 +135,10 @@ def main(argv: list[str]) -> int:
     Outputs are written after everything is computed, each file atomically: the report
     first (staged, then moved in), then the CSVs, then the JSON.
     """
-    args = build_parser().parse_args(argv)
+    args = parse_config(argv)
     setup_logging()
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
-    specs = _specs(args)
-    detectable: DetectableSpec | None = parse_detectable(args.detectable)
-    fpr_targets, tpr_targets = (
-        _floats(args.fpr_targets, "--fpr-targets"),
-        _floats(args.tpr_targets, "--tpr-targets"),
-    )
+    specs, detectable = args.strata(), args.detectable_spec()
+    fpr_targets, tpr_targets = args.fpr_targets, args.tpr_targets
     out_csv, out_json = _check_outputs(args)
     frame = load_scores(args.scores, args.rank_by)
     others: dict[str, ScoresFrame] = {}
