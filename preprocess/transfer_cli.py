@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from haloscope.argparse_util import VerbParser
+from haloscope.argparse_util import ConfigCLI
+from haloscope.config import narrow, option
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
+from haloscope.preprocess.transfer_sets import TransferConfig
 
-__all__ = ["build_parser", "main"]
+__all__ = ["CLI", "TransferSetsOptions", "main"]
 
 _DESCRIPTION = """\
 Render lenses and confusers with a second, independent renderer (lenstronomy SIE + shear,
@@ -21,23 +24,26 @@ docs/mock_survey.md. Never train on these rows. Needs lenstronomy (`pip install 
 `make` installs it)."""
 
 
-def build_parser() -> VerbParser:
-    """The argument parser of ``haloscope transfer-sets`` (every default shown in --help)."""
-    p = VerbParser("transfer-sets", _DESCRIPTION)
-    p.add_argument("--out", required=True, help="output root (gets region_split=test/)")
-    p.add_argument("--lenses", type=int, default=2000, help="injected lenses")
-    p.add_argument("--controls", type=int, default=1000, help="plain LRG controls")
-    p.add_argument(
-        "--confusers", type=int, default=1000,
-        help="confusers, evenly blue_companion / edge_on / merger / star_blend",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed; output is a pure function of it")
-    p.add_argument(
-        "--workers", type=int, default=1, help="processes (output does not depend on it)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class TransferSetsOptions(TransferConfig):
+    """A ``TransferConfig`` and where and how to write it (the flags of ``transfer-sets``)."""
+
+    out: str = option(metavar="DIR")
+    """Output root (gets region_split=test/)."""
+    num_workers: int = 1
+    """Processes; the output does not depend on them."""
+    overwrite: bool = False
+    """Replace an existing set in --out."""
+    progress: bool = True
+    """Progress bar on stderr."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_workers < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+
+
+CLI = ConfigCLI("transfer-sets", TransferSetsOptions, _DESCRIPTION)
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +52,7 @@ def main(argv: list[str]) -> int:
     Raises:
         ConfigError: a count is negative, lenstronomy is missing, or --out holds a set already.
     """
-    args = build_parser().parse_args(argv)
+    cfg = CLI.parse(argv)
     setup_logging()
     try:
         import lenstronomy  # noqa: F401
@@ -54,19 +60,12 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             "transfer-sets needs lenstronomy: pip install 'haloscope[test]' (make installs it)"
         ) from None
-    from haloscope.preprocess.transfer_sets import TransferConfig, write_transfer_sets
+    from haloscope.preprocess.transfer_sets import write_transfer_sets
 
-    try:
-        cfg = TransferConfig(
-            lenses=args.lenses, controls=args.controls, confusers=args.confusers, seed=args.seed
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    dest = Path(args.out) / "region_split=test" / "part-00000.parquet"
-    if dest.exists() and not args.overwrite:
+    dest = Path(cfg.out) / "region_split=test" / "part-00000.parquet"
+    if dest.exists() and not cfg.overwrite:
         raise ConfigError(f"{dest} exists; pass --overwrite to replace it")
-    counts = write_transfer_sets(cfg, Path(args.out), args.workers, not args.no_progress)
+    counts = write_transfer_sets(narrow(cfg, TransferConfig), Path(cfg.out), cfg.num_workers,
+                                 cfg.progress)  # fmt: skip
     print(json.dumps({"out": str(dest), "rows": sum(counts.values()), "per_kind": counts}))
     return 0
