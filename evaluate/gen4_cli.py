@@ -17,11 +17,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from haloscope.argparse_util import VerbParser
+from haloscope.argparse_util import ConfigCLI
 from haloscope.atomic import atomic_write_text
+from haloscope.config import option
 from haloscope.errors import ConfigError
 
-__all__ = ["Gen4Config", "TINY", "FULL", "build_parser", "config_from_args", "main"]
+__all__ = ["CLI", "Gen4Config", "PRESETS", "main", "parse_config"]
 
 log = logging.getLogger(__name__)
 _DESCRIPTION = """\
@@ -30,27 +31,29 @@ The seed's Gen3 -> mine -> Gen4 experiment end to end (docs/inference.md). Stage
 infer Gen3 on the train split -> mine -> train shards with the lookup -> reuse the val/test
 shards (sha256-verified) -> train Gen4 -> infer both on test -> eval both ->
 OUT/gen3_vs_gen4.{md,csv,json}. Re-running the same command resumes: finished stages are
-skipped, training continues from last.pt. Logs per stage in OUT/logs/."""
+skipped, training continues from last.pt. Logs per stage in OUT/logs/. The defaults are the
+full mock scale (`make gen4`); --tiny runs in minutes on a CPU. --workers is the processes of
+simulate and shards, --num-workers the loader workers per rank of train and infer."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Gen4Config:
     """Scale and training settings of one experiment (the flags of ``haloscope gen4``)."""
 
-    out: Path
-    """Experiment folder."""
+    out: Path = option(metavar="DIR")
+    """Experiment folder (re-run the same command to resume)."""
     data: Path | None = None
     """Existing parquet root (mock or DR10); None: simulate ``rows`` rows into out/data."""
     rows: int = 60000
     """Mock survey rows (all splits) when simulating."""
     seed: int = 0
     """Seed of the mock, the shard shuffle and both trainings (the same for Gen3 and Gen4)."""
-    workers: int = 2
-    """Processes of simulate and shards."""
+    workers: int = option(2, flag="--workers")
+    """Processes of simulate and shards (their --num-workers); not the loader workers."""
     epochs: int = 50
     """Maximum epochs of each training."""
     batch_size: int = 256
-    """Global training batch."""
+    """Global training batch (all ranks together)."""
     arch: str = "convnext_tiny"
     """timm ConvNeXt of both generations."""
     hard_neg_weight: int = 5
@@ -63,17 +66,19 @@ class Gen4Config:
     """Mine at least min(top_k, min_count) controls: the highest-scoring ones when fewer pass
     min_score (0: off). A Gen3 scoring its own training split rarely passes 0.9."""
     infer_batch_size: int = 1024
-    """Batch of every inference."""
+    """Global batch of every inference (all ranks together)."""
     num_workers: int = 2
     """Loader workers per rank in train and infer."""
     device: str = "auto"
-    """Device of train and infer."""
+    """Device of train and infer: auto, cpu, cuda."""
     nproc_per_node: int = 1
     """Processes per node for train and infer (torchrun when > 1)."""
-    train_args: tuple[str, ...] = ()
-    """Extra `haloscope train` flags, the same for both generations."""
-    sim_args: tuple[str, ...] = ()
-    """Extra `haloscope simulate` flags (e.g. --selection-frac 0 for large runs)."""
+    train_args: tuple[str, ...] = option((), parse=shlex.split, metavar="'FLAGS'")
+    """Extra `haloscope train` flags for both generations, one quoted string."""
+    sim_args: tuple[str, ...] = option((), parse=shlex.split, metavar="'FLAGS'")
+    """Extra `haloscope simulate` flags, one quoted string (e.g. --selection-frac 0)."""
+    quiet: bool = False
+    """Stage output to OUT/logs/ only, not also to stderr."""
 
     def scale(self) -> dict:
         """Settings that must not change when a run is resumed."""
@@ -96,113 +101,32 @@ class Gen4Config:
             raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
 
 
-# Defaults of the scale flags: FULL for `make gen4` (and the GPU run with --rows ~2M),
-# TINY for --tiny: a few minutes on 2 CPU cores. Flags given explicitly always win.
-FULL: dict = {"rows": 60000, "epochs": 50, "batch_size": 256, "arch": "convnext_tiny",
-              "min_score": 0.9, "top_k": 20000, "min_count": 20000, "infer_batch_size": 1024,
-              "num_workers": 2,
-              "train_args": (), "sim_args": ()}  # fmt: skip
-TINY: dict = {"rows": 3000, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
-              # a 2-epoch model rarely scores a control > 0.9: mine its top controls instead
-              "min_score": 0.0, "top_k": 60, "min_count": 0, "infer_batch_size": 256,
-              "num_workers": 0,
-              "train_args": ("--max-steps-per-epoch", "8", "--val-batch-size", "256",
-                             "--warmup-steps", "4", "--early-stopping-patience", "0"),
-              # 2 rows per galaxy instead of ~9: more distinct samples per simulated row
-              "sim_args": ("--selection-frac", "0")}  # fmt: skip
+# Named layers under --config; the defaults are the full mock scale (`make gen4`, and the GPU
+# run with --rows ~2M). Flags given explicitly always win.
+PRESETS: dict[str, dict] = {
+    "none": {},
+    # a few minutes on 2 CPU cores
+    "tiny": {"rows": 3000, "epochs": 2, "batch_size": 64, "arch": "convnext_atto",
+             # a 2-epoch model rarely scores a control > 0.9: mine its top controls instead
+             "min_score": 0.0, "top_k": 60, "min_count": 0, "infer_batch_size": 256,
+             "num_workers": 0,
+             "train_args": ("--max-steps-per-epoch", "8", "--val-batch-size", "256",
+                            "--warmup-steps", "4", "--early-stopping-patience", "0"),
+             # 2 rows per galaxy instead of ~9: more distinct samples per simulated row
+             "sim_args": ("--selection-frac", "0")},
+}  # fmt: skip
+
+CLI = ConfigCLI("gen4", Gen4Config, _DESCRIPTION, presets=PRESETS,
+                preset_switches={"--tiny": "tiny"})  # fmt: skip
 
 
-def build_parser() -> VerbParser:
-    """The argument parser of ``haloscope gen4``."""
-    p = VerbParser("gen4", _DESCRIPTION)
-    p.add_argument("--out", required=True, help="experiment folder (re-run to resume)")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="existing parquet root (mock or DR10); None: simulate --rows rows",
-    )
-    p.add_argument("--tiny", action="store_true",
-                   help="small CPU preset: " + ", ".join(f"{k}={v}" for k, v in TINY.items()
-                                                         if not k.endswith("_args")))  # fmt: skip
-    p.add_argument(
-        "--rows",
-        type=int,
-        default=None,
-        help=f"mock survey rows when simulating; None: {FULL['rows']} (tiny {TINY['rows']})",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of mock, shuffle and both trainings")
-    p.add_argument("--workers", type=int, default=2, help="processes of simulate and shards")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help=f"max epochs per generation; None: {FULL['epochs']} (tiny {TINY['epochs']})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"training batch; None: {FULL['batch_size']} (tiny {TINY['batch_size']})",
-    )
-    p.add_argument(
-        "--arch", default=None, help=f"timm ConvNeXt; None: {FULL['arch']} (tiny {TINY['arch']})"
-    )
-    p.add_argument("--hard-neg-weight", type=int, default=5, help="copies of each hard negative")
-    p.add_argument("--min-score", type=float, default=None,
-                   help=f"mine controls above this score; None: {FULL['min_score']} "
-                        f"(tiny {TINY['min_score']})")  # fmt: skip
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=None,
-        help=f"mine at most this many controls; None: {FULL['top_k']} (tiny {TINY['top_k']})",
-    )
-    p.add_argument("--min-count", type=int, default=None,
-                   help="when fewer controls pass --min-score, mine the min(top-k, min-count) "
-                        f"highest-scoring ones (0: off); None: {FULL['min_count']} "
-                        f"(tiny {TINY['min_count']})")  # fmt: skip
-    p.add_argument("--infer-batch-size", type=int, default=None,
-                   help=f"inference batch; None: {FULL['infer_batch_size']} "
-                        f"(tiny {TINY['infer_batch_size']})")  # fmt: skip
-    p.add_argument("--num-workers", type=int, default=None,
-                   help=f"loader workers per rank in train/infer; None: {FULL['num_workers']} "
-                        f"(tiny {TINY['num_workers']})")  # fmt: skip
-    p.add_argument("--device", default="auto", help="device of train and infer: auto, cpu, cuda")
-    p.add_argument(
-        "--nproc-per-node",
-        type=int,
-        default=1,
-        help="processes (GPUs) per node for train and infer; > 1 launches torchrun",
-    )
-    p.add_argument("--train-args", default=None,
-                   help="extra `haloscope train` flags for both generations, one quoted string; "
-                        "None: none (tiny: " + " ".join(TINY["train_args"]) + ")")  # fmt: skip
-    p.add_argument("--sim-args", default=None,
-                   help="extra `haloscope simulate` flags, one quoted string; None: none (tiny: "
-                        + " ".join(TINY["sim_args"]) + ")")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="stage output to logs/ only, not stderr")
-    return p
-
-
-def config_from_args(args) -> Gen4Config:
-    """Flags (explicit ones winning over the --tiny or full preset) -> ``Gen4Config``.
+def parse_config(argv: list[str]) -> Gen4Config:
+    """The resolved config of a command line: defaults < --preset/--tiny < --config < flags.
 
     Raises:
         ConfigError: an invalid value, naming the flag.
     """
-    preset = TINY if args.tiny else FULL
-    values = {k: getattr(args, k) for k in preset if not k.endswith("_args")}
-    values = {k: preset[k] if v is None else v for k, v in values.items()}
-    for key in ("train_args", "sim_args"):
-        given = getattr(args, key)
-        values[key] = tuple(preset[key] if given is None else shlex.split(given))
-    try:
-        return Gen4Config(out=Path(args.out), data=None if args.data is None else Path(args.data),
-                          seed=args.seed, workers=args.workers, hard_neg_weight=args.hard_neg_weight,
-                          device=args.device, nproc_per_node=args.nproc_per_node,
-                          **values)  # fmt: skip
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    return CLI.parse(argv)
 
 
 def _check_resume(cfg: Gen4Config) -> None:
@@ -227,15 +151,14 @@ def main(argv: list[str]) -> int:
     from haloscope.evaluate.gen4 import plan_experiment, run_stages
     from haloscope.log import setup_logging
 
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+    cfg = parse_config(argv)
     setup_logging(0)
     if cfg.data is not None and not cfg.data.is_dir():
         raise ConfigError(f"--data {cfg.data}: no such directory")
     _check_resume(cfg)
     t0 = time.perf_counter()
     records = run_stages(cfg.out, plan_experiment(cfg), nproc_per_node=cfg.nproc_per_node,
-                         echo=not args.quiet)  # fmt: skip
+                         echo=not cfg.quiet)  # fmt: skip
     ran = [r for r in records if not r["skipped"]]
     log.info("gen4 experiment done in %.1f s (%d stage(s) run, %d skipped): %s",
              time.perf_counter() - t0, len(ran), len(records) - len(ran),
