@@ -254,7 +254,8 @@ class ConfigCLI(Generic[T]):
         presets: named layers under ``--config`` (``--preset NAME``).
         preset_switches: flags that pick a preset (``{"--tiny": "tiny"}``).
         aliases: extra spellings per config key (fields of classes owned elsewhere).
-        exclude: config keys without a flag, left out of ``--print-config``.
+        exclude: config keys without a flag (as ``option(cli=False)``); fields without a
+            flag are left out of ``--print-config``.
     """
 
     def __init__(self, verb: str, cls: type[T], description: str, *,
@@ -264,8 +265,9 @@ class ConfigCLI(Generic[T]):
                  exclude: Sequence[str] = ()) -> None:  # fmt: skip
         self.verb, self.cls, self.description = verb, cls, description
         self.presets, self.preset_switches = dict(presets or {}), dict(preset_switches or {})
-        self.exclude = tuple(exclude)
         self.flags = config_flags(cls, aliases=aliases, exclude=exclude)
+        flagged = {fl.key for fl in self.flags}
+        self.skip = tuple(key for key, *_ in _leaves(cls, "") if key not in flagged)
         self.nested = bool(sections(cls))
 
     def build_parser(self) -> VerbParser:
@@ -324,12 +326,14 @@ class ConfigCLI(Generic[T]):
                                default=argparse.SUPPRESS,
                                help=f"same as {fl.name} {_show(value)}")  # fmt: skip
 
-    def parse(self, argv: Sequence[str], *, fixed: Mapping[str, Any] | None = None) -> T:
+    def parse(self, argv: Sequence[str], *, layers: Sequence[Mapping[str, Any]] = (),
+              fixed: Mapping[str, Any] | None = None) -> T:  # fmt: skip
         """The resolved config of a command line; ``--print-config`` prints it and exits 0.
 
         Args:
             argv: the words after the verb.
-            fixed: dotted key -> value set by the verb itself (the excluded keys).
+            layers: defaults of this run under the preset (e.g. from the environment).
+            fixed: dotted key -> value set by the verb itself (the fields without a flag).
 
         Raises:
             ConfigError: unknown flag or config key, bad value, or a failed check.
@@ -342,12 +346,12 @@ class ConfigCLI(Generic[T]):
         for key, value in (fixed or {}).items():
             cli = merge_dicts(cli, _dotted(key, value))
         preset = getattr(args, "preset", None)
-        layers = [self.presets[preset]] if preset else []
+        layers = [*layers, self.presets[preset]] if preset else list(layers)
         cfg = load_config(self.cls, layers=layers, toml_path=getattr(args, "config", None), cli=cli,
                           overrides=self._dotted_overrides(rest),
                           flags={fl.key: fl.name for fl in self.flags})  # fmt: skip
         if getattr(args, "print_config", False):
-            sys.stdout.write(to_toml(cfg, skip=self.exclude))
+            sys.stdout.write(to_toml(cfg, skip=self.skip))
             raise SystemExit(0)
         return cfg
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from haloscope.config import option
 from haloscope.errors import ConfigError
 from haloscope.preprocess.gates import column_f64, gate_batch, labels_of, theta_over_psf
 from haloscope.preprocess.hardneg import HardNegLookup
@@ -48,38 +49,50 @@ _ORDER_SHIFT = 40  # order = (file index << 40) | row index in file
 
 @dataclass(frozen=True, kw_only=True)
 class ConvertConfig:
-    """Settings of one ``haloscope shards`` run (flags of the same names)."""
+    """Settings of one ``haloscope shards`` run (each field is the flag of the same name)."""
 
     data: Path
     """Hive-partitioned parquet root."""
     out: Path
     """Output root; one directory per split."""
     splits: tuple[str, ...] = SPLITS
+    """Comma-separated splits to convert."""
     hard_neg_path: Path | None = None
     """Hard-negative lookup parquet; None = no hard negatives."""
     hard_neg_weight: int = 5
     """Copies of each matched control (1..255)."""
     min_theta_over_psf: float = 0.5
     """Resolvability cut on positives of every split."""
-    norm_method: str = "outer"
+    norm_method: str = option("outer", choices=NORM_METHODS)
     """Stamp stretch after sky-sigma scaling: outer (the seed's clip at +-10) or asinh."""
     train_min_arc_snr: float = 0.0
     """Drop lenses with arc_snr below this from the train split only (0 = keep all)."""
     meta_cols: tuple[str, ...] = ("psfsize_r", "psfdepth_r")
+    """Meta inputs, comma-separated, from the schema's allowed meta columns ('' for none)."""
     record_samples: int = RECORD_SAMPLES
+    """Samples per packed record."""
     shard_samples: int = 4096
     """Target samples per shard (= per bucket; actual counts vary by a few percent)."""
     task_index: int = 0
+    """This task's index (the CLI's default: from SLURM_ARRAY_TASK_ID, else 0)."""
     num_tasks: int = 1
+    """Tasks sharing the work (the CLI's default: SLURM_ARRAY_TASK_COUNT, else 1)."""
     workers: int = 1
+    """Worker processes of this task; the shards do not depend on them."""
     seed: int = 0
+    """Seed of the global shuffle."""
     batch_rows: int = 1024
     """Parquet rows per record batch in pass 1."""
-    stage: str = "all"
-    """all | pass1 | pass2 | manifest."""
+    stage: str = option("all", choices=("all", "pass1", "pass2", "manifest"))
+    """Run one stage only (cluster pipelines); all waits for the other tasks' parts."""
     wait_timeout_s: float = 86400.0
+    """How long --stage all waits for the other tasks' parts [s]."""
     keep_work: bool = False
-    command: tuple[str, ...] = ()
+    """Keep the pass-1 bucket files in <out>/_work after success."""
+    progress: bool = True
+    """Progress bars on stderr."""
+    command: tuple[str, ...] = option((), cli=False)
+    """The command line, stored in the manifests (set by the CLI)."""
 
     def __post_init__(self) -> None:
         checks = [

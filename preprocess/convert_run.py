@@ -182,9 +182,10 @@ def _run_p2(job: tuple[Plan, str, int]) -> int:
     return len(kept)
 
 
-def _map(fn, jobs: list, workers: int, desc: str, unit: str) -> None:
+def _map(fn, jobs: list, workers: int, desc: str, unit: str, progress: bool = True) -> None:
     """Run ``fn`` over ``jobs`` in ``workers`` processes with a progress bar."""
-    bar = tqdm(total=len(jobs), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,
+               disable=not progress)  # fmt: skip
     try:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
@@ -220,7 +221,7 @@ def _missing(plan: Plan, units: list[tuple[str, int]], pass_no: int) -> list[str
 def _pass1(plan: Plan) -> None:
     t, tasks = plan.cfg.task_index, plan.cfg.num_tasks
     jobs = [(plan, s, i) for k, (s, i) in enumerate(plan.p1_units()) if k % tasks == t]
-    _map(_run_p1, jobs, plan.cfg.workers, f"pass 1 task {t}", "file")
+    _map(_run_p1, jobs, plan.cfg.workers, f"pass 1 task {t}", "file", plan.cfg.progress)
 
 
 def _pass2(plan: Plan) -> None:
@@ -241,7 +242,7 @@ def _pass2(plan: Plan) -> None:
             f"{cfg.out / WORK}: pass-1 parts missing for {', '.join(missing[:5])}"
             " (run --stage pass1 for every task first)"
         )
-    _map(_run_p2, jobs, cfg.workers, f"pass 2 task {t}", "shard")
+    _map(_run_p2, jobs, cfg.workers, f"pass 2 task {t}", "shard", cfg.progress)
 
 
 def _manifest_step(plan: Plan) -> dict[str, Path]:

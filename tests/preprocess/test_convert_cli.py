@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from haloscope.preprocess.convert_cli import build_parser, slurm_task
+from haloscope.preprocess.convert_cli import parse_config, slurm_task
 from tests.shards.shard_fixtures import make_survey
 
 HALOSCOPE = Path(sys.executable).parent / "haloscope"
@@ -49,15 +49,16 @@ def test_help_documents_every_flag_with_its_default():
 
 
 def test_underscore_spelling_and_slurm_defaults(monkeypatch):
-    args = build_parser().parse_args(["--out", "x", "--hard_neg_weight", "7", "--meta_cols", ""])
-    assert args.hard_neg_weight == 7 and args.meta_cols == ""
+    args = parse_config(["--out", "x", "--verify", "--hard_neg_weight", "7", "--meta_cols", ""])
+    assert args.hard_neg_weight == 7 and args.meta_cols == ()
     assert slurm_task({}) == (0, 1)
     env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}
     assert slurm_task(env) == (4, 8)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    args = build_parser().parse_args(["--out", "x"])
+    args = parse_config(["--out", "x", "--data", "d"])
     assert (args.task_index, args.num_tasks) == (2, 4)
+    assert parse_config(["--out", "x", "--data", "d", "--task-index", "3"]).task_index == 3
 
 
 def test_end_to_end_and_user_errors_are_one_line(tmp_path):
