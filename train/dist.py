@@ -1,9 +1,19 @@
-"""The one home of distributed code: torchrun env, process group, collectives, DDP wrap.
+"""The one home of distributed code: launch env, process group, collectives, DDP wrap.
 
-Works under ``torchrun`` (single or multi node: it reads ``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` through ``init_process_group``) and as a
-plain single process (rank 0 of 1). nccl on CUDA, gloo on CPU. Nothing else in haloscope
-reads these variables or calls ``torch.distributed``.
+Three ways a process can be started (``detect_launch``):
+
+- ``torchrun`` (single or multi node): ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+  ``MASTER_ADDR``/``MASTER_PORT``, read through ``init_process_group``;
+- plain ``srun`` ranks, one process per task and no torchrun: ``SLURM_PROCID``,
+  ``SLURM_LOCALID`` and ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``); the rendezvous is
+  ``MASTER_ADDR`` if set, else the first host of ``SLURM_STEP_NODELIST`` /
+  ``SLURM_JOB_NODELIST``, on ``MASTER_PORT`` if set, else ``20000 + SLURM_JOB_ID % 40000``
+  (so two jobs sharing a node do not collide);
+- a single process (rank 0 of 1).
+
+nccl on CUDA, gloo on CPU. Nothing else in haloscope reads these variables or calls
+``torch.distributed``. ``--device auto`` warns when an NVIDIA GPU is present but torch cannot
+use it (``train.device.gpu_problem``).
 """
 
 from __future__ import annotations
@@ -11,16 +21,22 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
 
 from haloscope.errors import ConfigError
+from haloscope.train import device as gpu
 
 __all__ = [
     "DistEnv",
+    "Launch",
+    "detect_launch",
+    "first_host",
+    "pick_device",
     "init_distributed",
     "barrier",
     "all_reduce_mean",
@@ -62,8 +78,38 @@ class DistEnv:
         return self.world_size > 1
 
 
-def _int_env(name: str, default: int) -> int:
-    value = os.environ.get(name)
+@dataclass(frozen=True)
+class Launch:
+    """How this process was started, read from its environment (no process group yet).
+
+    Attributes:
+        launcher: ``torchrun`` (its variables), ``srun`` (Slurm task variables, no torchrun)
+            or ``single``.
+        rank: global rank.
+        local_rank: rank on this node.
+        world_size: number of processes.
+        init_method: ``tcp://HOST:PORT`` for ``srun`` ranks; None (``env://``) otherwise.
+    """
+
+    launcher: str = "single"
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    init_method: str | None = None
+
+
+# what torchrun sets; Slurm's per-task variables (srun sets the SLURM_STEP_* ones)
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT")  # fmt: skip
+SLURM_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
+              "SLURM_STEP_ID", "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
+              "SLURM_NNODES")  # fmt: skip
+_HOW = ("launch one process per task with `srun` (or one torchrun per node: "
+        "`srun torchrun ...`), see docs/cluster.md")  # fmt: skip
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
     if value is None:
         return default
     try:
@@ -72,15 +118,83 @@ def _int_env(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def _pick_device(requested: str, local_rank: int, world_size: int) -> torch.device:
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm host list: ``gh[003-006,9]-ib,login1`` -> ``gh003-ib``."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            end = i
+            break
+    # each bracket group [a-b,c] contributes its first number, zero padding kept
+    return re.sub(r"\[([^\],-]+)[^\]]*\]", r"\1", nodelist[:end].strip())
+
+
+def _slurm_launch(env: Mapping[str, str]) -> Launch:
+    world = _int_env(env, "SLURM_STEP_NUM_TASKS", _int_env(env, "SLURM_NTASKS", 1))
+    if world <= 1:
+        return Launch()
+    if "SLURM_STEP_ID" not in env and "SLURM_STEP_NUM_TASKS" not in env:
+        raise ConfigError(
+            f"SLURM_NTASKS={world} but this process is not one of an srun step's tasks (the "
+            f"batch script or an salloc shell runs one process): {_HOW}"
+        )
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    addr = env.get("MASTER_ADDR") or (first_host(nodelist) if nodelist else None)
+    if not addr:
+        raise ConfigError(
+            f"{world} Slurm tasks but no MASTER_ADDR and no SLURM_STEP_NODELIST/"
+            f"SLURM_JOB_NODELIST to take the rendezvous host from: set MASTER_ADDR, or {_HOW}"
+        )
+    port = _int_env(env, "MASTER_PORT", 20000 + _int_env(env, "SLURM_JOB_ID", 0) % 40000)
+    return Launch("srun", _int_env(env, "SLURM_PROCID", 0), _int_env(env, "SLURM_LOCALID", 0),
+                  world, f"tcp://{addr}:{port}")  # fmt: skip
+
+
+def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
+    """Rank, local rank and world size of this process from torchrun's or Slurm's variables.
+
+    Args:
+        environ: the environment (default ``os.environ``).
+
+    Raises:
+        ConfigError: a variable is not an integer, or several Slurm tasks are expected but
+            this process is not an srun task or no rendezvous host can be derived.
+    """
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" in env or "RANK" in env:
+        world = _int_env(env, "WORLD_SIZE", 1)
+        return Launch("torchrun" if world > 1 else "single", _int_env(env, "RANK", 0),
+                      _int_env(env, "LOCAL_RANK", 0), world)  # fmt: skip
+    if "SLURM_PROCID" in env:
+        return _slurm_launch(env)
+    return Launch()
+
+
+def pick_device(requested: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device of this rank for ``--device`` ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    ``auto`` is ``cuda:<local_rank>`` when CUDA is available, else the CPU, with a warning
+    when an NVIDIA GPU is present but torch cannot use it (``train.device.gpu_problem``).
+
+    Raises:
+        ConfigError: an unknown device, CUDA asked for but unusable, or ``cuda:N`` on
+            several ranks.
+    """
     if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+        probe = gpu.probe_gpu()
+        problem = gpu.gpu_problem(probe)
+        if problem is not None:
+            log.warning("GPU PRESENT BUT UNUSABLE: %s", problem)
+        requested = "cuda" if probe.cuda_available else "cpu"
     if requested == "cpu":
         return torch.device("cpu")
     if not requested.startswith("cuda"):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
+        problem = gpu.gpu_problem(gpu.probe_gpu())
+        raise ConfigError(f"--device {requested}: CUDA is not available on this machine"
+                          + (f" ({problem})" if problem else ""))  # fmt: skip
     if requested == "cuda":
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if world_size > 1:
@@ -89,26 +203,32 @@ def _pick_device(requested: str, local_rank: int, world_size: int) -> torch.devi
 
 
 def init_distributed(device: str = "auto") -> DistEnv:
-    """Read the torchrun environment, pick the device and start the process group.
+    """Read the launch environment, pick the device and start the process group.
 
     Args:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Returns:
         The ``DistEnv`` of this process.
+
+    Raises:
+        ConfigError: see ``detect_launch`` and ``pick_device``.
     """
-    world_size = _int_env("WORLD_SIZE", 1)
-    rank = _int_env("RANK", 0)
-    local_rank = _int_env("LOCAL_RANK", 0)
-    dev = _pick_device(device, local_rank, world_size)
+    launch = detect_launch()
+    dev = pick_device(device, launch.local_rank, launch.world_size)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not torch_dist.is_initialized():
+    if launch.world_size > 1 and not torch_dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        kwargs: dict = {"device_id": dev} if dev.type == "cuda" else {}
+        if launch.init_method is not None:  # srun ranks: no torchrun variables to read
+            kwargs.update(init_method=launch.init_method, rank=launch.rank,
+                          world_size=launch.world_size)  # fmt: skip
         torch_dist.init_process_group(backend=backend, **kwargs)
-        log.info("process group up: backend=%s world_size=%d", backend, world_size)
-    return DistEnv(rank, local_rank, world_size, dev, rank == 0)
+        log.info("process group up: backend=%s world_size=%d launcher=%s", backend,
+                 launch.world_size, launch.launcher)  # fmt: skip
+    rank = launch.rank
+    return DistEnv(rank, launch.local_rank, launch.world_size, dev, rank == 0)
 
 
 def barrier(env: DistEnv) -> None:
