@@ -19,7 +19,7 @@ from haloscope.evaluate.stratify import DEFAULT_STRATA, StratumSpec
 
 __all__ = ["EvalConfig"]
 
-_EDGES = {s.column: s.edges for s in DEFAULT_STRATA}
+_EDGES = {s.column: tuple(map(float, s.edges or ())) for s in DEFAULT_STRATA}
 
 
 @dataclass(frozen=True, kw_only=True)

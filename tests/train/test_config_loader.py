@@ -106,3 +106,12 @@ def test_help_lists_every_seed_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--ckpt-every-steps",
     ):
         assert flag in text, flag
+
+
+def test_monitor_choices_are_the_validation_metrics() -> None:
+    from typing import get_args
+
+    from haloscope.train.config import Monitor
+    from haloscope.train.validate import MONITORS
+
+    assert get_args(Monitor) == tuple(MONITORS)
