@@ -5,7 +5,7 @@ replicate ``j % 2``. Values shared by a galaxy's rows (sky position, observing c
 source) are computed once per galaxy for the whole batch (:func:`galaxy_columns`) and repeated
 by indexing; per-row values (task id, selection set, replicate, stamp, the replicate's truth)
 are filled row by row (:func:`batch_table`). The result is an Arrow table in
-``sim_table.SCHEMA``, NULL where the real tables leave a field empty: a control's truth, source
+``sim_table.ROW_SCHEMA`` (the stamps stay Python bytes until written), NULL where the real tables leave a field empty: a control's truth, source
 and lens model, and a failed cutout's measured truth.
 """
 
@@ -24,7 +24,7 @@ from haloscope.preprocess.sim_config import (
 )
 from haloscope.preprocess.sim_population import Population
 from haloscope.preprocess.sim_render import TRUTH_COLUMNS, RenderedBatch
-from haloscope.preprocess.sim_table import DEFECTS, SCHEMA, task_id
+from haloscope.preprocess.sim_table import DEFECTS, ROW_SCHEMA, task_id
 
 __all__ = ["galaxy_columns", "batch_table", "FAILED_WARNING"]
 
@@ -172,8 +172,10 @@ def _truth_columns(
     return cols
 
 
-def batch_table(pop: Population, rb: RenderedBatch, stamps: list[list[bytes]]) -> pa.Table:
-    """Every row of a rendered batch, galaxy after galaxy, in ``SCHEMA``.
+def batch_table(
+    pop: Population, rb: RenderedBatch, stamps: list[list[bytes]]
+) -> tuple[pa.Table, list[bytes]]:
+    """Every row of a rendered batch, galaxy after galaxy.
 
     Args:
         pop: the batch's galaxies.
@@ -181,7 +183,9 @@ def batch_table(pop: Population, rb: RenderedBatch, stamps: list[list[bytes]]) -
         stamps: per galaxy, its encoded stamp (controls, failed cutouts) or one per replicate.
 
     Returns:
-        The rows; the split of row ``i`` is ``SPLITS[pop["split_index"][gal_i]]``.
+        The rows in ``sim_table.ROW_SCHEMA`` (every column but ``stamp_npz``) and each row's
+        stamp (``SplitWriters`` joins them); row ``i``'s split is
+        ``SPLITS[pop["split_index"][gal_i]]``.
     """
     gal, j = _row_index(pop["num_rows"])
     rep = j % 2
@@ -201,10 +205,12 @@ def batch_table(pop: Population, rb: RenderedBatch, stamps: list[list[bytes]]) -
     cols["task_id"] = [task_id(*key) for key in keys]
     cols["selection_set_id"] = sel
     cols["replicate"] = rep.astype(np.int32)
-    pairs = zip(gal.tolist(), rep.tolist(), strict=True)
-    cols["stamp_npz"] = [stamps[g][r % len(stamps[g])] for g, r in pairs]
     cols["cutout_ok"] = cols["metrics_ok"] = (~failed).astype(np.int32)
     cols["physics_valid"] = ~failed
     cols["physics_warnings"] = np.where(failed, FAILED_WARNING, None)
     cols.update(_truth_columns(pop, rb, gal, rep))
-    return pa.Table.from_arrays([_arrow(cols[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
+    table = pa.Table.from_arrays(
+        [_arrow(cols[f.name], f.type) for f in ROW_SCHEMA], schema=ROW_SCHEMA
+    )
+    pairs = zip(gal.tolist(), rep.tolist(), strict=True)
+    return table, [stamps[g][r % len(stamps[g])] for g, r in pairs]

@@ -27,6 +27,9 @@ from haloscope.preprocess.sim_config import BANDS, EXPERIMENT_ID
 
 __all__ = [
     "SCHEMA",
+    "ROW_SCHEMA",
+    "STAMP_COLUMN",
+    "binary_array",
     "encode_npz",
     "failed_stamp",
     "stamp_bytes",
@@ -108,6 +111,11 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("mock_defect", _STR),
 ]
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ in _COLUMNS])
+STAMP_COLUMN = "stamp_npz"
+_STAMP_INDEX = SCHEMA.get_field_index(STAMP_COLUMN)
+# every column but the stamp: rows are queued in it, the stamps as Python bytes (see SplitWriters)
+ROW_SCHEMA = SCHEMA.remove(_STAMP_INDEX)
+_MAX_BINARY_BYTES = 2**31 - 1  # int32 offsets of pa.binary()
 # zip fields of the npz members, as ``zipfile`` writes them: version 2.0, deflate, 1980-01-01
 # 00:00, created on unix with mode ?rw-------
 _ZIP_VERSION, _ZIP_SYSTEM_UNIX, _ZIP_DEFLATE = 20, 3, 8
@@ -197,8 +205,26 @@ def task_id(
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def binary_array(values: list[bytes]) -> pa.Array:
+    """A ``pa.binary()`` array of ``values``, their bytes copied once into an exact-size buffer.
+
+    Raises:
+        ValueError: the values hold 2 GiB or more (beyond int32 offsets).
+    """
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
+    if offsets[-1] > _MAX_BINARY_BYTES:
+        raise ValueError(f"binary_array: {offsets[-1]} bytes do not fit int32 offsets")
+    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))]
+    return pa.Array.from_buffers(pa.binary(), len(values), buffers)
+
+
 class SplitWriters:
     """One parquet part file per split for a chunk, as a context manager.
+
+    Rows are queued per split as Arrow tables of ``ROW_SCHEMA`` plus their stamps as Python
+    bytes; the stamps become an Arrow column only when their row group is written, so each
+    stamp is copied once (a stamp is ~46 kB, shared by a galaxy's ~9 rows).
 
     Each file is written to a temporary sibling (``haloscope.atomic``) that is renamed into
     place when the block exits cleanly; on an exception every temporary file is removed.
@@ -212,7 +238,7 @@ class SplitWriters:
         self.row_group_rows = row_group_rows
         self._files = contextlib.ExitStack()
         self._writers: dict[str, pq.ParquetWriter] = {}
-        self._pending: dict[str, list[pa.Table]] = {}
+        self._pending: dict[str, tuple[list[pa.Table], list[bytes]]] = {}
         self.rows_written: dict[str, int] = {}
 
     def __enter__(self) -> SplitWriters:
@@ -223,8 +249,9 @@ class SplitWriters:
             self._abort(exc)
             return False
         try:
-            for split, pending in self._pending.items():
-                self._flush(split, pending)
+            for split, (tables, stamps) in self._pending.items():
+                if stamps:
+                    self._flush(split, pa.concat_tables(tables), stamps)
             for writer in self._writers.values():
                 writer.close()
         except BaseException as err:
@@ -240,26 +267,34 @@ class SplitWriters:
                 writer.close()
         self._files.__exit__(type(err), err, err.__traceback__)
 
-    def add(self, split: str, rows: pa.Table) -> None:
-        """Queue rows (``SCHEMA``) of one split; a row group is written every ``row_group_rows``."""
-        pending = self._pending.setdefault(split, [])
-        pending.append(rows)
-        queued = sum(t.num_rows for t in pending)
-        if queued < self.row_group_rows:
-            return
-        joined, start = pa.concat_tables(pending), 0
-        while queued - start >= self.row_group_rows:
-            self._flush(split, [joined.slice(start, self.row_group_rows)])
-            start += self.row_group_rows
-        pending[:] = [joined.slice(start)]
+    def add(self, split: str, rows: pa.Table, stamps: list[bytes]) -> None:
+        """Queue rows of one split; a row group is written every ``row_group_rows`` rows.
 
-    def _flush(self, split: str, tables: list[pa.Table]) -> None:
-        table = pa.concat_tables(tables).combine_chunks() if tables else None
-        if table is None or table.num_rows == 0:
+        Args:
+            split: the split (part file) the rows belong to.
+            rows: the rows in ``ROW_SCHEMA``.
+            stamps: the ``stamp_npz`` value of each row.
+        """
+        if rows.num_rows != len(stamps):
+            raise ValueError(f"{rows.num_rows} rows but {len(stamps)} stamps")
+        tables, queued = self._pending.setdefault(split, ([], []))
+        tables.append(rows)
+        queued.extend(stamps)
+        if len(queued) < self.row_group_rows:
             return
+        joined, start, size = pa.concat_tables(tables), 0, self.row_group_rows
+        while len(queued) - start >= size:
+            self._flush(split, joined.slice(start, size), queued[start : start + size])
+            start += size
+        tables[:] = [joined.slice(start)]
+        del queued[:start]
+
+    def _flush(self, split: str, rows: pa.Table, stamps: list[bytes]) -> None:
         if split not in self._writers:
             final = self.out / f"region_split={split}" / f"part-{self.chunk:05d}.parquet"
             tmp = self._files.enter_context(atomic_path(final))
             self._writers[split] = pq.ParquetWriter(tmp, SCHEMA, compression=self.codec)
+        stamp_field = SCHEMA.field(_STAMP_INDEX)
+        table = rows.combine_chunks().add_column(_STAMP_INDEX, stamp_field, binary_array(stamps))
         self._writers[split].write_table(table)
         self.rows_written[split] = self.rows_written.get(split, 0) + table.num_rows

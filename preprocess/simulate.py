@@ -65,15 +65,18 @@ def _batch_stamps(
     return stamps
 
 
-def _split_blocks(pop: Population, table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
-    """Runs of consecutive rows of one split, as slices (no copy of the stamps), in row order.
+def _split_blocks(
+    pop: Population, table: pa.Table, stamps: list[bytes]
+) -> Iterator[tuple[str, pa.Table, list[bytes]]]:
+    """Runs of consecutive rows of one split (slices of the rows and stamps), in row order.
 
     A batch's galaxies are sorted by split, so there is one run per split present.
     """
     row_split = np.repeat(pop["split_index"], pop["num_rows"])
     edges = np.flatnonzero(np.diff(row_split)) + 1
     for start, stop in zip([0, *edges.tolist()], [*edges.tolist(), len(row_split)], strict=True):
-        yield SPLITS[int(row_split[start])], table.slice(start, stop - start)
+        split = SPLITS[int(row_split[start])]
+        yield split, table.slice(start, stop - start), stamps[start:stop]
 
 
 def simulate_chunk(cfg: SimConfig, chunk: int) -> dict[str, int]:
@@ -90,9 +93,9 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> dict[str, int]:
         for start in range(0, len(pop["ra"]), RENDER_BATCH):
             sub = {k: v[start : start + RENDER_BATCH] for k, v in pop.items()}
             rb = render_batch(rng, sub, quantize=cfg.quantize)
-            table = batch_table(sub, rb, _batch_stamps(rng, sub, rb, fail_bytes))
-            for split, rows in _split_blocks(sub, table):
-                writers.add(split, rows)
+            table, stamps = batch_table(sub, rb, _batch_stamps(rng, sub, rb, fail_bytes))
+            for split, rows, row_stamps in _split_blocks(sub, table, stamps):
+                writers.add(split, rows, row_stamps)
     return writers.rows_written
 
 

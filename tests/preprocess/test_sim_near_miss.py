@@ -95,7 +95,7 @@ def test_the_control_row_has_control_truth(near_misses):
     pop, idx, _, _ = near_misses
     sub = {k: v[idx[:3]] for k, v in pop.items()}
     rb = render_batch(np.random.default_rng(0), sub)
-    rows = batch_table(sub, rb, [[b""]] * 3).drop(["stamp_npz"]).to_pylist()
+    rows = batch_table(sub, rb, [[b""]] * 3)[0].to_pylist()
     assert len(rows) == sub["num_rows"].sum()
     for row in rows:
         assert row["is_control"] == 1 and row["control_kind"] == "near_miss"
