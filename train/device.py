@@ -44,7 +44,8 @@ class GpuProbe:
         nvidia_smi: path of ``nvidia-smi`` on PATH, or None.
         driver: the loaded kernel driver's version, or None when none is loaded.
         capabilities: (major, minor) of each GPU torch sees (empty unless CUDA is available).
-        arch_list: the architectures torch was compiled for (``sm_90``, ``compute_90``, ...).
+        arch_list: the architectures torch was compiled for (``sm_90``, ``compute_90``, ...;
+            empty for a CPU-only build).
         visible_devices: ``CUDA_VISIBLE_DEVICES``, or None when unset.
     """
 
@@ -77,10 +78,9 @@ def probe_gpu() -> GpuProbe:
     """Gather the facts of ``GpuProbe`` (initialises CUDA when it is available)."""
     available = torch.cuda.is_available()
     caps: tuple[tuple[int, int], ...] = ()
-    arch: tuple[str, ...] = ()
     if available:
         caps = tuple(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
-        arch = tuple(torch.cuda.get_arch_list())
+    arch = tuple(torch.cuda.get_arch_list()) if torch.version.cuda else ()
     nodes = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
     return GpuProbe(
         torch_version=torch.__version__,

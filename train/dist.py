@@ -171,11 +171,14 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
     return Launch()
 
 
-def pick_device(requested: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+def pick_device(
+    requested: str, local_rank: int = 0, world_size: int = 1, *, warn: bool = True
+) -> torch.device:
     """The device of this rank for ``--device`` ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     ``auto`` is ``cuda:<local_rank>`` when CUDA is available, else the CPU, with a warning
-    when an NVIDIA GPU is present but torch cannot use it (``train.device.gpu_problem``).
+    (unless ``warn`` is False) when an NVIDIA GPU is present but torch cannot use it
+    (``train.device.gpu_problem``).
 
     Raises:
         ConfigError: an unknown device, CUDA asked for but unusable, or ``cuda:N`` on
@@ -184,7 +187,7 @@ def pick_device(requested: str, local_rank: int = 0, world_size: int = 1) -> tor
     if requested == "auto":
         probe = gpu.probe_gpu()
         problem = gpu.gpu_problem(probe)
-        if problem is not None:
+        if problem is not None and warn:
             log.warning("GPU PRESENT BUT UNUSABLE: %s", problem)
         requested = "cuda" if probe.cuda_available else "cpu"
     if requested == "cpu":
