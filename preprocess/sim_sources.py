@@ -414,18 +414,41 @@ def draw_near_miss_sources(
     beta += rng.uniform(*_NM_GAP, num) * theta_e
     unit_lens = (np.ones(num), *(lens[k] for k in ("mass_q", "mass_phi", "gamma1", "gamma2")))
     direction = np.stack([np.cos(azimuth), np.sin(azimuth)])
-    for _ in range(_NM_MU_ROUNDS):  # off cusps: move out until the centre's image is weak
-        mu = _single_image_magnification(direction * beta / theta_e, unit_lens)
-        beta = np.where(mu > _NM_MU_MAX, beta * 1.05, beta)
+    beta, mu = _push_off_cusps(beta, direction, theta_e, unit_lens)
     two = lambda a: np.repeat(a[:, None], 2, axis=1)  # noqa: E731
     out = {"src_mag_r": mag, "src_z": z, "src_reff": reff, **shape}
     out.update(
         src_x=two(beta * direction[0]),
         src_y=two(beta * direction[1]),
-        mu_map=two(_single_image_magnification(direction * beta / theta_e, unit_lens)),
+        mu_map=two(mu),
         src_phi=two(rng.uniform(0.0, np.pi, num)),
     )
     return out
+
+
+def _push_off_cusps(
+    beta: np.ndarray, direction: np.ndarray, theta_e: np.ndarray, lens: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move sources out by 5% per round (``_NM_MU_ROUNDS`` at most) while ``mu > _NM_MU_MAX``.
+
+    Each source's magnification depends only on its own position, so a round recomputes it
+    only for the sources it moved.
+
+    Returns:
+        The final ``beta`` (arcsec) and the single-image magnification there.
+    """
+    mu = _single_image_magnification(direction * beta / theta_e, lens)
+    for _ in range(_NM_MU_ROUNDS):
+        rows = np.flatnonzero(mu > _NM_MU_MAX)
+        if len(rows) == 0:
+            break
+        beta = beta.copy()
+        beta[rows] = beta[rows] * 1.05
+        sub_lens = tuple(a[rows] for a in lens)
+        mu[rows] = _single_image_magnification(
+            direction[:, rows] * beta[rows] / theta_e[rows], sub_lens
+        )
+    return beta, mu
 
 
 def _single_image_magnification(beta: np.ndarray, lens: tuple[np.ndarray, ...]) -> np.ndarray:
