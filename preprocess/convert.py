@@ -23,15 +23,15 @@ import pyarrow as pa
 
 from haloscope.config import option
 from haloscope.errors import ConfigError
+from haloscope.preprocess.config import PreprocessConfig
 from haloscope.preprocess.gates import column_f64, gate_batch, labels_of, theta_over_psf
 from haloscope.preprocess.hardneg import HardNegLookup
-from haloscope.preprocess.normalize import NORM_METHODS, normalize
+from haloscope.preprocess.normalize import normalize
 from haloscope.preprocess.read_parquet import iter_record_batches
 from haloscope.preprocess.schema import (
     REQUIRED_COLUMNS,
     SPLITS,
     STRATA_COLUMNS,
-    check_meta_columns,
 )
 from haloscope.shards.buckets import open_part, row_dtype, shuffle_keys, stamp_digests
 from haloscope.shards.schema import RECORD_SAMPLES, TABLE_DTYPE, encode_control_kind
@@ -48,8 +48,9 @@ _ORDER_SHIFT = 40  # order = (file index << 40) | row index in file
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConvertConfig:
-    """Settings of one ``haloscope shards`` run (each field is the flag of the same name)."""
+class ConvertConfig(PreprocessConfig):
+    """Settings of one ``haloscope shards`` run (each field is the flag of the same name);
+    the seed's preprocessing settings are ``PreprocessConfig``'s."""
 
     data: Path
     """Hive-partitioned parquet root."""
@@ -57,18 +58,8 @@ class ConvertConfig:
     """Output root; one directory per split."""
     splits: tuple[str, ...] = SPLITS
     """Comma-separated splits to convert."""
-    hard_neg_path: Path | None = None
-    """Hard-negative lookup parquet; None = no hard negatives."""
-    hard_neg_weight: int = 5
-    """Copies of each matched control (1..255)."""
-    min_theta_over_psf: float = 0.5
-    """Resolvability cut on positives of every split."""
-    norm_method: str = option("outer", choices=NORM_METHODS)
-    """Stamp stretch after sky-sigma scaling: outer (the seed's clip at +-10) or asinh."""
     train_min_arc_snr: float = 0.0
     """Drop lenses with arc_snr below this from the train split only (0 = keep all)."""
-    meta_cols: tuple[str, ...] = ("psfsize_r", "psfdepth_r")
-    """Meta inputs, comma-separated, from the schema's allowed meta columns ('' for none)."""
     record_samples: int = RECORD_SAMPLES
     """Samples per packed record."""
     shard_samples: int = 4096
@@ -95,19 +86,8 @@ class ConvertConfig:
     """The command line, stored in the manifests (set by the CLI)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         checks = [
-            (
-                1 <= self.hard_neg_weight <= 255,
-                f"--hard-neg-weight must be 1..255, got {self.hard_neg_weight}",
-            ),
-            (
-                self.min_theta_over_psf >= 0,
-                f"--min-theta-over-psf must be >= 0, got {self.min_theta_over_psf}",
-            ),
-            (
-                self.norm_method in NORM_METHODS,
-                f"--norm-method must be one of {NORM_METHODS}, got {self.norm_method!r}",
-            ),
             (
                 self.train_min_arc_snr >= 0,
                 f"--train-min-arc-snr must be >= 0, got {self.train_min_arc_snr}",
@@ -137,7 +117,6 @@ class ConvertConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        check_meta_columns(self.meta_cols)
 
     def hard_neg_copies(self, split: str) -> int:
         """Copies of each control matched by the lookup: the weight in train, else 1."""

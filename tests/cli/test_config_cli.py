@@ -8,6 +8,7 @@ import importlib
 import re
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -289,3 +290,21 @@ def test_shards_verify_needs_no_data_and_slurm_defaults(tmp_path):
     cfg = parse_config(["--out", "o", "--data", "d"], env=env)
     assert (cfg.task_index, cfg.num_tasks, cfg.data) == (3, 4, Path("d"))
     assert cfg.command == ("haloscope", "shards", "--out", "o", "--data", "d")
+
+
+def test_train_checks_the_preprocessing_settings_under_the_shards_names():
+    """The seed passes its preprocessing flags to train too: there they are optional checks
+    against the manifest, with the flag names and value types of PreprocessConfig."""
+    from haloscope.preprocess.config import PreprocessConfig
+
+    def base(tp):  # X | None -> X; a path is given as a string in train
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if typing.get_origin(tp) is types.UnionType and len(args) == 1 else tp
+        return str if tp is Path else tp
+
+    shards = {fl.key: fl for fl in _cli("shards").flags}
+    train = {fl.key.split(".")[1]: fl for fl in _cli("train").flags}
+    for f in dataclasses.fields(PreprocessConfig):
+        assert train[f.name].name == shards[f.name].name, f.name
+        assert train[f.name].default is None, f.name  # absent: not checked
+        assert base(train[f.name].type) == base(shards[f.name].type), f.name
