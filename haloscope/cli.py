@@ -43,8 +43,9 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Strong-lens finder for DESI Legacy Survey DR10 cutouts.\n\nverbs:\n"
         + "\n".join(lines),
-        epilog="Run `haloscope <verb> --help` for the flags of one verb. "
-        "Flags accept both spellings, --batch-size and --batch_size.",
+        epilog="Run `haloscope <verb> --help` for the flags of one verb. Flags accept both "
+        "spellings, --batch-size and --batch_size, and mean the same in every verb. A verb "
+        "with settings also takes --config FILE.toml and --print-config (its resolved TOML).",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("verb", nargs="?", choices=list(VERBS), metavar="verb", help="see above")
