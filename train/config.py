@@ -82,13 +82,17 @@ class DataConfig:
     max_steps_per_epoch: int | None = None
     """Cap on optimiser steps per epoch; None: no cap."""
     hard_neg_path: str | None = None
-    """Only checked against the train manifest (hard negatives are built into shards)."""
+    """Checked against the train manifest (hard negatives are built into the shards by
+    `haloscope shards --hard-neg-path`); None: not checked."""
     hard_neg_weight: int | None = None
-    """Only checked against the train manifest."""
+    """Checked against the train manifest (`haloscope shards --hard-neg-weight`); None: not
+    checked."""
     min_theta_over_psf: float | None = None
-    """Only checked against the train manifest."""
+    """Checked against the train manifest (`haloscope shards --min-theta-over-psf`); None: not
+    checked."""
     norm_method: str | None = None
-    """Only checked against the train manifest."""
+    """Checked against the train manifest (`haloscope shards --norm-method`); None: not
+    checked."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "val_batch_size"):
