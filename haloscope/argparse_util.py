@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, NoReturn, TypeVar
 
 from haloscope.config import (
-    _dotted,
     cli_meta,
     coerce,
     field_docs,
     load_config,
     merge_dicts,
+    nest,
     ordered_fields,
     sections,
     to_toml,
@@ -112,7 +112,7 @@ class _SetValue(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, **kwargs)
         self.values = dict(values)
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
         setattr(namespace, self.dest, self.values[option_string])
 
 
@@ -155,14 +155,9 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def config_flags(cls: type, *, aliases: Mapping[str, Sequence[str]] | None = None,
-                 exclude: Sequence[str] = ()) -> list[Flag]:  # fmt: skip
-    """One ``Flag`` per field of ``cls`` (section fields flattened), in field order.
-
-    Args:
-        cls: the verb's config dataclass.
-        aliases: extra spellings per config key, for fields of classes owned elsewhere.
-        exclude: config keys that get no flag (the verb sets them itself).
+def config_flags(cls: type) -> list[Flag]:
+    """One ``Flag`` per field of ``cls`` (section fields flattened), required ones first;
+    none for a field marked ``option(cli=False)`` (the verb sets it itself).
 
     Raises:
         ValueError: two fields claim the same flag (a setting declared twice).
@@ -170,12 +165,12 @@ def config_flags(cls: type, *, aliases: Mapping[str, Sequence[str]] | None = Non
     flags: list[Flag] = []
     for key, f, tp, doc in _leaves(cls, ""):
         meta = cli_meta(f)
-        if key in exclude or meta.get("cli") is False:
+        if meta.get("cli") is False:
             continue
         default = "--" + f.name.replace("_", "-")
         name = meta.get("flag") or SYNONYMS.get(default, default)
         more = [a for a, n in SYNONYMS.items() if n == name] if not meta.get("flag") else []
-        names = [*meta.get("aliases", ()), *(aliases or {}).get(key, ()), *more]
+        names = [*meta.get("aliases", ()), *more]
         switches = dict(meta.get("switches", {}))
         if _is_bool(tp):
             switches = {name: True, "--no-" + name[2:]: False, **switches}
@@ -253,19 +248,16 @@ class ConfigCLI(Generic[T]):
         description: ``--help`` text above the flags.
         presets: named layers under ``--config`` (``--preset NAME``).
         preset_switches: flags that pick a preset (``{"--tiny": "tiny"}``).
-        aliases: extra spellings per config key (fields of classes owned elsewhere).
-        exclude: config keys without a flag (as ``option(cli=False)``); fields without a
-            flag are left out of ``--print-config``.
+
+    Fields without a flag (``option(cli=False)``) are left out of ``--print-config``.
     """
 
     def __init__(self, verb: str, cls: type[T], description: str, *,
                  presets: Mapping[str, Mapping[str, Any]] | None = None,
-                 preset_switches: Mapping[str, str] | None = None,
-                 aliases: Mapping[str, Sequence[str]] | None = None,
-                 exclude: Sequence[str] = ()) -> None:  # fmt: skip
+                 preset_switches: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.verb, self.cls, self.description = verb, cls, description
         self.presets, self.preset_switches = dict(presets or {}), dict(preset_switches or {})
-        self.flags = config_flags(cls, aliases=aliases, exclude=exclude)
+        self.flags = config_flags(cls)
         flagged = {fl.key for fl in self.flags}
         self.skip = tuple(key for key, *_ in _leaves(cls, "") if key not in flagged)
         self.nested = bool(sections(cls))
@@ -342,9 +334,9 @@ class ConfigCLI(Generic[T]):
         cli: dict[str, Any] = {}
         for dest, value in vars(args).items():
             if dest.startswith(_DEST):
-                cli = merge_dicts(cli, _dotted(dest[len(_DEST) :], value))
+                cli = merge_dicts(cli, nest(dest[len(_DEST) :], value))
         for key, value in (fixed or {}).items():
-            cli = merge_dicts(cli, _dotted(key, value))
+            cli = merge_dicts(cli, nest(key, value))
         preset = getattr(args, "preset", None)
         layers = [*layers, self.presets[preset]] if preset else list(layers)
         cfg = load_config(self.cls, layers=layers, toml_path=getattr(args, "config", None), cli=cli,

@@ -36,6 +36,7 @@ __all__ = [
     "config_to_dict",
     "parse_override",
     "merge_dicts",
+    "nest",
     "option",
     "cli_meta",
     "coerce",
@@ -210,7 +211,8 @@ def _build(cls: type[T], values: Mapping[str, Any], prefix: str, flags: Mapping[
         raise ConfigError(str(exc)) from None
 
 
-def _dotted(key: str, value: Any) -> dict[str, Any]:
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``nest("run.epochs", 3)`` is ``{"run": {"epochs": 3}}``."""
     node: dict[str, Any] = {}
     cursor = node
     parts = key.split(".")
@@ -260,7 +262,7 @@ def load_config(
         merged = merge_dicts(merged, table)
     merged = merge_dicts(merged, cli or {})
     for text in overrides:
-        merged = merge_dicts(merged, _dotted(*parse_override(text)))
+        merged = merge_dicts(merged, nest(*parse_override(text)))
     return _build(cls, merged, "", flags or {})
 
 
