@@ -143,11 +143,31 @@ def sie_deflection(
     c, s = np.cos(phi).astype(x.dtype), np.sin(phi).astype(x.dtype)
     xr = c * x + s * y
     yr = -s * x + c * y
-    psi = np.sqrt(qd * qd * xr * xr + yr * yr)
-    psi = np.maximum(psi, np.asarray(1e-9, dtype=x.dtype))
-    ax_r = b / root * np.arctan(root * xr / psi)
-    ay_r = b / root * np.arctanh(np.clip(root * yr / psi, -0.9999999, 0.9999999))
-    return c * ax_r - s * ay_r, s * ax_r + c * ay_r
+    # NOTE: in place, in the order of the formulas above, on arrays of the output's shape
+    # (root spans theta_E's axes too)
+    shape = np.broadcast_shapes(np.shape(xr), root.shape, b.shape)
+    new = lambda: np.empty(shape, x.dtype)  # noqa: E731
+    psi = np.multiply(qd * qd, xr, out=new())
+    psi *= xr
+    psi += yr * yr
+    np.sqrt(psi, out=psi)
+    np.maximum(psi, np.asarray(1e-9, dtype=x.dtype), out=psi)
+    amp = b / root
+    ax_r = np.multiply(root, xr, out=new())
+    ax_r /= psi
+    np.arctan(ax_r, out=ax_r)
+    ax_r *= amp
+    ay_r = np.multiply(root, yr, out=new())
+    ay_r /= psi
+    np.clip(ay_r, -0.9999999, 0.9999999, out=ay_r)
+    np.arctanh(ay_r, out=ay_r)
+    ay_r *= amp
+    alpha_x = np.multiply(c, ax_r, out=psi)
+    alpha_x -= s * ay_r
+    np.multiply(s, ax_r, out=ax_r)
+    np.multiply(c, ay_r, out=ay_r)
+    ax_r += ay_r
+    return alpha_x[()], ax_r[()]  # [()]: a scalar for scalar input, as numpy's operators give
 
 
 def sie_max_deflection(q: np.ndarray) -> np.ndarray:

@@ -363,7 +363,9 @@ def render_batch(
     sky = sky_sigma_nmgy(pop["depth_local"], pop["psf_local"])
     gain = GAIN_E_PER_NMGY_S * EXPTIME_S * pop["n_exp"][:, None]
     var = noise_variance(model, sky, gain)
-    base = model + rng.standard_normal(model.shape, dtype=F32) * np.sqrt(var)
+    base = rng.standard_normal(model.shape, dtype=F32)
+    base *= np.sqrt(var)
+    base += model  # model + noise, added in place
     rb = _add_arcs(rng, pop, base, var, kernels, gain, keep_arcs)
     if quantize > 0:
         rb.base = quantize_pixels(rb.base, sky, quantize)
@@ -409,10 +411,15 @@ def _add_arcs(rng, pop, base, var, kernels, gain, keep_arcs) -> RenderedBatch:
     lens = tuple(pop[k][idx, None] for k in ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2"))
     lam_t, lam_r = lens_eigenvalues(peak[..., 0], peak[..., 1], lens)
     truth["tangential_stretch"], truth["radial_stretch"] = 1 / np.abs(lam_t), 1 / np.abs(lam_r)
+    base_pos, gain_pos = base[idx], gain[idx].astype(F32)[:, :, None, None]
     for rep in range(2):
         arc = unit[:, rep]
-        arc_var = np.maximum(arc, 0) / gain[idx].astype(F32)[:, :, None, None]
-        out[:, rep] = base[idx] + arc + rng.standard_normal(arc.shape, dtype=F32) * np.sqrt(arc_var)
+        shot = np.maximum(arc, 0)  # the arc's own shot noise: sigma^2 = arc / gain
+        shot /= gain_pos
+        np.sqrt(shot, out=shot)
+        shot *= rng.standard_normal(arc.shape, dtype=F32)
+        np.add(base_pos, arc, out=out[:, rep])
+        out[:, rep] += shot
         snr = (arc / sigma).max(axis=(2, 3))  # coadd sigma: sky + lens shot noise, not the arc's
         truth["arc_snr_g"][:, rep], truth["arc_snr"][:, rep] = snr[:, 0], snr[:, 1]
         truth["arc_snr_z"][:, rep] = snr[:, 2]
