@@ -332,12 +332,13 @@ def _rfft2_padded(images: np.ndarray, n_fft: int) -> np.ndarray:
 
 def _irfft2_crop(spectra: np.ndarray, n_fft: int, start: int, size: int) -> np.ndarray:
     """``irfft2(spectra, s=(n_fft, n_fft))[..., start:start+size, start:start+size]`` as
-    contiguous float32, inverting only the rows that are kept.
+    contiguous float32, inverting only the rows that are kept; ``spectra`` is overwritten.
 
     pocketfft's irfft2 is the inverse fft of each column, the inverse rfft of each row and then
     one multiplication by ``1 / n_fft^2`` (rounded from long double, as pocketfft does).
     """
-    rows = sp_fft.ifft(spectra, axis=-2, norm="forward")[..., start : start + size, :]
+    rows = sp_fft.ifft(spectra, axis=-2, norm="forward", overwrite_x=True)
+    rows = rows[..., start : start + size, :]
     full = sp_fft.irfft(rows, n=n_fft, axis=-1, norm="forward")[..., start : start + size]
     out = np.ascontiguousarray(full, dtype=np.float32)
     out *= np.float32(1 / np.longdouble(n_fft * n_fft))
@@ -381,7 +382,9 @@ def convolve_stamps(
     if spectra is None:
         spectra = kernel_spectra(kernels, h)
     n_fft = spectra.shape[-2]
-    return _irfft2_crop(_rfft2_padded(images, n_fft) * spectra, n_fft, k // 2, h)
+    product = _rfft2_padded(images, n_fft)
+    product *= spectra
+    return _irfft2_crop(product, n_fft, k // 2, h)
 
 
 def convolve_full(images: np.ndarray, spectra: np.ndarray, kernel_px: int) -> np.ndarray:
@@ -400,7 +403,9 @@ def convolve_full(images: np.ndarray, spectra: np.ndarray, kernel_px: int) -> np
     """
     n_fft = spectra.shape[-2]
     size = images.shape[-1] + kernel_px - 1
-    return _irfft2_crop(_rfft2_padded(images, n_fft) * spectra, n_fft, 0, size)
+    product = _rfft2_padded(images, n_fft)
+    product *= spectra
+    return _irfft2_crop(product, n_fft, 0, size)
 
 
 def sky_sigma_nmgy(psfdepth_mag: np.ndarray, psfsize_arcsec: np.ndarray) -> np.ndarray:
