@@ -152,7 +152,7 @@ FAKE_TORCHRUN = """#!/usr/bin/env python3
 import json, os, signal, sys, time
 from pathlib import Path
 state = Path(os.environ["FAKE_SLURM_DIR"])
-keep = ("TORCHELASTIC_SIGNALS_TO_HANDLE", "SLURM_PROCID", "OMP_NUM_THREADS")
+keep = ("TORCHELASTIC_SIGNALS_TO_HANDLE", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "SLURM_PROCID")
 (state / "torchrun.json").write_text(json.dumps(
     {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keep}}))
 if os.environ.get("FAKE_TORCHRUN_WAIT"):
@@ -160,6 +160,7 @@ if os.environ.get("FAKE_TORCHRUN_WAIT"):
         (state / "torchrun.signal").write_text(signal.Signals(signum).name)
         sys.exit(0)
     signal.signal(signal.SIGUSR1, saved)
+    signal.signal(signal.SIGTERM, saved)
     (state / "torchrun.started").write_text("")
     time.sleep(120)
     sys.exit(3)
@@ -188,15 +189,19 @@ def test_train_template_runs_one_torchrun_per_node_with_c10d_on_the_first_node(t
         "--rdzv-endpoint", "gh07:29500", "-m", "haloscope", "train", "--shards", "/data/shards",
         "--out-dir", "/data/runs/r1", "--resume", "auto", "--epochs", "3"]  # fmt: skip
     assert "SIGUSR1" in seen["env"]["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(",")
+    assert seen["env"]["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "150"  # < the 180 s of --signal
     assert seen["env"]["SLURM_PROCID"] == "0"  # started through srun
     assert not (state / "requeue.log").exists()
 
 
-def test_usr1_before_the_time_limit_reaches_the_ranks_then_requeues(tmp_path):
+@pytest.mark.parametrize(("stop_signal", "received"), [(None, "SIGUSR1"), ("TERM", "SIGTERM")])
+def test_usr1_before_the_time_limit_reaches_the_ranks_then_requeues(tmp_path, stop_signal,
+                                                                   received):  # fmt: skip
     """--signal=B:USR1@180: Slurm signals the batch shell only; the template forwards USR1
-    through srun to torchrun (which hands it to the ranks), waits for it to exit, and
-    requeues the job."""
-    state, env = _train_env(tmp_path, FAKE_TORCHRUN_WAIT="1")
+    (or STOP_SIGNAL, for torch < 2.9) through srun to torchrun (which hands it to the
+    ranks), waits for it to exit, and requeues the job."""
+    extra = {"STOP_SIGNAL": stop_signal} if stop_signal else {}
+    state, env = _train_env(tmp_path, FAKE_TORCHRUN_WAIT="1", **extra)
     proc = subprocess.Popen(["bash", str(SLURM / "train.sbatch")], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 60
@@ -206,7 +211,7 @@ def test_usr1_before_the_time_limit_reaches_the_ranks_then_requeues(tmp_path):
     proc.send_signal(signal.SIGUSR1)  # what `--signal=B:USR1@180` does
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert (state / "torchrun.signal").read_text() == "SIGUSR1"
+    assert (state / "torchrun.signal").read_text() == received
     assert (state / "requeue.log").read_text().split() == ["777"]
     assert "requeueing job 777" in err
 
