@@ -13,8 +13,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from haloscope.preprocess.decode import DECODE_OK, decode_stamp
 from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
-from haloscope.preprocess.sim_table import encode_npz
+from haloscope.preprocess.sim_table import encode_npz, stamp_bytes
 from haloscope.preprocess.simulate import simulate
 
 # reference/original_pipeline.md section 1.6 (names and types that readers rely on)
@@ -206,7 +207,7 @@ def _zipfile_npz(arrays: dict[str, np.ndarray], level: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("level", [1, 6])
+@pytest.mark.parametrize("level", [0, 1, 6])
 def test_encode_npz_matches_zipfile_bytes(level):
     img = np.random.default_rng(0).standard_normal((3, 64, 64)).astype(np.float32)
     cases = [
@@ -222,3 +223,20 @@ def test_encode_npz_matches_zipfile_bytes(level):
                 np.testing.assert_array_equal(z[name], arr)
     with pytest.raises(ValueError, match="object array"):
         encode_npz({"x": np.array([None])})
+
+
+def test_stamps_are_stored_deflate_members_that_decode_exactly():
+    img = np.random.default_rng(1).standard_normal((3, 64, 64)).astype(np.float32)
+    img[0, :8, :8] = np.nan
+    blob = stamp_bytes(img, r_only=False)
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        infos = zf.infolist()
+    assert [i.filename for i in infos] == ["image_g.npy", "image_r.npy", "image_z.npy"]
+    # deflate members holding stored blocks: the parquet codec does the compressing
+    assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
+    assert all(i.file_size < i.compress_size < i.file_size + 64 for i in infos)
+    out = np.zeros((3, 64, 64), np.float32)
+    assert decode_stamp(blob, out) == DECODE_OK
+    assert out.tobytes() == img.tobytes()
+    with np.load(io.BytesIO(stamp_bytes(img, r_only=True))) as z:
+        assert z.files == ["image_r"] and z["image_r"].tobytes() == img[1].tobytes()
