@@ -215,17 +215,17 @@ def task_id(
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def binary_array(values: list[bytes], scratch: bytearray | None = None) -> pa.Array:
+def binary_array(values: list[bytes], scratch: np.ndarray | None = None) -> pa.Array:
     """A ``pa.binary()`` array of ``values``, their bytes copied once into one buffer.
 
     Args:
         values: the array's values.
-        scratch: a buffer to copy them into (grown as needed) instead of a new one; the array
-            is valid until ``scratch`` is written again. A large new buffer is fresh memory from
-            the system, paid for in page faults (~11k for a 1024-stamp row group).
+        scratch: a uint8 buffer of at least their total size to copy them into instead of a
+            new one; the array views it, so it is valid until ``scratch`` is written again.
 
     Raises:
-        ValueError: the values hold 2 GiB or more (beyond int32 offsets).
+        ValueError: the values hold 2 GiB or more (beyond int32 offsets), or do not fit
+            ``scratch``.
     """
     offsets = np.zeros(len(values) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
@@ -234,15 +234,14 @@ def binary_array(values: list[bytes], scratch: bytearray | None = None) -> pa.Ar
         raise ValueError(f"binary_array: {size} bytes do not fit int32 offsets")
     if scratch is None:
         data = pa.py_buffer(b"".join(values))
+    elif scratch.size < size:
+        raise ValueError(f"binary_array: {size} bytes do not fit a {scratch.size}-byte scratch")
     else:
-        if len(scratch) < size:
-            scratch.extend(bytes(size - len(scratch)))
         view = memoryview(scratch)
-        for value, start, stop in zip(
-            values, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True
-        ):
+        bounds = zip(values, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+        for value, start, stop in bounds:
             view[start:stop] = value
-        data = pa.py_buffer(view[:size])
+        data = pa.py_buffer(scratch[:size])
     buffers = [None, pa.py_buffer(offsets.astype(np.int32)), data]
     return pa.Array.from_buffers(pa.binary(), len(values), buffers)
 
@@ -267,7 +266,9 @@ class SplitWriters:
         self._files = contextlib.ExitStack()
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._pending: dict[str, tuple[list[pa.Table], list[bytes]]] = {}
-        self._stamp_buffer = bytearray()  # reused by every row group (see binary_array)
+        # NOTE: one buffer for every row group's stamps: a fresh ~50 MB one per group would be
+        # fresh memory from the system each time (~12k page faults)
+        self._stamp_buffer = np.empty(0, np.uint8)
         self.rows_written: dict[str, int] = {}
 
     def __enter__(self) -> SplitWriters:
@@ -324,6 +325,9 @@ class SplitWriters:
             tmp = self._files.enter_context(atomic_path(final))
             self._writers[split] = pq.ParquetWriter(tmp, SCHEMA, compression=self.codec)
         stamp_field = SCHEMA.field(_STAMP_INDEX)
+        needed = sum(map(len, stamps))
+        if self._stamp_buffer.size < needed:
+            self._stamp_buffer = np.empty(needed, np.uint8)  # not zeroed: every byte is written
         stamp_column = binary_array(stamps, self._stamp_buffer)
         table = rows.combine_chunks().add_column(_STAMP_INDEX, stamp_field, stamp_column)
         self._writers[split].write_table(table)
