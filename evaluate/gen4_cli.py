@@ -74,7 +74,8 @@ class Gen4Config:
     nproc_per_node: int = 1
     """Processes per node for train and infer (torchrun when > 1)."""
     train_args: tuple[str, ...] = option((), parse=shlex.split, metavar="'FLAGS'")
-    """Extra `haloscope train` flags for both generations, one quoted string."""
+    """Extra `haloscope train` flags for both generations, one quoted string (one flag alone
+    needs the = form: --train-args=--compile)."""
     sim_args: tuple[str, ...] = option((), parse=shlex.split, metavar="'FLAGS'")
     """Extra `haloscope simulate` flags, one quoted string (e.g. --selection-frac 0)."""
     quiet: bool = False
