@@ -16,28 +16,32 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from haloscope import __version__
-from haloscope.argparse_util import VerbParser
+from haloscope.argparse_util import ConfigCLI
 
-__all__ = ["build_parser", "collect", "format_text", "main"]
+__all__ = ["CLI", "EnvConfig", "collect", "format_text", "main"]
 
 
-def build_parser() -> VerbParser:
-    parser = VerbParser(
-        "env",
-        "Print haloscope, Python, CPU, torch/CUDA/cuDNN/NCCL versions, the NVIDIA driver and "
-        "GPUs, the launcher variables seen (torchrun or Slurm) and the device, precision and "
-        "step mode the trainer will use here. Warns when a GPU is present but unusable.",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="the trainer's --device to resolve: auto, cpu, cuda or cuda:N (default auto)",
-    )
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class EnvConfig:
+    """What ``haloscope env`` reports, and how."""
+
+    device: str = "auto"
+    """The trainer's --device to resolve: auto, cpu, cuda or cuda:N."""
+    json: bool = False
+    """Print one JSON object instead of the text report."""
+
+
+CLI = ConfigCLI(
+    "env",
+    EnvConfig,
+    "Print haloscope, Python, CPU, torch/CUDA/cuDNN/NCCL versions, the NVIDIA driver and\n"
+    "GPUs, the launcher variables seen (torchrun or Slurm) and the device, precision and\n"
+    "step mode the trainer will use here. Warns when a GPU is present but unusable.",
+)
 
 
 def _cudnn(torch: Any) -> str | None:
@@ -205,7 +209,7 @@ def format_text(info: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``haloscope env``."""
-    args = build_parser().parse_args(argv)
+    args = CLI.parse(argv)
     info = collect(args.device)
     print(json.dumps(info, indent=1) if args.json else format_text(info))
     return 0

@@ -19,8 +19,8 @@ from haloscope.cli import VERBS
 from haloscope.config import cli_meta, option
 from haloscope.errors import ConfigError
 
-# NOTE: bench (each benchmark parses its own options) and env (a report) take no config yet
-CONFIG_VERBS = [v for v in VERBS if v not in ("bench", "env")]
+# NOTE: bench dispatches to benchmarks that parse their own options (no config yet)
+CONFIG_VERBS = [v for v in VERBS if v != "bench"]
 # the smallest valid command line of each verb (required settings only)
 MINIMAL: dict[str, list[str]] = {
     "validate": ["--data", "d"],
@@ -32,6 +32,7 @@ MINIMAL: dict[str, list[str]] = {
     "eval": ["--scores", "s.parquet", "--out-csv", "x.csv"],
     "mine": ["--scores", "a.parquet", "b.parquet", "--out", "l.parquet"],
     "gen4": ["--out", "o"],
+    "env": [],
 }
 # every flag each verb had before its flags were derived from its config (dashed spelling);
 # all must keep working
@@ -64,6 +65,7 @@ OLD_FLAGS: dict[str, str] = {
     "gen4": "--arch --batch-size --data --device --epochs --hard-neg-weight --infer-batch-size "
     "--min-count --min-score --nproc-per-node --num-workers --out --quiet --rows --seed "
     "--sim-args --tiny --top-k --train-args --workers",
+    "env": "--device --json",
 }
 
 
