@@ -10,7 +10,6 @@ from haloscope.argparse_util import ConfigCLI
 from haloscope.config import narrow
 from haloscope.log import setup_logging
 from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.simulate import simulate
 
 __all__ = ["CLI", "SimulateOptions", "main"]
 
@@ -46,6 +45,8 @@ def main(argv: list[str]) -> int:
     """
     cfg = CLI.parse(argv)
     setup_logging()
+    from haloscope.preprocess.simulate import simulate  # the renderer: not for --help
+
     summary = simulate(narrow(cfg, SimConfig), overwrite=cfg.overwrite, progress=cfg.progress)
     print(json.dumps({k: summary[k] for k in ("rows", "rows_per_split", "seconds", "rows_per_s")}))
     return 0

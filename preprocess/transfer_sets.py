@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.signal import fftconvolve
 
 from haloscope.atomic import atomic_path
 from haloscope.preprocess.sim_table import encode_npz  # the contract's stamp format only
@@ -295,6 +294,8 @@ def render_system(renderer: _Renderer, kind: str, seed: int) -> dict:
         arc, truth = _arc(renderer, rng, lens, theta_e)
     elif kind != "ordinary":
         model = model + _confuser(renderer, rng, kind)
+    from scipy.signal import fftconvolve  # ~1 s to import: not for `transfer-sets --help`
+
     kernels = [moffat_kernel(p / PSFSIZE_PER_MOFFAT_FWHM) for p in psf]
     conv = lambda im: np.stack([fftconvolve(im[b], kernels[b], mode="same") for b in range(3)])  # noqa: E731
     model, arc = conv(model), conv(arc)

@@ -218,7 +218,7 @@ def test_bad_values_are_one_line_errors_naming_the_flag(tmp_path):
     assert proc.returncode == 2 and "--ckpt or ckpt (in --config) is required" in proc.stderr
 
 
-@pytest.mark.parametrize("verb", ["train", "infer", "eval", "shards"])
+@pytest.mark.parametrize("verb", CONFIG_VERBS)
 def test_help_does_not_import_torch(verb):
     proc = _run(verb, "--help", python_flags=("-X", "importtime"))
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: haloscope {verb}")
