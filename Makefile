@@ -98,8 +98,8 @@ test-dist: $(STAMP)
 	$(BIN)/python -m pytest -q -m dist $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check haloscope preprocess shards train infer evaluate tests tools
-	$(BIN)/ruff format --check haloscope preprocess shards train infer evaluate tests tools
+	$(BIN)/ruff check haloscope preprocess shards train infer evaluate bench tests tools
+	$(BIN)/ruff format --check haloscope preprocess shards train infer evaluate bench tests tools
 
 data: $(STAMP)
 	$(HALO) simulate --out $(DATA) --rows $(ROWS) --seed $(SEED) --workers $(WORKERS)

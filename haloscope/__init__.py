@@ -3,7 +3,8 @@
 The distribution maps each top-level folder of the repository to a subpackage:
 ``haloscope.preprocess`` (input contract, mock survey, converter), ``haloscope.shards``
 (shard format and streaming reader), ``haloscope.train``, ``haloscope.infer`` and
-``haloscope.evaluate``. ``haloscope.cli`` is the single entry point.
+``haloscope.evaluate``, and ``haloscope.bench`` (the benchmarks). ``haloscope.cli`` is the
+single entry point.
 """
 
 __version__ = "0.1.0"

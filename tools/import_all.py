@@ -15,7 +15,7 @@ import traceback
 
 # the subpackages mapped from top-level folders (pyproject's package-dir)
 PACKAGES = ("haloscope", "haloscope.preprocess", "haloscope.shards", "haloscope.train",
-            "haloscope.infer", "haloscope.evaluate")  # fmt: skip
+            "haloscope.infer", "haloscope.evaluate", "haloscope.bench")  # fmt: skip
 
 
 def _modules() -> list[str]:

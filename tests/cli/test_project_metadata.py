@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("haloscope", "preprocess", "shards", "train", "infer", "evaluate")
+PACKAGES = ("haloscope", "preprocess", "shards", "train", "infer", "evaluate", "bench")
 # stdlib modules and the first Python that has them
 STDLIB_SINCE = {"tomllib": (3, 11)}
 
