@@ -19,7 +19,7 @@ __all__ = ["BENCHES", "main"]
 # name -> (module, what it measures)
 BENCHES: dict[str, tuple[str, str]] = {
     "loader": (
-        "haloscope.shards.bench",
+        "haloscope.bench.loader",
         "samples/s per core, shard bytes -> pinned batch: seed row reader vs plain WebDataset vs haloscope",
     ),
     "convert": (

@@ -1,6 +1,6 @@
 """Pinned-batch loader throughput on a CUDA machine: where to pin, how many workers.
 
-``python -m haloscope.shards.bench_pin OUT.json`` writes packed shards to a temporary
+``python -m haloscope.bench.loader_pin OUT.json`` writes packed shards to a temporary
 directory and measures samples/s from shard bytes to pinned (B, 3, 64, 64) batches:
 
 - in-process (no workers, one core): ``ShardReader`` + ``Tensor.pin_memory()``;
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from haloscope.shards.bench import _write_packed
+from haloscope.bench.loader import _write_packed
 from haloscope.shards.read import ShardReader, build_loader
 
 __all__ = ["run_pin_bench"]
