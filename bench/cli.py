@@ -23,7 +23,7 @@ BENCHES: dict[str, tuple[str, str]] = {
         "samples/s per core, shard bytes -> pinned batch: seed row reader vs plain WebDataset vs haloscope",
     ),
     "convert": (
-        "haloscope.preprocess.bench_convert",
+        "haloscope.bench.convert",
         "parquet -> shards converter rows/s per core and peak memory at two input sizes",
     ),
     "simulate": (
