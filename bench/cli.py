@@ -1,7 +1,8 @@
 """``haloscope bench``: run one benchmark and write its JSON result.
 
-Each benchmark lives in the package that owns what it measures and exposes
-``run_bench(out_path: str, **options) -> dict``; this module only dispatches. A benchmark
+Each benchmark is a module that exposes ``run_bench(out_path: str, **options) -> dict``:
+``loader``, ``convert`` and ``simulate`` live in this package (``bench/``), ``gpu`` and
+``multigpu`` still in ``haloscope.train``; this module only dispatches. A benchmark
 with options of its own also exposes ``parse_options(argv) -> dict`` (the words after the
 benchmark's name; ``haloscope bench NAME --help`` lists them).
 """
@@ -27,7 +28,7 @@ BENCHES: dict[str, tuple[str, str]] = {
         "parquet -> shards converter rows/s per core and peak memory at two input sizes",
     ),
     "simulate": (
-        "haloscope.preprocess.bench_simulate",
+        "haloscope.bench.simulate",
         "mock survey rows/s per core (npz + parquet included) and peak memory at two sizes",
     ),
     "gpu": (
