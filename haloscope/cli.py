@@ -30,7 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "infer": ("haloscope.infer.cli", "score shards or parquet with a checkpoint"),
     "eval": ("haloscope.evaluate.cli", "stratified metrics, confidence intervals and a report"),
     "mine": ("haloscope.evaluate.mine_cli", "hard-negative lookup from control scores"),
-    "gen4": ("haloscope.evaluate.gen4_cli", "Gen3 -> mine -> Gen4 experiment end to end"),
+    "gen4": ("haloscope.experiments.gen4_cli", "Gen3 -> mine -> Gen4 experiment end to end"),
     "bench": ("haloscope.bench.cli", "loader / converter / simulator / gpu benchmarks"),
     "env": ("haloscope.env", "torch/CUDA/GPU/launcher report and what the trainer will use"),
 }

@@ -13,7 +13,8 @@ import pkgutil
 import sys
 import traceback
 
-# the subpackages mapped from top-level folders (pyproject's package-dir)
+# the subpackages mapped from top-level folders (pyproject's package-dir); the packages
+# nested in them are found by walking
 PACKAGES = ("haloscope", "haloscope.preprocess", "haloscope.shards", "haloscope.train",
             "haloscope.infer", "haloscope.evaluate", "haloscope.bench")  # fmt: skip
 
@@ -23,7 +24,7 @@ def _modules() -> list[str]:
     for package in PACKAGES:
         names.append(package)
         path = importlib.import_module(package).__path__
-        for info in pkgutil.iter_modules(path, prefix=f"{package}."):
+        for info in pkgutil.walk_packages(path, prefix=f"{package}."):
             if not info.name.endswith(".__main__"):  # __main__ runs a CLI when imported
                 names.append(info.name)
     return names

@@ -26,7 +26,7 @@ from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError, HaloscopeError
 
 if TYPE_CHECKING:
-    from haloscope.evaluate.gen4_cli import Gen4Config
+    from haloscope.experiments.gen4_cli import Gen4Config
 
 __all__ = ["StageFailed", "Stage", "Paths", "run_stages", "stage_done", "haloscope_argv",
            "plan_experiment", "reuse_eval_shards", "write_comparison"]  # fmt: skip

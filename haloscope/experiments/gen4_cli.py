@@ -3,7 +3,7 @@
     haloscope gen4 --out runs/gen4_experiment --rows 60000 --workers 16     # full mock scale
     haloscope gen4 --out /tmp/g4 --tiny                                     # minutes on a CPU
 
-Stages (each a real ``haloscope`` command; see ``evaluate/gen4.py``): simulate -> shards
+Stages (each a real ``haloscope`` command; see ``gen4.py``): simulate -> shards
 (no hard negatives) -> train Gen3 -> infer Gen3 on train -> mine -> shards of train with the
 lookup -> reuse val/test shards (verified) -> train Gen4 -> infer both on test -> eval both
 -> DIR/gen3_vs_gen4.{md,csv,json}. Re-running the same command skips finished stages.
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
     """Run (or resume) the experiment; returns the exit status."""
     import time
 
-    from haloscope.evaluate.gen4 import plan_experiment, run_stages
+    from haloscope.experiments.gen4 import plan_experiment, run_stages
     from haloscope.log import setup_logging
 
     cfg = parse_config(argv)
