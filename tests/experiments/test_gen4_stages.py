@@ -1,4 +1,4 @@
-"""The gen4 stage runner: skip done stages, invalidate later ones, fail loudly and clearly."""
+"""The experiment stage runner: skip done stages, invalidate later ones, fail loudly and clearly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from haloscope.experiments.gen4 import Stage, StageFailed, haloscope_argv, run_stages, stage_done
+from haloscope.experiments.stages import Stage, StageFailed, haloscope_argv, run_stages, stage_done
 
 
 def _writer(path: Path, calls: list[str], name: str):
@@ -68,8 +68,8 @@ def test_stage_without_its_outputs_fails(tmp_path):
 
 
 def test_training_resumes_only_when_nothing_upstream_changed(tmp_path):
+    from haloscope.experiments.config import Gen4Config
     from haloscope.experiments.gen4 import plan_experiment
-    from haloscope.experiments.gen4_cli import Gen4Config
 
     cfg = Gen4Config(out=tmp_path, data=tmp_path, epochs=3, train_args=("--lr", "1e-3"))
     stages = {s.name: s for s in plan_experiment(cfg)}
