@@ -76,7 +76,7 @@ def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
                  step: str = "eager", batch_size: int = 1024) -> Forward:  # fmt: skip
     """A no-grad ``(images, meta) -> (B,) fp32 logits`` function for the model.
 
-    The model call goes through ``train.cuda_graph.make_predict_step``, the one home of
+    The model call goes through ``infer.steps.make_predict_step``, the one home of
     eager / ``torch.compile`` / CUDA-graph inference steps (issue 9): ``auto`` replays one
     CUDA graph per batch on CUDA (short batches padded) and runs eagerly elsewhere.
 
@@ -92,7 +92,7 @@ def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
         ConfigError: ``graph`` on a device without CUDA, or an unknown step.
     """
     from haloscope.errors import ConfigError
-    from haloscope.train.cuda_graph import make_predict_step
+    from haloscope.infer.steps import make_predict_step
 
     model.eval()
     try:

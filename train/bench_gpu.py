@@ -4,7 +4,7 @@ One run measures, for the trainer's model (``build_model``: timm ConvNeXt-Tiny, 
 64x64, meta head with 2 columns), bf16 autocast, channels_last, fused capturable AdamW:
 
 - training img/s at each batch size for the ``eager``, ``compile`` (torch.compile, default
-  mode) and ``graph`` steps of ``train/cuda_graph.py``, fed (a) by synthetic batches already
+  mode) and ``graph`` modes of the one step of ``train/step.py``, fed (a) by synthetic batches already
   on the device and (b) by the real ``ShardReader`` + ``build_loader`` over shards on local
   disk (written with the shards writer, random data), with the loader-wait fraction;
 - inference img/s at batch 1024, the same three modes, (a) and (b);
@@ -38,8 +38,8 @@ import torch
 
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import ConfigError
-from haloscope.train.cuda_graph import make_predict_step, make_train_step
 from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
+from haloscope.train.step import make_eval_step, make_train_step
 
 __all__ = ["run_bench", "main", "write_random_shards", "free_cuda", "gpu_env"]
 
@@ -191,9 +191,9 @@ def bench_train(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterab
 def bench_infer(model: torch.nn.Module, mode: str, batch_size: int, feed: Iterable[dict], *,
                 warmup: int, steps: int) -> dict[str, float]:  # fmt: skip
     """One inference row: fp32 logits of ``mode`` over ``feed``."""
-    held = {"step": make_predict_step(model, device="cuda", batch_size=batch_size, mode=mode)}  # type: ignore[arg-type]
+    held = {"step": make_eval_step(model, device="cuda", batch_size=batch_size, mode=mode)}  # type: ignore[arg-type]
     try:
-        return _measure(lambda b: held["step"].predict(b["image"], b["meta"]), feed, batch_size,
+        return _measure(lambda b: held["step"].logits(b["image"], b["meta"]), feed, batch_size,
                         warmup=warmup, steps=steps)  # fmt: skip
     finally:
         held.clear()

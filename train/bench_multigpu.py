@@ -115,13 +115,13 @@ def _count_epoch(args: argparse.Namespace, env: Any) -> dict[str, Any]:
 
 def _make_step(model: torch.nn.Module, mode: str, args: argparse.Namespace, env: Any,
                augment: bool = True) -> Any:  # fmt: skip
-    from haloscope.train.cuda_graph import make_train_step
     from haloscope.train.dist import make_grad_sync, wrap_ddp
     from haloscope.train.loss import build_loss
     from haloscope.train.optim import build_optimizer
+    from haloscope.train.step import make_train_step
 
     opt = build_optimizer(model, lr=args.lr, weight_decay=0.05)
-    loss = build_loss("focal")
+    loss = build_loss()  # the default LossConfig: focal
     common = {"device": env.device, "distributed": env.is_distributed, "augment": augment,
               "bf16": True, "channels_last": True, "max_grad_norm": 1.0}  # fmt: skip
     if mode == "graph":
@@ -210,8 +210,8 @@ def _graph_vs_eager(args: argparse.Namespace, env: Any, model_args: dict,
 def _eval_rows(args: argparse.Namespace, env: Any, model_args: dict,
                weights: dict | None) -> dict[str, Any]:  # fmt: skip
     from haloscope.shards.read import ShardReader, build_loader
-    from haloscope.train.cuda_graph import make_predict_step
     from haloscope.train.dist import barrier
+    from haloscope.train.step import make_eval_step
     from haloscope.train.validate import validate
 
     root = Path(args.shards)
@@ -227,16 +227,16 @@ def _eval_rows(args: argparse.Namespace, env: Any, model_args: dict,
     metrics = validate(model, loader("val", 1024), env)
     val_s = time.perf_counter() - t0
     split = "test" if (root / "test" / "manifest.json").is_file() else "val"
-    predict = make_predict_step(model, device=env.device, batch_size=args.infer_batch_size,
+    predict = make_eval_step(model, device=env.device, batch_size=args.infer_batch_size,
                                 mode="graph")  # fmt: skip
     feed = loader(split, args.infer_batch_size)
     warm = next(iter(loader(split, args.infer_batch_size)))
-    predict.predict(warm["image"], warm["meta"])  # capture outside the timing
+    predict.logits(warm["image"], warm["meta"])  # capture outside the timing
     torch.cuda.synchronize(env.device)
     barrier(env)
     t0, n, total = time.perf_counter(), 0, torch.zeros((), dtype=torch.float64, device=env.device)
     for b in feed:
-        logits = predict.predict(b["image"], b["meta"])
+        logits = predict.logits(b["image"], b["meta"])
         valid = b["valid"].to(env.device, non_blocking=True)
         total += logits.double()[valid].sum()
         n += int(b["valid"].sum())

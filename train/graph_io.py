@@ -9,37 +9,13 @@ has finished reading them (stream order). Both buffer sets live as long as the s
 ``record_stream`` is needed for them; the pinned host source is protected by the caching
 host allocator, which records the copy stream on a ``non_blocking`` copy. Device sources
 (synthetic batches) skip staging and are copied on the main stream.
-
-This module also holds the per-sample loss adapter: the trainer's losses are means over the
-batch; padding with zero-weight samples needs the per-sample values, which ``torch.vmap``
-gives from the same function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-__all__ = ["StaticBatch", "per_sample_loss", "default_loss_fn"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def default_loss_fn() -> LossFn:
-    """The trainer's focal loss (alpha 0.25, gamma 2), a mean over the batch in fp32."""
-    from haloscope.train.loss import build_loss  # the one owner of the loss
-
-    return build_loss("focal", alpha=0.25, gamma=2.0)
-
-
-def per_sample_loss(loss_fn: LossFn, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample values (B,) of a batch-mean loss ``loss_fn(logits (B,), labels (B,))``.
-
-    ``vmap`` runs the mean-reduced function on one-sample slices as batched kernels, so the
-    result is exactly the elementwise loss whose mean ``loss_fn`` returns.
-    """
-    return torch.vmap(lambda z, y: loss_fn(z.unsqueeze(0), y.unsqueeze(0)))(logits, labels)
+__all__ = ["StaticBatch"]
 
 
 class StaticBatch:

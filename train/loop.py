@@ -1,8 +1,7 @@
-"""The training loop: a pure step function plus one loop that owns cadence.
+"""The training loop: one loop that owns cadence around the one step (``train/step.py``).
 
-``train_step`` is a function of static-shape tensors (forward, fp32 loss, backward, clip,
-optimiser step) so it can later be captured whole in a CUDA graph; ``prepare_batch`` moves
-a reader batch to the device and applies the D4 augmentation from an explicit generator.
+Every step, in every mode (eager on CPU or GPU, torch.compile, CUDA graph), is
+``ctx.step.step(image, meta, label)``: a ``train.step.TrainStep`` running ``train_step``.
 ``fit`` runs epochs, validation, early stopping, checkpoints, metrics and stop requests.
 """
 
@@ -24,7 +23,6 @@ from tqdm import tqdm
 
 from haloscope.errors import DataError
 from haloscope.train import checkpoint as ckpt
-from haloscope.train.augment import d4_augment
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import (
     DistEnv,
@@ -38,7 +36,7 @@ from haloscope.train.metrics import MetricsWriter
 from haloscope.train.validate import EarlyStopping, validate
 
 __all__ = ["TrainState", "RunContext", "StopFlag", "FitResult", "catch_signals",
-           "start_batches", "prepare_batch", "train_step", "checkpoint_payload", "fit"]  # fmt: skip
+           "start_batches", "checkpoint_payload", "fit"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 _NONFINITE, _SIGNAL = 2, 1
@@ -78,7 +76,7 @@ class RunContext:
     amp_dtype: torch.dtype | None
     channels_last: bool
     stop: StopFlag
-    step: Any = None  # a train.cuda_graph step object (graph/compile) or None: train_step below
+    step: Any = None  # the train.step.TrainStep of the run (eager, compile or graph)
 
 
 class StopFlag:
@@ -113,49 +111,6 @@ class FitResult:
     global_step: int
     best_epoch: int
     signum: int | None = None
-
-
-def prepare_batch(
-    batch: dict[str, Any], device: torch.device, *, aug_gen: torch.Generator | None,
-    channels_last: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Reader batch -> device tensors ``(images (B,3,H,W) fp32, meta (B,M), labels (B,))``."""
-    images = batch["image"].to(device, non_blocking=True).float()
-    if aug_gen is not None:
-        images = d4_augment(images, aug_gen)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    meta = batch["meta"].to(device, non_blocking=True).float()
-    labels = batch["label"].to(device, non_blocking=True).float()
-    return images, meta, labels
-
-
-def train_step(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    meta: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    amp_dtype: torch.dtype | None,
-    grad_clip: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on one batch; returns ``(loss, grad_norm)`` as 0-d tensors.
-
-    No host syncs, no Python branching on data: capturable as a whole.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):  # fmt: skip
-        logits = model(images, meta)
-    loss = loss_fn(logits, labels)  # fp32 from (possibly bf16) logits
-    loss.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    max_norm = grad_clip if grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
-    return loss.detach(), grad_norm.detach()
 
 
 def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
@@ -254,17 +209,8 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
                     return False
                 raise
             wait_s = time.perf_counter() - t0
-            if ctx.step is not None:  # CUDA graph: augmentation and copies happen inside
-                out = ctx.step.step(batch["image"], batch["meta"], batch["label"])
-                loss, grad_norm = out["loss"], out["grad_norm"]
-            else:
-                images, meta, labels = prepare_batch(
-                    batch, env.device, aug_gen=state.aug_gen, channels_last=ctx.channels_last
-                )
-                loss, grad_norm = train_step(
-                    state.model, images, meta, labels, optimizer=state.optimizer,
-                    loss_fn=ctx.loss_fn, amp_dtype=ctx.amp_dtype, grad_clip=cfg.optim.grad_clip,
-                )  # fmt: skip
+            out = ctx.step.step(batch["image"], batch["meta"], batch["label"])
+            loss, grad_norm = out["loss"], out["grad_norm"]
             loss_value = float(loss.item())
             code = _stop_code(loss_value, ctx)
             if code >= _NONFINITE:

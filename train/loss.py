@@ -8,35 +8,70 @@ Focal loss in log-sigmoid form, stable for any logit:
 
 so gamma = 0 gives alpha-weighted BCE, and with alpha = None (or 0.5, up to a factor 2)
 plain BCE.
+
+Every loss takes ``reduction``: ``"mean"`` (the batch mean, what validation reports),
+``"sum"`` or ``"none"`` (the per-sample values (B,), which the training step weights so
+that zero-weight padding rows drop out of a static-shape batch). The focal defaults
+(alpha 0.25, gamma 2) live in one place, ``train.config.LossConfig``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from haloscope.errors import ConfigError
+from haloscope.train.config import LossConfig
 
-__all__ = ["focal_loss", "bce_loss", "build_loss"]
+__all__ = ["Reduction", "LossFn", "focal_loss", "bce_loss", "build_loss"]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Reduction = Literal["mean", "sum", "none"]
+
+
+class LossFn(Protocol):
+    """``fn(logits (B,), labels (B,), reduction="mean") -> fp32 loss`` (scalar, or (B,))."""
+
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean"
+    ) -> torch.Tensor: ...
+
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+
+
+def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    _check(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
 
 
 def focal_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, alpha: float | None = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float | None,
+    gamma: float,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
-    """Mean binary focal loss (Lin et al. 2017) from logits, in fp32.
+    """Binary focal loss (Lin et al. 2017) from logits, in fp32.
 
     Args:
         logits: (B,) raw scores, any float dtype (cast to fp32).
         labels: (B,) 1 = lens, 0 = control (float or int).
         alpha: weight on positives (1 - alpha on controls); None: no class weighting.
         gamma: focusing parameter >= 0.
+        reduction: ``mean``, ``sum`` or ``none`` (per-sample values).
 
     Returns:
-        Scalar fp32 loss.
+        fp32 loss: a scalar, or (B,) for ``none``.
     """
     z = logits.float()
     y = labels.float()
@@ -48,34 +83,39 @@ def focal_loss(
     loss = -log_pt if gamma == 0 else -(one_minus_pt**gamma) * log_pt
     if alpha is not None:
         loss = loss * (alpha * y + (1.0 - alpha) * (1.0 - y))
-    return loss.mean()
+    return _reduce(loss, reduction)
 
 
-def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy from logits, in fp32."""
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+def bce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean"
+) -> torch.Tensor:
+    """Binary cross-entropy from logits, in fp32."""
+    _check(reduction)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction=reduction)
 
 
-def build_loss(name: str, *, alpha: float | None = 0.25, gamma: float = 2.0) -> LossFn:
-    """The loss function named by ``--loss``.
+def build_loss(cfg: LossConfig | None = None) -> LossFn:
+    """The loss selected by ``LossConfig`` (``--loss``, ``--focal-alpha``, ``--focal-gamma``).
 
     Args:
-        name: ``focal`` or ``bce``.
-        alpha: focal alpha (ignored for bce).
-        gamma: focal gamma (ignored for bce).
+        cfg: the loss section; None: its defaults (focal, alpha 0.25, gamma 2).
 
     Returns:
-        ``fn(logits, labels) -> scalar fp32 loss``.
+        ``fn(logits, labels, reduction="mean") -> fp32 loss``.
 
     Raises:
-        ConfigError: unknown name.
+        ConfigError: unknown loss name.
     """
-    if name == "focal":
+    cfg = LossConfig() if cfg is None else cfg
+    if cfg.name == "focal":
+        alpha, gamma = cfg.alpha, cfg.gamma
 
-        def fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return focal_loss(logits, labels, alpha=alpha, gamma=gamma)
+        def focal(
+            logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean"
+        ) -> torch.Tensor:
+            return focal_loss(logits, labels, alpha=alpha, gamma=gamma, reduction=reduction)
 
-        return fn
-    if name == "bce":
+        return focal
+    if cfg.name == "bce":
         return bce_loss
-    raise ConfigError(f"--loss must be focal or bce, got {name!r}")
+    raise ConfigError(f"--loss must be focal or bce, got {cfg.name!r}")

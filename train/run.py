@@ -38,6 +38,7 @@ from haloscope.train.loss import build_loss
 from haloscope.train.metrics import MetricsWriter
 from haloscope.train.model import build_model
 from haloscope.train.optim import build_optimizer, build_scheduler, warmup_steps
+from haloscope.train.step import TrainStep, make_train_step, resolve_step_mode
 from haloscope.train.validate import EarlyStopping
 
 __all__ = [
@@ -168,17 +169,9 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
               "meta": {"cols": cols, "mean": mean, "std": std}}  # fmt: skip
     writer = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.run.tensorboard)
     ctx = RunContext(cfg, env, run_dir, train_reader, val_reader, tdata.loader_factory(cfg, env),
-                     build_loss(cfg.loss.name, alpha=cfg.loss.alpha, gamma=cfg.loss.gamma),
-                     writer, static, steps, amp_dtype_for(cfg, env.device),
+                     build_loss(cfg.loss), writer, static, steps, amp_dtype_for(cfg, env.device),
                      channels_last_for(cfg, env.device), stop)  # fmt: skip
-    ctx.step = _graphed_step(cfg, env, state, ctx)
-    if ctx.step is not None:  # the graph averages the gradients itself (make_grad_sync): no DDP
-        broadcast_module(state.raw_model, env)
-        state.model = state.raw_model
-    else:
-        state.model = wrap_ddp(state.raw_model, env)
-    if cfg.run.compile:
-        state.model = torch.compile(state.model)
+    ctx.step = _train_step(cfg, env, state, ctx)
     log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
              "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
              val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
@@ -186,23 +179,27 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     return state, ctx
 
 
-def _graphed_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> Any:
-    """The CUDA-graph step when it applies (CUDA, no --compile), else None.
+def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> TrainStep:
+    """The run's ``TrainStep``: one CUDA graph per step where it applies (CUDA, no --compile),
+    else eager (or compiled) on the DDP-wrapped model.
 
-    On several ranks the graph holds the gradient all-reduce too (``make_grad_sync``).
+    On several ranks the graph holds the gradient all-reduce too (``make_grad_sync``): the
+    model is then not wrapped in DDP, and rank 0's weights are broadcast once.
     """
-    from haloscope.train.cuda_graph import make_train_step, resolve_step_mode
-
-    if not cfg.run.cuda_graphs or cfg.run.compile:
-        return None
-    sync = make_grad_sync(env)
-    kind = resolve_step_mode("auto", env.device, distributed=env.is_distributed,
-                             grad_sync=sync is not None)  # fmt: skip
-    if kind != "graph":
-        return None
+    sync = make_grad_sync(env) if cfg.run.cuda_graphs and not cfg.run.compile else None
+    kind = "eager"
+    if cfg.run.cuda_graphs and not cfg.run.compile:
+        kind = resolve_step_mode("auto", env.device, distributed=env.is_distributed,
+                                 grad_sync=sync is not None)  # fmt: skip
+    if kind == "graph":
+        broadcast_module(state.raw_model, env)
+        state.model = state.raw_model
+    else:
+        state.model, sync = wrap_ddp(state.raw_model, env), None
+        kind = "compile" if cfg.run.compile else "eager"
     return make_train_step(
-        state.raw_model, ctx.loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
-        device=env.device, mode="graph", distributed=env.is_distributed, augment=cfg.run.augment,
+        state.model, ctx.loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
+        device=env.device, mode=kind, distributed=env.is_distributed, augment=cfg.run.augment,
         aug_generator=state.aug_gen, bf16=ctx.amp_dtype is not None,
         channels_last=ctx.channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
     )  # fmt: skip

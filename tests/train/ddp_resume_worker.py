@@ -11,13 +11,13 @@ import os
 import signal
 import sys
 
-from haloscope.train import loop
+from haloscope.train import step as tstep
 from haloscope.train.cli import main
 
 if __name__ == "__main__":
     kill_at = int(os.environ.get("KILL_AT", "0"))
     if kill_at:
-        real, calls = loop.train_step, {"n": 0}
+        real, calls = tstep.train_step, {"n": 0}
 
         def step_then_signal(*args, **kwargs):
             calls["n"] += 1
@@ -25,5 +25,5 @@ if __name__ == "__main__":
                 os.kill(os.getpid(), signal.SIGTERM)
             return real(*args, **kwargs)
 
-        loop.train_step = step_then_signal
+        tstep.train_step = step_then_signal
     sys.exit(main(sys.argv[1:]))

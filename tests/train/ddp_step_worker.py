@@ -2,9 +2,9 @@
 
 Run by ``test_ddp.py`` through ``torchrun --nproc-per-node N``; rank 0 saves the weights
 and an ``all_gather_1d`` result to ``argv[1]``. ``argv[2]`` picks how gradients are averaged:
-``ddp`` (the model wrapped in DistributedDataParallel, the loop's ``train_step``) or ``sync``
-(the unwrapped model in ``EagerTrainStep`` with ``make_grad_sync``: the code path the
-graphed multi-GPU step captures).
+``ddp`` (the model wrapped in DistributedDataParallel in the eager ``TrainStep``) or ``sync``
+(the unwrapped model in the eager ``TrainStep`` with ``make_grad_sync``: the code path the
+graphed multi-GPU step captures). Both run the one ``train_step``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 
 import torch
 
-from haloscope.train.cuda_graph import EagerTrainStep
 from haloscope.train.dist import (
     all_gather_1d,
     broadcast_module,
@@ -22,10 +21,9 @@ from haloscope.train.dist import (
     shutdown,
     wrap_ddp,
 )
-from haloscope.train.loop import train_step
-from haloscope.train.loss import build_loss
 from haloscope.train.model import build_model
 from haloscope.train.optim import build_optimizer
+from haloscope.train.step import StepOptions, TrainStep
 
 GLOBAL_BATCH = 8
 
@@ -48,19 +46,18 @@ def main(out: str, how: str) -> None:
         if env.rank > 0:  # a different start on rank 1: broadcast_module must undo it
             torch.nn.init.normal_(next(model.parameters()))
         broadcast_module(model, env)
-        step = EagerTrainStep(model, build_loss("focal"), opt, device="cpu", augment=False,
-                              channels_last=False, max_grad_norm=0.0,
-                              grad_sync=make_grad_sync(env))  # fmt: skip
+        options = StepOptions(augment=False, channels_last=False, max_grad_norm=0.0)
+        step = TrainStep(model, None, opt, device="cpu", options=options,
+                         grad_sync=make_grad_sync(env))  # fmt: skip
         # no clipping: the averaged gradients are compared as they are (a sum instead of a
         # mean would not change Adam's steps much, but it changes these)
         for _ in range(3):
             losses.append(step.step(images[mine], meta[mine], labels[mine])["loss"].item())
     else:
-        ddp = wrap_ddp(model, env)
+        options = StepOptions(augment=False, channels_last=False, max_grad_norm=1.0)
+        step = TrainStep(wrap_ddp(model, env), None, opt, device="cpu", options=options)
         for _ in range(3):
-            loss, _ = train_step(ddp, images[mine], meta[mine], labels[mine], optimizer=opt,
-                                 loss_fn=build_loss("focal"), amp_dtype=None, grad_clip=1.0)  # fmt: skip
-            losses.append(loss.item())
+            losses.append(step.step(images[mine], meta[mine], labels[mine])["loss"].item())
     gathered = all_gather_1d(torch.arange(env.rank + 2, dtype=torch.float32) + 10 * env.rank, env)
     if env.is_main:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if how == "sync"}

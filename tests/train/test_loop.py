@@ -12,6 +12,7 @@ import torch
 
 from haloscope.errors import ConfigError, DataError
 from haloscope.train import loop, run
+from haloscope.train import step as tstep
 from haloscope.train.cli import main
 from haloscope.train.loss import build_loss
 from tests.train.train_fixtures import make_shards, tiny_argv
@@ -72,12 +73,12 @@ def test_early_stopping_on_scripted_metrics(tiny_shards: Path, tmp_path: Path,
 def test_nonfinite_loss_stops_without_saving_nan(tiny_shards: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     calls = {"n": 0}
-    real = build_loss("focal")
+    real = build_loss()
 
-    def poisoned(name, **kw):
-        def fn(logits, labels):
+    def poisoned(cfg):
+        def fn(logits, labels, reduction="mean"):
             calls["n"] += 1
-            loss = real(logits, labels)
+            loss = real(logits, labels, reduction=reduction)
             return loss * float("nan") if calls["n"] == 3 else loss
 
         return fn
@@ -135,13 +136,13 @@ def test_bf16_switch_on_cpu_and_epoch_caps(tiny_shards: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """--use-bf16 really autocasts on CPU (the seed's flag was a no-op); caps bound the epoch."""
     seen: list[torch.dtype | None] = []
-    real = loop.train_step
+    real = tstep.train_step
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["amp_dtype"])
+        seen.append(kwargs["options"].amp_dtype)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", spy)
+    monkeypatch.setattr(tstep, "train_step", spy)
     out = tmp_path / "bf16"
     argv = tiny_argv(tiny_shards, out, "--use_bf16", "--epochs", "1", "--samples-per-epoch", "32",
                      "--num-workers", "0")  # fmt: skip
@@ -183,7 +184,11 @@ def test_monitor_choice_changes_the_best_epoch(caplog: pytest.LogCaptureFixture)
         EarlyStopping(1, "loss")
 
 
-def test_unknown_monitor_flag_is_a_one_line_error(tiny_shards: Path, tmp_path: Path) -> None:
+def test_unknown_monitor_flag_is_a_one_line_error(tiny_shards: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     argv = tiny_argv(tiny_shards, tmp_path / "r", "--monitor", "val_loss")
-    with pytest.raises(ConfigError, match="--monitor must be one of"):
+    with pytest.raises(SystemExit) as exc:  # the flag parser's usage error (exit 2)
         main(argv)
+    assert exc.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "--monitor must be one of tpr@fpr1e-4, tpr@fpr1e-3, auroc, got 'val_loss'" in line

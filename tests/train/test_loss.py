@@ -1,4 +1,4 @@
-"""Focal loss against a direct float64 formula, at ordinary and extreme logits."""
+"""Focal loss against a direct float64 formula, at ordinary and extreme logits; reductions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from haloscope.errors import ConfigError
+from haloscope.train.config import LossConfig
 from haloscope.train.loss import bce_loss, build_loss, focal_loss
 
 
@@ -65,16 +66,38 @@ def test_gamma0_is_bce() -> None:
 def test_bf16_logits_give_fp32_loss_from_upcast() -> None:
     z = torch.tensor([5.5, -3.25, 8.0], dtype=torch.bfloat16)
     y = torch.tensor([1.0, 0.0, 0.0])
-    got = focal_loss(z, y)
+    got = focal_loss(z, y, alpha=0.25, gamma=2.0)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(focal_loss(z.float(), y).item(), rel=0)
-
-
-def test_build_loss_names() -> None:
-    z, y = torch.tensor([0.3, -2.0]), torch.tensor([1.0, 0.0])
-    assert build_loss("focal", alpha=0.25, gamma=2.0)(z, y).item() == pytest.approx(
-        focal_loss(z, y).item()
+    assert got.item() == pytest.approx(
+        focal_loss(z.float(), y, alpha=0.25, gamma=2.0).item(), rel=0
     )
-    assert build_loss("bce")(z, y).item() == pytest.approx(bce_loss(z, y).item())
+
+
+def test_build_loss_from_config_and_its_defaults() -> None:
+    z, y = torch.tensor([0.3, -2.0]), torch.tensor([1.0, 0.0])
+    default = LossConfig()
+    assert (default.name, default.alpha, default.gamma) == ("focal", 0.25, 2.0)  # the one place
+    want = focal_loss(z, y, alpha=0.25, gamma=2.0).item()
+    assert build_loss()(z, y).item() == want
+    assert build_loss(LossConfig(alpha=0.5, gamma=1.0))(z, y).item() == pytest.approx(
+        focal_loss(z, y, alpha=0.5, gamma=1.0).item()
+    )
+    assert build_loss(LossConfig(name="bce"))(z, y).item() == pytest.approx(bce_loss(z, y).item())
     with pytest.raises(ConfigError, match="--loss"):
-        build_loss("hinge")
+        build_loss(LossConfig(name="hinge"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["focal", "bce"])
+def test_reductions_agree(name: str) -> None:
+    """``none`` is the per-sample loss whose mean and sum the other reductions return."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, generator=gen) * 4
+    labels = (torch.rand(37, generator=gen) < 0.3).float()
+    fn = build_loss(LossConfig(name=name))
+    per = fn(logits, labels, reduction="none")
+    assert per.shape == (37,) and per.dtype == torch.float32
+    torch.testing.assert_close(per.mean(), fn(logits, labels))
+    torch.testing.assert_close(per.sum(), fn(logits, labels, reduction="sum"))
+    torch.testing.assert_close(per[5], fn(logits[5:6], labels[5:6]))
+    with pytest.raises(ValueError, match="reduction"):
+        fn(logits, labels, reduction="max")  # type: ignore[arg-type]

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from haloscope.errors import ConfigError
-from haloscope.train.loop import train_step
+from haloscope.train.config import LossConfig
 from haloscope.train.loss import build_loss
 from haloscope.train.model import build_model, check_meta_cols
 from haloscope.train.optim import build_optimizer
+from haloscope.train.step import make_train_step
 
 COLS = ["psfsize_r", "psfdepth_r"]
 
@@ -79,12 +80,11 @@ def test_overfits_a_few_dozen_samples() -> None:
     opt = build_optimizer(model, lr=2e-3, weight_decay=0.0)
     images, meta = torch.randn(24, 3, 64, 64), torch.randn(24, 2) * 0.2 + torch.tensor([1.3, 24.5])
     labels = (torch.arange(24) % 2).float()[torch.randperm(24)]
-    loss_fn = build_loss("bce")
+    step = make_train_step(model, build_loss(LossConfig(name="bce")), opt, 24, device="cpu",
+                           augment=False, channels_last=False)  # fmt: skip
     losses: list[float] = []
     for _ in range(80):  # stops as soon as memorised (typically ~25 steps)
-        loss, _ = train_step(model, images, meta, labels, optimizer=opt, loss_fn=loss_fn,
-                             amp_dtype=None, grad_clip=1.0)  # fmt: skip
-        losses.append(loss.item())
+        losses.append(step.step(images, meta, labels)["loss"].item())
         if losses[-1] < 0.02 * losses[0]:
             break
     model.eval()

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from haloscope.errors import CheckpointError, ConfigError
-from haloscope.train import loop
+from haloscope.train import step as tstep
 from haloscope.train.cli import main
 from tests.train.train_fixtures import tiny_argv
 
 
 def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
     """Make the real signal arrive during global step ``step`` (1-based)."""
-    real, calls = loop.train_step, {"n": 0}
+    real, calls = tstep.train_step, {"n": 0}
 
     def step_then_signal(*args, **kwargs):
         calls["n"] += 1
@@ -26,7 +26,7 @@ def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SI
             os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    monkeypatch.setattr(tstep, "train_step", step_then_signal)
 
 
 def _load(path: Path) -> dict:
