@@ -37,7 +37,7 @@ pack() { [ -z "$OUT_TGZ" ] || tar -czf "$OUT_TGZ" -C "$(dirname "$RES")" "$(base
 stage "simulate $ROWS rows"
 [ -d "$DATA/region_split=test" ] || $H simulate --out "$DATA" --rows "$ROWS" --seed 1 \
     --workers "$W" --selection-frac 0 --quantize 4 --no-progress $SIM_ARGS
-[ -s "$RES/realism.txt" ] || $PY -m haloscope.preprocess.sim_realism --data "$DATA" \
+[ -s "$RES/realism.txt" ] || $PY -m haloscope.preprocess.sim.realism --data "$DATA" \
     > "$RES/realism.txt" 2>&1 || true
 pack
 

@@ -25,8 +25,8 @@ SIZES = (5_000, 40_000)
 
 _CHILD = """
 import json, resource, sys, time
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.simulate import simulate
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.run import simulate
 rows, out = int(sys.argv[1]), sys.argv[2]
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0, c0 = time.perf_counter(), time.process_time()

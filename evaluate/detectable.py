@@ -6,7 +6,7 @@ of ``>= > <= <``, e.g. the default (the original's proxy)::
     arc_snr>=5,theta_over_psf>=0.8
 
 ``theta_over_psf`` here is ``theta_e_arcsec / psfsize_r`` (the survey's r-band PSF size), as
-the original defines the proxy and as ``preprocess/sim_realism.py`` counts the detectable
+the original defines the proxy and as ``preprocess/sim/realism.py`` counts the detectable
 fraction. It is *not* the table's ``theta_over_psf`` column nor the strata's theta_E/PSF,
 which prefer the PSF the simulation used (``stratify.PSF_COLUMNS``). The subset only selects
 lenses: thresholds still come from all controls.

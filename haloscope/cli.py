@@ -18,11 +18,11 @@ __all__ = ["VERBS", "describe_os_error", "main", "run_verb"]
 VERBS: dict[str, tuple[str, str]] = {
     "validate": ("haloscope.preprocess.cli", "check a parquet root against the input contract"),
     "simulate": (
-        "haloscope.preprocess.simulate_cli",
+        "haloscope.preprocess.sim.cli",
         "write a mock DR10 survey in the real layout",
     ),
     "transfer-sets": (
-        "haloscope.preprocess.transfer_cli",
+        "haloscope.preprocess.sim.transfer_cli",
         "independent lenstronomy lens/confuser sets for a transfer check",
     ),
     "shards": ("haloscope.preprocess.convert_cli", "convert parquet splits into WebDataset shards"),

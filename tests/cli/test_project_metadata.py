@@ -35,3 +35,15 @@ def test_runtime_dependencies_cover_scipy_and_jinja2():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower() for d in deps}
     assert {"scipy", "jinja2"} <= names  # intervals (scipy.stats) and the HTML report
+
+
+def test_every_package_folder_is_installed():
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    for name, folder in tool["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            package = ".".join([name, *rel.parts])
+            assert package in listed, (
+                f"{init.parent} is a package missing from pyproject's packages"
+            )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from haloscope.preprocess import sim_field
-from haloscope.preprocess.sim_confusers import RENDERERS, added_flux_bounds, render_confusers
-from haloscope.preprocess.sim_physics import STAMP_PX, mag_to_nmgy, pixel_grid
+from haloscope.preprocess.sim import field as sim_field
+from haloscope.preprocess.sim.confusers import RENDERERS, added_flux_bounds, render_confusers
+from haloscope.preprocess.sim.physics import STAMP_PX, mag_to_nmgy, pixel_grid
 
 _AX = pixel_grid(STAMP_PX, 1)
 _X, _Y = np.meshgrid(_AX, _AX)

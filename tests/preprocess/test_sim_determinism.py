@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.simulate import simulate
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.run import simulate
 
 
 def _digest(root) -> dict[str, str]:

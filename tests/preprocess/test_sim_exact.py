@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.fft as sp_fft
 
-from haloscope.preprocess import sim_field
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim import field as sim_field
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.physics import (
     bin_image,
     convolve_full,
     convolve_stamps,
@@ -19,9 +19,9 @@ from haloscope.preprocess.sim_physics import (
     pixel_grid,
     sie_deflection,
 )
-from haloscope.preprocess.sim_population import draw_population
-from haloscope.preprocess.sim_render import _c, _knot_light
-from haloscope.preprocess.sim_sources import MAX_KNOTS
+from haloscope.preprocess.sim.population import draw_population
+from haloscope.preprocess.sim.render import _c, _knot_light
+from haloscope.preprocess.sim.sources import MAX_KNOTS
 
 
 def _moffat_reference(fwhm_px: np.ndarray, beta: float = 3.5, size: int = 33) -> np.ndarray:

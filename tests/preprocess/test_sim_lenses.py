@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.physics import (
     PIXEL_SCALE,
     convolve_full,
     kernel_spectra,
@@ -17,9 +17,9 @@ from haloscope.preprocess.sim_physics import (
     moffat_kernels,
     sky_sigma_nmgy,
 )
-from haloscope.preprocess.sim_population import draw_population
-from haloscope.preprocess.sim_realism import count_images
-from haloscope.preprocess.sim_render import (
+from haloscope.preprocess.sim.population import draw_population
+from haloscope.preprocess.sim.realism import count_images
+from haloscope.preprocess.sim.render import (
     EXPTIME_S,
     GAIN_E_PER_NMGY_S,
     _paste,
@@ -28,7 +28,7 @@ from haloscope.preprocess.sim_render import (
     box_px_needed,
     render_batch,
 )
-from haloscope.preprocess.sim_sources import (
+from haloscope.preprocess.sim.sources import (
     MAP_HALF,
     MAP_PX,
     SRC_MAG_RANGE,

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
-from haloscope.preprocess.sim_physics import PIXEL_SCALE, moffat_fwhm_from_psfsize, moffat_kernels
-from haloscope.preprocess.sim_population import draw_population
-from haloscope.preprocess.sim_realism import count_images
-from haloscope.preprocess.sim_render import near_miss_light, render_batch
-from haloscope.preprocess.sim_rows import batch_table
+from haloscope.preprocess.sim.config import CONTROL_KINDS, SimConfig
+from haloscope.preprocess.sim.physics import PIXEL_SCALE, moffat_fwhm_from_psfsize, moffat_kernels
+from haloscope.preprocess.sim.population import draw_population
+from haloscope.preprocess.sim.realism import count_images
+from haloscope.preprocess.sim.render import near_miss_light, render_batch
+from haloscope.preprocess.sim.rows import batch_table
 
 _NEAR = CONTROL_KINDS.index("near_miss")
 _LENS_KEYS = ("theta_e", "mass_q", "mass_phi", "gamma1", "gamma2")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.physics import (
     PIXEL_SCALE,
     mag_to_nmgy,
     moffat_fwhm_from_psfsize,
     moffat_kernels,
     sky_sigma_nmgy,
 )
-from haloscope.preprocess.sim_population import draw_population
-from haloscope.preprocess.sim_render import render_batch
+from haloscope.preprocess.sim.population import draw_population
+from haloscope.preprocess.sim.render import render_batch
 
 
 def _source_free_population(num_rows: int = 600):

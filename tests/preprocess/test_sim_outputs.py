@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.simulate import simulate
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.run import simulate
 from tests.output_faults import (
     assert_umask_modes,
     debris,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.physics import (
     PIXEL_SCALE,
     convolve_stamps,
     elliptical_radius,

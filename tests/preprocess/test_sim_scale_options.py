@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from haloscope.errors import ConfigError
-from haloscope.preprocess.sim_config import SimConfig
-from haloscope.preprocess.sim_population import _rows_per_galaxy
-from haloscope.preprocess.sim_render import quantize_pixels
+from haloscope.preprocess.sim.config import SimConfig
+from haloscope.preprocess.sim.population import _rows_per_galaxy
+from haloscope.preprocess.sim.render import quantize_pixels
 
 
 def test_selection_frac_zero_gives_two_rows_per_galaxy():

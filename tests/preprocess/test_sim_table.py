@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from haloscope.preprocess.decode import DECODE_OK, decode_stamp
-from haloscope.preprocess.sim_config import CONTROL_KINDS, SimConfig
-from haloscope.preprocess.sim_table import encode_npz, stamp_bytes
-from haloscope.preprocess.simulate import simulate
+from haloscope.preprocess.sim.config import CONTROL_KINDS, SimConfig
+from haloscope.preprocess.sim.run import simulate
+from haloscope.preprocess.sim.table import encode_npz, stamp_bytes
 
 # reference/original_pipeline.md section 1.6 (names and types that readers rely on)
 REQUIRED = {

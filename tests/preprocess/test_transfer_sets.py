@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("lenstronomy", reason="the transfer renderer needs lenstronomy (test extra)")
 
-from haloscope.preprocess import transfer_sets as ts  # noqa: E402
+from haloscope.preprocess.sim import transfer as ts  # noqa: E402
 
 
 def test_sky_sigma_matches_the_science_table():

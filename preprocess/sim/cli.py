@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from haloscope.argparse_util import ConfigCLI
 from haloscope.config import narrow
 from haloscope.log import setup_logging
-from haloscope.preprocess.sim_config import SimConfig
+from haloscope.preprocess.sim.config import SimConfig
 
 __all__ = ["CLI", "SimulateOptions", "main"]
 
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     """
     cfg = CLI.parse(argv)
     setup_logging()
-    from haloscope.preprocess.simulate import simulate  # the renderer: not for --help
+    from haloscope.preprocess.sim.run import simulate  # the renderer: not for --help
 
     summary = simulate(narrow(cfg, SimConfig), overwrite=cfg.overwrite, progress=cfg.progress)
     print(json.dumps({k: summary[k] for k in ("rows", "rows_per_split", "seconds", "rows_per_s")}))

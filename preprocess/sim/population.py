@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from haloscope.preprocess.sim_config import (
+from haloscope.preprocess.sim.config import (
     CONFUSER_KINDS,
     CONTROL_KINDS,
     NUM_SELECTION_SETS,
     REGIONS_PER_CHUNK,
     SimConfig,
 )
-from haloscope.preprocess.sim_physics import moffat_fwhm_from_psfsize
-from haloscope.preprocess.sim_sources import MAX_KNOTS, draw_near_miss_sources, draw_sources
+from haloscope.preprocess.sim.physics import moffat_fwhm_from_psfsize
+from haloscope.preprocess.sim.sources import MAX_KNOTS, draw_near_miss_sources, draw_sources
 
 __all__ = ["Population", "draw_population", "brickname_of", "MAX_KNOTS"]
 
@@ -150,7 +150,7 @@ NEAR_MISS = CONTROL_KINDS.index("near_miss")
 
 
 def _sources(rng: np.random.Generator, pop: Population) -> Population:
-    """Lensed sources of the positives and of near-miss controls (``sim_sources``); zeros for
+    """Lensed sources of the positives and of near-miss controls (``sources``); zeros for
     other controls."""
     num = len(pop["ra"])
     pos = np.flatnonzero(~pop["is_control"])

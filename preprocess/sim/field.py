@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.physics import (
     PIXEL_SCALE,
     STAMP_PX,
     elliptical_radius,

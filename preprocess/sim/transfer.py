@@ -2,9 +2,9 @@
 
 A model trained on the mock survey must also find lenses that the mock did not draw. This
 module is a *second renderer*, deliberately sharing no code and no parameterisation with the
-mock simulator (``sim_*.py``): lenstronomy's SIE + SHEAR ray tracing and Sersic light, its own
-pixel grid, a Moffat PSF kernel written here, per-band noise from the DR10 depth relation of
-``reference/science.md`` section 2.4, and its own population ranges. It writes the data
+mock simulator (the other modules of this package): lenstronomy's SIE + SHEAR ray tracing and
+Sersic light, its own pixel grid, a Moffat PSF kernel written here, per-band noise from the
+DR10 depth relation of ``reference/science.md`` section 2.4, and its own population ranges. It writes the data
 contract's layout (``region_split=test`` only), so ``haloscope infer --data`` scores it like
 any survey table; the sets are never converted into training shards.
 
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from haloscope.atomic import atomic_path
-from haloscope.preprocess.sim_table import encode_npz  # the contract's stamp format only
+from haloscope.preprocess.sim.table import encode_npz  # the contract's stamp format only
 
 __all__ = ["TransferConfig", "KINDS", "render_system", "write_transfer_sets", "SCHEMA"]
 

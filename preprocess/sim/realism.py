@@ -1,6 +1,6 @@
 """Realism table of a written mock survey's lenses, next to the reference numbers.
 
-    python -m haloscope.preprocess.sim_realism --data DATA [--json out.json]
+    python -m haloscope.preprocess.sim.realism --data DATA [--json out.json]
 
 Reads the parquet like any consumer (one row per distinct lens image: galaxy x replicate, good
 cutouts only) and prints the quantities of ``docs/mock_survey.md``: magnification, source - lens
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from haloscope.preprocess.sim_physics import shear_deflection, sie_deflection
+from haloscope.preprocess.sim.physics import shear_deflection, sie_deflection
 
 __all__ = ["count_images", "load_lenses", "realism", "main"]
 

@@ -5,7 +5,7 @@ replicate ``j % 2``. Values shared by a galaxy's rows (sky position, observing c
 source) are computed once per galaxy for the whole batch (:func:`galaxy_columns`) and repeated
 by indexing; per-row values (task id, selection set, replicate, stamp, the replicate's truth)
 are filled row by row (:func:`batch_table`). The result is an Arrow table in
-``sim_table.ROW_SCHEMA`` (the stamps stay Python bytes until written), NULL where the real tables leave a field empty: a control's truth, source
+``table.ROW_SCHEMA`` (the stamps stay Python bytes until written), NULL where the real tables leave a field empty: a control's truth, source
 and lens model, and a failed cutout's measured truth.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from haloscope.preprocess.sim_config import (
+from haloscope.preprocess.sim.config import (
     BANDS,
     CONTROL_KINDS,
     EXPERIMENT_ID,
@@ -22,9 +22,9 @@ from haloscope.preprocess.sim_config import (
     PIPELINE_VERSION,
     SPLITS,
 )
-from haloscope.preprocess.sim_population import Population
-from haloscope.preprocess.sim_render import TRUTH_COLUMNS, RenderedBatch
-from haloscope.preprocess.sim_table import DEFECTS, ROW_SCHEMA, task_id
+from haloscope.preprocess.sim.population import Population
+from haloscope.preprocess.sim.render import TRUTH_COLUMNS, RenderedBatch
+from haloscope.preprocess.sim.table import DEFECTS, ROW_SCHEMA, task_id
 
 __all__ = ["galaxy_columns", "batch_table", "FAILED_WARNING"]
 
@@ -89,7 +89,7 @@ def galaxy_columns(pop: Population) -> dict[str, np.ndarray]:
     """Values shared by all rows of each galaxy of ``pop``, one entry per galaxy.
 
     Args:
-        pop: per-galaxy parameters (a batch of :func:`sim_population.draw_population`).
+        pop: per-galaxy parameters (a batch of :func:`population.draw_population`).
 
     Returns:
         Column name -> (G,) array for every ``SCHEMA`` column that does not vary between a
@@ -183,7 +183,7 @@ def batch_table(
         stamps: per galaxy, its encoded stamp (controls, failed cutouts) or one per replicate.
 
     Returns:
-        The rows in ``sim_table.ROW_SCHEMA`` (every column but ``stamp_npz``) and each row's
+        The rows in ``table.ROW_SCHEMA`` (every column but ``stamp_npz``) and each row's
         stamp (``SplitWriters`` joins them); row ``i``'s split is
         ``SPLITS[pop["split_index"][gal_i]]``.
     """

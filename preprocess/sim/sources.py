@@ -38,7 +38,7 @@ import math
 import numpy as np
 from scipy.special import gammaincinv, ndtr, ndtri
 
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.physics import (
     lens_eigenvalues,
     sersic_bn,
     shear_deflection,

@@ -4,7 +4,7 @@ Recipes follow ``reference/science.md`` 4.2-4.3. Each renderer returns the extra
 added to an ordinary LRG control *before* PSF convolution and noise, so confusers share the
 lens-light, PSF and depth distributions of every other row (no survey-property shortcut). The LRG
 acts as the bulge of a spiral, ring or edge-on disk, or as one galaxy of a merger. Disks take their
-colours and sizes from the field population (``sim_field``) at the host's redshift, read from its
+colours and sizes from the field population (``field``) at the host's redshift, read from its
 g-r; companions are field galaxies drawn from the counts, never copies of the lensed-source model.
 
 Light added, r band (``added_flux_bounds`` holds the same numbers):
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from haloscope.preprocess.sim_field import (
+from haloscope.preprocess.sim.field import (
     FieldGalaxies,
     describe_galaxies,
     draw_field_galaxies,
@@ -35,7 +35,7 @@ from haloscope.preprocess.sim_field import (
     render_stars,
     star_counts,
 )
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.physics import (
     STAMP_PX,
     bin_image,
     mag_to_nmgy,
@@ -92,7 +92,7 @@ def _disk(rng, host: dict, bt_range, min_incl_deg: float, max_incl_deg: float):
     flux = host["flux_r"] * (1 - bt) / bt
     z = _host_redshift(host)
     cos_i = rng.uniform(np.cos(np.radians(max_incl_deg)), np.cos(np.radians(min_incl_deg)), n)
-    q0 = rng.uniform(0.1, 0.25, n)  # disk thickness, as sim_field (Padilla & Strauss 2008)
+    q0 = rng.uniform(0.1, 0.25, n)  # disk thickness, as field.py (Padilla & Strauss 2008)
     q = np.sqrt(cos_i**2 * (1 - q0**2) + q0**2)
     g_r, r_z = (c + 0.12 * rng.standard_normal(n) for c in late_type_colours(z))
     mag = 22.5 - 2.5 * np.log10(flux)

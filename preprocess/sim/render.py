@@ -3,12 +3,12 @@
 Order of operations per galaxy: LRG Sersic light (2x supersampled, core pixels 8x) + field
 galaxies and stars + confuser light (controls only) -> per-band Moffat PSF -> sky noise from
 psfdepth/psfsize plus shot noise. Positives add, per replicate, their SIE + shear lensed clumpy
-Sersic source (``sim_sources``) at its drawn magnitude, ray-traced 2x supersampled on a central
+Sersic source (``sources``) at its drawn magnitude, ray-traced 2x supersampled on a central
 box sized to hold every image of the source (up to the stamp plus the PSF's reach), convolved
 without cropping and pasted, with its own shot noise. The two replicates of a positive share the
 lens image and its noise (as in the real pipeline, where arcs are painted onto one coadd).
 Near-miss controls get the same lensed source, placed outside the caustics
-(``sim_sources.draw_near_miss_sources``), added to their image before the noise.
+(``sources.draw_near_miss_sources``), added to their image before the noise.
 
 Truth per replicate (``RenderedBatch.truth``): ``arc_snr`` is the original's definition, the
 peak r pixel of the noise-free PSF-convolved arc over the coadd sigma (sky and lens shot noise,
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from haloscope.preprocess.sim_config import CONTROL_KINDS
-from haloscope.preprocess.sim_confusers import RENDERERS, render_confusers
-from haloscope.preprocess.sim_field import field_neighbours
-from haloscope.preprocess.sim_physics import (
+from haloscope.preprocess.sim.config import CONTROL_KINDS
+from haloscope.preprocess.sim.confusers import RENDERERS, render_confusers
+from haloscope.preprocess.sim.field import field_neighbours
+from haloscope.preprocess.sim.physics import (
     PIXEL_SCALE,
     STAMP_PX,
     bin_image,
@@ -49,8 +49,8 @@ from haloscope.preprocess.sim_physics import (
     sie_max_deflection,
     sky_sigma_nmgy,
 )
-from haloscope.preprocess.sim_population import Population
-from haloscope.preprocess.sim_sources import MAX_KNOTS, source_extent
+from haloscope.preprocess.sim.population import Population
+from haloscope.preprocess.sim.sources import MAX_KNOTS, source_extent
 
 __all__ = [
     "RenderedBatch",
@@ -382,7 +382,7 @@ def near_miss_light(
     """PSF-convolved light of the near-miss sources of galaxies ``idx`` (replicate 0's position).
 
     Args:
-        pop: population with the sources of ``sim_sources.draw_near_miss_sources``.
+        pop: population with the sources of ``sources.draw_near_miss_sources``.
         idx: (N,) galaxies to render.
         kernels: (N, 3, K, K) their PSF kernels.
 

@@ -4,7 +4,7 @@ Work is split into fixed-size chunks (``CHUNK_ROWS`` rows, its own sky regions, 
 ``default_rng([seed, chunk])``), so the bytes written depend on the seed only, never on
 ``--workers``. Each chunk renders its unique images in batches, encodes each image once and
 reuses the bytes for all rows of that galaxy (controls: every row; positives: per replicate),
-builds the batch's rows column by column (``sim_rows``) and streams them into one part file per
+builds the batch's rows column by column (``rows``) and streams them into one part file per
 split, so memory stays bounded at any survey size.
 """
 
@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from haloscope.atomic import atomic_write_text, is_temp_name
 from haloscope.errors import ConfigError
-from haloscope.preprocess.sim_config import NUM_SELECTION_SETS, SPLITS, SimConfig
-from haloscope.preprocess.sim_population import Population, draw_population
-from haloscope.preprocess.sim_render import RenderedBatch, render_batch
-from haloscope.preprocess.sim_rows import batch_table
-from haloscope.preprocess.sim_table import SplitWriters, failed_stamp, stamp_bytes
+from haloscope.preprocess.sim.config import NUM_SELECTION_SETS, SPLITS, SimConfig
+from haloscope.preprocess.sim.population import Population, draw_population
+from haloscope.preprocess.sim.render import RenderedBatch, render_batch
+from haloscope.preprocess.sim.rows import batch_table
+from haloscope.preprocess.sim.table import SplitWriters, failed_stamp, stamp_bytes
 
 __all__ = ["simulate", "simulate_chunk", "RENDER_BATCH", "SUMMARY_NAME"]
 

@@ -1,6 +1,6 @@
 """Figures and the difficulty check of ``docs/mock_survey.md``, computed from a written survey.
 
-    python -m haloscope.preprocess.sim_report --data DATA --out-dir docs/img --json report.json
+    python -m haloscope.preprocess.sim.report --data DATA --out-dir docs/img --json report.json
 
 Reads the parquet like any consumer (hive dataset, ``np.load`` of ``stamp_npz``), so it checks the
 written files, not the simulator's internals. The difficulty check fits a logistic regression
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from haloscope.preprocess.sim_config import CONTROL_KINDS
+from haloscope.preprocess.sim.config import CONTROL_KINDS
 
 __all__ = [
     "load_unique",

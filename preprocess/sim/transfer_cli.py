@@ -10,7 +10,7 @@ from haloscope.argparse_util import ConfigCLI
 from haloscope.config import narrow, option
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
-from haloscope.preprocess.transfer_sets import TransferConfig
+from haloscope.preprocess.sim.transfer import TransferConfig
 
 __all__ = ["CLI", "TransferSetsOptions", "main"]
 
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             "transfer-sets needs lenstronomy: pip install 'haloscope[test]' (make installs it)"
         ) from None
-    from haloscope.preprocess.transfer_sets import write_transfer_sets
+    from haloscope.preprocess.sim.transfer import write_transfer_sets
 
     dest = Path(cfg.out) / "region_split=test" / "part-00000.parquet"
     if dest.exists() and not cfg.overwrite:

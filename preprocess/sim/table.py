@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from haloscope.atomic import atomic_path
-from haloscope.preprocess.sim_config import BANDS, EXPERIMENT_ID
+from haloscope.preprocess.sim.config import BANDS, EXPERIMENT_ID
 
 __all__ = [
     "SCHEMA",
