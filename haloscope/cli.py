@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "haloscope.preprocess.sim.transfer_cli",
         "independent lenstronomy lens/confuser sets for a transfer check",
     ),
-    "shards": ("haloscope.preprocess.convert_cli", "convert parquet splits into WebDataset shards"),
+    "shards": ("haloscope.preprocess.convert.cli", "convert parquet splits into WebDataset shards"),
     "train": ("haloscope.train.cli", "train ConvNeXt-Tiny (focal loss) on shards"),
     "infer": ("haloscope.infer.cli", "score shards or parquet with a checkpoint"),
     "eval": ("haloscope.evaluate.cli", "stratified metrics, confidence intervals and a report"),

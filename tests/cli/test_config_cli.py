@@ -283,7 +283,7 @@ def test_gen4_tiny_is_a_preset_under_flags():
 
 
 def test_shards_verify_needs_no_data_and_slurm_defaults(tmp_path):
-    from haloscope.preprocess.convert_cli import parse_config
+    from haloscope.preprocess.convert.cli import parse_config
 
     assert parse_config(["--out", "o", "--verify"]).data is None
     with pytest.raises(ConfigError, match="--data is required"):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from haloscope.preprocess.convert_cli import parse_config, slurm_task
+from haloscope.preprocess.convert.cli import parse_config, slurm_task
 from tests.shards.shard_fixtures import make_survey
 
 HALOSCOPE = Path(sys.executable).parent / "haloscope"

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from haloscope.preprocess.convert import ConvertConfig
-from haloscope.preprocess.convert_run import convert
+from haloscope.preprocess.convert.core import ConvertConfig
+from haloscope.preprocess.convert.run import convert
 from tests.preprocess.contract_rows import SCHEMA, base_row, npz_bytes, to_table
 
 HN_WEIGHT = 3

@@ -8,7 +8,7 @@ tasks: task ``t`` of ``T`` runs pass-1 units ``i % T == t``, then pass-2 units l
 whichever task finds every record present writes the manifests. Outputs never depend on
 ``--workers`` or ``--num-tasks``. ``shards/lock.py`` keeps other conversions out of the
 output root while this one runs (array tasks share it); the manifest step itself lives in
-``preprocess/convert_manifest.py``.
+``preprocess/convert/manifest.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
-from haloscope.preprocess import convert as cv
-from haloscope.preprocess import convert_manifest as cm
+from haloscope.preprocess.convert import core as cv
+from haloscope.preprocess.convert import manifest as cm
 from haloscope.preprocess.hardneg import HardNegLookup, load_lookup
 from haloscope.preprocess.normalize import norm_settings
 from haloscope.preprocess.schema import DatasetLayout, validate_dataset
@@ -194,7 +194,7 @@ def _map(fn, jobs: list, workers: int, desc: str, unit: str, progress: bool = Tr
         else:
             # NOTE: a worker's exception (an OSError naming its file, a HaloscopeError) is
             # re-raised here; leaving the block terminates the other workers, whose
-            # temporary files the caller removes (convert_manifest.remove_temporaries)
+            # temporary files the caller removes (manifest.remove_temporaries)
             with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
                 for _ in pool.imap_unordered(fn, jobs):
                     bar.update(1)

@@ -12,7 +12,7 @@ from haloscope.argparse_util import ConfigCLI
 from haloscope.config import narrow
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
-from haloscope.preprocess.convert import ConvertConfig
+from haloscope.preprocess.convert.core import ConvertConfig
 
 __all__ = ["CLI", "ShardsOptions", "main", "parse_config", "slurm_task"]
 
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         for line in verify_shards(Path(cfg.out), list(cfg.splits)):
             print(line)
         return 0
-    from haloscope.preprocess.convert_run import convert
+    from haloscope.preprocess.convert.run import convert
 
     written = convert(narrow(cfg, ConvertConfig))
     for split, path in written.items():

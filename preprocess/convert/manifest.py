@@ -24,7 +24,7 @@ from haloscope.shards.verify import verify_zarr
 from haloscope.shards.write import sha256_file
 
 if TYPE_CHECKING:
-    from haloscope.preprocess.convert_run import Plan
+    from haloscope.preprocess.convert.run import Plan
 
 __all__ = [
     "drop_stale_manifests",

@@ -8,7 +8,7 @@ controls found in the hard-negative lookup and, in the train split only, repeat 
 (``shards/buckets.py``).
 Pass 2, one unit per bucket: de-duplicate pixel-identical rows, shuffle, write one shard.
 The manifest step (``shards/assemble.py``) runs when every part of every split exists.
-Orchestration (tasks, workers, resume) lives in ``preprocess/convert_run.py``.
+Orchestration (tasks, workers, resume) lives in ``preprocess/convert/run.py``.
 """
 
 from __future__ import annotations
