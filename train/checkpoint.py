@@ -16,14 +16,23 @@ dicts). Keys (``FORMAT`` version 1):
 - ``early_stopping``: the ``EarlyStopping`` state; ``val_metrics``: latest validation dict;
 - ``config``: the resolved ``TrainConfig`` as a JSON string;
 - ``preprocess``: the train manifest's preprocessing settings (dict); ``meta``: cols, mean, std.
+
+``CheckpointWriter`` takes the writes off the training step's path: the state is copied to
+host memory (pinned buffers, reused, for device tensors; clones for CPU tensors) in stream
+order, and a background thread waits for those copies and writes the file with
+``save_checkpoint``. One write is in flight at a time; its error is raised by the next
+``save`` or by ``join``, as the same exception a direct write would have raised.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
+import threading
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +53,11 @@ __all__ = [
     "to_plain",
     "load_checkpoint",
     "load_for_inference",
+    "to_host",
+    "CheckpointWriter",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "haloscope-train", 1
 _REQUIRED = ("model", "model_args", "config", "preprocess", "meta")
@@ -118,6 +131,97 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
                 raise
             raise sink.error from None
     return path
+
+
+def to_host(value: Any, pinned: dict[tuple, torch.Tensor], key: tuple = ()) -> Any:
+    """A copy of ``value`` (nested dicts/lists/tuples of tensors and plain data) on the host.
+
+    Device tensors are copied without blocking into pinned buffers kept in ``pinned`` (by
+    their place in the structure, reused by the next call); CPU tensors are cloned. The
+    copies are queued in stream order, so they hold the values of this moment even though
+    later steps change the state: wait for the stream (an event) before reading them.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type == "cpu":
+            return value.clone()
+        buf = pinned.get(key)
+        if buf is None or (buf.shape, buf.stride(), buf.dtype) != (
+            value.shape, value.stride(), value.dtype
+        ):  # fmt: skip
+            buf = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype,
+                                      pin_memory=True)  # fmt: skip
+            pinned[key] = buf
+        return buf.copy_(value, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_host(v, pinned, (*key, k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(v, pinned, (*key, i)) for i, v in enumerate(value))
+    return value
+
+
+class CheckpointWriter:
+    """Checkpoint writes in a background thread, one at a time (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._pinned: dict[tuple, torch.Tensor] = {}
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, paths: Sequence[Path], payload: Callable[[], dict[str, Any]],
+             device: torch.device) -> None:  # fmt: skip
+        """Copy ``payload()`` to the host now and write it to every path in the background.
+
+        Waits for the previous write first (its pinned buffers are reused).
+
+        Args:
+            paths: the files to write (each gets the same payload).
+            payload: builds the checkpoint dict (its tensors may live on ``device``).
+            device: the training device, on whose current stream the copies are queued.
+
+        Raises:
+            OSError: the previous write failed (naming its file), as ``save_checkpoint``.
+        """
+        self.join()
+        state = to_host(payload(), self._pinned)
+        ready = None
+        if device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(device))  # after the copies
+        self._thread = threading.Thread(target=self._write, args=(list(paths), state, ready),
+                                        name="checkpoint-writer", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _write(self, paths: list[Path], state: dict[str, Any], ready: Any) -> None:
+        try:
+            if ready is not None:
+                ready.synchronize()
+            for path in paths:
+                save_checkpoint(path, state)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by join()
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait for the write in flight; re-raise its error (once).
+
+        Raises:
+            OSError: as ``save_checkpoint`` (full disk, read-only folder), naming the file.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self, *, raising: bool = True) -> None:
+        """``join``; with ``raising=False`` (another error is on its way) only log a failure."""
+        try:
+            self.join()
+        except Exception as exc:
+            if raising:
+                raise
+            log.error("the last checkpoint write failed too: %s", exc)
 
 
 def _load_failure(path: Path, exc: Exception) -> str:

@@ -216,6 +216,10 @@ class RunConfig(ComputeConfig):
     """Also write last.pt every N optimiser steps (0: only at epoch ends and on signals)."""
     log_every: int = 10
     """Console/TensorBoard cadence in steps (metrics.jsonl gets every step)."""
+    sync_every: int = 50
+    """Read the step losses from the device every N steps (and before validations and
+    checkpoints); the steps between never wait for the GPU. Under torchrun a stop signal
+    takes effect at these reads."""
     resume: bool = False
     """Continue from OUT_DIR/last.pt."""
     overwrite: bool = False
@@ -240,7 +244,7 @@ class RunConfig(ComputeConfig):
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
                 )
-        for name in ("val_every", "log_every"):
+        for name in ("val_every", "log_every", "sync_every"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
@@ -305,6 +309,7 @@ RESUME_MUTABLE_KEYS: frozenset[str] = frozenset(
         "run.early_stopping_patience",
         "run.ckpt_every_steps",
         "run.log_every",
+        "run.sync_every",
         "run.resume",
         "run.overwrite",
         "run.tensorboard",

@@ -1,8 +1,17 @@
 """The training loop: one loop that owns cadence around the one step (``train/step.py``).
 
 Every step, in every mode (eager on CPU or GPU, torch.compile, CUDA graph), is
-``ctx.step.step(image, meta, label)``: a ``train.step.TrainStep`` running ``train_step``.
-``fit`` runs epochs, validation, early stopping, checkpoints, metrics and stop requests.
+``ctx.step.step(image, meta, label)``: a ``train.step.TrainStep`` running ``train_step``,
+which leaves the loss and gradient norm in device buffers. The loop never waits for the
+GPU between reads: every ``--sync-every`` steps, at the end of an epoch and before a
+checkpoint it reads those buffers once (``_read``), writes the per-step records, checks
+that the losses are finite and, under torchrun, agrees with the other ranks on a stop
+request. One process stops at the step a signal arrives in.
+
+Checkpoints are copied to host memory on the main thread and written by a background
+thread (``checkpoint.CheckpointWriter``). The time from the first step to the last
+checkpoint is split into step, loader wait, validation, checkpoint and other
+(``metrics.TimeBreakdown``) and returned in ``FitResult.timing``.
 """
 
 from __future__ import annotations
@@ -24,22 +33,15 @@ from tqdm import tqdm
 from haloscope.errors import DataError
 from haloscope.train import checkpoint as ckpt
 from haloscope.train.config import TrainConfig
-from haloscope.train.dist import (
-    DistEnv,
-    all_gather_object,
-    all_reduce_max,
-    all_reduce_mean,
-    barrier,
-)
+from haloscope.train.dist import DistEnv, all_gather_object, all_reduce_mean
 from haloscope.train.failures import worker_batches
-from haloscope.train.metrics import MetricsWriter
+from haloscope.train.metrics import MetricsWriter, StepWindow, TimeBreakdown
 from haloscope.train.validate import EarlyStopping, validate
 
 __all__ = ["TrainState", "RunContext", "StopFlag", "FitResult", "catch_signals",
            "start_batches", "checkpoint_payload", "fit"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-_NONFINITE, _SIGNAL = 2, 1
 
 
 @dataclass
@@ -61,7 +63,7 @@ class TrainState:
 
 @dataclass
 class RunContext:
-    """What stays fixed during training."""
+    """What stays fixed during training (and the run's bookkeeping objects)."""
 
     cfg: TrainConfig
     env: DistEnv
@@ -69,7 +71,7 @@ class RunContext:
     train_reader: Any  # haloscope.shards.read.ShardReader (or the same protocol)
     val_reader: Any
     make_loader: Callable[[Any], Iterable[dict[str, Any]]]
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: Callable[..., torch.Tensor]
     writer: MetricsWriter
     static: dict[str, Any]  # model_args, config JSON, preprocess, meta (checkpoint constants)
     steps_per_epoch: int
@@ -77,10 +79,13 @@ class RunContext:
     channels_last: bool
     stop: StopFlag
     step: Any = None  # the train.step.TrainStep of the run (eager, compile or graph)
+    saver: ckpt.CheckpointWriter = field(default_factory=ckpt.CheckpointWriter)
+    timer: TimeBreakdown = field(default_factory=TimeBreakdown)
+    window: StepWindow | None = None  # steps whose device metrics are not read yet
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop saves last.pt and returns at the next step."""
+    """Set by SIGTERM/SIGINT; the loop saves last.pt and returns (see the module doc)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -104,25 +109,27 @@ def catch_signals(flag: StopFlag) -> Iterator[StopFlag]:
 
 @dataclass(frozen=True)
 class FitResult:
-    """How training ended: ``completed``, ``early_stopped`` or ``signal``."""
+    """How training ended (``completed``, ``early_stopped`` or ``signal``) and its timing."""
 
     reason: str
     epoch: int
     global_step: int
     best_epoch: int
     signum: int | None = None
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
-    """The full resume + inference payload of the current state."""
+    """The full resume + inference payload of the current state (tensors not yet copied)."""
+    reader = {**ctx.train_reader.state_dict(), "epoch": state.epoch,
+              "batches_consumed": state.step_in_epoch}  # fmt: skip
     return {
         "model": state.raw_model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "progress": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                      "global_step": state.global_step, "world_size": ctx.env.world_size},
-        "loader": {"epoch": state.epoch, "batches_done": state.step_in_epoch,
-                   "reader": ctx.train_reader.state_dict()},
+        "loader": {"epoch": state.epoch, "batches_done": state.step_in_epoch, "reader": reader},
         "rng": ckpt.capture_rng(state.aug_gen),
         "early_stopping": state.early.state_dict(),
         "val_metrics": dict(state.val_metrics),
@@ -131,13 +138,15 @@ def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
 
 
 def _save(state: TrainState, ctx: RunContext, *names: str) -> None:
-    # every rank's RNG streams (dropout, drop-path, D4), so each rank resumes its own
-    rng_per_rank = all_gather_object(ckpt.capture_rng(state.aug_gen), ctx.env)
-    if ctx.env.is_main:
-        payload = {**checkpoint_payload(state, ctx), "rng_per_rank": rng_per_rank}
-        for name in names:
-            ckpt.save_checkpoint(ctx.run_dir / name, payload)
-    barrier(ctx.env)
+    """Queue last.pt/best.pt of the current state; the unread steps are checked first."""
+    _read(state, ctx)  # NOTE: a non-finite loss raises here, before anything is saved
+    with ctx.timer.phase("checkpoint"):
+        # every rank's RNG streams (dropout, drop-path, D4), so each rank resumes its own
+        rng_per_rank = all_gather_object(ckpt.capture_rng(state.aug_gen), ctx.env)
+        if ctx.env.is_main:
+            paths = [ctx.run_dir / name for name in names]
+            payload = lambda: {**checkpoint_payload(state, ctx), "rng_per_rank": rng_per_rank}  # noqa: E731
+            ctx.saver.save(paths, payload, ctx.env.device)
 
 
 def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -164,22 +173,117 @@ def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]
     return itertools.chain([first], it)
 
 
-def _epoch_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
-    """This epoch's train batches from the current position."""
-    reader = ctx.train_reader
-    reader.set_epoch(state.epoch)
-    if state.loader_state is not None and state.step_in_epoch > 0:
-        reader.load_state_dict(state.loader_state["reader"])  # mid-epoch resume
-    state.loader_state = None
-    return start_batches(ctx.make_loader(reader))
+def _train_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
+    """The train batches of the rest of the run, epoch after epoch, from the current position."""
+    reader, first, done = ctx.train_reader, state.epoch, state.step_in_epoch
+    for epoch in range(first, ctx.cfg.run.epochs):
+        reader.set_epoch(epoch)
+        skip = done if epoch == first else 0
+        if skip and state.loader_state is not None:
+            reader.load_state_dict(state.loader_state["reader"])  # mid-epoch resume
+        state.loader_state = None
+        it = start_batches(ctx.make_loader(reader))
+        part = itertools.islice(it, ctx.steps_per_epoch - skip)
+        try:
+            yield from part
+        finally:
+            del part, it  # shut the epoch's loader workers down
 
 
-def _stop_code(loss: float, ctx: RunContext) -> int:
-    code = _NONFINITE if not math.isfinite(loss) else (_SIGNAL if ctx.stop.signum else 0)
-    return all_reduce_max(code, ctx.env)
+def _current_lr(scheduler: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """The learning rate of the next step, on the host (a graphed step's lr is a device
+    tensor, and reading it would wait for the GPU)."""
+    lr = scheduler.optimizer.param_groups[0]["lr"]
+    if not isinstance(lr, torch.Tensor):
+        return float(lr)
+    lam = scheduler.lr_lambdas[0]  # type: ignore[attr-defined]  # LambdaLR (train.optim)
+    return float(scheduler.base_lrs[0]) * lam(scheduler.last_epoch)
 
 
-def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
+def _read(state: TrainState, ctx: RunContext) -> bool:
+    """Read the unread steps' device metrics (one sync) and write their records.
+
+    Returns:
+        True when a stop signal arrived (under torchrun: on any rank; all ranks agree).
+
+    Raises:
+        DataError: a non-finite loss; it names the first such step.
+    """
+    window, env = ctx.window, ctx.env
+    if window is None or not len(window):
+        return ctx.stop.signum is not None and not env.is_distributed
+    with ctx.timer.phase("step"):  # where the host waits for the GPU
+        values = ctx.step.metrics.read(len(window))
+    wall_s = time.perf_counter() - window.t0
+    local = {f"{i:06d}": float(v) for i, v in enumerate(values[:, 0].tolist())}
+    waits = [r["perf/data_wait_s"] for r in window.rows]
+    local.update({f"w{i:06d}": w for i, w in enumerate(waits)})
+    local["stop"] = float(ctx.stop.signum is not None)
+    mean = all_reduce_mean(local, env)  # one collective per read (none on one process)
+    losses = [mean[f"{i:06d}"] for i in range(len(window))]
+    for row, w in zip(window.rows, range(len(window)), strict=True):
+        row["perf/data_wait_s"] = mean[f"w{w:06d}"]
+    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    if bad is not None:
+        row = window.rows[bad]
+        raise DataError(
+            f"non-finite training loss at epoch {row['epoch']}, step {row['step'] - 1} of the "
+            f"epoch (batch {row['step'] - 1} of this rank's epoch order, global step "
+            f"{row['global_step'] - 1}); stopped without saving: last.pt and best.pt keep the "
+            "last good state. Check the shards or lower --lr."
+        )
+    records = window.records(list(zip(losses, values[:, 1].tolist(), strict=True)), wall_s=wall_s)
+    _log_records(records, ctx)
+    return mean["stop"] > 0
+
+
+def _log_records(records: list[dict[str, Any]], ctx: RunContext) -> None:
+    cfg, env = ctx.cfg, ctx.env
+    for record in records:
+        due = record["global_step"] % cfg.run.log_every == 0
+        ctx.writer.write("train", record, to_tensorboard=due)
+        if due and env.is_main and not cfg.run.progress:
+            log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s wait %.0f%%",
+                     record["epoch"], record["step"], ctx.steps_per_epoch, record["train/loss"],
+                     record["train/lr"], record["perf/img_per_s"],
+                     100 * record["perf/data_wait_frac"])  # fmt: skip
+
+
+def _next_batch(batches: Iterator[dict[str, Any]], state: TrainState,
+                ctx: RunContext) -> tuple[dict[str, Any], float] | None:  # fmt: skip
+    """The next train batch and its wait (booked as loader wait); None when a stop signal
+    hit the loader."""
+    with ctx.timer.phase("loader_wait"):
+        t0 = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise DataError(
+                f"the train loader ended after {state.step_in_epoch} of {ctx.steps_per_epoch} "
+                f"batches in epoch {state.epoch}; check the shards"
+            ) from None
+        except Exception:
+            if ctx.stop.signum is not None:  # Ctrl-C also reached the loader workers
+                return None
+            raise
+    return batch, time.perf_counter() - t0
+
+
+def _run_step(batch: dict[str, Any], wait_s: float, state: TrainState, ctx: RunContext) -> None:
+    """Dispatch one step (no wait for the GPU) and note it in the window."""
+    with ctx.timer.phase("step"):
+        lr = _current_lr(state.scheduler)
+        ctx.step.step(batch["image"], batch["meta"], batch["label"])
+        state.scheduler.step()
+    state.step_in_epoch += 1
+    state.global_step += 1
+    ctx.timer.num_steps += 1
+    assert ctx.window is not None
+    ctx.window.add(epoch=state.epoch, step=state.step_in_epoch, global_step=state.global_step,
+                   lr=lr, wait_s=wait_s)  # fmt: skip
+
+
+def train_one_epoch(state: TrainState, ctx: RunContext, batches: Iterator[dict[str, Any]]) -> bool:
     """Run the rest of the current epoch; returns False when a stop signal arrived.
 
     Raises:
@@ -189,69 +293,30 @@ def train_one_epoch(state: TrainState, ctx: RunContext) -> bool:
     n = ctx.steps_per_epoch
     if state.step_in_epoch >= n:
         return True
-    state.model.train()  # validation leaves the model in eval mode
-    it = _epoch_batches(state, ctx)
     bar = tqdm(total=n, initial=state.step_in_epoch, desc=f"epoch {state.epoch}",
                disable=not (env.is_main and cfg.run.progress), dynamic_ncols=True)  # fmt: skip
-    t_last = time.perf_counter()
     try:
         while state.step_in_epoch < n:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                raise DataError(
-                    f"the train loader ended after {state.step_in_epoch} of {n} "
-                    f"batches in epoch {state.epoch}; check the shards"
-                ) from None
-            except Exception:
-                if ctx.stop.signum is not None:  # Ctrl-C also reached the loader workers
-                    return False
-                raise
-            wait_s = time.perf_counter() - t0
-            out = ctx.step.step(batch["image"], batch["meta"], batch["label"])
-            loss, grad_norm = out["loss"], out["grad_norm"]
-            loss_value = float(loss.item())
-            code = _stop_code(loss_value, ctx)
-            if code >= _NONFINITE:
-                raise DataError(
-                    f"non-finite training loss at epoch {state.epoch}, step {state.step_in_epoch} "
-                    f"of the epoch (batch {state.step_in_epoch} of this rank's epoch order, "
-                    f"global step {state.global_step}); stopped without saving: last.pt and "
-                    "best.pt keep the last good state. Check the shards or lower --lr."
-                )
-            lr = float(state.optimizer.param_groups[0]["lr"])  # a tensor under CUDA graphs
-            state.scheduler.step()
-            state.step_in_epoch += 1
-            state.global_step += 1
-            now = time.perf_counter()
-            step_s, t_last = now - t_last, now
-            stats = all_reduce_mean({"train/loss": loss_value, "perf/data_wait_s": wait_s}, env)
-            record = {
-                "epoch": state.epoch, "step": state.step_in_epoch, "global_step": state.global_step,
-                "train/lr": lr, "train/grad_norm": float(grad_norm.item()), "perf/step_s": step_s,
-                "perf/img_per_s": cfg.data.batch_size / step_s,
-                "perf/data_wait_frac": min(1.0, stats["perf/data_wait_s"] / step_s), **stats,
-            }  # fmt: skip
-            ctx.writer.write(
-                "train", record, to_tensorboard=state.global_step % cfg.run.log_every == 0
-            )
-            bar.update(1)
-            if state.global_step % cfg.run.log_every == 0:
-                bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{record['perf/img_per_s']:.0f}")  # fmt: skip
-                if bar.disable and env.is_main:
-                    log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s wait %.0f%%",
-                             state.epoch, state.step_in_epoch, n, record["train/loss"], lr,
-                             record["perf/img_per_s"], 100 * record["perf/data_wait_frac"])  # fmt: skip
-            if code == _SIGNAL:
+            got = _next_batch(batches, state, ctx)
+            if got is None:
+                _read(state, ctx)
                 return False
+            _run_step(*got, state, ctx)
+            bar.update(1)
             every = cfg.run.ckpt_every_steps
-            if every and state.global_step % every == 0 and state.step_in_epoch < n:
+            ckpt_due = bool(every) and state.global_step % every == 0 and state.step_in_epoch < n
+            read_due = (len(ctx.window or ()) >= cfg.run.sync_every or state.step_in_epoch == n
+                        or ckpt_due or (ctx.stop.signum is not None and not env.is_distributed))  # fmt: skip
+            if read_due and _read(state, ctx):
+                return False
+            if read_due and ctx.window is not None and ctx.window.last is not None:
+                last = ctx.window.last
+                bar.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}",
+                                img_s=f"{last['perf/img_per_s']:.0f}")  # fmt: skip
+            if ckpt_due:
                 _save(state, ctx, "last.pt")
     finally:
         bar.close()
-        del it  # shut loader workers down
     return True
 
 
@@ -261,9 +326,10 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     names = ["last.pt"]
     is_last = epoch + 1 == cfg.run.epochs
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
-        val_batches = start_batches(ctx.make_loader(ctx.val_reader))
-        metrics = validate(state.raw_model, val_batches, ctx.env, loss_fn=ctx.loss_fn,
-                           channels_last=ctx.channels_last)  # fmt: skip
+        with ctx.timer.phase("validation"):
+            val_batches = start_batches(ctx.make_loader(ctx.val_reader))
+            metrics = validate(state.raw_model, val_batches, ctx.env, loss_fn=ctx.loss_fn,
+                               channels_last=ctx.channels_last)  # fmt: skip
         is_best = state.early.update(metrics, epoch)
         state.val_metrics = {**metrics, "epoch": epoch}
         ctx.writer.write("val", {"epoch": epoch, "global_step": state.global_step,
@@ -279,22 +345,51 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     _save(state, ctx, *names)
 
 
-def fit(state: TrainState, ctx: RunContext) -> FitResult:
-    """Train from ``state`` until the last epoch, early stopping, or a stop signal.
-
-    Returns:
-        A ``FitResult`` saying why it ended; last.pt (and best.pt) are on disk.
-    """
+def _epochs(state: TrainState, ctx: RunContext, batches: Iterator[dict[str, Any]]) -> FitResult:
+    """The epochs of ``fit``; the result's timing is filled in by ``fit``."""
     while state.epoch < ctx.cfg.run.epochs:
         epoch = state.epoch
-        if not train_one_epoch(state, ctx):
+        if not train_one_epoch(state, ctx, batches):
             _save(state, ctx, "last.pt")
             return FitResult("signal", epoch, state.global_step, state.early.best_epoch,
                              ctx.stop.signum)  # fmt: skip
         _end_epoch(state, ctx, epoch)
         if state.early.should_stop:
             return FitResult("early_stopped", epoch, state.global_step, state.early.best_epoch)
-        if all_reduce_max(_SIGNAL if ctx.stop.signum else 0, ctx.env):
+        if _read_stop(ctx):
             return FitResult("signal", epoch, state.global_step, state.early.best_epoch,
                              ctx.stop.signum)  # fmt: skip
     return FitResult("completed", state.epoch - 1, state.global_step, state.early.best_epoch)
+
+
+def _read_stop(ctx: RunContext) -> bool:
+    """Whether any rank got a stop signal (a collective under torchrun)."""
+    return all_reduce_mean({"stop": float(ctx.stop.signum is not None)}, ctx.env)["stop"] > 0
+
+
+def fit(state: TrainState, ctx: RunContext) -> FitResult:
+    """Train from ``state`` until the last epoch, early stopping, or a stop signal.
+
+    Returns:
+        A ``FitResult`` saying why it ended, with the run's time breakdown; last.pt (and
+        best.pt) are on disk.
+
+    Raises:
+        DataError: a non-finite loss or a damaged shard.
+        OSError: a checkpoint could not be written (naming the file).
+    """
+    ctx.timer.start()
+    ctx.window = StepWindow(ctx.cfg.data.batch_size)
+    batches = _train_batches(state, ctx)
+    try:
+        result = _epochs(state, ctx, batches)
+        with ctx.timer.phase("checkpoint"):
+            ctx.saver.join()  # the last checkpoint is on disk: the run's clock stops here
+    except BaseException:
+        ctx.saver.close(raising=False)
+        raise
+    finally:
+        batches.close()  # shut the loader workers down
+    timing = ctx.timer.summary(ctx.cfg.data.batch_size)
+    return FitResult(result.reason, result.epoch, result.global_step, result.best_epoch,
+                     result.signum, timing)  # fmt: skip

@@ -1,9 +1,15 @@
-"""The run's metrics sink: flat dicts to metrics.jsonl, CSV tables and optional TensorBoard.
+"""The run's metrics: a sink of flat dicts, the host side of the step records, a time budget.
 
-Only the main rank writes (``enabled=False`` on the others makes every call a no-op).
-Train steps go to ``metrics.csv`` (fixed columns ``TRAIN_COLUMNS``), validations to
-``val_metrics.csv``, and both to ``metrics.jsonl`` with a ``kind`` field. Every validation
-record also redraws ``curves.png`` from ``metrics.jsonl`` (``train.curves``).
+``MetricsWriter``: only the main rank writes (``enabled=False`` on the others makes every
+call a no-op). Train steps go to ``metrics.csv`` (fixed columns ``TRAIN_COLUMNS``),
+validations to ``val_metrics.csv``, and both to ``metrics.jsonl`` with a ``kind`` field;
+the run's time breakdown goes to ``metrics.jsonl`` as one ``kind: "run"`` record. Every
+validation record also redraws ``curves.png`` from ``metrics.jsonl`` (``train.curves``).
+
+``StepWindow`` holds what the host knows of the steps whose loss and gradient norm still
+sit on the device (``train.step.StepMetrics``), and turns both into per-step records when
+the loop reads them. ``TimeBreakdown`` splits a run's wall time from its first step to its
+last checkpoint into step, loader wait, validation, checkpoint and other.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,8 @@ from haloscope.atomic import naming
 from haloscope.errors import ConfigError
 from haloscope.train.curves import write_curves
 
-__all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "MetricsWriter"]
+__all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "PHASES", "MetricsWriter", "StepWindow",
+           "TimeBreakdown"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +102,7 @@ class MetricsWriter:
         """Append one record.
 
         Args:
-            kind: ``train`` or ``val``.
+            kind: ``train``, ``val`` or ``run`` (the latter only in metrics.jsonl).
             record: flat dict of numbers (must include ``global_step``).
             to_tensorboard: also send the numeric entries to TensorBoard (if enabled).
         """
@@ -103,6 +112,8 @@ class MetricsWriter:
         row = {k: _clean(v) for k, v in row.items()}
         with naming(self._jsonl.name):  # a full disk: name the file
             self._jsonl.write(json.dumps(row) + "\n")
+        if kind not in self._csv:
+            return
         handle, writer = self._csv[kind]
         with naming(handle.name):
             writer.writerow(row)
@@ -123,3 +134,94 @@ class MetricsWriter:
             handle.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class StepWindow:
+    """The host's facts of the steps not yet read from the device, and their records.
+
+    Args:
+        batch_size: the global batch (images per step, all ranks).
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.rows: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+        self.last: dict[str, Any] | None = None  # the latest record (progress bar)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, *, epoch: int, step: int, global_step: int, lr: float, wait_s: float) -> None:
+        """One dispatched step (``step``/``global_step`` counted after it, as in the records)."""
+        self.rows.append({"epoch": epoch, "step": step, "global_step": global_step,
+                          "train/lr": lr, "perf/data_wait_s": wait_s})  # fmt: skip
+
+    def records(self, values: Sequence[Sequence[float]], *, wall_s: float) -> list[dict[str, Any]]:
+        """Per-step records of the window and start the next one.
+
+        Args:
+            values: per step ``(loss, grad_norm)`` as read (and averaged over ranks).
+            wall_s: host time since the window started; the steps share it evenly (a step
+                is not timed alone: that would need a device sync per step).
+        """
+        step_s = wall_s / max(len(self.rows), 1)
+        out = []
+        for row, (loss, grad_norm) in zip(self.rows, values, strict=True):
+            wait = row["perf/data_wait_s"]
+            out.append({**row, "train/loss": float(loss), "train/grad_norm": float(grad_norm),
+                        "perf/step_s": step_s, "perf/img_per_s": self.batch_size / step_s,
+                        "perf/data_wait_frac": min(1.0, wait / step_s)})  # fmt: skip
+        self.rows = []
+        self.t0 = time.perf_counter()
+        self.last = out[-1] if out else self.last
+        return out
+
+
+PHASES: tuple[str, ...] = ("step", "loader_wait", "validation", "checkpoint")
+"""Where a run's time goes; ``other`` is the rest (metrics, logging, epoch transitions)."""
+
+
+class TimeBreakdown:
+    """Wall time of a run from its start (``start``) to its last checkpoint (``summary``).
+
+    ``step`` includes the graph capture and the reads of the device metrics (where the host
+    waits for the GPU); ``checkpoint`` is the main thread's share (state copies, waiting
+    for the previous write); the background writes overlap the steps.
+    """
+
+    def __init__(self) -> None:
+        self.spent = dict.fromkeys(PHASES, 0.0)
+        self.t0: float | None = None
+        self.num_steps = 0
+
+    def start(self) -> None:
+        """Start the clock (once; later calls do nothing)."""
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def add(self, phase: str, seconds: float) -> None:
+        """Book ``seconds`` to ``phase``."""
+        self.spent[phase] += seconds
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Book the time of the block to ``name``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] += time.perf_counter() - t
+
+    def summary(self, batch_size: int) -> dict[str, float]:
+        """Flat ``time/*`` seconds and fractions and ``perf/img_per_s`` of the whole run."""
+        total = time.perf_counter() - self.t0 if self.t0 is not None else 0.0
+        out = {f"time/{k}_s": round(v, 4) for k, v in self.spent.items()}
+        out["time/other_s"] = round(total - sum(self.spent.values()), 4)
+        out["time/total_s"] = round(total, 4)
+        for k in (*PHASES, "other"):
+            out[f"time/{k}_frac"] = round(out[f"time/{k}_s"] / total, 5) if total > 0 else 0.0
+        out["run/num_steps"] = self.num_steps
+        out["run/num_samples"] = self.num_steps * batch_size
+        out["perf/img_per_s"] = round(self.num_steps * batch_size / total, 2) if total else 0.0
+        return out

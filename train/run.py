@@ -202,6 +202,7 @@ def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunConte
         device=env.device, mode=kind, distributed=env.is_distributed, augment=cfg.run.augment,
         aug_generator=state.aug_gen, bf16=ctx.amp_dtype is not None,
         channels_last=ctx.channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
+        metrics_slots=cfg.run.sync_every,
     )  # fmt: skip
 
 
@@ -227,7 +228,27 @@ def run_training(cfg: TrainConfig) -> int:
         shutdown(env)
 
 
+TIMING_NAME = "time_breakdown.json"
+"""The run's time breakdown (``metrics.TimeBreakdown``), written next to the checkpoints."""
+
+
+def _write_timing(result: FitResult, ctx: RunContext) -> None:
+    """``RUN/time_breakdown.json`` and a ``kind: "run"`` record in metrics.jsonl (main rank)."""
+    t = result.timing
+    doc = {"reason": result.reason, "world_size": ctx.env.world_size,
+           "global_batch_size": ctx.cfg.data.batch_size, "device": str(ctx.env.device),
+           "step_mode": getattr(ctx.step, "mode", None), **t}  # fmt: skip
+    ctx.writer.write("run", {"global_step": result.global_step, **doc}, to_tensorboard=False)
+    if ctx.env.is_main:
+        atomic_write_text(ctx.run_dir / TIMING_NAME, json.dumps(doc, indent=1) + "\n")
+        parts = ", ".join(f"{k} {100 * t[f'time/{k}_frac']:.1f}%"
+                          for k in ("step", "loader_wait", "validation", "checkpoint", "other"))  # fmt: skip
+        log.info("%d steps in %.1f s (first step to last checkpoint), %.0f img/s: %s",
+                 t["run/num_steps"], t["time/total_s"], t["perf/img_per_s"], parts)  # fmt: skip
+
+
 def _report(result: FitResult, ctx: RunContext) -> int:
+    _write_timing(result, ctx)
     if result.reason == "signal":
         name = signal.Signals(result.signum).name if result.signum else "signal"
         log.warning("stopped by %s at epoch %d, global step %d; %s saved, continue with --resume",

@@ -65,9 +65,13 @@ def test_two_rank_cli_run_validates_the_whole_split(tiny_shards: Path, tmp_path:
 @pytest.mark.dist
 def test_two_rank_kill_and_resume_is_bitwise_identical(tiny_shards: Path, tmp_path: Path) -> None:
     """2 gloo ranks, D4 + dropout + drop-path on: SIGTERM mid-epoch 1, --resume, and the final
-    weights equal an uninterrupted run bit for bit (each rank resumes its own RNG streams)."""
+    weights equal an uninterrupted run bit for bit (each rank resumes its own RNG streams).
+
+    Under torchrun the ranks agree on a stop when they read the step metrics (every
+    --sync-every steps): 1 here, so the stop lands mid-epoch, in the step of the signal."""
     worker = Path(__file__).with_name("ddp_resume_worker.py")
-    extra = ("--max-steps-per-epoch", "3", "--ckpt-every-steps", "0", "--num-workers", "0")
+    extra = ("--max-steps-per-epoch", "3", "--ckpt-every-steps", "0", "--num-workers", "0",
+             "--sync-every", "1")  # fmt: skip
     full, part = tmp_path / "full", tmp_path / "part"
     _torchrun(2, str(worker), *tiny_argv(tiny_shards, full, *extra))
     _torchrun(2, str(worker), *tiny_argv(tiny_shards, part, *extra), KILL_AT="5")
