@@ -30,6 +30,7 @@ EPOCHS=${EPOCHS:-5}
 MIN_SNR=${MIN_SNR:-3}
 ARMS=${ARMS:-base asinh bce bright b1024}
 SYNTH_SECONDS=${SYNTH_SECONDS:-30}
+WHOLE_RUN=${WHOLE_RUN:-1}  # 0: the base arm is a plain `haloscope train` run
 W=${W:-$(nproc)}
 LOADER_WORKERS=${LOADER_WORKERS:-6}
 COMMON=${COMMON:-}  # more train flags for every arm (e.g. --preset demo for a CPU smoke run)
@@ -84,7 +85,7 @@ for arm in $ARMS; do
     mkdir -p "$dir" "$res"
     train_flags="--epochs $EPOCHS --num-workers $LOADER_WORKERS --monitor tpr@fpr1e-3 $flags $COMMON"
     stage "arm $name: shards_$set_, $train_flags"
-    if [ "$name" = base ]; then  # the whole-run measurement: synthetic step, then this run
+    if [ "$name" = base ] && [ "$WHOLE_RUN" = 1 ]; then  # the whole-run measurement: synthetic step, then this run
         $H bench gpu --whole-run --shards "$WORK/shards_$set_" --device "$DEVICE" \
             --seconds "$SYNTH_SECONDS" --work-dir "$dir" --out "$RES/whole_run.json" \
             --train-args="$train_flags" 2>&1 | tail -4
