@@ -122,6 +122,7 @@ class ShardReader(IterableDataset):
                 "--batch-size or use drop_last=False"
             )
         self.epoch, self._start_batch, self._consumed = 0, 0, 0
+        self._num_epochs, self._per_epoch = 1, self._span[2]
         self._open: OrderedDict[int, list[RecordView]] = OrderedDict()
         self._ring_slots, self._ring_next, self._pin_out = 0, 0, False
         self._ring: list[dict[str, torch.Tensor]] | None = None
@@ -143,6 +144,27 @@ class ShardReader(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields, from its start."""
         self.epoch, self._start_batch, self._consumed = int(epoch), 0, 0
+
+    def span_epochs(self, num_epochs: int, batches_per_epoch: int | None = None) -> None:
+        """Let one iteration run on through ``num_epochs`` epochs from the current position,
+        so a loader's worker processes live for all of them (a trainer's whole run).
+
+        Epoch ``e`` yields its first ``batches_per_epoch`` batches (None: all) in its own
+        (seed, e) order, exactly as ``set_epoch(e)`` would; workers take the spanned
+        batches in turn, so the order does not depend on their number. ``mark_consumed``
+        and ``state_dict`` then do not follow the epochs: the caller keeps the position.
+        """
+        per = self.batches_per_rank() if batches_per_epoch is None else batches_per_epoch
+        if num_epochs < 1 or not 1 <= per <= self.batches_per_rank():
+            raise ConfigError(f"span_epochs: need num_epochs >= 1 and 1 <= batches_per_epoch <= "
+                              f"{self.batches_per_rank()}, got {num_epochs}, {per}")  # fmt: skip
+        self._num_epochs, self._per_epoch = int(num_epochs), int(per)
+
+    def _positions(self, start: int) -> Iterator[tuple[int, int]]:
+        """(epoch, batch) pairs of one iteration, from batch ``start`` of the current epoch."""
+        for epoch in range(self.epoch, self.epoch + self._num_epochs):
+            for k in range(start if epoch == self.epoch else 0, self._per_epoch):
+                yield epoch, k
 
     def batches_per_rank(self) -> int:
         """Batches every rank yields per epoch (from the manifest counts)."""
@@ -306,10 +328,14 @@ class ShardReader(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         start = self._start_batch
         self._start_batch = 0  # a resume position applies to one iteration only
-        plan = EpochPlan(
-            self._rec_counts, self.seed, self.epoch, self.shuffle, self.shuffle_records
-        )
-        for k in range(start + worker, self.batches_per_rank(), num_workers):
+        plan = None
+        for i, (epoch, k) in enumerate(self._positions(start)):
+            if i % num_workers != worker:  # one epoch: k = start + worker (mod num_workers)
+                continue
+            if plan is None or plan.epoch != epoch:
+                plan = EpochPlan(
+                    self._rec_counts, self.seed, epoch, self.shuffle, self.shuffle_records
+                )
             batch = self._batch(plan, k, shared=info is not None)
             if info is None:
                 self._consumed = k + 1

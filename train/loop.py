@@ -8,7 +8,9 @@ checkpoint it reads those buffers once (``_read``), writes the per-step records,
 that the losses are finite and, under torchrun, agrees with the other ranks on a stop
 request. One process stops at the step a signal arrives in.
 
-Checkpoints are copied to host memory on the main thread and written by a background
+One train loader serves the whole run (``ShardReader.span_epochs``: each epoch in its
+(seed, epoch) order, from a mid-epoch resume position too) and one val loader every
+validation, so no epoch boundary restarts worker processes. Checkpoints are copied to host memory on the main thread and written by a background
 thread (``checkpoint.CheckpointWriter``). The time from the first step to the last
 checkpoint is split into step, loader wait, validation, checkpoint and other
 (``metrics.TimeBreakdown``) and returned in ``FitResult.timing``.
@@ -82,6 +84,7 @@ class RunContext:
     saver: ckpt.CheckpointWriter = field(default_factory=ckpt.CheckpointWriter)
     timer: TimeBreakdown = field(default_factory=TimeBreakdown)
     window: StepWindow | None = None  # steps whose device metrics are not read yet
+    val_batches: Iterator[dict[str, Any]] | None = None  # every validation's, one loader
 
 
 class StopFlag:
@@ -170,24 +173,41 @@ def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         torch.set_rng_state(rng)
-    return itertools.chain([first], it)
+    return _chain(first, it)
+
+
+def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    # a generator, so that close() reaches the loader and shuts its workers down
+    yield first
+    yield from rest
 
 
 def _train_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
-    """The train batches of the rest of the run, epoch after epoch, from the current position."""
-    reader, first, done = ctx.train_reader, state.epoch, state.step_in_epoch
-    for epoch in range(first, ctx.cfg.run.epochs):
-        reader.set_epoch(epoch)
-        skip = done if epoch == first else 0
-        if skip and state.loader_state is not None:
-            reader.load_state_dict(state.loader_state["reader"])  # mid-epoch resume
-        state.loader_state = None
-        it = start_batches(ctx.make_loader(reader))
-        part = itertools.islice(it, ctx.steps_per_epoch - skip)
-        try:
-            yield from part
-        finally:
-            del part, it  # shut the epoch's loader workers down
+    """One loader over the train batches of the rest of the run, from the current position."""
+    reader = ctx.train_reader
+    reader.set_epoch(state.epoch)
+    saved = (state.loader_state or {}).get("reader", {})  # checks seed, batch size, ...
+    reader.load_state_dict({**reader.state_dict(), **saved, "epoch": state.epoch,
+                            "batches_consumed": state.step_in_epoch})  # fmt: skip
+    state.loader_state = None
+    reader.span_epochs(ctx.cfg.run.epochs - state.epoch, ctx.steps_per_epoch)
+    return start_batches(ctx.make_loader(reader))
+
+
+def _validations_left(epoch: int, ctx: RunContext) -> int:
+    run = ctx.cfg.run
+    return sum(
+        (e + 1) % run.val_every == 0 or e + 1 == run.epochs for e in range(epoch, run.epochs)
+    )
+
+
+def _val_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
+    """This validation's batches (the whole val split of this rank), from the one val loader."""
+    if ctx.val_batches is None:
+        ctx.val_reader.set_epoch(0)
+        ctx.val_reader.span_epochs(_validations_left(state.epoch, ctx))
+        ctx.val_batches = start_batches(ctx.make_loader(ctx.val_reader))
+    return itertools.islice(ctx.val_batches, ctx.val_reader.batches_per_rank())
 
 
 def _current_lr(scheduler: torch.optim.lr_scheduler.LRScheduler) -> float:
@@ -327,9 +347,8 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     is_last = epoch + 1 == cfg.run.epochs
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
         with ctx.timer.phase("validation"):
-            val_batches = start_batches(ctx.make_loader(ctx.val_reader))
-            metrics = validate(state.raw_model, val_batches, ctx.env, loss_fn=ctx.loss_fn,
-                               channels_last=ctx.channels_last)  # fmt: skip
+            metrics = validate(state.raw_model, _val_batches(state, ctx), ctx.env,
+                               loss_fn=ctx.loss_fn, channels_last=ctx.channels_last)  # fmt: skip
         is_best = state.early.update(metrics, epoch)
         state.val_metrics = {**metrics, "epoch": epoch}
         ctx.writer.write("val", {"epoch": epoch, "global_step": state.global_step,
@@ -380,16 +399,22 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
     """
     ctx.timer.start()
     ctx.window = StepWindow(ctx.cfg.data.batch_size)
-    batches = _train_batches(state, ctx)
+    batches: Iterator[dict[str, Any]] = iter(())
     try:
+        if state.epoch < ctx.cfg.run.epochs:
+            with ctx.timer.phase("loader_wait"):  # the workers start, the first batch comes
+                batches = _train_batches(state, ctx)
         result = _epochs(state, ctx, batches)
         with ctx.timer.phase("checkpoint"):
             ctx.saver.join()  # the last checkpoint is on disk: the run's clock stops here
     except BaseException:
         ctx.saver.close(raising=False)
         raise
-    finally:
-        batches.close()  # shut the loader workers down
+    finally:  # shut the loader workers down
+        for it in (batches, ctx.val_batches):
+            if hasattr(it, "close"):
+                it.close()  # type: ignore[union-attr]
+        ctx.val_batches = None
     timing = ctx.timer.summary(ctx.cfg.data.batch_size)
     return FitResult(result.reason, result.epoch, result.global_step, result.best_epoch,
                      result.signum, timing)  # fmt: skip
