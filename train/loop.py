@@ -10,7 +10,9 @@ request. One process stops at the step a signal arrives in.
 
 One train loader serves the whole run (``ShardReader.span_epochs``: each epoch in its
 (seed, epoch) order, from a mid-epoch resume position too) and one val loader every
-validation, so no epoch boundary restarts worker processes. Checkpoints are copied to host memory on the main thread and written by a background
+validation, so no epoch boundary restarts worker processes. Validation runs the trainer's
+eval step (``train.step.EvalStep``: a CUDA graph of fixed batch shape on CUDA, eager on
+CPU). Checkpoints are copied to host memory on the main thread and written by a background
 thread (``checkpoint.CheckpointWriter``). The time from the first step to the last
 checkpoint is split into step, loader wait, validation, checkpoint and other
 (``metrics.TimeBreakdown``) and returned in ``FitResult.timing``.
@@ -81,6 +83,7 @@ class RunContext:
     channels_last: bool
     stop: StopFlag
     step: Any = None  # the train.step.TrainStep of the run (eager, compile or graph)
+    eval_step: Any = None  # the train.step.EvalStep of validation (None: eager, fp32)
     saver: ckpt.CheckpointWriter = field(default_factory=ckpt.CheckpointWriter)
     timer: TimeBreakdown = field(default_factory=TimeBreakdown)
     window: StepWindow | None = None  # steps whose device metrics are not read yet
@@ -348,7 +351,8 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
         with ctx.timer.phase("validation"):
             metrics = validate(state.raw_model, _val_batches(state, ctx), ctx.env,
-                               loss_fn=ctx.loss_fn, channels_last=ctx.channels_last)  # fmt: skip
+                               loss_fn=ctx.loss_fn, channels_last=ctx.channels_last,
+                               step=ctx.eval_step)  # fmt: skip
         is_best = state.early.update(metrics, epoch)
         state.val_metrics = {**metrics, "epoch": epoch}
         ctx.writer.write("val", {"epoch": epoch, "global_step": state.global_step,

@@ -38,7 +38,13 @@ from haloscope.train.loss import build_loss
 from haloscope.train.metrics import MetricsWriter
 from haloscope.train.model import build_model
 from haloscope.train.optim import build_optimizer, build_scheduler, warmup_steps
-from haloscope.train.step import TrainStep, make_train_step, resolve_step_mode
+from haloscope.train.step import (
+    EvalStep,
+    TrainStep,
+    make_eval_step,
+    make_train_step,
+    resolve_step_mode,
+)
 from haloscope.train.validate import EarlyStopping
 
 __all__ = [
@@ -172,6 +178,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
                      build_loss(cfg.loss), writer, static, steps, amp_dtype_for(cfg, env.device),
                      channels_last_for(cfg, env.device), stop)  # fmt: skip
     ctx.step = _train_step(cfg, env, state, ctx)
+    ctx.eval_step = _eval_step(cfg, env, state, ctx)
     log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
              "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
              val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
@@ -204,6 +211,15 @@ def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunConte
         channels_last=ctx.channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
         metrics_slots=cfg.run.sync_every,
     )  # fmt: skip
+
+
+def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> EvalStep:
+    """Validation's step: fp32, a CUDA graph at the per-rank val batch where the training step
+    may be graphed (CUDA, no --compile), else eager on the unwrapped model."""
+    graph = env.device.type == "cuda" and cfg.run.cuda_graphs and not cfg.run.compile
+    return make_eval_step(state.raw_model, device=env.device, mode="graph" if graph else "eager",
+                          batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
+                          bf16=False, channels_last=ctx.channels_last)  # fmt: skip
 
 
 def run_training(cfg: TrainConfig) -> int:

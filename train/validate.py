@@ -1,9 +1,12 @@
 """Validation over the whole val split (sharded over ranks, gathered) and early stopping.
 
 Each rank scores its share of the val split in fp32 (no autocast) with the reader in exact
-eval mode; padding rows (``valid == False``) are dropped; logits and labels from every rank
-are gathered, and every rank computes the same metrics with ``haloscope.evaluate.metrics``
-(exact tie handling), so the early-stopping decision is identical on all ranks.
+eval mode, through the trainer's eval step (``train.step.EvalStep``: one CUDA graph per
+batch on CUDA, eager on CPU; the reader's batches all have the same shape, padding rows
+marked ``valid == False``). The logits stay on the device until the last batch; then the
+padding rows are dropped, logits and labels from every rank are gathered, and every rank
+computes the same metrics with ``haloscope.evaluate.metrics`` (exact tie handling), so the
+early-stopping decision is identical on all ranks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from haloscope.errors import DataError
 from haloscope.evaluate import metrics as roc
 from haloscope.train.dist import DistEnv, all_gather_1d
+from haloscope.train.step import EvalStep
 
 __all__ = [
     "MONITOR",
@@ -49,27 +53,31 @@ def score_batches(
     device: torch.device,
     *,
     channels_last: bool = True,
+    step: EvalStep | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits and labels of every valid row of ``batches`` (this rank's share).
+
+    Args:
+        model: the unwrapped model (used when ``step`` is None).
+        batches: reader batches with ``image``, ``meta``, ``label``, ``valid``.
+        device: where the model lives.
+        channels_last: memory format of the images (when ``step`` is None).
+        step: the eval step to score with; None: an eager one (fp32).
 
     Returns:
         ``(logits float32 (N,), labels float32 (N,))`` on CPU.
     """
-    was_training = model.training
-    model.eval()
-    all_logits, all_labels = [], []
+    if step is None:
+        step = EvalStep(model, device=device, batch_size=1, channels_last=channels_last)
+    logits, labels, valid = [], [], []
     for batch in batches:
-        images = batch["image"].to(device, non_blocking=True).float()
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images, batch["meta"].to(device, non_blocking=True)).float()
-        valid = batch["valid"].to(device, non_blocking=True)
-        all_logits.append(logits[valid].cpu())
-        all_labels.append(batch["label"].to(device)[valid].float().cpu())
-    model.train(was_training)
-    if not all_logits:
+        logits.append(step.logits(batch["image"], batch["meta"]))  # on the device: no sync
+        labels.append(batch["label"].float().cpu())
+        valid.append(batch["valid"].cpu())
+    if not logits:
         return torch.zeros(0), torch.zeros(0)
-    return torch.cat(all_logits), torch.cat(all_labels)
+    keep = torch.cat(valid)
+    return torch.cat(logits).cpu()[keep], torch.cat(labels)[keep]
 
 
 def compute_val_metrics(
@@ -108,6 +116,7 @@ def validate(
     *,
     loss_fn: Callable | None = None,
     channels_last: bool = True,
+    step: EvalStep | None = None,
 ) -> dict[str, float]:
     """Score this rank's share, gather every rank's logits/labels, compute the metrics.
 
@@ -116,13 +125,15 @@ def validate(
         batches: this rank's val batches (reader with shuffle=False, drop_last=False).
         env: the distributed context.
         loss_fn: optional loss to report as ``val/loss``.
-        channels_last: memory format of the images.
+        channels_last: memory format of the images (when ``step`` is None).
+        step: the eval step (graphed on CUDA by the trainer); None: eager, fp32.
 
     Returns:
         The same flat metrics dict on every rank (plus ``val/wall_s``).
     """
     t0 = time.perf_counter()
-    logits, labels = score_batches(model, batches, env.device, channels_last=channels_last)
+    logits, labels = score_batches(model, batches, env.device, channels_last=channels_last,
+                                   step=step)  # fmt: skip
     logits = all_gather_1d(logits.to(env.device), env).cpu()
     labels = all_gather_1d(labels.to(env.device), env).cpu()
     out = compute_val_metrics(logits, labels, loss_fn)
