@@ -14,6 +14,10 @@ One run measures, for the trainer's model (``build_model``: timm ConvNeXt-Tiny, 
 
 Timing: warm-up steps, then ``steps`` steps between two ``cuda.synchronize`` calls, no host
 sync per step (one extra row shows the cost of reading the loss after every step).
+
+``--whole-run`` measures something else: a whole ``haloscope train`` run on ``--shards``
+against its synthetic graphed step (``train/bench_whole_run.py``), written to
+``bench/results/whole_run.json``; ``--device cpu`` runs it in a tiny form on a CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from haloscope.errors import ConfigError
 from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 from haloscope.train.step import make_eval_step, make_train_step
 
-__all__ = ["run_bench", "main", "write_random_shards", "free_cuda", "gpu_env"]
+__all__ = ["run_bench", "parse_options", "main", "write_random_shards", "free_cuda", "gpu_env"]
 
 log = logging.getLogger(__name__)
 META_COLS = ("psfsize_r", "psfdepth_r")
@@ -292,8 +296,12 @@ def _train_rows(doc: dict[str, Any], models: dict[str, torch.nn.Module], split: 
 
 def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
               modes: tuple[str, ...] = MODES, num_workers: int = 8, num_samples: int = 98304,
-              steps: int = 0, probe: bool = True, work_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
+              steps: int = 0, probe: bool = True, work_dir: str | None = None,
+              whole_run: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the GPU benchmark and write its JSON to ``out_path``.
+
+    With ``whole_run`` (the keyword arguments of ``bench_whole_run.run_whole_run``) it
+    measures a whole training run against its synthetic step instead.
 
     Args:
         out_path: result JSON.
@@ -304,6 +312,7 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
         steps: timed steps per training row; 0: about 61k samples (at least 20 steps).
         probe: also run the depthwise probe.
         work_dir: where to write the shards (default: a temporary directory).
+        whole_run: see above.
 
     Returns:
         The result document.
@@ -311,6 +320,10 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
     Raises:
         ConfigError: no CUDA device, or too few samples for the timed steps of a row.
     """
+    if whole_run is not None:
+        from haloscope.train.bench_whole_run import run_whole_run
+
+        return run_whole_run(out_path, work_dir=work_dir, **whole_run)
     if not torch.cuda.is_available():
         raise ConfigError("haloscope bench gpu needs a CUDA device; none is visible here")
     per_b = {b: steps or max(20, 61440 // b) for b in batch_sizes}
@@ -357,8 +370,7 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
     return doc
 
 
-def main(argv: list[str]) -> int:
-    """``haloscope bench gpu`` flags; prints a one-line summary per row."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haloscope bench gpu", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench/results/gpu.json")
     p.add_argument("--batch-sizes", default="256,1024", help="comma-separated training batches")
@@ -369,12 +381,42 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-samples", type=int, default=98304)
     p.add_argument("--steps", type=int, default=0, help="timed steps per row (0: auto)")
     p.add_argument("--no-probe", action="store_true", help="skip the depthwise probe")
-    p.add_argument("--work-dir", default=None, help="where the benchmark shards go")
-    a = p.parse_args(argv)
-    doc = run_bench(a.out, batch_sizes=tuple(int(x) for x in a.batch_sizes.split(",")),
-                    modes=tuple(a.modes.split(",")), num_workers=a.num_workers,
-                    num_samples=a.num_samples, steps=a.steps, probe=not a.no_probe,
-                    work_dir=a.work_dir)  # fmt: skip
+    p.add_argument("--work-dir", default=None, help="where the benchmark shards (or run) go")
+    w = p.add_argument_group("whole run (--whole-run; write it to bench/results/whole_run.json)")
+    w.add_argument("--whole-run", action="store_true",
+                   help="time a whole `haloscope train` run against its synthetic graphed step")  # fmt: skip
+    w.add_argument("--shards", default=None, help="shard root (train/, val/) of the run")
+    w.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (a tiny check)")
+    w.add_argument("--arch", default="convnext_tiny", help="model of the run and the step")
+    w.add_argument("--batch-size", type=int, default=256, help="global batch of both")
+    w.add_argument("--seconds", type=float, default=60.0, help="how long the step runs alone")
+    w.add_argument("--train-args", default="", help='more train flags, e.g. "--epochs 3"')
+    return p
+
+
+def parse_options(argv: list[str]) -> dict[str, Any]:
+    """``run_bench`` keyword arguments from the flags after ``haloscope bench gpu``."""
+    a = _parser().parse_args(argv)
+    opts: dict[str, Any] = {"batch_sizes": tuple(int(x) for x in a.batch_sizes.split(",")),
+                            "modes": tuple(a.modes.split(",")), "num_workers": a.num_workers,
+                            "num_samples": a.num_samples, "steps": a.steps,
+                            "probe": not a.no_probe, "work_dir": a.work_dir}  # fmt: skip
+    if a.whole_run:
+        opts["whole_run"] = {"shards": a.shards, "device": a.device, "arch": a.arch,
+                             "batch_size": a.batch_size, "seconds": a.seconds,
+                             "train_args": a.train_args}  # fmt: skip
+    return opts
+
+
+def main(argv: list[str]) -> int:
+    """``python -m haloscope.train.bench_gpu`` flags; prints a one-line summary per row."""
+    out = _parser().parse_args(argv).out
+    opts = parse_options(argv)
+    doc = run_bench(out, **opts)
+    if "whole_run" in opts:
+        print(json.dumps({k: doc[k] for k in ("synthetic", "whole_run_over_synthetic")}))
+        print(json.dumps({k: v for k, v in doc["whole_run"].items() if k.startswith("time/")}))
+        return 0
     for kind in ("train", "infer"):
         for r in doc[kind]:
             if "error" in r:
