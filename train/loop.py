@@ -349,6 +349,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     names = ["last.pt"]
     is_last = epoch + 1 == cfg.run.epochs
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
+        ctx.writer.wait_curves()  # the last validation's redraw, done during this epoch
         with ctx.timer.phase("validation"):
             metrics = validate(state.raw_model, _val_batches(state, ctx), ctx.env,
                                loss_fn=ctx.loss_fn, channels_last=ctx.channels_last,
@@ -420,5 +421,6 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
                 it.close()  # type: ignore[union-attr]
         ctx.val_batches = None
     timing = ctx.timer.summary(ctx.cfg.data.batch_size)
+    ctx.writer.wait_curves()  # NOTE: after the clock: the redraw overlaps the last checkpoint
     return FitResult(result.reason, result.epoch, result.global_step, result.best_epoch,
                      result.signum, timing)  # fmt: skip

@@ -4,7 +4,9 @@
 call a no-op). Train steps go to ``metrics.csv`` (fixed columns ``TRAIN_COLUMNS``),
 validations to ``val_metrics.csv``, and both to ``metrics.jsonl`` with a ``kind`` field;
 the run's time breakdown goes to ``metrics.jsonl`` as one ``kind: "run"`` record. Every
-validation record also redraws ``curves.png`` from ``metrics.jsonl`` (``train.curves``).
+validation record also redraws ``curves.png`` from ``metrics.jsonl`` (``train.curves``), in
+a background thread (about a second of matplotlib that would otherwise stop the steps);
+``wait_curves`` waits for it and re-raises its error.
 
 ``StepWindow`` holds what the host knows of the steps whose loss and gradient norm still
 sit on the device (``train.step.StepMetrics``), and turns both into per-step records when
@@ -18,6 +20,7 @@ import csv
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -70,6 +73,8 @@ class MetricsWriter:
         self.curves = curves
         self._t0 = time.time()
         self._tb = None
+        self._curves_thread: threading.Thread | None = None
+        self._curves_error: BaseException | None = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,17 +123,46 @@ class MetricsWriter:
         with naming(handle.name):
             writer.writerow(row)
         if kind == "val" and self.curves:
-            write_curves(self.run_dir)  # metrics.jsonl is line-buffered: the row is there
+            self._redraw_curves()  # metrics.jsonl is line-buffered: the row is there
         if self._tb is not None and to_tensorboard:
             step = int(record.get("global_step", 0))
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and "/" in key:
                     self._tb.add_scalar(key, value, step)
 
+    def _redraw_curves(self) -> None:
+        self.wait_curves()  # one redraw at a time (matplotlib objects are not shared)
+
+        def draw() -> None:
+            try:
+                write_curves(self.run_dir)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by wait_curves
+                self._curves_error = exc
+
+        self._curves_thread = threading.Thread(target=draw, name="curves", daemon=True)
+        self._curves_thread.start()
+
+    def wait_curves(self) -> None:
+        """Wait for the redraw of ``curves.png`` in flight.
+
+        Raises:
+            OSError: the redraw could not write ``curves.png`` (naming it).
+        """
+        if self._curves_thread is not None:
+            self._curves_thread.join()
+            self._curves_thread = None
+        error, self._curves_error = self._curves_error, None
+        if error is not None:
+            raise error
+
     def close(self) -> None:
-        """Flush and close every file."""
+        """Wait for the curves, flush and close every file (a curves error is only logged)."""
         if not self.enabled:
             return
+        try:
+            self.wait_curves()
+        except Exception as exc:  # noqa: BLE001 - closing after another error: log only
+            log.warning("could not redraw %s: %s", self.run_dir / "curves.png", exc)
         self._jsonl.close()
         for handle, _ in self._csv.values():
             handle.close()

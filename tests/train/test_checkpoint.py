@@ -83,3 +83,32 @@ def test_rng_states_round_trip_through_a_file(tmp_path: Path) -> None:
     got = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen2))
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
     assert got[2] == expected[2] and torch.equal(got[3], expected[3])
+
+
+def test_background_writer_snapshots_now_and_surfaces_its_error(tmp_path: Path) -> None:
+    from haloscope.train.checkpoint import CheckpointWriter
+
+    model = build_model(**ARGS)
+    writer = CheckpointWriter()
+    payload = _payload(model)
+    want = {k: v.clone() for k, v in payload["model"].items()}
+    writer.save([tmp_path / "a.pt", tmp_path / "b.pt"], lambda: payload, torch.device("cpu"))
+    with torch.no_grad():  # the next steps change the weights in place: the copy is taken
+        for p in model.parameters():
+            p.add_(1.0)
+    writer.join()
+    for name in ("a.pt", "b.pt"):
+        got = load_checkpoint(tmp_path / name)["model"]
+        assert all(torch.equal(got[k], v) for k, v in want.items())
+    (tmp_path / "file").write_text("a file, not a folder")
+    missing = tmp_path / "file" / "last.pt"
+    with pytest.raises(OSError) as direct:  # what a direct write says
+        save_checkpoint(missing, payload)
+    writer.save([missing], lambda: payload, torch.device("cpu"))
+    with pytest.raises(type(direct.value)) as late:  # the thread's error, in the caller
+        writer.join()
+    assert str(late.value) == str(direct.value) and "file" in str(late.value)
+    writer.save([missing], lambda: payload, torch.device("cpu"))
+    with pytest.raises(type(direct.value)):  # or at the next save, which waits first
+        writer.save([tmp_path / "c.pt"], lambda: payload, torch.device("cpu"))
+    writer.close(raising=False)  # nothing left in flight

@@ -42,3 +42,19 @@ def test_disabled_writer_writes_nothing(tmp_path: Path) -> None:
 def test_tensorboard_missing_is_a_clear_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package"):
         MetricsWriter(tmp_path, tensorboard=True)
+
+
+def test_curves_are_redrawn_in_the_background_and_errors_surface(tmp_path: Path) -> None:
+    w = MetricsWriter(tmp_path)
+    for step in (1, 2):
+        w.write("train", {"epoch": 0, "step": step, "global_step": step, "train/loss": 0.5})
+    w.write("val", {"epoch": 0, "global_step": 2, "val/auroc": 0.9, "val/is_best": 1})
+    w.wait_curves()
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    (tmp_path / "curves.png").unlink()
+    (tmp_path / "curves.png").mkdir()  # the redraw cannot replace a folder
+    w.write("val", {"epoch": 1, "global_step": 2, "val/auroc": 0.9, "val/is_best": 0})
+    with pytest.raises(OSError, match="curves.png"):
+        w.wait_curves()
+    w.wait_curves()  # raised once
+    w.close()
