@@ -276,7 +276,8 @@ class TrainStep:
             self._batch = StaticBatch.for_batch(self.batch_size, images, meta, self.device,
                                                 with_labels=True)  # fmt: skip
             s = self._batch.static
-            gens = [self.aug_generator] if self.options.augment and self.aug_generator else []
+            aug = self.aug_generator if self.options.augment else None
+            gens = [aug] if aug is not None else []  # the default CUDA generator always is
             self._graph = GraphedCall(
                 lambda: self._call(s["images"], s["meta"], s["labels"], s["weight"]),
                 self.device, generators=gens, undo_warmup=self._undo_warmup,
