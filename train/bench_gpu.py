@@ -381,7 +381,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=98304)
     p.add_argument("--steps", type=int, default=0, help="timed steps per row (0: auto)")
     p.add_argument("--no-probe", action="store_true", help="skip the depthwise probe")
-    p.add_argument("--work-dir", default=None, help="where the benchmark shards (or run) go")
+    p.add_argument("--work-dir", default=None,
+                   help="where the benchmark shards go (--whole-run: the run, kept)")  # fmt: skip
     w = p.add_argument_group("whole run (--whole-run; write it to bench/results/whole_run.json)")
     w.add_argument("--whole-run", action="store_true",
                    help="time a whole `haloscope train` run against its synthetic graphed step")  # fmt: skip

@@ -141,7 +141,8 @@ def run_whole_run(out_path: str, *, shards: str | None, device: str = "cuda",
         batch_size: the global batch of both (one process).
         seconds: how long the synthetic step runs.
         train_args: more ``haloscope train`` flags, e.g. ``"--epochs 3 --num-workers 8"``.
-        work_dir: where the run directory goes (default: a temporary directory).
+        work_dir: keep the run (checkpoints, metrics) in ``WORK_DIR/whole_run``; None: run
+            in a temporary directory, removed afterwards.
 
     Raises:
         ConfigError: no shards, CUDA asked for but absent, or the default gpu.json as output.
@@ -162,9 +163,13 @@ def run_whole_run(out_path: str, *, shards: str | None, device: str = "cuda",
     gc.collect()  # the step and its graph are gone: the run (another process) gets the memory
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        run = whole_run(root, Path(tmp) / "run", arch=arch, batch_size=batch_size,
-                        device=device, train_args=train_args)  # fmt: skip
+    kw = {"arch": arch, "batch_size": batch_size, "device": device, "train_args": train_args}
+    if work_dir is not None:
+        run = {**whole_run(root, Path(work_dir) / "whole_run", **kw),
+               "run_dir": str(Path(work_dir) / "whole_run")}  # fmt: skip
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = whole_run(root, Path(tmp) / "run", **kw)
     ratio = run["perf/img_per_s"] / synthetic["img_per_s"] if synthetic["img_per_s"] else 0.0
     doc = {"env": _env(dev), "settings": {"shards": str(root), "arch": arch,
            "batch_size": batch_size, "device": device, "synthetic_seconds": seconds,

@@ -39,7 +39,9 @@ def test_whole_run_json_is_consistent(tiny_shards: Path, tmp_path: Path) -> None
     ratio = run["perf/img_per_s"] / synth["img_per_s"]
     assert doc["whole_run_over_synthetic"] == pytest.approx(ratio, abs=1e-4)
     assert doc["settings"]["train_args"] == train_args
-    assert not any(tmp_path.glob("tmp*")), "the run directory is removed"
+    kept = tmp_path / "whole_run"  # --work-dir keeps the run (a recipe scores its best.pt)
+    assert run["run_dir"] == str(kept) and (kept / "best.pt").is_file()
+    assert json.loads((kept / "time_breakdown.json").read_text())["time/total_s"] == total
 
 
 def test_whole_run_refuses_to_overwrite_gpu_json(tiny_shards: Path, tmp_path: Path) -> None:
