@@ -73,6 +73,7 @@ arm_spec() {  # arm -> "shard-set|train flags"
         bce) echo "outer|--loss bce" ;;
         bright) echo "bright|" ;;
         b1024) echo "outer|--batch-size 1024 --lr 1e-3" ;;
+        a1024) echo "asinh|--batch-size 1024 --lr 1e-3" ;;
         *=*:*) local rest=${1#*=}; echo "${rest%%:*}|${rest#*:}" ;;
         *) echo "unknown arm $1" >&2; return 2 ;;
     esac

@@ -141,7 +141,7 @@ class ParquetScoreSource(IterableDataset):
 
     def __init__(self, files: Sequence[Path], *, meta_cols: Sequence[str],
                  min_theta_over_psf: float, batch_size: int, rank: int = 0,
-                 world_size: int = 1, norm_method: str = "outer") -> None:  # fmt: skip
+                 world_size: int = 1, norm_method: str) -> None:  # fmt: skip
         super().__init__()
         self.units = parquet_units(files)
         self.meta_cols, self.cut, self.batch_size = tuple(meta_cols), min_theta_over_psf, batch_size
@@ -177,7 +177,7 @@ def iter_parquet_batches(
     world_size: int = 1,
     num_workers: int = 0,
     stats: SourceStats | None = None,
-    norm_method: str = "outer",
+    norm_method: str,
 ) -> Iterator[ScoreBatch]:
     """Gate, decode and normalise this rank's part of a parquet split.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from haloscope.preprocess.config import PreprocessConfig
 from haloscope.preprocess.normalize import norm_settings
 from haloscope.train.checkpoint import save_checkpoint
 from haloscope.train.model import build_model
@@ -94,7 +95,7 @@ def make_checkpoint(
         "min_theta_over_psf": min_theta_over_psf,
         "hard_neg_weight": None,
         "stamp_px": 64,
-        "norm": norm_settings("outer"),
+        "norm": norm_settings(PreprocessConfig().norm_method),  # what `haloscope shards` writes
     }
     return save_checkpoint(
         path,

@@ -56,6 +56,7 @@ def _score(world: Path, source: list[str], name: str, batch_size: int):
 def test_parquet_and_shards_feed_the_model_identical_inputs(world):
     from haloscope.infer.sources import iter_parquet_batches, iter_shard_batches
     from haloscope.preprocess.schema import split_files
+    from haloscope.shards.manifest import load_manifest
     from haloscope.shards.read import ShardReader
 
     def by_task(batches):
@@ -66,8 +67,9 @@ def test_parquet_and_shards_feed_the_model_identical_inputs(world):
         return out
 
     files = split_files(world / "data", "test")
+    method = load_manifest(world / "shards" / "test").norm["method"]
     parquet = by_task(iter_parquet_batches(files, meta_cols=META_COLS, min_theta_over_psf=0.5,
-                                           batch_size=32))  # fmt: skip
+                                           batch_size=32, norm_method=method))  # fmt: skip
     reader = ShardReader(world / "shards" / "test", batch_size=32, shuffle=False,
                          drop_last=False, with_table=True)  # fmt: skip
     shards = by_task(iter_shard_batches(iter(reader)))

@@ -49,7 +49,7 @@ def test_round_trip_is_bit_exact(converted, split):
     got = _all_samples(shards / split)
     ids = [t.decode() for t in got["table"]["task_id"]]
     for i, tid in enumerate(ids):
-        want = outer_normalize(survey.stamps[tid][None]).astype(np.float16)[0]
+        want = asinh_normalize(survey.stamps[tid][None]).astype(np.float16)[0]  # the default
         assert got["image"][i].tobytes() == want.tobytes(), tid
         np.testing.assert_array_equal(got["meta"][i], np.float32(survey.meta[tid]))
     assert got["table"]["label"].tolist() == [survey.labels[t] for t in ids]
@@ -111,7 +111,7 @@ def test_manifest_contents(converted):
     assert train.preprocess["hard_neg_weight"] == HN_WEIGHT
     assert train.preprocess["hard_neg_lookup"]["sha256"]
     assert train.preprocess["min_theta_over_psf"] == 0.5
-    assert train.norm == norm_settings("outer")
+    assert train.norm == norm_settings("asinh")
     files = train.raw["sources"]["files"]
     assert len(files) == 2 and sum(f["rows"] for f in files) == train.counts["input_rows"]
     assert len(train.shards) > 1 and all(len(s["sha256"]) == 64 for s in train.shards)
@@ -260,16 +260,17 @@ def test_injection_truth_strata_reach_the_shards_when_present(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def converted_asinh_bright(tmp_path_factory):
-    """The same survey with ``--norm-method asinh --train-min-arc-snr 12.5`` (its lenses: 12)."""
-    root = tmp_path_factory.mktemp("conv_asinh")
+def converted_outer_bright(tmp_path_factory):
+    """The same survey with the seed's ``--norm-method outer`` and ``--train-min-arc-snr 12.5``
+    (its lenses: 12)."""
+    root = tmp_path_factory.mktemp("conv_outer")
     survey = make_survey(root)
-    run_convert(survey.root, root / "shards", norm_method="asinh", train_min_arc_snr=12.5)
+    run_convert(survey.root, root / "shards", norm_method="outer", train_min_arc_snr=12.5)
     return survey, root / "shards"
 
 
-def test_asinh_stamps_and_lens_cut_in_train_only(converted_asinh_bright, converted):
-    survey, shards = converted_asinh_bright
+def test_outer_stamps_and_lens_cut_in_train_only(converted_outer_bright, converted):
+    survey, shards = converted_outer_bright
     plain = load_manifest(converted[1] / "train").counts["accepted_rows"]
     for split in ("train", "val", "test"):
         got = _all_samples(shards / split)
@@ -277,7 +278,7 @@ def test_asinh_stamps_and_lens_cut_in_train_only(converted_asinh_bright, convert
         lenses = {t for t in survey.accepted[split] if survey.labels[t] == 1}
         assert lenses, "the fixture must have lenses in every split"
         m = load_manifest(shards / split)
-        assert m.norm == norm_settings("asinh")
+        assert m.norm == norm_settings("outer")
         if split == "train":  # every lens (arc_snr 12 < 12.5) dropped and counted
             assert set(ids) == survey.accepted[split] - lenses
             # input rows, so the fixture's pixel-identical duplicates of a lens count too
@@ -289,7 +290,7 @@ def test_asinh_stamps_and_lens_cut_in_train_only(converted_asinh_bright, convert
             assert "below_train_arc_snr" not in m.rejected
             assert m.preprocess["min_arc_snr"] == 0.0
         for i, tid in enumerate(ids):
-            want = asinh_normalize(survey.stamps[tid][None]).astype(np.float16)[0]
+            want = outer_normalize(survey.stamps[tid][None]).astype(np.float16)[0]
             assert got["image"][i].tobytes() == want.tobytes(), tid
 
 

@@ -188,7 +188,7 @@ def test_manifest_that_disagrees_with_shards_is_a_clear_error(shards, tmp_path):
 
 def test_manifest_must_match_the_model_config(shards):
     m = load_manifest(shards / "train")
-    check_compatible(m, {"norm_method": "outer", "meta_columns": ["psfsize_r", "psfdepth_r"]})
+    check_compatible(m, {"norm_method": "asinh", "meta_columns": ["psfsize_r", "psfdepth_r"]})
     with pytest.raises(DataError, match="meta_columns"):
         check_compatible(m, {"meta_columns": ["psfsize_r"]})
     with pytest.raises(DataError, match="min_theta_over_psf"):
