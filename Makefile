@@ -82,7 +82,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(HALO) simulate --out $(DEMO_DIR)/data --rows 8000 --selection-frac 0 --seed $(SEED) --workers $(WORKERS) --overwrite
-	$(HALO) shards --data $(DEMO_DIR)/data --out $(DEMO_DIR)/shards --workers $(WORKERS)
+	$(HALO) shards --data $(DEMO_DIR)/data --out $(DEMO_DIR)/shards --workers $(WORKERS) --train-min-arc-snr 3
 	$(HALO) train --shards $(DEMO_DIR)/shards --out-dir $(DEMO_DIR)/run --epochs 6 --batch-size 64 --preset demo --overwrite
 	$(HALO) infer --ckpt $(DEMO_DIR)/run/best.pt --shards $(DEMO_DIR)/shards --split test --out $(DEMO_DIR)/run/scores_test.parquet
 	$(HALO) eval --scores $(DEMO_DIR)/run/scores_test.parquet --out-csv $(DEMO_DIR)/run/stratified_fpr.csv --report-dir $(DEMO_DIR)/run/report --stamps $(DEMO_DIR)/shards/test/stamps.zarr

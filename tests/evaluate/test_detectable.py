@@ -172,3 +172,19 @@ def test_mask_on_the_default_fixture(scores_table):
     expected = (frame.labels == 1) & (cols["arc_snr"] >= 5)
     expected &= cols["theta_e_arcsec"] / cols["psfsize_r"] >= 0.8
     assert np.array_equal(subset.mask, expected) and 0 < expected.sum() < frame.labels.sum()
+
+
+def test_eval_reports_the_subset_auroc_against_all_controls(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from haloscope.evaluate.cli import main
+
+    pq.write_table(_table(), tmp_path / "scores.parquet")
+    assert main(["--scores", str(tmp_path / "scores.parquet"),
+                 "--out-csv", str(tmp_path / "s.csv")]) == 0  # fmt: skip
+    det = json.loads((tmp_path / "s.json").read_text())["detectable"]
+    # 6 subset lenses x 20 controls: 20 + 19 + 18 + 17 + 17 + 6.5 pairs ranked right (the
+    # lens at 0.3 ties the control at 0.5 - 0.02 * 10: half a pair); the 4 outside are ignored
+    assert det["auroc"] == pytest.approx(97.5 / 120)
