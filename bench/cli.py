@@ -1,8 +1,8 @@
 """``haloscope bench``: run one benchmark and write its JSON result.
 
 Each benchmark is a module that exposes ``run_bench(out_path: str, **options) -> dict``:
-``loader``, ``convert`` and ``simulate`` live in this package (``bench/``), ``gpu`` and
-``multigpu`` still in ``haloscope.train``; this module only dispatches. A benchmark
+``loader``, ``convert``, ``simulate``, ``gpu`` and ``multigpu`` all live in this package
+(``bench/``; ``gpu --whole-run`` is ``whole_run``); this module only dispatches. A benchmark
 with options of its own also exposes ``parse_options(argv) -> dict`` (the words after the
 benchmark's name; ``haloscope bench NAME --help`` lists them).
 """
@@ -32,11 +32,11 @@ BENCHES: dict[str, tuple[str, str]] = {
         "mock survey rows/s per core (npz + parquet included) and peak memory at two sizes",
     ),
     "gpu": (
-        "haloscope.train.bench_gpu",
+        "haloscope.bench.gpu",
         "GPU training/inference img/s: synthetic vs real reader, eager vs compiled vs CUDA graph",
     ),
     "multigpu": (
-        "haloscope.train.bench_multigpu",
+        "haloscope.bench.multigpu",
         "DDP scaling on 1..N GPUs of one host (torchrun, nccl): img/s, efficiency, equal metrics",
     ),
 }

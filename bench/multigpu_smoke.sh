@@ -7,7 +7,7 @@ rm -rf "$D"; mkdir -p "$D"
 python3 - "$D/shards" <<'PY'
 import sys
 from pathlib import Path
-from haloscope.train.bench_gpu import write_random_shards
+from haloscope.bench.gpu import write_random_shards
 root = Path(sys.argv[1])
 for split, n, seed in (("train", 32768, 0), ("val", 8192, 1)):
     write_random_shards(root / split, n, seed=seed)

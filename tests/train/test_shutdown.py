@@ -4,7 +4,7 @@ On 2 H100s a graphed torchrun run (the CUDA graph captures the gradient all-redu
 ``destroy_process_group`` while the graph, still referenced from ``run_training``'s frame,
 held NCCL's communicator. ``dist.shutdown`` collects garbage before destroying the group;
 this checks that ``run_training`` no longer holds the state then (the GPU side is
-``test_multigpu.py``).
+``tests/bench/test_multigpu.py``).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def whole_run(shards: Path, run_dir: Path, **kw: Any) -> dict[str, Any]:
 
 def _env(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
-        from haloscope.train.bench_gpu import gpu_env
+        from haloscope.bench.gpu import gpu_env
 
         return gpu_env()
     return {"device": "cpu", "torch": torch.__version__, "python": platform.python_version(),

@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from haloscope.atomic import atomic_write_text
+from haloscope.bench.gpu import free_cuda, gpu_env
 from haloscope.errors import ConfigError
-from haloscope.train.bench_gpu import free_cuda, gpu_env
 
 __all__ = ["run_bench", "parse_options", "main"]
 
@@ -310,7 +310,7 @@ def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = No
     counts = _counts(gpus)
     tmp = tempfile.TemporaryDirectory(prefix="haloscope-multigpu-")
     if shards is None:
-        from haloscope.train.bench_gpu import write_random_shards
+        from haloscope.bench.gpu import write_random_shards
 
         root = Path(tmp.name) / "shards"
         largest = max(counts) * batch_size * (steps + warmup + 2)
@@ -322,7 +322,7 @@ def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = No
     for n in counts:
         part = Path(tmp.name) / f"gpus{n}.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={n}", "-m", "haloscope.train.bench_multigpu", "--worker",
+               f"--nproc-per-node={n}", "-m", "haloscope.bench.multigpu", "--worker",
                "--shards", shards, "--out", str(part), "--batch-size", str(batch_size),
                "--infer-batch-size", str(infer_batch_size), "--steps", str(steps),
                "--warmup", str(warmup), "--workers", str(workers), "--modes", modes,

@@ -1,4 +1,4 @@
-"""The opt-in Triton depthwise 7x7 (train/depthwise.py) against cudnn's convolution.
+"""The opt-in Triton depthwise 7x7 (bench/depthwise.py) against cudnn's convolution.
 
 CPU: the swap keeps parameters and state-dict keys and the CPU fallback is the same conv.
 GPU (``-m gpu``): forward and all three gradients match ``F.conv2d`` in fp32 and under
@@ -15,7 +15,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from haloscope.train.depthwise import Depthwise7x7, depthwise7x7, use_triton_depthwise
+from haloscope.bench.depthwise import Depthwise7x7, depthwise7x7, use_triton_depthwise
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -16,7 +16,7 @@ Timing: warm-up steps, then ``steps`` steps between two ``cuda.synchronize`` cal
 sync per step (one extra row shows the cost of reading the loss after every step).
 
 ``--whole-run`` measures something else: a whole ``haloscope train`` run on ``--shards``
-against its synthetic graphed step (``train/bench_whole_run.py``), written to
+against its synthetic graphed step (``bench/whole_run.py``), written to
 ``bench/results/whole_run.json``; ``--device cpu`` runs it in a tiny form on a CPU.
 """
 
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from haloscope.atomic import atomic_write_text
+from haloscope.bench.depthwise import depthwise_probe, use_triton_depthwise
 from haloscope.errors import ConfigError
-from haloscope.train.depthwise import depthwise_probe, use_triton_depthwise
 from haloscope.train.step import make_eval_step, make_train_step
 
 __all__ = ["run_bench", "parse_options", "main", "write_random_shards", "free_cuda", "gpu_env"]
@@ -300,7 +300,7 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
               whole_run: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the GPU benchmark and write its JSON to ``out_path``.
 
-    With ``whole_run`` (the keyword arguments of ``bench_whole_run.run_whole_run``) it
+    With ``whole_run`` (the keyword arguments of ``whole_run.run_whole_run``) it
     measures a whole training run against its synthetic step instead.
 
     Args:
@@ -321,7 +321,7 @@ def run_bench(out_path: str, *, batch_sizes: tuple[int, ...] = (256, 1024),
         ConfigError: no CUDA device, or too few samples for the timed steps of a row.
     """
     if whole_run is not None:
-        from haloscope.train.bench_whole_run import run_whole_run
+        from haloscope.bench.whole_run import run_whole_run
 
         return run_whole_run(out_path, work_dir=work_dir, **whole_run)
     if not torch.cuda.is_available():
@@ -410,7 +410,7 @@ def parse_options(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m haloscope.train.bench_gpu`` flags; prints a one-line summary per row."""
+    """``python -m haloscope.bench.gpu`` flags; prints a one-line summary per row."""
     out = _parser().parse_args(argv).out
     opts = parse_options(argv)
     doc = run_bench(out, **opts)
