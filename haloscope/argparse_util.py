@@ -226,7 +226,7 @@ def _choices(fl: Flag) -> tuple[Any, ...] | None:
 
 def _converter(fl: Flag) -> Callable[[str], Any]:
     item_tp = fl.type
-    if fl.meta.get("nargs"):
+    if fl.meta.get("nargs") in ("+", "*"):
         item_tp = typing.get_args(fl.type)[0]  # tuple[X, ...]: one word per item
 
     def convert(text: str) -> Any:
@@ -305,8 +305,10 @@ class ConfigCLI(Generic[T]):
             metavar = fl.meta.get("metavar") or (
                 "{" + ",".join(map(str, choices)) + "}" if choices
                 else fl.name[2:].replace("-", "_").upper())  # fmt: skip
+            nargs = fl.meta.get("nargs")
+            const = {"const": fl.meta.get("const")} if nargs == "?" else {}  # the flag alone
             group.add_argument(*value_flags, dest=dest, type=_converter(fl), metavar=metavar,
-                               nargs=fl.meta.get("nargs"), default=argparse.SUPPRESS, help=text)  # fmt: skip
+                               nargs=nargs, default=argparse.SUPPRESS, help=text, **const)  # fmt: skip
         switches = dict(fl.switches)
         if _is_bool(fl.type):  # --x and --no-x share one help entry
             off = "--no-" + fl.name[2:]

@@ -60,6 +60,7 @@ def option(
     aliases: Sequence[str] = (),
     switches: Mapping[str, Any] | None = None,
     nargs: str | None = None,
+    const: Any = None,
     parse: Callable[[str], Any] | None = None,
     choices: Sequence[Any] | None = None,
     metavar: str | None = None,
@@ -73,15 +74,17 @@ def option(
         aliases: other spellings of the flag, kept working (the seed's names).
         switches: flags without a value that set the field to a given value,
             e.g. ``{"--use-bf16": "bf16"}``.
-        nargs: ``"+"`` or ``"*"`` for a list given as separate words.
+        nargs: ``"+"`` or ``"*"`` for a list given as separate words; ``"?"`` for a value
+            that may be left out (the flag alone then gives ``const``).
+        const: the value of the flag given without its value (``nargs="?"``).
         parse: turns the flag's text into a value (default: by the field's type).
         choices: allowed values of a ``str`` field (checked from every source).
         metavar: the value's name in ``--help`` (default: the field name in capitals).
         cli: False for a field that the verb sets itself (no flag).
     """
     meta = {"flag": flag, "aliases": tuple(aliases), "switches": dict(switches or {}),
-            "nargs": nargs, "parse": parse, "choices": None if choices is None else tuple(choices),
-            "metavar": metavar, "cli": cli}  # fmt: skip
+            "nargs": nargs, "const": const, "parse": parse,
+            "choices": None if choices is None else tuple(choices), "metavar": metavar, "cli": cli}  # fmt: skip
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
@@ -156,6 +159,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)
+        if value not in choices and {"yes", "no"} <= set(choices):
+            # a yes/no Literal that was a bool once: true/false (older configs) are its words
+            if isinstance(value, str) and value.lower() in _TRUE_WORDS | _FALSE_WORDS:
+                value = value.lower() in _TRUE_WORDS
+            if isinstance(value, bool):
+                value = "yes" if value else "no"
         if value not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
         return value

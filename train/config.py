@@ -34,6 +34,7 @@ __all__ = [
 Precision = Literal["auto", "bf16", "fp32"]
 StepMode = Literal["auto", "graph", "compile", "eager"]
 Monitor = Literal["tpr@fpr1e-4", "tpr@fpr1e-3", "auroc"]
+Resume = Literal["no", "yes", "auto"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,8 +221,9 @@ class RunConfig(ComputeConfig):
     """Read the step losses from the device every N steps (and before validations and
     checkpoints); the steps between never wait for the GPU. Under torchrun a stop signal
     takes effect at these reads."""
-    resume: bool = False
-    """Continue from OUT_DIR/last.pt."""
+    resume: Resume = option("no", nargs="?", const="yes", switches={"--no-resume": "no"})
+    """Continue from OUT_DIR/last.pt: --resume (or yes) needs it; --resume auto continues
+    when it exists and starts afresh when not (a requeued Slurm job); no: start afresh."""
     overwrite: bool = False
     """Start afresh in an OUT_DIR that already holds last.pt."""
     tensorboard: bool = False

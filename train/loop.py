@@ -90,8 +90,17 @@ class RunContext:
     val_batches: Iterator[dict[str, Any]] | None = None  # every validation's, one loader
 
 
+# the signals that stop a run after saving last.pt: SIGUSR1 is what Slurm's
+# `--signal=B:USR1@180` sends before the time limit (slurm/train.sbatch forwards it)
+STOP_SIGNALS: tuple[signal.Signals, ...] = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
+)
+
+
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop saves last.pt and returns (see the module doc)."""
+    """Set by SIGTERM/SIGINT/SIGUSR1; the loop saves last.pt and returns (see the module doc)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -104,8 +113,8 @@ class StopFlag:
 
 @contextmanager
 def catch_signals(flag: StopFlag) -> Iterator[StopFlag]:
-    """Route SIGTERM and SIGINT to ``flag`` inside the block, restoring handlers after."""
-    old = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+    """Route ``STOP_SIGNALS`` to ``flag`` inside the block, restoring handlers after."""
+    old = {s: signal.signal(s, flag) for s in STOP_SIGNALS}
     try:
         yield flag
     finally:
@@ -160,14 +169,14 @@ def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]
 
     The DataLoader draws its worker base seed from the global torch RNG when its iterator
     starts (at the first ``next``); that draw is undone so dropout and stochastic depth see
-    the same stream in a resumed run. SIGINT/SIGTERM are blocked while the workers fork, so
+    the same stream in a resumed run. The stop signals are blocked while the workers fork, so
     the workers inherit the block and never die of a signal sent to the whole process group
     (a terminal's Ctrl-C, ``kill -- -PGID``): only the main process handles it. A worker's
     error is re-raised with its own message once the workers are shut down
     (``failures.worker_batches``: blocking SIGTERM, they would otherwise outlive the run).
     """
     rng = torch.get_rng_state()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
     it = worker_batches(iter(batches))  # a worker's error as one line, workers shut down
     try:
         first = next(it)

@@ -27,6 +27,7 @@ from haloscope.train.augment import make_generator
 from haloscope.train.config import RESUME_MUTABLE_KEYS, TrainConfig
 from haloscope.train.dist import (
     DistEnv,
+    all_gather_object,
     broadcast_module,
     init_distributed,
     make_grad_sync,
@@ -140,11 +141,21 @@ def restore_state(
     ckpt.restore_rng(per_rank[env.rank] if per_rank else payload["rng"], state.aug_gen)
 
 
-def _prepare_run_dir(cfg: TrainConfig, env: DistEnv) -> Path:
-    if not cfg.run.out_dir:
-        raise ConfigError("--out-dir is required")
+def _resumes(cfg: TrainConfig, env: DistEnv, run_dir: Path) -> bool:
+    """Whether this run continues from last.pt: ``--resume`` (yes) always, ``--resume auto``
+    when last.pt exists (on every rank alike: OUT_DIR must be shared)."""
+    if cfg.run.resume != "auto":
+        return cfg.run.resume == "yes"
+    seen = set(all_gather_object((run_dir / "last.pt").is_file(), env))
+    if len(seen) > 1:
+        raise ConfigError(f"--resume auto: {run_dir / 'last.pt'} exists on some ranks only; "
+                          "--out-dir must be on a filesystem that every node shares")  # fmt: skip
+    return seen.pop()
+
+
+def _prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume: bool) -> Path:
     run_dir = Path(cfg.run.out_dir)
-    if not cfg.run.resume and not cfg.run.overwrite and (run_dir / "last.pt").exists():
+    if not resume and not cfg.run.overwrite and (run_dir / "last.pt").exists():
         raise ConfigError(f"--out-dir {run_dir} already holds last.pt: pass --resume to continue "
                           "it, --overwrite to start over, or choose a new --out-dir")  # fmt: skip
     if env.is_main:
@@ -155,7 +166,10 @@ def _prepare_run_dir(cfg: TrainConfig, env: DistEnv) -> Path:
 
 
 def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, RunContext]:
-    run_dir = _prepare_run_dir(cfg, env)
+    if not cfg.run.out_dir:
+        raise ConfigError("--out-dir is required")
+    resume = _resumes(cfg, env, Path(cfg.run.out_dir))
+    run_dir = _prepare_run_dir(cfg, env, resume)
     root = tdata.resolve_shards_root(cfg.data.shards, cfg.data.data_root)
     train_reader, val_reader = tdata.build_readers(cfg, env, root)
     manifest = train_reader.manifest
@@ -165,7 +179,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
                   "dropout": cfg.model.dropout, "drop_path_rate": cfg.model.drop_path_rate}  # fmt: skip
     steps = tdata.steps_per_epoch(cfg, train_reader.batches_per_rank())
     state = build_state(cfg, env, model_args, steps)
-    if cfg.run.resume:
+    if resume:
         # on the CPU: RNG states must stay CPU tensors (optimizer state follows the params)
         restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt"), cfg, env)
         log.info("resumed from %s at epoch %d step %d", run_dir / "last.pt", state.epoch,
@@ -223,7 +237,8 @@ def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContex
 
 
 def run_training(cfg: TrainConfig) -> int:
-    """Train with ``cfg``; returns the exit code (0 done/early stop/SIGTERM, 130 SIGINT)."""
+    """Train with ``cfg``; returns the exit code (0 done/early stop/SIGTERM/SIGUSR1, 130
+    SIGINT)."""
     env = init_distributed(cfg.run.device)
     setup_logging(env.rank)
     if cfg.run.deterministic:

@@ -310,3 +310,22 @@ def test_train_checks_the_preprocessing_settings_under_the_shards_names():
         assert train[f.name].name == shards[f.name].name, f.name
         assert train[f.name].default is None, f.name  # absent: not checked
         assert base(train[f.name].type) == base(shards[f.name].type), f.name
+
+
+def test_train_resume_takes_an_optional_value(tmp_path):
+    """--resume alone is yes, --resume auto continues only when last.pt exists, no flag is
+    no; true/false (the field's values when it was a bool) still read as yes/no."""
+    cli = _cli("train")
+    argv = MINIMAL["train"]
+    assert cli.parse(argv).run.resume == "no"
+    assert cli.parse([*argv, "--resume"]).run.resume == "yes"
+    assert cli.parse([*argv, "--resume", "--epochs", "3"]).run.resume == "yes"
+    assert cli.parse([*argv, "--resume", "auto"]).run.resume == "auto"
+    assert cli.parse([*argv, "--resume=auto"]).run.resume == "auto"
+    assert cli.parse([*argv, "--resume", "auto", "--no-resume"]).run.resume == "no"
+    assert cli.parse([*argv, "--run.resume=true"]).run.resume == "yes"
+    toml = tmp_path / "old.toml"
+    toml.write_text("[run]\nresume = false\n")
+    assert cli.parse([*argv, "--config", str(toml)]).run.resume == "no"
+    with pytest.raises(SystemExit):
+        cli.parse([*argv, "--resume", "later"])

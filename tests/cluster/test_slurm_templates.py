@@ -216,12 +216,6 @@ def test_usr1_before_the_time_limit_reaches_the_ranks_then_requeues(tmp_path, st
     assert "requeueing job 777" in err
 
 
-def _resume_auto_supported(env: dict[str, str]) -> bool:
-    probe = ["haloscope", "train", "--shards", "x", "--out-dir", "y", "--resume", "auto",
-             "--print-config"]  # fmt: skip
-    return subprocess.run(probe, env=env, capture_output=True, timeout=120).returncode == 0
-
-
 @pytest.mark.dist
 def test_train_template_trains_with_real_torchrun(one_task_shards, tmp_path):
     """The template end to end on one CPU node: fake srun, real torchrun and trainer."""
@@ -233,8 +227,6 @@ def test_train_template_trains_with_real_torchrun(one_task_shards, tmp_path):
     env = _slurm_env(state, SHARDS=str(one_task_shards), RUN=str(run_dir), SLURM_JOB_ID=str(job),
                      SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", GPUS_PER_NODE="1",
                      RDZV_PORT=str(port), TRAIN_ARGS=flags)  # fmt: skip
-    if not _resume_auto_supported(env):
-        pytest.skip("haloscope train has no --resume auto yet (the trainer side of issue 19)")
     _run(["bash", str(SLURM / "train.sbatch")], env, timeout=900)
     assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
 

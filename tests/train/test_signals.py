@@ -35,7 +35,9 @@ def _wait_for_steps(run: Path, proc: subprocess.Popen, steps: int, timeout_s: fl
     raise AssertionError(f"run did not reach {steps} steps (rc={proc.poll()})")
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+@pytest.mark.parametrize(
+    "signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 0), (signal.SIGUSR1, 0)]
+)
 def test_signal_to_process_group_saves_last_and_exits_cleanly(
     tiny_shards: Path, tmp_path: Path, signum: int, code: int
 ) -> None:
@@ -74,3 +76,38 @@ def test_an_inherited_sig_ign_is_handed_back(tiny_shards: Path, tmp_path: Path) 
                           timeout=300, preexec_fn=ignore_sigint)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0", "True"], proc.stdout
+
+
+def test_usr1_saves_last_and_resume_auto_finishes_like_an_uninterrupted_run(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Slurm's `--signal=B:USR1@180`, as torchrun hands it to a rank: last.pt and exit 0;
+    `--resume auto` starts where there is no last.pt and continues where there is one, to
+    the same final weights as a run that was never stopped."""
+    extra = ("--epochs", "4", "--max-steps-per-epoch", "4", "--num-workers", "1",
+             "--ckpt-every-steps", "0", "--resume", "auto")  # fmt: skip
+    full, part = tmp_path / "full", tmp_path / "part"
+    for run in (full, part):
+        log = tmp_path / f"{run.name}.txt"
+        proc = _start(tiny_argv(tiny_shards, run, *extra), log)
+        try:
+            if run is part:
+                _wait_for_steps(run, proc, 2)
+                os.kill(proc.pid, signal.SIGUSR1)
+            assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert "resumed from" not in log.read_text()  # nothing to resume: a fresh start
+    assert "stopped by SIGUSR1" in (tmp_path / "part.txt").read_text()
+    stopped = torch.load(part / "last.pt", weights_only=True)["progress"]["global_step"]
+    assert 2 <= stopped < 16
+
+    log = tmp_path / "resumed.txt"
+    proc = _start(tiny_argv(tiny_shards, part, *extra), log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
+    assert "resumed from" in log.read_text()
+    a, b = (torch.load(r / "last.pt", weights_only=True) for r in (full, part))
+    assert a["progress"] == b["progress"] and a["progress"]["global_step"] == 16
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
