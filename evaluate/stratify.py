@@ -28,7 +28,13 @@ import numpy as np
 from haloscope.atomic import atomic_open
 from haloscope.evaluate.detectable import DetectableSpec, detectable_mask, subset_block
 from haloscope.evaluate.intervals import binomial_interval
-from haloscope.evaluate.metrics import FPR_TARGETS, TPR_TARGETS, OperatingPoint, operating_points
+from haloscope.evaluate.metrics import (
+    FPR_TARGETS,
+    TPR_TARGETS,
+    OperatingPoint,
+    auroc,
+    operating_points,
+)
 from haloscope.evaluate.scores import ScoresFrame
 from haloscope.preprocess.gates import theta_psf_ratio
 
@@ -305,6 +311,9 @@ def stratify(
     for column, reason in skipped.items():
         logger.info("strata %s skipped: %s", column, reason)
     block = subset_block(subset, all_row["P"], det_row)
+    if det_row is not None:  # the demo's headline: the subset's lenses against all controls
+        keep = (frame.labels == 0) | subset.mask
+        block["auroc"] = auroc(frame.labels[keep], frame.ranking[keep])
     if block["status"] == "not evaluated":
         logger.info("detectable subset not evaluated: %s", block["reason"])
     return StratifiedResult(points, rows, skipped, block, ci_method, confidence,
