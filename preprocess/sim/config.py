@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from haloscope.errors import ConfigError
+from haloscope.shards.schema import CONTROL_KINDS as SHARD_CONTROL_KINDS
 
 __all__ = [
     "SimConfig",
@@ -21,15 +22,9 @@ __all__ = [
 
 BANDS = ("g", "r", "z")
 SPLITS = ("train", "val", "test")
-CONFUSER_KINDS = (
-    "ring",
-    "spiral",
-    "edge_on",
-    "merger",
-    "blue_companion",
-    "star_blend",
-    "near_miss",
-)
+# The shards' control-kind vocabulary less "" (lenses), "ordinary" and "other" (unknown names):
+# one list, so a kind the mock draws is always one the shards can store.
+CONFUSER_KINDS = tuple(k for k in SHARD_CONTROL_KINDS if k not in ("", "ordinary", "other"))
 CONTROL_KINDS = ("ordinary", *CONFUSER_KINDS)
 
 # Rows per work unit. Fixed (never derived from --workers) so output is a pure function of the
