@@ -102,6 +102,10 @@ def _detectable(result: StratifiedResult) -> list[Block]:
             f"({block['share_of_lenses']:.1%}) are in the subset"
             + (f"; {block['num_undefined']} lacked a value" if block["num_undefined"] else "") + ".")  # fmt: skip
     items = []
+    if "auroc" in block:
+        lo, hi = auroc_interval(block["auroc"], block["P"], block["N"], result.confidence)
+        items.append(spans(f"AUROC against all controls: {block['auroc']:.5f} [{lo:.5f}, "
+                           f"{hi:.5f}] (Hanley-McNeil)"))  # fmt: skip
     for name, e in _headline_entries(block):
         allowed = (f", {int(e['target'] * block['N'] * (1 + 1e-9))} false positive(s) allowed"
                    if name.startswith("TPR") else "")  # fmt: skip

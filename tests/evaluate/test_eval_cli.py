@@ -69,6 +69,8 @@ def test_eval_writes_csv_json_and_report(tmp_path, scores_table):
                    "Shortcut audit"):  # fmt: skip
         assert needle in md
     assert md.index("Headline: detectable lenses") < md.index("All injections: key numbers")
+    headline = md[md.index("Headline: detectable lenses") : md.index("All injections: key numbers")]
+    assert f"AUROC against all controls: {det['auroc']:.5f}" in headline
     assert '<img src="roc.png"' in (report / "report.html").read_text()
 
 
