@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from haloscope.atomic import atomic_path, atomic_write_bytes  # noqa: E402
+from haloscope.atomic import atomic_path  # noqa: E402
 from haloscope.evaluate.metrics import roc_curve  # noqa: E402
 from haloscope.evaluate.scores import ScoresFrame  # noqa: E402
+
+# the one stamp composite, shared with the search gallery (re-exported for the report)
+from haloscope.infer.composite import save_stamp_png, stamp_rgb  # noqa: E402
 
 __all__ = [
     "plot_completeness",
@@ -141,29 +142,3 @@ def plot_score_hist(frame: ScoresFrame, path: Path) -> Path:
     ax.set(yscale="log", xlabel=frame.rank_by, ylabel="count", title=f"{frame.rank_by} per class")
     ax.legend(fontsize=7)
     return _save(fig, path)
-
-
-def stamp_rgb(stamp: np.ndarray) -> np.ndarray:
-    """An RGB image of a normalised stamp: bands z, r, g as R, G, B, asinh stretch.
-
-    Args:
-        stamp: (3, H, W) bands g, r, z in robust sigmas (clipped to +-10 by the converter).
-
-    Returns:
-        float (H, W, 3) in [0, 1].
-    """
-    img = np.arcsinh(np.clip(stamp[::-1], 0, None)) / math.asinh(10.0)
-    return np.clip(np.transpose(img, (1, 2, 0)), 0, 1)
-
-
-def save_stamp_png(stamp: np.ndarray, path: Path) -> Path:
-    """One stamp as a PNG of its native size (the page scales it up, pixelated).
-
-    Args:
-        stamp: (3, H, W) bands g, r, z, normalised.
-        path: PNG to write.
-    """
-    buffer = io.BytesIO()
-    # origin="lower": row 0 of the stamp is the bottom row, as in the sky images
-    plt.imsave(buffer, stamp_rgb(stamp), origin="lower", format="png")
-    return atomic_write_bytes(path, buffer.getvalue())
