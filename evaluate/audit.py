@@ -88,14 +88,20 @@ def predict_logistic(params: np.ndarray, x: np.ndarray) -> np.ndarray:
 def interpret_audit(auc: float) -> str:
     """One sentence on what a central-pixel AUROC means."""
     if auc < 0.6:
-        return ("the central pixels alone barely separate lenses from controls: "
-                "no sign of a core-brightness shortcut")  # fmt: skip
+        return (
+            "the central pixels alone barely separate lenses from controls: "
+            "no sign of a core-brightness shortcut"
+        )
     if auc < 0.8:
-        return ("the central pixels carry some class information; part of it is physical "
-                "(arcs with theta_E near the PSF overlap the core), but check the model's "
-                "completeness at small theta_E/PSF against this")  # fmt: skip
-    return ("strong shortcut risk: the core alone nearly separates the classes (the seed's Gen5 "
-            "data gave 0.98); a high model AUROC may come from core brightness, not arcs")  # fmt: skip
+        return (
+            "the central pixels carry some class information; part of it is physical "
+            "(arcs with theta_E near the PSF overlap the core), but check the model's "
+            "completeness at small theta_E/PSF against this"
+        )
+    return (
+        "strong shortcut risk: the core alone nearly separates the classes (the seed's Gen5 "
+        "data gave 0.98); a high model AUROC may come from core brightness, not arcs"
+    )
 
 
 def _sample(frame: ScoresFrame, store: StampStore, per_class: int, rng: np.random.Generator):
@@ -110,8 +116,9 @@ def _sample(frame: ScoresFrame, store: StampStore, per_class: int, rng: np.rando
     return rows[pick], labels[pick]
 
 
-def shortcut_audit(frame: ScoresFrame, store: StampStore | None, per_class: int = 5000,
-                   seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def shortcut_audit(
+    frame: ScoresFrame, store: StampStore | None, per_class: int = 5000, seed: int = 0
+) -> dict[str, Any]:
     """Fit and evaluate the central-pixel classifier; ``status`` says if it was skipped.
 
     Args:
@@ -141,7 +148,11 @@ def shortcut_audit(frame: ScoresFrame, store: StampStore | None, per_class: int 
     num_pos, num_neg = int(labels[~fit].sum()), int((labels[~fit] == 0).sum())
     logger.info("shortcut audit: central-pixel AUROC %.3f on %d held-out stamps", auc, (~fit).sum())
     return {
-        "status": "ok", "auroc": auc, "auroc_ci": list(auroc_interval(auc, num_pos, num_neg)),
-        "num_fit": int(fit.sum()), "num_eval": int((~fit).sum()), "features": list(FEATURE_NAMES),
+        "status": "ok",
+        "auroc": auc,
+        "auroc_ci": list(auroc_interval(auc, num_pos, num_neg)),
+        "num_fit": int(fit.sum()),
+        "num_eval": int((~fit).sum()),
+        "features": list(FEATURE_NAMES),
         "note": interpret_audit(auc),
-    }  # fmt: skip
+    }

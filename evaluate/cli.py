@@ -6,7 +6,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from haloscope.argparse_util import ConfigCLI
 from haloscope.atomic import atomic_write_text, check_writable
@@ -14,14 +14,13 @@ from haloscope.errors import ConfigError, DataError
 from haloscope.evaluate.compare import compare_frames
 from haloscope.evaluate.config import EvalConfig
 from haloscope.evaluate.curves import completeness_curves
+from haloscope.evaluate.gallery import StampStore, open_stamp_store
 from haloscope.evaluate.intervals import auroc_interval
 from haloscope.evaluate.metrics import auroc
 from haloscope.evaluate.scores import ScoresFrame, load_scores
 from haloscope.evaluate.stratify import stratify, write_stratified_csv
+from haloscope.evaluate.transfer import summary_line, transfer_check, write_transfer_csv
 from haloscope.log import setup_logging
-
-if TYPE_CHECKING:
-    from haloscope.evaluate.gallery import StampStore
 
 __all__ = ["CLI", "main", "parse_config"]
 
@@ -82,8 +81,6 @@ def _open_stamps(path: str | None) -> tuple[StampStore | None, str | None]:
     """The stamps store, or None and why: an unreadable store costs one warning, not the run."""
     if path is None:
         return None, None
-    from haloscope.evaluate.gallery import open_stamp_store
-
     try:
         return open_stamp_store(path), None
     except DataError as exc:
@@ -100,8 +97,9 @@ def _check_outputs(args: EvalConfig) -> tuple[Path, Path]:
     """The CSV and JSON paths, after checking that every output can be written (nothing is
     computed or created before that, so a read-only folder costs nothing)."""
     out_csv, out_json = Path(args.out_csv), args.json_path()
-    for path in (out_csv, out_json) + ((out_csv.with_name(out_csv.stem + "_compare.csv"),)
-                                       if args.compare else ()):  # fmt: skip
+    for path in (out_csv, out_json) + (
+        (out_csv.with_name(out_csv.stem + "_compare.csv"),) if args.compare else ()
+    ):
         check_writable(path)
     if args.reference_scores:
         check_writable(_transfer_csv(out_csv))
@@ -114,16 +112,24 @@ def _summary_line(result: Any, auc: float) -> str:
     """The printed line: the detectable headline first, then all injections."""
 
     def points(row: dict[str, Any]) -> str:
-        tpr = [f"TPR@FPR{e['target']:g}={e['value']:.4g}" for e in row["tpr@fpr"]
-               if e["target"] in (1e-4, 1e-3)]  # fmt: skip
-        fpr = [f"FPR@TPR{e['target']:.2f}={e['value']:.4g}" for e in row["fpr@tpr"]
-               if round(e["target"], 6) in (0.5, 0.9)]  # fmt: skip
+        tpr = [
+            f"TPR@FPR{e['target']:g}={e['value']:.4g}"
+            for e in row["tpr@fpr"]
+            if e["target"] in (1e-4, 1e-3)
+        ]
+        fpr = [
+            f"FPR@TPR{e['target']:.2f}={e['value']:.4g}"
+            for e in row["fpr@tpr"]
+            if round(e["target"], 6) in (0.5, 0.9)
+        ]
         return " ".join(tpr + fpr)
 
     det = result.detectable
     if det["status"] == "ok":
-        head = (f"detectable ({det['spec']}: {det['num_lenses']}/{det['num_all_lenses']} "
-                f"lenses) {points(det)}")  # fmt: skip
+        head = (
+            f"detectable ({det['spec']}: {det['num_lenses']}/{det['num_all_lenses']} "
+            f"lenses) {points(det)}"
+        )
     else:
         head = f"detectable subset not evaluated ({det['reason']})"
     return f"{head} | all injections: AUROC={auc:.5f} {points(result.rows[0])}"
@@ -145,47 +151,56 @@ def main(argv: list[str]) -> int:
     for other in (load_scores(p, args.rank_by) for p in args.compare):
         _add_unique(others, other, reserved=_model_name(frame))
     store, stamps_note = _open_stamps(args.stamps)
-    result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence,
-                      detectable)  # fmt: skip
+    result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence, detectable)
     curves = completeness_curves(frame, method=args.ci, confidence=args.confidence)
     auc = auroc(frame.labels, frame.ranking)
-    doc: dict[str, Any] = {"scores": str(args.scores), "label_column": frame.label_column,
-                           "rank_by": frame.rank_by, "num_rows": frame.num_rows, "auroc": auc,
-                           "auroc_ci": list(auroc_interval(auc, result.rows[0]["P"], result.rows[0]["N"],
-                                                           args.confidence))}  # fmt: skip
+    doc: dict[str, Any] = {
+        "scores": str(args.scores),
+        "label_column": frame.label_column,
+        "rank_by": frame.rank_by,
+        "num_rows": frame.num_rows,
+        "auroc": auc,
+        "auroc_ci": list(
+            auroc_interval(auc, result.rows[0]["P"], result.rows[0]["N"], args.confidence)
+        ),
+    }
     doc |= result.to_dict() | {"completeness_curves": curves}
     if "auroc" in doc["detectable"]:
-        logger.info("detectable subset (%s): AUROC %.4f against all controls",
-                 doc["detectable"]["definition"], doc["detectable"]["auroc"])  # fmt: skip
+        logger.info(
+            "detectable subset (%s): AUROC %.4f against all controls",
+            doc["detectable"]["definition"],
+            doc["detectable"]["auroc"],
+        )
     comparison, compare_csv = None, out_csv.with_name(out_csv.stem + "_compare.csv")
     if others:
-        comparison = compare_frames({**others, _model_name(frame): frame}, args.ci, args.confidence,
-                                    detectable=detectable)  # fmt: skip
+        comparison = compare_frames(
+            {**others, _model_name(frame): frame}, args.ci, args.confidence, detectable=detectable
+        )
         doc["comparison"] = comparison.rows
     transfer = None
     if args.reference_scores:
-        from haloscope.evaluate.transfer import transfer_check
-
         reference = load_scores(args.reference_scores, frame.rank_by)
         transfer = transfer_check(frame, reference, (1e-4, 1e-3), args.ci, args.confidence)
         doc["transfer"] = transfer
     if args.report_dir:
+        # NOTE: lazy: the report pulls in matplotlib (~0.5 s), needed only with --report-dir
         from haloscope.evaluate.report import build_report
 
         files = {"stratified CSV": out_csv.name, "full results JSON": out_json.name}
         if comparison is not None:
             files["comparison CSV"] = compare_csv.name
-        doc["report"] = build_report(frame, result, args.report_dir, files, store, comparison,
-                                     others, stamps_note, curves)  # fmt: skip
+        doc["report"] = build_report(
+            frame, result, args.report_dir, files, store, comparison, others, stamps_note, curves
+        )
     write_stratified_csv(result, out_csv)
     if comparison is not None:
         comparison.to_csv(compare_csv)
     if transfer is not None:
-        from haloscope.evaluate.transfer import summary_line, write_transfer_csv
-
         write_transfer_csv(transfer, _transfer_csv(out_csv))
         print(f"eval: {summary_line(transfer)} -> {_transfer_csv(out_csv)}")
     _write_json(out_json, doc)
-    print(f"eval: {_summary_line(result, auc)} -> {out_csv}, {out_json}"
-          + (f", {Path(args.report_dir) / 'report.html'}" if args.report_dir else ""))  # fmt: skip
+    print(
+        f"eval: {_summary_line(result, auc)} -> {out_csv}, {out_json}"
+        + (f", {Path(args.report_dir) / 'report.html'}" if args.report_dir else "")
+    )
     return 0

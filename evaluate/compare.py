@@ -76,8 +76,10 @@ class Comparison:
         rows = []
         if self._has_subset():
             rows.append(["detectable lenses"] + [_count(r["detectable"]) for r in self.rows])
-            rows += [[f"detectable {head}"] + [_cell(r["detectable"], key) for r in self.rows]
-                     for key, head in DETECTABLE_METRICS]  # fmt: skip
+            rows += [
+                [f"detectable {head}"] + [_cell(r["detectable"], key) for r in self.rows]
+                for key, head in DETECTABLE_METRICS
+            ]
         rows.append(["lenses (all)"] + [str(r["num_pos"]) for r in self.rows])
         rows.append(["controls"] + [str(r["num_neg"]) for r in self.rows])
         rows += [[head] + [_cell(r, key) for r in self.rows] for key, head in COMPARE_METRICS]
@@ -87,18 +89,25 @@ class Comparison:
         """The detectable subset's definition, and the models it could not be evaluated for."""
         if self.detectable is None:
             return "Detectable subset: off."
-        text = (f"Detectable subset: {self.detectable.describe()} ({self.detectable.text}), "
-                "thresholds from all controls")  # fmt: skip
-        missing = [f"{r['model']}: {r['detectable']['reason']}" for r in self.rows
-                   if r["detectable"]["status"] != "ok"]  # fmt: skip
+        text = (
+            f"Detectable subset: {self.detectable.describe()} ({self.detectable.text}), "
+            "thresholds from all controls"
+        )
+        missing = [
+            f"{r['model']}: {r['detectable']['reason']}"
+            for r in self.rows
+            if r["detectable"]["status"] != "ok"
+        ]
         return text + (f"; not evaluated for {'; '.join(missing)}." if missing else ".")
 
     def note(self) -> str:
         """The subset, what the intervals are, what Δ is against, and where labels came from."""
         labels = ", ".join(f"{r['model']} from `{r['label_column']}`" for r in self.rows)
-        return (f"{self.subset_note()} Intervals: {self.confidence:.0%} {self.ci_method} "
-                "(binomial for rates, Hanley-McNeil for AUROC); Δ is against the first model; "
-                f"labels: {labels}.")  # fmt: skip
+        return (
+            f"{self.subset_note()} Intervals: {self.confidence:.0%} {self.ci_method} "
+            "(binomial for rates, Hanley-McNeil for AUROC); Δ is against the first model; "
+            f"labels: {labels}."
+        )
 
     def to_markdown(self) -> str:
         """A Markdown table, one row per metric, then :meth:`note`."""
@@ -124,9 +133,11 @@ class Comparison:
             for row in self.rows:
                 sub = row["detectable"]
                 out = {k: row[k] for k in ("model", "num_pos", "num_neg", "label_column")}
-                out |= {"detectable_num_pos": sub.get("num_pos", ""),
-                        "detectable": self.detectable.text if self.detectable else "none",
-                        "detectable_reason": sub["reason"] or ""}  # fmt: skip
+                out |= {
+                    "detectable_num_pos": sub.get("num_pos", ""),
+                    "detectable": self.detectable.text if self.detectable else "none",
+                    "detectable_reason": sub["reason"] or "",
+                }
                 if sub["status"] == "ok":
                     out |= _csv_metrics(sub, det)
                 writer.writerow(out | _csv_metrics(row, list(COMPARE_METRICS)))
@@ -151,23 +162,34 @@ def _csv_metrics(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> dict[s
     out: dict[str, Any] = {}
     for key, head in keys:
         m = metrics[key]
-        out |= {head: f"{m['value']:.6g}", f"{head}_ci_low": f"{m['ci_low']:.6g}",
-                f"{head}_ci_high": f"{m['ci_high']:.6g}"}  # fmt: skip
+        out |= {
+            head: f"{m['value']:.6g}",
+            f"{head}_ci_low": f"{m['ci_low']:.6g}",
+            f"{head}_ci_high": f"{m['ci_high']:.6g}",
+        }
         if "delta" in m:
             out |= {f"{head}_delta": f"{m['delta']:.6g}", f"{head}_disjoint": m["disjoint"]}
     return out
 
 
-def _rate_entry(k: int, n: int, threshold: float, frame: ScoresFrame, method: str,
-                confidence: float) -> dict[str, Any]:  # fmt: skip
+def _rate_entry(
+    k: int, n: int, threshold: float, frame: ScoresFrame, method: str, confidence: float
+) -> dict[str, Any]:
     lo, hi = binomial_interval(k, n, method, confidence)
     thr = frame.to_score(threshold)
-    return {"value": k / n, "ci_low": float(lo), "ci_high": float(hi), "k": k, "n": n,
-            "threshold": thr if math.isfinite(thr) else None}  # fmt: skip
+    return {
+        "value": k / n,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "k": k,
+        "n": n,
+        "threshold": thr if math.isfinite(thr) else None,
+    }
 
 
-def _subset_metrics(frame: ScoresFrame, spec: DetectableSpec | None, method: str,
-                    confidence: float) -> dict[str, Any]:  # fmt: skip
+def _subset_metrics(
+    frame: ScoresFrame, spec: DetectableSpec | None, method: str, confidence: float
+) -> dict[str, Any]:
     """The detectable subset's rates; TPR thresholds and FPRs over all controls."""
     if spec is None:
         return {"status": "off", "reason": "--detectable none"}
@@ -228,9 +250,13 @@ def _add_deltas(rows: list[dict[str, Any]], keys: tuple[tuple[str, str], ...]) -
             m["disjoint"] = bool(m["ci_low"] > b["ci_high"] or m["ci_high"] < b["ci_low"])
 
 
-def compare_frames(frames: Mapping[str, ScoresFrame], ci_method: str = "wilson",
-                   confidence: float = 0.95, require_same_rows: bool = True,
-                   detectable: DetectableSpec | None = None) -> Comparison:  # fmt: skip
+def compare_frames(
+    frames: Mapping[str, ScoresFrame],
+    ci_method: str = "wilson",
+    confidence: float = 0.95,
+    require_same_rows: bool = True,
+    detectable: DetectableSpec | None = None,
+) -> Comparison:
     """Compare validated scores frames (see :func:`compare_generations`)."""
     if not frames:
         raise DataError("compare needs at least one scores table")

@@ -64,8 +64,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
             raise ValueError(f"--confidence must be in (0, 1), got {self.confidence}")
-        for flag, values in (("--fpr-targets", self.fpr_targets),
-                             ("--tpr-targets", self.tpr_targets)):  # fmt: skip
+        for flag, values in (
+            ("--fpr-targets", self.fpr_targets),
+            ("--tpr-targets", self.tpr_targets),
+        ):
             if not values:
                 raise ValueError(f"{flag}: empty list")
         for flag, edges in (("--theta-bins", self.theta_bins), ("--res-bins", self.res_bins)):
@@ -80,8 +82,9 @@ class EvalConfig:
     def strata(self) -> tuple[StratumSpec, ...]:
         """The default strata with the theta_E and theta_E/PSF edges of this config."""
         edges = {"theta_e_arcsec": self.theta_bins, "theta_over_psf": self.res_bins}
-        return tuple(replace(s, edges=edges[s.column]) if s.column in edges else s
-                     for s in DEFAULT_STRATA)  # fmt: skip
+        return tuple(
+            replace(s, edges=edges[s.column]) if s.column in edges else s for s in DEFAULT_STRATA
+        )
 
     def json_path(self) -> Path:
         """--out-json, else --out-csv with .json."""

@@ -43,27 +43,32 @@ def _edges(values: np.ndarray, scale: str) -> np.ndarray:
     return np.append(edges, math.inf) if values.max() >= edges[-1] else edges
 
 
-def _curve(values: np.ndarray, passed: dict[float, np.ndarray], scale: str, method: str,
-           confidence: float) -> dict[str, Any]:  # fmt: skip
+def _curve(
+    values: np.ndarray, passed: dict[float, np.ndarray], scale: str, method: str, confidence: float
+) -> dict[str, Any]:
     usable = np.isfinite(values) & ((values > 0) if scale == "log" else (values >= 0))
     v = values[usable]
     edges = _edges(v, scale)
     which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
     bins = [b for b in range(len(edges) - 1) if (which == b).any()]
     curve: dict[str, Any] = {
-        "scale": scale, "lo": [float(edges[b]) for b in bins],
+        "scale": scale,
+        "lo": [float(edges[b]) for b in bins],
         "hi": [float(edges[b + 1]) for b in bins],
         "x": [float(np.median(v[which == b])) for b in bins],
         "n": [int((which == b).sum()) for b in bins],
-        "num_outside": int((~usable & np.isfinite(values)).sum()), "fpr": {},
-    }  # fmt: skip
+        "num_outside": int((~usable & np.isfinite(values)).sum()),
+        "fpr": {},
+    }
     for fpr, ok in passed.items():
         k = [int(ok[usable][which == b].sum()) for b in bins]
         lo, hi = binomial_interval(k, curve["n"], method, confidence)
         curve["fpr"][f"{fpr:g}"] = {
-            "k": k, "value": [a / b for a, b in zip(k, curve["n"], strict=True)],
-            "ci_low": lo.tolist(), "ci_high": hi.tolist(),
-        }  # fmt: skip
+            "k": k,
+            "value": [a / b for a, b in zip(k, curve["n"], strict=True)],
+            "ci_low": lo.tolist(),
+            "ci_high": hi.tolist(),
+        }
     return curve
 
 
@@ -91,8 +96,9 @@ def completeness_curves(
     passed = {f: frame.ranking[lenses] >= t for f, t in thresholds.items()}
     out: dict[str, Any] = {
         "thresholds": {f"{f:g}": frame.to_score(t) for f, t in thresholds.items()},
-        "curves": {}, "skipped": {},
-    }  # fmt: skip
+        "curves": {},
+        "skipped": {},
+    }
     for column, label, scale in CURVE_COLUMNS:
         values = column_values(frame, StratumSpec(column, column))
         if values is None or values.dtype == object:

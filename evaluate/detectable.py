@@ -42,10 +42,19 @@ DEFAULT_DETECTABLE = "arc_snr>=5,theta_over_psf>=0.8"
 PSF_COLUMN = "psfsize_r"
 """The PSF of ``theta_over_psf`` in a definition (the original's proxy uses psfsize_r)."""
 DETECTABLE_COLUMNS: tuple[str, ...] = (
-    "arc_snr", "arc_snr_sum", "theta_over_psf", "theta_e_arcsec", "magnification",
-    "arc_lens_flux_ratio", "tangential_stretch", "radial_stretch", "src_redshift", "src_dmag",
-    "psfsize_r", "psfdepth_r",
-)  # fmt: skip
+    "arc_snr",
+    "arc_snr_sum",
+    "theta_over_psf",
+    "theta_e_arcsec",
+    "magnification",
+    "arc_lens_flux_ratio",
+    "tangential_stretch",
+    "radial_stretch",
+    "src_redshift",
+    "src_dmag",
+    "psfsize_r",
+    "psfdepth_r",
+)
 """Names a definition may use (scores-table columns, plus the derived ``theta_over_psf``)."""
 _OPS = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
 _CONDITION = re.compile(
@@ -160,8 +169,7 @@ def detectable_mask(frame: ScoresFrame, spec: DetectableSpec) -> DetectableSubse
     return DetectableSubset(spec, mask, num_undefined=int((lenses & ~defined).sum()))
 
 
-def subset_block(subset: DetectableSubset | None, num_lenses: int,
-                 row: dict | None = None) -> dict:  # fmt: skip
+def subset_block(subset: DetectableSubset | None, num_lenses: int, row: dict | None = None) -> dict:
     """The JSON ``detectable`` block: definition, size, and the operating points in ``row``.
 
     Args:
@@ -177,17 +185,26 @@ def subset_block(subset: DetectableSubset | None, num_lenses: int,
         return {"status": "off", "reason": "--detectable none", "definition": None}
     spec = subset.spec
     block = {
-        "definition": spec.describe(), "spec": spec.text,
-        "theta_over_psf": f"theta_e_arcsec / {PSF_COLUMN} (the original's proxy; the strata's "
-                          "theta_E/PSF uses psf_fwhm_r first)",
+        "definition": spec.describe(),
+        "spec": spec.text,
+        "theta_over_psf": (
+            f"theta_e_arcsec / {PSF_COLUMN} (the original's proxy; the strata's "
+            "theta_E/PSF uses psf_fwhm_r first)"
+        ),
         "thresholds_from": "all controls",
-    }  # fmt: skip
+    }
     if subset.mask is None or row is None:
         reason = subset.reason or "no lens meets the definition"
         return {"status": "not evaluated", "reason": reason} | block
     num_in = int(row["P"])
-    return {"status": "ok", "reason": None} | block | {
-        "num_lenses": num_in, "num_all_lenses": int(num_lenses),
-        "share_of_lenses": num_in / num_lenses if num_lenses else None,
-        "num_undefined": subset.num_undefined,
-    } | row  # fmt: skip
+    return (
+        {"status": "ok", "reason": None}
+        | block
+        | {
+            "num_lenses": num_in,
+            "num_all_lenses": int(num_lenses),
+            "share_of_lenses": num_in / num_lenses if num_lenses else None,
+            "num_undefined": subset.num_undefined,
+        }
+        | row
+    )

@@ -58,8 +58,10 @@ class StampStore:
             raise DataError(f"--stamps {self.path}: cannot read 'task_id' ({exc})") from exc
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         if len(ids) != self.stamps.shape[0]:
-            raise DataError(f"--stamps {self.path}: 'task_id' has {len(ids)} rows, "
-                            f"'stamps' has {self.stamps.shape[0]}")  # fmt: skip
+            raise DataError(
+                f"--stamps {self.path}: 'task_id' has {len(ids)} rows, "
+                f"'stamps' has {self.stamps.shape[0]}"
+            )
         self.index = {tid: i for i, tid in enumerate(ids)}
 
     def rows_for(self, task_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +123,8 @@ def load_gallery_stamps(zarr_path: str | Path, task_ids: Sequence[str]) -> np.nd
     rows, found = store.rows_for(task_ids)
     if not found.all():
         missing = [str(t) for t, ok in zip(task_ids, found, strict=True) if not ok]
-        raise DataError(f"--stamps {zarr_path}: {len(missing)} task_id(s) not in the store, "
-                        f"e.g. {missing[:3]}; is it the store of the scored split?")  # fmt: skip
+        raise DataError(
+            f"--stamps {zarr_path}: {len(missing)} task_id(s) not in the store, "
+            f"e.g. {missing[:3]}; is it the store of the scored split?"
+        )
     return store.read(rows)

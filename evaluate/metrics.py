@@ -192,10 +192,17 @@ def _tpr_at_fpr_from_counts(
     # fps is non-decreasing: the last point with fps <= allowed has the highest TPR
     i = int(np.searchsorted(fps, allowed, side="right")) - 1
     return OperatingPoint(
-        kind="tpr@fpr", target=float(target), tpr=tps[i] / num_pos, fpr=fps[i] / num_neg,
-        threshold=float(thresholds[i]), num_tp=int(tps[i]), num_fp=int(fps[i]),
-        num_pos=num_pos, num_neg=num_neg, num_allowed=allowed,
-    )  # fmt: skip
+        kind="tpr@fpr",
+        target=float(target),
+        tpr=tps[i] / num_pos,
+        fpr=fps[i] / num_neg,
+        threshold=float(thresholds[i]),
+        num_tp=int(tps[i]),
+        num_fp=int(fps[i]),
+        num_pos=num_pos,
+        num_neg=num_neg,
+        num_allowed=allowed,
+    )
 
 
 def _fpr_at_tpr_from_counts(
@@ -206,10 +213,17 @@ def _fpr_at_tpr_from_counts(
     # tps is non-decreasing: the first point with tps >= required has the lowest FPR
     i = int(np.searchsorted(tps, required, side="left"))
     return OperatingPoint(
-        kind="fpr@tpr", target=float(target), tpr=tps[i] / num_pos, fpr=fps[i] / num_neg,
-        threshold=float(thresholds[i]), num_tp=int(tps[i]), num_fp=int(fps[i]),
-        num_pos=num_pos, num_neg=num_neg, num_allowed=required,
-    )  # fmt: skip
+        kind="fpr@tpr",
+        target=float(target),
+        tpr=tps[i] / num_pos,
+        fpr=fps[i] / num_neg,
+        threshold=float(thresholds[i]),
+        num_tp=int(tps[i]),
+        num_fp=int(fps[i]),
+        num_pos=num_pos,
+        num_neg=num_neg,
+        num_allowed=required,
+    )
 
 
 def _check_rate(target: float, name: str) -> None:

@@ -38,11 +38,18 @@ logger = logging.getLogger(__name__)
 
 MINABLE_SPLITS: tuple[str, ...] = ("train", "val")
 SPLIT_COLUMNS: tuple[str, ...] = ("split", "region_split")  # ours, then the seed's
-LOOKUP_SCHEMA = pa.schema([
-    ("ra_key", pa.float64()), ("dec_key", pa.float64()), ("ra", pa.float64()),
-    ("dec", pa.float64()), ("max_score", pa.float64()), ("num_models", pa.int32()),
-    ("models", pa.string()), ("split", pa.string()),
-])  # fmt: skip
+LOOKUP_SCHEMA = pa.schema(
+    [
+        ("ra_key", pa.float64()),
+        ("dec_key", pa.float64()),
+        ("ra", pa.float64()),
+        ("dec", pa.float64()),
+        ("max_score", pa.float64()),
+        ("num_models", pa.int32()),
+        ("models", pa.string()),
+        ("split", pa.string()),
+    ]
+)
 
 
 def _check_splits(splits: Sequence[str]) -> None:
@@ -61,8 +68,10 @@ def _model_name(frame: ScoresFrame) -> str:
     if models is not None:
         names = {m for m in models.tolist() if m}
         if len(names) > 1:
-            raise DataError(f"{frame.source}: column 'model' holds several models {sorted(names)}; "
-                            "give one scores file per model")  # fmt: skip
+            raise DataError(
+                f"{frame.source}: column 'model' holds several models {sorted(names)}; "
+                "give one scores file per model"
+            )
         if names:
             return str(names.pop())
     path = Path(frame.source)  # no model column: "<run folder>/<file stem>"
@@ -72,17 +81,22 @@ def _model_name(frame: ScoresFrame) -> str:
 def _split_column(frame: ScoresFrame) -> np.ndarray:
     column = next((c for c in SPLIT_COLUMNS if c in frame.columns), None)
     if column is None:
-        raise DataError(f"{frame.source}: missing column 'split' (or the seed's 'region_split'); "
-                        "mining must know which rows are test rows")  # fmt: skip
+        raise DataError(
+            f"{frame.source}: missing column 'split' (or the seed's 'region_split'); "
+            "mining must know which rows are test rows"
+        )
     return frame.columns[column]
 
 
-def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int,
-                min_count: int = 0) -> dict:  # fmt: skip
+def _candidates(
+    frame: ScoresFrame, splits: Sequence[str], min_score: float, top_k: int, min_count: int = 0
+) -> dict:
     split = _split_column(frame)
     if (split == "test").any():
-        raise DataError(f"{frame.source}: {int((split == 'test').sum())} rows have split == 'test'; "
-                        "test scores are never mined (score the train or val split)")  # fmt: skip
+        raise DataError(
+            f"{frame.source}: {int((split == 'test').sum())} rows have split == 'test'; "
+            "test scores are never mined (score the train or val split)"
+        )
     base = (frame.labels == 0) & np.isin(split, list(splits))
     score = frame.columns["score"].astype(np.float64)[base]
     ra = frame.columns["ra"].astype(np.float64)[base]
@@ -101,9 +115,15 @@ def _candidates(frame: ScoresFrame, splits: Sequence[str], min_score: float, top
     if not (np.isfinite(ra[eligible]).all() and np.isfinite(dec[eligible]).all()):
         raise DataError(f"{frame.source}: columns 'ra'/'dec' hold NaN for mined controls")
     best = ranked[: min(top_k, min_count)] if filled else above[:top_k]
-    return {"key": keys[best], "ra": ra[best], "dec": dec[best],
-            "score": score[best], "split": split[best], "num_above": int(above.size),
-            "filled": bool(filled)}  # fmt: skip
+    return {
+        "key": keys[best],
+        "ra": ra[best],
+        "dec": dec[best],
+        "score": score[best],
+        "split": split[best],
+        "num_above": int(above.size),
+        "filled": bool(filled),
+    }
 
 
 def _merge(per_model: dict[str, dict]) -> pa.Table:
@@ -115,19 +135,27 @@ def _merge(per_model: dict[str, dict]) -> pa.Table:
             entry["models"].add(model)
             entry["splits"].add(str(cand["split"][i]))
             if cand["score"][i] > entry["max_score"]:
-                entry |= {"max_score": float(cand["score"][i]), "ra": float(cand["ra"][i]),
-                          "dec": float(cand["dec"][i])}  # fmt: skip
+                entry |= {
+                    "max_score": float(cand["score"][i]),
+                    "ra": float(cand["ra"][i]),
+                    "dec": float(cand["dec"][i]),
+                }
     keys = sorted(merged, key=lambda k: (-merged[k]["max_score"], k))
     rows = [merged[k] for k in keys]
     ra_key, dec_key = key_columns(np.array(keys, dtype=np.int64))
-    return pa.table({
-        "ra_key": ra_key, "dec_key": dec_key,
-        "ra": [r["ra"] for r in rows], "dec": [r["dec"] for r in rows],
-        "max_score": [r["max_score"] for r in rows],
-        "num_models": [len(r["models"]) for r in rows],
-        "models": [",".join(sorted(r["models"])) for r in rows],
-        "split": [",".join(sorted(r["splits"])) for r in rows],
-    }, schema=LOOKUP_SCHEMA)  # fmt: skip
+    return pa.table(
+        {
+            "ra_key": ra_key,
+            "dec_key": dec_key,
+            "ra": [r["ra"] for r in rows],
+            "dec": [r["dec"] for r in rows],
+            "max_score": [r["max_score"] for r in rows],
+            "num_models": [len(r["models"]) for r in rows],
+            "models": [",".join(sorted(r["models"])) for r in rows],
+            "split": [",".join(sorted(r["splits"])) for r in rows],
+        },
+        schema=LOOKUP_SCHEMA,
+    )
 
 
 def mine_frames(
@@ -170,14 +198,24 @@ def mine_frames(
         if name in per_model:
             raise DataError(f"{frame.source}: model name {name!r} given twice")
         cand = per_model[name] = _candidates(frame, splits, min_score, top_k, min_count)
-        logger.info("%s: %d controls above %.3g (model %s)",
-                    frame.source, cand["num_above"], min_score, name)  # fmt: skip
+        logger.info(
+            "%s: %d controls above %.3g (model %s)",
+            frame.source,
+            cand["num_above"],
+            min_score,
+            name,
+        )
         if cand["filled"]:
-            logger.warning("%s: only %d controls above --min-score %.3g, fewer than --min-count "
-                           "%d: took the %d highest-scoring controls (lowest score %.4g)",
-                           frame.source, cand["num_above"], min_score, min_count,
-                           cand["score"].size,
-                           float(cand["score"].min()) if cand["score"].size else float("nan"))  # fmt: skip
+            logger.warning(
+                "%s: only %d controls above --min-score %.3g, fewer than --min-count "
+                "%d: took the %d highest-scoring controls (lowest score %.4g)",
+                frame.source,
+                cand["num_above"],
+                min_score,
+                min_count,
+                cand["score"].size,
+                float(cand["score"].min()) if cand["score"].size else float("nan"),
+            )
     table = _merge(per_model)
     if table.num_rows == 0:
         raise DataError(
@@ -231,13 +269,17 @@ def mine_hard_negatives(
     """
     _check_splits(splits)
     check_writable(out)
-    frames = [load_scores(p, require=("ra", "dec"), need_both_classes=False)
-              for p in score_paths]  # fmt: skip
+    frames = [load_scores(p, require=("ra", "dec"), need_both_classes=False) for p in score_paths]
     table = mine_frames(frames, min_score, top_k, splits, min_count)
-    provenance = {"scores": [Path(p).name for p in score_paths], "min_score": min_score,
-                  "top_k": top_k, "min_count": min_count, "splits": list(splits),
-                  "lowest_score": float(min(table.column("max_score").to_pylist())),
-                  "label_columns": {Path(f.source).name: f.label_column for f in frames}}  # fmt: skip
+    provenance = {
+        "scores": [Path(p).name for p in score_paths],
+        "min_score": min_score,
+        "top_k": top_k,
+        "min_count": min_count,
+        "splits": list(splits),
+        "lowest_score": float(min(table.column("max_score").to_pylist())),
+        "label_columns": {Path(f.source).name: f.label_column for f in frames},
+    }
     write_lookup(table, out, provenance)
     logger.info("wrote %d hard negatives to %s", table.num_rows, out)
     return table

@@ -47,8 +47,9 @@ def main(argv: list[str]) -> int:
     """Run ``haloscope mine``; user errors raise ``HaloscopeError`` (one line, exit 2)."""
     cfg = CLI.parse(argv)
     setup_logging()
-    table = mine_hard_negatives(list(cfg.scores), cfg.out, cfg.min_score, cfg.top_k,
-                                list(cfg.split), cfg.min_count)  # fmt: skip
+    table = mine_hard_negatives(
+        list(cfg.scores), cfg.out, cfg.min_score, cfg.top_k, list(cfg.split), cfg.min_count
+    )
     multi = sum(1 for n in table.column("num_models").to_pylist() if n > 1)
     print(f"mine: {table.num_rows} hard negatives ({multi} found by several models) -> {cfg.out}")
     return 0

@@ -60,14 +60,25 @@ def plot_roc(frames: Mapping[str, ScoresFrame], fpr_targets: Sequence[float], pa
         ax.step(np.maximum(fpr, 0.5 / num_neg), tpr, where="post", label=name)
     for target in fpr_targets:
         ax.axvline(target, color="grey", lw=0.6, ls=":")
-    ax.set(xscale="log", xlim=(lowest, 1), ylim=(0, 1.01), xlabel="false-positive rate (controls)",
-           ylabel="true-positive rate (completeness)", title="ROC (threshold: score >= t)")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlim=(lowest, 1),
+        ylim=(0, 1.01),
+        xlabel="false-positive rate (controls)",
+        ylabel="true-positive rate (completeness)",
+        title="ROC (threshold: score >= t)",
+    )
     ax.legend(loc="lower right")
     return _save(fig, path)
 
 
-def plot_completeness(rows: Sequence[dict[str, Any]], column: str, fpr_targets: Sequence[float],
-                      path: Path, xlabel: str) -> Path | None:  # fmt: skip
+def plot_completeness(
+    rows: Sequence[dict[str, Any]],
+    column: str,
+    fpr_targets: Sequence[float],
+    path: Path,
+    xlabel: str,
+) -> Path | None:
     """Completeness (TPR at the global FPR thresholds) per bin of ``column`` with CIs.
 
     Args:
@@ -92,14 +103,19 @@ def plot_completeness(rows: Sequence[dict[str, Any]], column: str, fpr_targets: 
         ax.errorbar(x + 0.08 * j, y, yerr=err, marker="o", capsize=3, label=f"FPR {target:g}")
     labels = [f"{r['stratum'][r['stratum'].find('[') :]}\nP={r['P']}" for r in strata]
     ax.set_xticks(x, labels, fontsize=7)
-    ax.set(ylim=(-0.02, 1.02), xlabel=xlabel, ylabel="completeness (TPR)",
-           title=f"completeness vs {column} (thresholds from all controls)")  # fmt: skip
+    ax.set(
+        ylim=(-0.02, 1.02),
+        xlabel=xlabel,
+        ylabel="completeness (TPR)",
+        title=f"completeness vs {column} (thresholds from all controls)",
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_completeness_curve(curve: dict[str, Any], thresholds: Mapping[str, float],
-                            path: Path) -> Path:  # fmt: skip
+def plot_completeness_curve(
+    curve: dict[str, Any], thresholds: Mapping[str, float], path: Path
+) -> Path:
     """Completeness against one column with binomial CI bands, one line per FPR threshold.
 
     Args:
@@ -111,13 +127,20 @@ def plot_completeness_curve(curve: dict[str, Any], thresholds: Mapping[str, floa
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = np.array(curve["x"])
     for fpr, entry in curve["fpr"].items():
-        (line,) = ax.plot(x, entry["value"], marker="o", ms=3,
-                          label=f"FPR {fpr} (score >= {thresholds[fpr]:.4g})")  # fmt: skip
+        (line,) = ax.plot(
+            x, entry["value"], marker="o", ms=3, label=f"FPR {fpr} (score >= {thresholds[fpr]:.4g})"
+        )
         ax.fill_between(x, entry["ci_low"], entry["ci_high"], color=line.get_color(), alpha=0.2)
-    ax.set(xscale=curve["scale"], ylim=(-0.02, 1.02), xlabel=curve["label"],
-           ylabel="completeness (lenses passing)",
-           title=f"completeness vs {curve['label']}\n(thresholds from all controls; "
-           f"{sum(curve['n'])} lenses, bands: CI)")  # fmt: skip
+    ax.set(
+        xscale=curve["scale"],
+        ylim=(-0.02, 1.02),
+        xlabel=curve["label"],
+        ylabel="completeness (lenses passing)",
+        title=(
+            f"completeness vs {curve['label']}\n(thresholds from all controls; "
+            f"{sum(curve['n'])} lenses, bands: CI)"
+        ),
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
@@ -137,8 +160,13 @@ def plot_score_hist(frame: ScoresFrame, path: Path) -> Path:
         for kind in sorted({k for k in kinds[frame.labels == 0].tolist() if k}):
             groups[f"controls: {kind}"] = (frame.labels == 0) & (kinds == kind)
     for name, mask in groups.items():
-        ax.hist(values[mask], bins=bins, histtype="step", lw=1.4 if "all" in name or name == "lenses"
-                else 0.8, label=f"{name} ({int(mask.sum())})")  # fmt: skip
+        ax.hist(
+            values[mask],
+            bins=bins,
+            histtype="step",
+            lw=1.4 if "all" in name or name == "lenses" else 0.8,
+            label=f"{name} ({int(mask.sum())})",
+        )
     ax.set(yscale="log", xlabel=frame.rank_by, ylabel="count", title=f"{frame.rank_by} per class")
     ax.legend(fontsize=7)
     return _save(fig, path)

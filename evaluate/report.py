@@ -72,8 +72,12 @@ def _key_numbers(frame: ScoresFrame, result: StratifiedResult) -> list[list[dict
     for entry in all_row["tpr@fpr"]:
         if entry["target"] in (1e-4, 1e-3):
             allowed = int(entry["target"] * all_row["N"] * (1 + 1e-9))
-            items.append(spans(f"TPR@FPR{entry['target']:g}: {_ci(entry)}, threshold "
-                               f"{_thr(entry['threshold'])}, {allowed} false positive(s) allowed"))  # fmt: skip
+            items.append(
+                spans(
+                    f"TPR@FPR{entry['target']:g}: {_ci(entry)}, threshold "
+                    f"{_thr(entry['threshold'])}, {allowed} false positive(s) allowed"
+                )
+            )
     for entry in all_row["fpr@tpr"]:
         if abs(entry["target"] - 0.9) < 1e-12:
             items.append(spans(f"FPR@TPR0.90: {_ci(entry)}, threshold {_thr(entry['threshold'])}"))
@@ -83,8 +87,11 @@ def _key_numbers(frame: ScoresFrame, result: StratifiedResult) -> list[list[dict
 def _headline_entries(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """TPR@FPR 1e-4 and 1e-3, FPR@TPR 0.5 and 0.9 of a stratum row (those computed)."""
     out = [(f"TPR@FPR{e['target']:g}", e) for e in row["tpr@fpr"] if e["target"] in (1e-4, 1e-3)]
-    return out + [(f"FPR@TPR{e['target']:.2f}", e) for e in row["fpr@tpr"]
-                  if round(e["target"], 6) in (0.5, 0.9)]  # fmt: skip
+    return out + [
+        (f"FPR@TPR{e['target']:.2f}", e)
+        for e in row["fpr@tpr"]
+        if round(e["target"], 6) in (0.5, 0.9)
+    ]
 
 
 def _detectable(result: StratifiedResult) -> list[Block]:
@@ -92,23 +99,41 @@ def _detectable(result: StratifiedResult) -> list[Block]:
     blocks = [_h(2, "Headline: detectable lenses")]
     if block["status"] == "off":
         return blocks + [_p("Off (", code("--detectable none"), "): all injections only.")]
-    definition = _p("Pre-registered subset: ", {"text": block["definition"], "style": "b"},
-                    " (", code(block["spec"]), "; theta_E/PSF here is ",
-                    code(block["theta_over_psf"]), "). Thresholds from all controls.")  # fmt: skip
+    definition = _p(
+        "Pre-registered subset: ",
+        {"text": block["definition"], "style": "b"},
+        " (",
+        code(block["spec"]),
+        "; theta_E/PSF here is ",
+        code(block["theta_over_psf"]),
+        "). Thresholds from all controls.",
+    )
     if block["status"] != "ok":
-        return blocks + [definition, _p(f"Not evaluated: {block['reason']}. The numbers below "
-                                        "are on all injections only.")]  # fmt: skip
-    size = (f"{block['num_lenses']} of {block['num_all_lenses']} lenses "
-            f"({block['share_of_lenses']:.1%}) are in the subset"
-            + (f"; {block['num_undefined']} lacked a value" if block["num_undefined"] else "") + ".")  # fmt: skip
+        return blocks + [
+            definition,
+            _p(f"Not evaluated: {block['reason']}. The numbers below are on all injections only."),
+        ]
+    size = (
+        f"{block['num_lenses']} of {block['num_all_lenses']} lenses "
+        f"({block['share_of_lenses']:.1%}) are in the subset"
+        + (f"; {block['num_undefined']} lacked a value" if block["num_undefined"] else "")
+        + "."
+    )
     items = []
     if "auroc" in block:
         lo, hi = auroc_interval(block["auroc"], block["P"], block["N"], result.confidence)
-        items.append(spans(f"AUROC against all controls: {block['auroc']:.5f} [{lo:.5f}, "
-                           f"{hi:.5f}] (Hanley-McNeil)"))  # fmt: skip
+        items.append(
+            spans(
+                f"AUROC against all controls: {block['auroc']:.5f} [{lo:.5f}, "
+                f"{hi:.5f}] (Hanley-McNeil)"
+            )
+        )
     for name, e in _headline_entries(block):
-        allowed = (f", {int(e['target'] * block['N'] * (1 + 1e-9))} false positive(s) allowed"
-                   if name.startswith("TPR") else "")  # fmt: skip
+        allowed = (
+            f", {int(e['target'] * block['N'] * (1 + 1e-9))} false positive(s) allowed"
+            if name.startswith("TPR")
+            else ""
+        )
         items.append(spans(f"{name}: {_ci(e)}, threshold {_thr(e['threshold'])}{allowed}"))
     return blocks + [definition, _p(size), {"kind": "list", "items": items}]
 
@@ -117,20 +142,28 @@ def _summary(frame: ScoresFrame, result: StratifiedResult, files: dict[str, str]
     all_row = result.rows[0]
     counts = f"{frame.num_rows} rows: {all_row['P']} lenses, {all_row['N']} controls"
     level = f"{result.confidence:.0%} {result.ci_method}"
-    files = files | {"this report (same content)": "report.md, report.html",
-                     "plots (this folder) and galleries": "*.png, gallery/*.png"}  # fmt: skip
+    files = files | {
+        "this report (same content)": "report.md, report.html",
+        "plots (this folder) and galleries": "*.png, gallery/*.png",
+    }
     return [
         _h(1, "haloscope evaluation report"),
-        _p("Scores: ", code(frame.source), f" ({counts}); labels from ", code(frame.label_column),
-           f" ({describe_label_column(frame.label_column)}); ranked by ", code(frame.rank_by),
-           ". A sample passes a threshold t when score >= t; thresholds come from all "
-           f"controls; intervals are {level}."),
+        _p(
+            "Scores: ",
+            code(frame.source),
+            f" ({counts}); labels from ",
+            code(frame.label_column),
+            f" ({describe_label_column(frame.label_column)}); ranked by ",
+            code(frame.rank_by),
+            ". A sample passes a threshold t when score >= t; thresholds come from all "
+            f"controls; intervals are {level}.",
+        ),
         *_detectable(result),
         _h(2, "All injections: key numbers"),
         {"kind": "list", "items": _key_numbers(frame, result)},
         _h(2, "Files"),
         {"kind": "list", "items": [spans(f"{k}: ", code(v)) for k, v in files.items()]},
-    ]  # fmt: skip
+    ]
 
 
 def _table(heads: list[str], rows: list[list[str]]) -> Block:
@@ -141,10 +174,15 @@ def _operating_table(result: StratifiedResult) -> list[Block]:
     row = result.rows[0]
     body = [[f"TPR@FPR{e['target']:g}", _ci(e), _thr(e["threshold"])] for e in row["tpr@fpr"]]
     body += [[f"FPR@TPR{e['target']:.2f}", _ci(e), _thr(e["threshold"])] for e in row["fpr@tpr"]]
-    note = ("An FPR target below 1/controls allows no false positive: it is the completeness "
-            "before the first false positive (TPR0).")  # fmt: skip
-    return [_h(2, "Operating points (all injections)"), _table(["metric", "value [CI] (k/n)", "threshold"], body),
-            _p(note)]  # fmt: skip
+    note = (
+        "An FPR target below 1/controls allows no false positive: it is the completeness "
+        "before the first false positive (TPR0)."
+    )
+    return [
+        _h(2, "Operating points (all injections)"),
+        _table(["metric", "value [CI] (k/n)", "threshold"], body),
+        _p(note),
+    ]
 
 
 def _comparison(comparison: Comparison) -> list[Block]:
@@ -152,23 +190,33 @@ def _comparison(comparison: Comparison) -> list[Block]:
     labels: list[Any] = ["Labels: "]
     for i, row in enumerate(comparison.rows):
         labels += [", " if i else "", f"{row['model']} from ", code(row["label_column"])]
-    note = (f"Intervals: {comparison.confidence:.0%} {comparison.ci_method} (binomial for rates, "
-            "Hanley-McNeil for AUROC); Δ is against the first model. ")  # fmt: skip
-    return [_h(2, "Comparison on the same test set"), _table(heads, rows),
-            _p(comparison.subset_note(), " ", note, *labels, ".")]  # fmt: skip
+    note = (
+        f"Intervals: {comparison.confidence:.0%} {comparison.ci_method} (binomial for rates, "
+        "Hanley-McNeil for AUROC); Δ is against the first model. "
+    )
+    return [
+        _h(2, "Comparison on the same test set"),
+        _table(heads, rows),
+        _p(comparison.subset_note(), " ", note, *labels, "."),
+    ]
 
 
 def _strata_tables(result: StratifiedResult, targets: tuple[float, ...]) -> list[Block]:
     pos = [r for r in result.rows if r["kind"] == "positives"]
     heads = ["stratum", "lenses"] + [f"TPR@FPR{t:g}" for t in targets]
-    body = [[r["stratum"], str(r["P"])] + [_ci(e) for e in r["tpr@fpr"] if e["target"] in targets]
-            for r in pos]  # fmt: skip
+    body = [
+        [r["stratum"], str(r["P"])] + [_ci(e) for e in r["tpr@fpr"] if e["target"] in targets]
+        for r in pos
+    ]
     blocks: list[Block] = [_h(2, "Completeness by stratum"), _table(heads, body)]
     ctl = [r for r in result.rows if r["kind"] == "controls"]
     if ctl:
         heads = ["stratum", "controls"] + [f"FPR at the FPR{t:g} threshold" for t in targets]
-        body = [[r["stratum"], str(r["N"])] + [_ci(e) for e in r["fpr_obs@fpr"] if e["target"] in targets]
-                for r in ctl]  # fmt: skip
+        body = [
+            [r["stratum"], str(r["N"])]
+            + [_ci(e) for e in r["fpr_obs@fpr"] if e["target"] in targets]
+            for r in ctl
+        ]
         blocks += [_h(2, "False-positive rate by control stratum"), _table(heads, body)]
     if result.skipped:
         blocks.append(
@@ -189,26 +237,41 @@ def _curve_plots(curves: dict[str, Any] | None, out: Path) -> list[Block]:
     for column, curve in curves["curves"].items():
         name = f"completeness_curve_{column}.png"
         plots.plot_completeness_curve(curve, curves["thresholds"], out / name)
-        blocks.append(_img(name, f"completeness vs {curve['label']} at the FPR "
-                           f"{' and '.join(curve['fpr'])} thresholds, CI bands"))  # fmt: skip
+        blocks.append(
+            _img(
+                name,
+                f"completeness vs {curve['label']} at the FPR "
+                f"{' and '.join(curve['fpr'])} thresholds, CI bands",
+            )
+        )
     for column, reason in curves["skipped"].items():
         blocks.append(_p("No completeness curve vs ", code(column), f": {reason}."))
     return blocks
 
 
-def _plots(frame: ScoresFrame, result: StratifiedResult, out: Path, others: Mapping[str, ScoresFrame],
-           targets: tuple[float, ...], curves: dict[str, Any] | None) -> list[Block]:  # fmt: skip
+def _plots(
+    frame: ScoresFrame,
+    result: StratifiedResult,
+    out: Path,
+    others: Mapping[str, ScoresFrame],
+    targets: tuple[float, ...],
+    curves: dict[str, Any] | None,
+) -> list[Block]:
     blocks: list[Block] = [_h(2, "Plots")]
     plots.plot_roc({"this model": frame, **others}, result.fpr_targets, out / "roc.png")
     blocks.append(_img("roc.png", "ROC on a log-FPR axis (exact ties, step function)"))
-    for column, label in (("theta_over_psf", "theta_E / PSF FWHM"), ("theta_e_arcsec", "theta_E [arcsec]"),
-                          ("arc_snr", "arc SNR")):  # fmt: skip
+    for column, label in (
+        ("theta_over_psf", "theta_E / PSF FWHM"),
+        ("theta_e_arcsec", "theta_E [arcsec]"),
+        ("arc_snr", "arc SNR"),
+    ):
         name = f"completeness_{column}.png"
         if plots.plot_completeness(result.rows, column, targets, out / name, label):
             blocks.append(_img(name, f"completeness vs {label}"))
         else:
-            blocks.append(_p(f"No completeness plot vs {label}: column ", code(column),
-                             " absent or empty."))  # fmt: skip
+            blocks.append(
+                _p(f"No completeness plot vs {label}: column ", code(column), " absent or empty.")
+            )
     blocks += _curve_plots(curves, out)
     plots.plot_score_hist(frame, out / "score_hist.png")
     blocks.append(_img("score_hist.png", f"{frame.rank_by} per class, log counts"))
@@ -247,12 +310,21 @@ def _curves(frame: ScoresFrame, out: Path) -> tuple[list[Block], Path | None]:
         return [], None
     blocks = [_h(2, "Training")]
     if curves is None:
-        return blocks + [_p("No training curves: no ", code(CURVES_NAME), " next to the "
-                            "checkpoint ", code(frame.metadata["checkpoint"]), ".")], None  # fmt: skip
+        return blocks + [
+            _p(
+                "No training curves: no ",
+                code(CURVES_NAME),
+                " next to the checkpoint ",
+                code(frame.metadata["checkpoint"]),
+                ".",
+            )
+        ], None
     with atomic_path(out / CURVES_NAME) as tmp:
         shutil.copyfile(curves, tmp)
-    caption = (f"training curves of the run {run} (checkpoint {frame.metadata['checkpoint']}): "
-               "train loss, learning rate, validation metrics and loader wait per epoch")  # fmt: skip
+    caption = (
+        f"training curves of the run {run} (checkpoint {frame.metadata['checkpoint']}): "
+        "train loss, learning rate, validation metrics and loader wait per epoch"
+    )
     return blocks + [_img(CURVES_NAME, caption)], curves
 
 
@@ -269,8 +341,11 @@ def _caption(frame: ScoresFrame, i: int) -> tuple[list[str], str | None]:
     score = f"score {float(cols['score'][i]):.5g}"
     lines.append(score + (f", logit {frame.ranking[i]:.3g}" if frame.rank_by == "logit" else ""))
     extra = []
-    for column, fmt in (("control_kind", "{}"), ("theta_e_arcsec", "θE {:.2f}\""),
-                        ("arc_snr", "SNR {:.1f}")):  # fmt: skip
+    for column, fmt in (
+        ("control_kind", "{}"),
+        ("theta_e_arcsec", 'θE {:.2f}"'),
+        ("arc_snr", "SNR {:.1f}"),
+    ):
         value = cols.get(column, [None] * (i + 1))[i]
         if value is not None and value == value:  # skips None and NaN
             extra.append(fmt.format(value))
@@ -301,8 +376,10 @@ def _gallery(frame: ScoresFrame, picks: dict[str, tuple], out: Path) -> list[Blo
             plots.save_stamp_png(stamp, out / src)
             lines, url = _caption(frame, i)
             items.append({"src": src, "lines": lines, "url": url, "alt": f"{title}, #{j + 1}"})
-        blocks += [_p("Bands z, r, g as R, G, B (asinh stretch); sorted by ", code(frame.rank_by), "."),
-                   {"kind": "gallery", "stamps": items}]  # fmt: skip
+        blocks += [
+            _p("Bands z, r, g as R, G, B (asinh stretch); sorted by ", code(frame.rank_by), "."),
+            {"kind": "gallery", "stamps": items},
+        ]
     return blocks
 
 
@@ -311,16 +388,20 @@ def _audit(audit: dict[str, Any]) -> list[Block]:
     if audit["status"] != "ok":
         return blocks + [_p(f"Skipped: {audit['note']}.")]
     lo, hi = audit["auroc_ci"]
-    return blocks + [_p(
-        f"A logistic regression on {len(audit['features'])} central-aperture fluxes (per band: "
-        f"disc r<4 px and ring 4-8 px), fitted on {audit['num_fit']} stamps, reaches AUROC ",
-        {"text": f"{audit['auroc']:.3f}", "style": "b"},
-        f" [{lo:.3f}, {hi:.3f}] on {audit['num_eval']} held-out stamps. 0.5 means no "
-        f"information in the core. Interpretation: {audit['note']}.")]  # fmt: skip
+    return blocks + [
+        _p(
+            f"A logistic regression on {len(audit['features'])} central-aperture fluxes (per band: "
+            f"disc r<4 px and ring 4-8 px), fitted on {audit['num_fit']} stamps, reaches AUROC ",
+            {"text": f"{audit['auroc']:.3f}", "style": "b"},
+            f" [{lo:.3f}, {hi:.3f}] on {audit['num_eval']} held-out stamps. 0.5 means no "
+            f"information in the core. Interpretation: {audit['note']}.",
+        )
+    ]
 
 
-def _read_stamps(frame: ScoresFrame, store: StampStore | None,
-                 stamps_note: str | None) -> tuple[dict | None, dict, str]:  # fmt: skip
+def _read_stamps(
+    frame: ScoresFrame, store: StampStore | None, stamps_note: str | None
+) -> tuple[dict | None, dict, str]:
     """Gallery picks and the shortcut audit, or why there are no galleries.
 
     A store that opened but cannot be read (a corrupt chunk) costs one warning, not the
@@ -378,8 +459,7 @@ def build_report(
         if comparison is not None:
             blocks += _comparison(comparison)
         curves_blocks, curves = _curves(frame, stage)
-        blocks += curves_blocks + _plots(frame, result, stage, others or {}, targets,
-                                         completeness)  # fmt: skip
+        blocks += curves_blocks + _plots(frame, result, stage, others or {}, targets, completeness)
         blocks += _strata_tables(result, targets)
         if picks is None:
             blocks += [_h(2, "Galleries"), _p(f"No galleries: {why}.")]
@@ -390,6 +470,10 @@ def build_report(
         atomic_write_text(stage / "report.html", render_html(blocks, "haloscope evaluation report"))
         pngs = sorted(str(p.relative_to(stage)) for p in stage.rglob("*.png"))
     logger.info("report written to %s (%d PNGs)", out / "report.html", len(pngs))
-    return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
-            "pngs": pngs, "shortcut_audit": audit,
-            "training_curves": None if curves is None else str(curves)}  # fmt: skip
+    return {
+        "report_md": str(out / "report.md"),
+        "report_html": str(out / "report.html"),
+        "pngs": pngs,
+        "shortcut_audit": audit,
+        "training_curves": None if curves is None else str(curves),
+    }

@@ -196,8 +196,10 @@ def scores_from_table(
             f"{source}: column '{label_column}' has no {which}; evaluation needs both classes"
         )
     columns = {name: _column_to_numpy(table.column(name)) for name in table.column_names}
-    metadata = {k.decode(errors="replace"): v.decode(errors="replace")
-                for k, v in (table.schema.metadata or {}).items()}  # fmt: skip
+    metadata = {
+        k.decode(errors="replace"): v.decode(errors="replace")
+        for k, v in (table.schema.metadata or {}).items()
+    }
     return ScoresFrame(source, columns, labels, ranking, rank_by, label_column, metadata)
 
 
@@ -231,7 +233,12 @@ def load_scores(
     frame = scores_from_table(table, str(path), rank_by, require, need_both_classes)
     logger.info(
         "%s: %d rows (%d lenses, %d controls), labels from column '%s' (%s), ranking by %s",
-        path, frame.num_rows, int(frame.labels.sum()), int((frame.labels == 0).sum()),
-        frame.label_column, describe_label_column(frame.label_column), frame.rank_by,
-    )  # fmt: skip
+        path,
+        frame.num_rows,
+        int(frame.labels.sum()),
+        int((frame.labels == 0).sum()),
+        frame.label_column,
+        describe_label_column(frame.label_column),
+        frame.rank_by,
+    )
     return frame

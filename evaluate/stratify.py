@@ -87,9 +87,7 @@ DEFAULT_STRATA: tuple[StratumSpec, ...] = (
     StratumSpec("src_dmag", "src_dmag"),
     StratumSpec("arc_snr_sum", "arc_snr_sum", edges=(0, 3, 8, 20, 60, 200, INF)),
     StratumSpec("magnification", "magnification", edges=(0, 2, 3, 5, 10, 20, INF)),
-    StratumSpec(
-        "arc_lens_flux_ratio", "arc_lens_flux_ratio", edges=(0, 0.03, 0.1, 0.3, 1, 3, INF)
-    ),  # fmt: skip
+    StratumSpec("arc_lens_flux_ratio", "arc_lens_flux_ratio", edges=(0, 0.03, 0.1, 0.3, 1, 3, INF)),
     StratumSpec("tangential_stretch", "tangential_stretch", edges=(0, 1.5, 2, 3, 5, 10, INF)),
     StratumSpec("radial_stretch", "radial_stretch"),
     StratumSpec("src_redshift", "src_redshift", edges=(0, 1, 1.5, 2, 2.5, 3, INF)),
@@ -140,10 +138,14 @@ class StratifiedResult:
 def _rate(k: int, n: int, threshold: float, target: float) -> dict[str, Any]:
     # ci_low / ci_high are filled for all strata at once by _fill_intervals
     return {
-        "target": target, "value": k / n if n else None, "k": int(k), "n": int(n),
+        "target": target,
+        "value": k / n if n else None,
+        "k": int(k),
+        "n": int(n),
         "threshold": threshold if math.isfinite(threshold) else None,
-        "ci_low": None, "ci_high": None,
-    }  # fmt: skip
+        "ci_low": None,
+        "ci_high": None,
+    }
 
 
 class _Counter:
@@ -161,8 +163,10 @@ class _Counter:
     def positive_row(self, pos: np.ndarray) -> dict[str, Any]:
         num_pos, num_neg = int(pos.size), int(self.neg_sorted.size)
         k_tp = (pos[None, :] >= self.fpr_thresholds[:, None]).sum(axis=1)
-        tpr = [_rate(int(k), num_pos, self._score(t), p.target) for k, t, p
-               in zip(k_tp, self.fpr_thresholds, self.points["tpr@fpr"], strict=True)]  # fmt: skip
+        tpr = [
+            _rate(int(k), num_pos, self._score(t), p.target)
+            for k, t, p in zip(k_tp, self.fpr_thresholds, self.points["tpr@fpr"], strict=True)
+        ]
         pos_desc = np.sort(pos)[::-1]
         fpr = []
         for p in self.points["fpr@tpr"]:
@@ -170,13 +174,14 @@ class _Counter:
             t = INF if required == 0 else float(pos_desc[required - 1])
             k = num_neg - int(np.searchsorted(self.neg_sorted, t, side="left"))
             fpr.append(_rate(k, num_neg, self._score(t), p.target))
-        return {"n": num_pos + num_neg, "P": num_pos, "N": num_neg,
-                "tpr@fpr": tpr, "fpr@tpr": fpr}  # fmt: skip
+        return {"n": num_pos + num_neg, "P": num_pos, "N": num_neg, "tpr@fpr": tpr, "fpr@tpr": fpr}
 
     def control_row(self, neg: np.ndarray) -> dict[str, Any]:
         k_fp = (neg[None, :] >= self.fpr_thresholds[:, None]).sum(axis=1)
-        obs = [_rate(int(k), int(neg.size), self._score(t), p.target) for k, t, p
-               in zip(k_fp, self.fpr_thresholds, self.points["tpr@fpr"], strict=True)]  # fmt: skip
+        obs = [
+            _rate(int(k), int(neg.size), self._score(t), p.target)
+            for k, t, p in zip(k_fp, self.fpr_thresholds, self.points["tpr@fpr"], strict=True)
+        ]
         return {"n": int(neg.size), "P": 0, "N": int(neg.size), "fpr_obs@fpr": obs}
 
 
@@ -263,8 +268,13 @@ def _spec_rows(
                 continue
             sel = frame.ranking[mask]
             body = counter.positive_row(sel) if kind == "positives" else counter.control_row(sel)
-            head = {"stratum": name if kind == "positives" else f"controls:{name}", "kind": kind,
-                    "column": spec.column, "lo": lo, "hi": hi}  # fmt: skip
+            head = {
+                "stratum": name if kind == "positives" else f"controls:{name}",
+                "kind": kind,
+                "column": spec.column,
+                "lo": lo,
+                "hi": hi,
+            }
             rows.append(head | body)
     return rows
 
@@ -305,8 +315,13 @@ def stratify(
     if detectable is not None:
         subset = detectable_mask(frame, detectable)
         if subset.mask is not None and subset.mask.any():
-            det_row = {"stratum": "detectable", "kind": "positives", "column": detectable.text,
-                       "lo": None, "hi": None} | counter.positive_row(frame.ranking[subset.mask])  # fmt: skip
+            det_row = {
+                "stratum": "detectable",
+                "kind": "positives",
+                "column": detectable.text,
+                "lo": None,
+                "hi": None,
+            } | counter.positive_row(frame.ranking[subset.mask])
     _fill_intervals(rows + ([det_row] if det_row else []), ci_method, confidence)
     for column, reason in skipped.items():
         logger.info("strata %s skipped: %s", column, reason)
@@ -316,8 +331,9 @@ def stratify(
         block["auroc"] = auroc(frame.labels[keep], frame.ranking[keep])
     if block["status"] == "not evaluated":
         logger.info("detectable subset not evaluated: %s", block["reason"])
-    return StratifiedResult(points, rows, skipped, block, ci_method, confidence,
-                            tuple(fpr_targets), tuple(tpr_targets))  # fmt: skip
+    return StratifiedResult(
+        points, rows, skipped, block, ci_method, confidence, tuple(fpr_targets), tuple(tpr_targets)
+    )
 
 
 def _fmt(value: Any) -> str:

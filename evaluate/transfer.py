@@ -58,9 +58,13 @@ def _binned(values: np.ndarray | None, edges: tuple[float, ...]) -> list[tuple[s
 
 
 def _compare(
-    group: tuple[str, str, str], target: np.ndarray, reference: np.ndarray,
-    thresholds: dict[float, float], method: str, confidence: float,
-) -> list[dict[str, Any]]:  # fmt: skip
+    group: tuple[str, str, str],
+    target: np.ndarray,
+    reference: np.ndarray,
+    thresholds: dict[float, float],
+    method: str,
+    confidence: float,
+) -> list[dict[str, Any]]:
     """One row per threshold: the pass rates of two sets of ranked values and their ratio.
 
     Args:
@@ -77,15 +81,28 @@ def _compare(
         t = _rate(target >= thr, method, confidence)
         r = _rate(reference >= thr, method, confidence)
         ratio = t["rate"] / r["rate"] if r["rate"] > 0 else math.nan
-        rows.append({"kind": kind, "column": column, "bin": name, "fpr": fpr, "threshold": thr,
-                     "target": t, "reference": r, "ratio": ratio})  # fmt: skip
+        rows.append(
+            {
+                "kind": kind,
+                "column": column,
+                "bin": name,
+                "fpr": fpr,
+                "threshold": thr,
+                "target": t,
+                "reference": r,
+                "ratio": ratio,
+            }
+        )
     return rows
 
 
 def _lens_rows(
-    target: ScoresFrame, reference: ScoresFrame, thresholds: dict[float, float],
-    method: str, confidence: float,
-) -> list[dict[str, Any]]:  # fmt: skip
+    target: ScoresFrame,
+    reference: ScoresFrame,
+    thresholds: dict[float, float],
+    method: str,
+    confidence: float,
+) -> list[dict[str, Any]]:
     rows = []
     for column, edges in (("arc_snr", SNR_EDGES), ("theta_over_psf", RES_EDGES)):
         spec = StratumSpec(column, column)
@@ -94,15 +111,24 @@ def _lens_rows(
         for name in t_bins if t_bins and r_bins else ():
             t_mask = t_bins[name] & (target.labels == 1)
             r_mask = r_bins[name] & (reference.labels == 1)
-            rows += _compare(("lenses", column, name), target.ranking[t_mask],
-                             reference.ranking[r_mask], thresholds, method, confidence)  # fmt: skip
+            rows += _compare(
+                ("lenses", column, name),
+                target.ranking[t_mask],
+                reference.ranking[r_mask],
+                thresholds,
+                method,
+                confidence,
+            )
     return rows
 
 
 def _kind_rows(
-    target: ScoresFrame, reference: ScoresFrame, thresholds: dict[float, float],
-    method: str, confidence: float,
-) -> list[dict[str, Any]]:  # fmt: skip
+    target: ScoresFrame,
+    reference: ScoresFrame,
+    thresholds: dict[float, float],
+    method: str,
+    confidence: float,
+) -> list[dict[str, Any]]:
     def kinds(frame: ScoresFrame) -> np.ndarray:
         col = frame.columns.get("control_kind")
         if col is None:
@@ -114,8 +140,14 @@ def _kind_rows(
     for kind in sorted(set(t_kind[target.labels == 0].tolist())):
         t_mask = (target.labels == 0) & (t_kind == kind)
         r_mask = (reference.labels == 0) & (r_kind == kind)
-        rows += _compare(("controls", "control_kind", kind), target.ranking[t_mask],
-                         reference.ranking[r_mask], thresholds, method, confidence)  # fmt: skip
+        rows += _compare(
+            ("controls", "control_kind", kind),
+            target.ranking[t_mask],
+            reference.ranking[r_mask],
+            thresholds,
+            method,
+            confidence,
+        )
     return rows
 
 
@@ -150,15 +182,22 @@ def transfer_check(
     }
     rows = _lens_rows(target, reference, thresholds, method, confidence)
     rows += _kind_rows(target, reference, thresholds, method, confidence)
-    return {"reference": reference.source, "rank_by": target.rank_by,
-            "thresholds": {f"{f:g}": t for f, t in thresholds.items()}, "rows": rows}  # fmt: skip
+    return {
+        "reference": reference.source,
+        "rank_by": target.rank_by,
+        "thresholds": {f"{f:g}": t for f, t in thresholds.items()},
+        "rows": rows,
+    }
 
 
 def write_transfer_csv(check: dict[str, Any], path: str | Path) -> Path:
     """One line per (kind, column, bin, fpr): both rates with CIs and the ratio."""
     fields = ["kind", "column", "bin", "fpr", "threshold"]
-    fields += [f"{side}_{k}" for side in ("target", "reference")
-               for k in ("k", "n", "rate", "ci_lo", "ci_hi")]  # fmt: skip
+    fields += [
+        f"{side}_{k}"
+        for side in ("target", "reference")
+        for k in ("k", "n", "rate", "ci_lo", "ci_hi")
+    ]
     fields.append("ratio")
     with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import zarr
 
 
-def make_scores_table(num_rows: int = 600, seed: int = 0, split: str = "test",
-                      model: str = "m") -> pa.Table:  # fmt: skip
+def make_scores_table(
+    num_rows: int = 600, seed: int = 0, split: str = "test", model: str = "m"
+) -> pa.Table:
     """A scores table in the architecture's layout with plausible strata and ties."""
     rng = np.random.default_rng(seed)
     label = (rng.random(num_rows) < 0.4).astype(np.int8)
@@ -32,18 +34,29 @@ def make_scores_table(num_rows: int = 600, seed: int = 0, split: str = "test",
         "radial_stretch": lens_only(rng.uniform(0.8, 1.5, num_rows)),
         "src_redshift": lens_only(rng.uniform(1.0, 3.0, num_rows)),
     }
-    return pa.table({
-        "task_id": [f"t{i:05d}" for i in range(num_rows)],
-        "ra": rng.uniform(0, 360, num_rows), "dec": rng.uniform(-30, 30, num_rows),
-        "brickname": ["b"] * num_rows, "split": [split] * num_rows,
-        "label": pa.array(label, pa.int8()), "is_hard_neg": np.zeros(num_rows, bool),
-        "theta_e_arcsec": theta, "psf_fwhm_r": psf, "theta_over_psf": theta / psf,
-        "psfsize_r": psf, "psfdepth_r": rng.uniform(23.5, 25, num_rows),
-        "arc_snr": arc_snr, "src_dmag": np.where(label == 1, rng.uniform(0.5, 3, num_rows), np.nan),
-        "control_kind": [None if y else str(k) for y, k in zip(label, kinds, strict=True)],
-        **mock, "logit": logit, "score": (1 / (1 + np.exp(-logit))).astype(np.float32),
-        "model": [model] * num_rows,
-    })  # fmt: skip
+    return pa.table(
+        {
+            "task_id": [f"t{i:05d}" for i in range(num_rows)],
+            "ra": rng.uniform(0, 360, num_rows),
+            "dec": rng.uniform(-30, 30, num_rows),
+            "brickname": ["b"] * num_rows,
+            "split": [split] * num_rows,
+            "label": pa.array(label, pa.int8()),
+            "is_hard_neg": np.zeros(num_rows, bool),
+            "theta_e_arcsec": theta,
+            "psf_fwhm_r": psf,
+            "theta_over_psf": theta / psf,
+            "psfsize_r": psf,
+            "psfdepth_r": rng.uniform(23.5, 25, num_rows),
+            "arc_snr": arc_snr,
+            "src_dmag": np.where(label == 1, rng.uniform(0.5, 3, num_rows), np.nan),
+            "control_kind": [None if y else str(k) for y, k in zip(label, kinds, strict=True)],
+            **mock,
+            "logit": logit,
+            "score": (1 / (1 + np.exp(-logit))).astype(np.float32),
+            "model": [model] * num_rows,
+        }
+    )
 
 
 def make_seed_table(num_rows: int = 600, seed: int = 0, split: str = "test") -> pa.Table:
@@ -56,22 +69,30 @@ def make_seed_table(num_rows: int = 600, seed: int = 0, split: str = "test") -> 
     ours = make_scores_table(num_rows, seed, split)
     label = np.asarray(ours["label"])
     score = np.round(np.asarray(ours["score"], np.float64) * 256) / 256  # bf16-like ties
-    return pa.table({
-        "ra": ours["ra"], "dec": ours["dec"], "brickname": ours["brickname"],
-        "region_split": ours["split"], "is_control": pa.array(1 - label, pa.int32()),
-        "theta_e_arcsec": np.nan_to_num(np.asarray(ours["theta_e_arcsec"])),
-        "psf_fwhm_used_r": pa.array([float(p) if y else None for y, p
-                                     in zip(label, np.asarray(ours["psf_fwhm_r"]), strict=True)]),
-        "psfsize_r": ours["psfsize_r"], "arc_snr": ours["arc_snr"],
-        "cutout_ok": pa.array(np.ones(num_rows, np.int32)),
-        "score": pa.array(score.astype(np.float32)),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "ra": ours["ra"],
+            "dec": ours["dec"],
+            "brickname": ours["brickname"],
+            "region_split": ours["split"],
+            "is_control": pa.array(1 - label, pa.int32()),
+            "theta_e_arcsec": np.nan_to_num(np.asarray(ours["theta_e_arcsec"])),
+            "psf_fwhm_used_r": pa.array(
+                [
+                    float(p) if y else None
+                    for y, p in zip(label, np.asarray(ours["psf_fwhm_r"]), strict=True)
+                ]
+            ),
+            "psfsize_r": ours["psfsize_r"],
+            "arc_snr": ours["arc_snr"],
+            "cutout_ok": pa.array(np.ones(num_rows, np.int32)),
+            "score": pa.array(score.astype(np.float32)),
+        }
+    )
 
 
 def write_stamps_store(path: Path, task_ids: list[str], stamps: np.ndarray) -> Path:
     """The layout the converter writes: a group with ``stamps`` (N,3,64,64) f16 and ``task_id``."""
-    import zarr
-
     group = zarr.open_group(str(path), mode="w")
     group.create_array("stamps", data=stamps.astype(np.float16), chunks=(64, 3, 64, 64))
     ids = group.create_array("task_id", shape=(len(task_ids),), dtype=str)

@@ -72,21 +72,32 @@ def test_detectable_rows_come_first(tmp_path, make_scores):
     assert gen3["fpr@tpr0.9"]["k"] == ref.num_fp and gen3["fpr@tpr0.9"]["n"] == 2000 - labels.sum()
     assert comp.rows[1]["detectable"]["tpr@fpr1e-3"]["delta"] > 0
     heads, rows = comp.table()
-    assert [r[0] for r in rows[:5]] == ["detectable lenses", "detectable TPR@FPR1e-4",
-                                        "detectable TPR@FPR1e-3", "detectable FPR@TPR0.9",
-                                        "lenses (all)"]  # fmt: skip
+    assert [r[0] for r in rows[:5]] == [
+        "detectable lenses",
+        "detectable TPR@FPR1e-4",
+        "detectable TPR@FPR1e-3",
+        "detectable FPR@TPR0.9",
+        "lenses (all)",
+    ]
     assert "Detectable subset: arc_snr >= 5 and theta_E/psfsize_r >= 0.8" in comp.to_markdown()
     header = next(csv.reader(comp.to_csv(tmp_path / "cmp.csv").open()))
-    assert header[:5] == ["model", "detectable_num_pos", "num_pos", "num_neg",
-                          "detectable_TPR@FPR1e-4"]  # fmt: skip
+    assert header[:5] == [
+        "model",
+        "detectable_num_pos",
+        "num_pos",
+        "num_neg",
+        "detectable_TPR@FPR1e-4",
+    ]
     assert header.index("detectable_FPR@TPR0.9") < header.index("TPR@FPR1e-4")
 
 
 def test_compare_without_subset_columns_says_why(tmp_path, make_scores):
     base = make_scores(400, seed=1).drop_columns(["arc_snr"])
     comp = compare_generations({"a": base, "b": base})
-    assert comp.rows[0]["detectable"] == {"status": "not evaluated",
-                                          "reason": "column 'arc_snr' absent"}  # fmt: skip
+    assert comp.rows[0]["detectable"] == {
+        "status": "not evaluated",
+        "reason": "column 'arc_snr' absent",
+    }
     assert comp.table()[1][0][0] == "lenses (all)"
     assert "not evaluated for a: column 'arc_snr' absent" in comp.to_markdown()
     row = next(csv.DictReader(comp.to_csv(tmp_path / "c.csv").open()))

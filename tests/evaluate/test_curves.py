@@ -17,13 +17,15 @@ NAN = float("nan")
 def _table() -> pa.Table:
     # 10 controls (0.9 and 0.8 high), 6 lenses with integrated SNR in two quarter decades
     score = [0.9, 0.8] + [0.1] * 8 + [0.95, 0.85, 0.5, 0.99, 0.3, 0.2]
-    return pa.table({
-        "label": pa.array([0] * 10 + [1] * 6, pa.int8()),
-        "score": np.array(score, np.float32),
-        "arc_snr_sum": [NAN] * 10 + [10.5, 11.0, 12.0, 60.0, 65.0, -1.0],
-        "theta_e_arcsec": [NAN] * 10 + [0.5, 0.7, 1.1, 1.5, 4.0, 2.9],
-        "psf_fwhm_r": [1.0] * 16,
-    })  # fmt: skip
+    return pa.table(
+        {
+            "label": pa.array([0] * 10 + [1] * 6, pa.int8()),
+            "score": np.array(score, np.float32),
+            "arc_snr_sum": [NAN] * 10 + [10.5, 11.0, 12.0, 60.0, 65.0, -1.0],
+            "theta_e_arcsec": [NAN] * 10 + [0.5, 0.7, 1.1, 1.5, 4.0, 2.9],
+            "psf_fwhm_r": [1.0] * 16,
+        }
+    )
 
 
 def test_bins_and_counts_at_thresholds_from_all_controls():
@@ -51,6 +53,7 @@ def test_null_column_is_skipped_and_the_plot_is_a_png(tmp_path):
     table = _table().append_column("arc_lens_flux_ratio", pa.nulls(16, pa.float64()))
     out = completeness_curves(scores_from_table(table), fpr_targets=(0.05, 0.1))
     assert out["skipped"]["arc_lens_flux_ratio"] == "no lens with a usable value"
-    path = plot_completeness_curve(out["curves"]["arc_snr_sum"], out["thresholds"],
-                                   tmp_path / "c.png")  # fmt: skip
+    path = plot_completeness_curve(
+        out["curves"]["arc_snr_sum"], out["thresholds"], tmp_path / "c.png"
+    )
     assert path.read_bytes()[:4] == b"\x89PNG"

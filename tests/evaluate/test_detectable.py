@@ -4,13 +4,16 @@ hand-built table at thresholds set on all controls."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from haloscope.errors import ConfigError
 from haloscope.evaluate import metrics
+from haloscope.evaluate.cli import main
 from haloscope.evaluate.detectable import (
     DEFAULT_DETECTABLE,
     Condition,
@@ -45,20 +48,23 @@ def _table(**extra: list) -> pa.Table:
 
 def _stratify(table: pa.Table, spec: str = DEFAULT_DETECTABLE):
     frame = scores_from_table(table)
-    return stratify(frame, (), fpr_targets=(0.05, 0.1), tpr_targets=(0.5,),
-                    detectable=parse_detectable(spec))  # fmt: skip
+    return stratify(
+        frame, (), fpr_targets=(0.05, 0.1), tpr_targets=(0.5,), detectable=parse_detectable(spec)
+    )
 
 
 @pytest.mark.parametrize(
     "text, conditions",
     [
         (DEFAULT_DETECTABLE, [("arc_snr", ">=", 5.0), ("theta_over_psf", ">=", 0.8)]),
-        (" arc_snr_sum > 1e2 , magnification<=-0.5", [("arc_snr_sum", ">", 100.0),
-                                                      ("magnification", "<=", -0.5)]),
+        (
+            " arc_snr_sum > 1e2 , magnification<=-0.5",
+            [("arc_snr_sum", ">", 100.0), ("magnification", "<=", -0.5)],
+        ),
         ("arc_snr>=5,arc_snr<20", [("arc_snr", ">=", 5.0), ("arc_snr", "<", 20.0)]),
         ("src_redshift<.5", [("src_redshift", "<", 0.5)]),
     ],
-)  # fmt: skip
+)
 def test_parser_reads_good_specs(text, conditions):
     spec = parse_detectable(text)
     assert spec.conditions == tuple(Condition(*c) for c in conditions)
@@ -122,8 +128,12 @@ def test_thresholds_come_from_all_controls():
     expected = [metrics.tpr_at_fpr(label, score, f).threshold for f in (0.05, 0.1)]
     # another subset, a subset with other members, and no subset: the same thresholds
     more_snr = _table(arc_snr=[NAN] * 20 + [1.0] * 6 + [50.0] * 4)
-    for result in (_stratify(table), _stratify(table, "arc_snr>=8"), _stratify(table, "none"),
-                   _stratify(more_snr)):  # fmt: skip
+    for result in (
+        _stratify(table),
+        _stratify(table, "arc_snr>=8"),
+        _stratify(table, "none"),
+        _stratify(more_snr),
+    ):
         assert [p.threshold for p in result.global_points["tpr@fpr"]] == expected
         if result.detectable["status"] == "ok":
             got = [e["threshold"] for e in result.detectable["tpr@fpr"]]
@@ -175,12 +185,6 @@ def test_mask_on_the_default_fixture(scores_table):
 
 
 def test_eval_reports_the_subset_auroc_against_all_controls(tmp_path):
-    import json
-
-    import pyarrow.parquet as pq
-
-    from haloscope.evaluate.cli import main
-
     pq.write_table(_table(), tmp_path / "scores.parquet")
     assert main(["--scores", str(tmp_path / "scores.parquet"),
                  "--out-csv", str(tmp_path / "s.csv")]) == 0  # fmt: skip

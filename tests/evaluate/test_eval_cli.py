@@ -54,19 +54,36 @@ def test_eval_writes_csv_json_and_report(tmp_path, scores_table):
     det = doc["detectable"]
     assert det["status"] == "ok" and det["num_lenses"] == int(rows[0]["P"])
     assert det["theta_over_psf"].startswith("theta_e_arcsec / psfsize_r")
-    assert set(doc["completeness_curves"]["curves"]) == {"arc_snr_sum", "theta_over_psf",
-                                                         "arc_lens_flux_ratio"}  # fmt: skip
+    assert set(doc["completeness_curves"]["curves"]) == {
+        "arc_snr_sum",
+        "theta_over_psf",
+        "arc_lens_flux_ratio",
+    }
     assert doc["report"]["shortcut_audit"]["status"] == "ok"
     report = tmp_path / "report"
-    pngs = {"roc.png", "score_hist.png", "completeness_theta_over_psf.png", "completeness_arc_snr.png",
-            "gallery/top_controls_00.png", "gallery/missed_lenses_11.png",
-            "completeness_curve_arc_snr_sum.png", "completeness_curve_theta_over_psf.png",
-            "completeness_curve_arc_lens_flux_ratio.png"}  # fmt: skip
+    pngs = {
+        "roc.png",
+        "score_hist.png",
+        "completeness_theta_over_psf.png",
+        "completeness_arc_snr.png",
+        "gallery/top_controls_00.png",
+        "gallery/missed_lenses_11.png",
+        "completeness_curve_arc_snr_sum.png",
+        "completeness_curve_theta_over_psf.png",
+        "completeness_curve_arc_lens_flux_ratio.png",
+    }
     assert pngs <= {str(p.relative_to(report)) for p in report.rglob("*.png")}
     assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     md = (report / "report.md").read_text()
-    for needle in ("AUROC", "TPR@FPR0.0001", "TPR@FPR0.001", "FPR@TPR0.90", "strat.csv", "roc.png",
-                   "Shortcut audit"):  # fmt: skip
+    for needle in (
+        "AUROC",
+        "TPR@FPR0.0001",
+        "TPR@FPR0.001",
+        "FPR@TPR0.90",
+        "strat.csv",
+        "roc.png",
+        "Shortcut audit",
+    ):
         assert needle in md
     assert md.index("Headline: detectable lenses") < md.index("All injections: key numbers")
     headline = md[md.index("Headline: detectable lenses") : md.index("All injections: key numbers")]
@@ -117,7 +134,7 @@ def test_missing_file_is_one_clear_line(tmp_path):
                 pa.array([float("nan")] + [0.0] * (t.num_rows - 1), pa.float32()),
             ),
             ("column 'logit'", "NaN"),
-        ),  # fmt: skip
+        ),
         (lambda t: t.filter(pa.array(np.asarray(t["label"]) == 0)), ("no positives",)),
         (lambda t: t.filter(pa.array(np.asarray(t["label"]) == 1)), ("no controls",)),
     ],
@@ -132,16 +149,25 @@ def test_bad_tables_are_one_clear_line(tmp_path, scores_table, mutate, needles):
 def test_help_lists_flags_and_defaults():
     proc = _run("--help")
     assert proc.returncode == 0
-    for needle in ("--scores", "--out-csv", "--report-dir", "--stamps", "--ci", "--compare",
-                   "(default: wilson)", "(default: auto)"):  # fmt: skip
+    for needle in (
+        "--scores",
+        "--out-csv",
+        "--report-dir",
+        "--stamps",
+        "--ci",
+        "--compare",
+        "(default: wilson)",
+        "(default: auto)",
+    ):
         assert needle in " ".join(proc.stdout.split())  # help lines are wrapped
 
 
 def test_eval_compare_writes_side_by_side_table(tmp_path, scores_table):
     labels = np.asarray(scores_table["label"])
     better = np.asarray(scores_table["logit"]) + 3.0 * labels
-    gen4 = scores_table.set_column(scores_table.schema.get_field_index("logit"), "logit",
-                                   pa.array(better.astype(np.float32)))  # fmt: skip
+    gen4 = scores_table.set_column(
+        scores_table.schema.get_field_index("logit"), "logit", pa.array(better.astype(np.float32))
+    )
     pq.write_table(scores_table, tmp_path / "gen3.parquet")  # model column "m" in both files
     pq.write_table(gen4, tmp_path / "gen4.parquet")
     proc = _run("--scores", str(tmp_path / "gen4.parquet"), "--out-csv", str(tmp_path / "s.csv"),

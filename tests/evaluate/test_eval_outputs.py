@@ -46,10 +46,12 @@ def _corrupt_chunks(path: Path, write_stamps, ids: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["regular file", "folder without zarr metadata",
-                                  "garbage zarr.json", "corrupt chunks"])  # fmt: skip
-def test_unreadable_stamps_warn_once_and_the_report_is_written(tmp_path, scores_table, write_stamps,
-                                                               kind):  # fmt: skip
+@pytest.mark.parametrize(
+    "kind", ["regular file", "folder without zarr metadata", "garbage zarr.json", "corrupt chunks"]
+)
+def test_unreadable_stamps_warn_once_and_the_report_is_written(
+    tmp_path, scores_table, write_stamps, kind
+):
     pq.write_table(scores_table, tmp_path / "s.parquet")
     stamps = tmp_path / "stamps.zarr"
     if kind == "regular file":
@@ -76,15 +78,19 @@ def test_unreadable_stamps_warn_once_and_the_report_is_written(tmp_path, scores_
     assert doc["report"]["shortcut_audit"]["status"] == "skipped"
 
 
-@pytest.mark.parametrize("verb, flag, target", [
-    ("eval", "--out-csv", "strat.csv"),
-    ("eval", "--out-json", "strat.json"),
-    ("eval", "--report-dir", "report"),
-    ("mine", "--out", "lookup.parquet"),
-    ("gen4", "--out", "experiment"),
-])  # fmt: skip
-def test_unwritable_output_is_one_line_and_writes_nothing(tmp_path, make_scores, verb, flag,
-                                                          target):  # fmt: skip
+@pytest.mark.parametrize(
+    "verb, flag, target",
+    [
+        ("eval", "--out-csv", "strat.csv"),
+        ("eval", "--out-json", "strat.json"),
+        ("eval", "--report-dir", "report"),
+        ("mine", "--out", "lookup.parquet"),
+        ("gen4", "--out", "experiment"),
+    ],
+)
+def test_unwritable_output_is_one_line_and_writes_nothing(
+    tmp_path, make_scores, verb, flag, target
+):
     scores = tmp_path / "in" / "scores.parquet"
     scores.parent.mkdir()
     pq.write_table(make_scores(300, split="train"), scores)

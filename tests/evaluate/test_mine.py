@@ -23,9 +23,16 @@ HALOSCOPE = str(Path(sys.executable).with_name("haloscope"))
 def _table(rows: list[tuple], model: str = "gen3") -> pa.Table:
     """rows of (ra, dec, label, score, split)."""
     ra, dec, label, score, split = zip(*rows, strict=True)
-    return pa.table({"ra": ra, "dec": dec, "label": pa.array(label, pa.int8()),
-                     "score": pa.array(score, pa.float32()), "split": split,
-                     "model": [model] * len(rows)})  # fmt: skip
+    return pa.table(
+        {
+            "ra": ra,
+            "dec": dec,
+            "label": pa.array(label, pa.int8()),
+            "score": pa.array(score, pa.float32()),
+            "split": split,
+            "model": [model] * len(rows),
+        }
+    )
 
 
 def _frame(rows, model="gen3"):
@@ -53,8 +60,11 @@ def test_controls_only_dedup_and_min_score():
 
 
 def test_top_k_per_model_then_merge():
-    other = [(13.0, 1.0, 0, 0.96, "train"), (15.0, 2.0, 0, 0.91, "train"),
-             (16.0, 2.0, 0, 0.92, "train")]  # fmt: skip
+    other = [
+        (13.0, 1.0, 0, 0.96, "train"),
+        (15.0, 2.0, 0, 0.91, "train"),
+        (16.0, 2.0, 0, 0.92, "train"),
+    ]
     table = mine_frames([_frame(ROWS, "gen2"), _frame(other, "gen3")], min_score=0.9, top_k=1)
     # gen2's top-1 is (10,1); gen3's top-1 is (13,1): two positions, one model each
     assert table.column("ra_key").to_pylist() == [10.0, 13.0]  # by max_score
@@ -71,12 +81,22 @@ def test_top_k_per_model_then_merge():
 def test_random_tables_never_yield_positives_or_test_rows():
     rng = np.random.default_rng(0)
     n = 500
-    rows = list(zip(rng.uniform(0, 5, n).round(2), rng.uniform(0, 5, n).round(2),
-                    rng.integers(0, 2, n).tolist(), rng.random(n).tolist(),
-                    rng.choice(["train", "val"], n).tolist(), strict=True))  # fmt: skip
+    rows = list(
+        zip(
+            rng.uniform(0, 5, n).round(2),
+            rng.uniform(0, 5, n).round(2),
+            rng.integers(0, 2, n).tolist(),
+            rng.random(n).tolist(),
+            rng.choice(["train", "val"], n).tolist(),
+            strict=True,
+        )
+    )
     table = mine_frames([_frame(rows)], min_score=0.5, top_k=10_000, splits=("train",))
-    controls = {(round(r[0], 6), round(r[1], 6)) for r in rows
-                if r[2] == 0 and r[4] == "train" and r[3] > 0.5}  # fmt: skip
+    controls = {
+        (round(r[0], 6), round(r[1], 6))
+        for r in rows
+        if r[2] == 0 and r[4] == "train" and r[3] > 0.5
+    }
     keys = set(
         zip(table.column("ra_key").to_pylist(), table.column("dec_key").to_pylist(), strict=True)
     )
@@ -133,8 +153,10 @@ def test_min_count_takes_the_top_controls_when_too_few_pass():
 def test_min_count_on_random_scores_keeps_the_highest_controls():
     rng = np.random.default_rng(3)
     n = 2000
-    rows = [(float(i), 0.0, int(rng.random() < 0.3), float(rng.random() * 0.8), "train")
-            for i in range(n)]  # fmt: skip
+    rows = [
+        (float(i), 0.0, int(rng.random() < 0.3), float(rng.random() * 0.8), "train")
+        for i in range(n)
+    ]
     table = mine_frames([_frame(rows)], min_score=0.9, top_k=500, min_count=100)
     controls = sorted((r[3] for r in rows if r[2] == 0), reverse=True)
     assert table.num_rows == 100

@@ -107,7 +107,7 @@ def test_report_html_has_tables_images_and_captioned_galleries(report):
 
 def _browser():
     """Playwright and a Chromium binary, or a skip saying which is missing."""
-    try:
+    try:  # NOTE: lazy: playwright is an optional test dependency; without it the test skips
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("the Python package playwright is not installed")

@@ -78,9 +78,16 @@ def test_mine_cli_on_a_seed_scores_table(tmp_path, make_seed_scores):
     assert proc.returncode == 0, proc.stderr
     assert "labels from column 'is_control'" in proc.stderr
     lookup = pq.read_table(out)
-    controls = {round(ra, 6) for ra, c, s in zip(seed["ra"].to_pylist(), seed["is_control"].to_pylist(),
-                                                 seed["score"].to_pylist(), strict=True)
-                if c == 1 and s > 0.5}  # fmt: skip
+    controls = {
+        round(ra, 6)
+        for ra, c, s in zip(
+            seed["ra"].to_pylist(),
+            seed["is_control"].to_pylist(),
+            seed["score"].to_pylist(),
+            strict=True,
+        )
+        if c == 1 and s > 0.5
+    }
     assert set(lookup.column("ra_key").to_pylist()) == controls and controls
     provenance = json.loads(lookup.schema.metadata[b"haloscope.mine"])
     assert provenance["label_columns"] == {"gen3_train_scores.parquet": "is_control"}

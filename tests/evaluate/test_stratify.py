@@ -95,12 +95,25 @@ def test_csv_has_seed_columns_first(tmp_path):
     path = write_stratified_csv(_run(), tmp_path / "strat.csv")
     rows = list(csv.DictReader(path.open()))
     header = list(rows[0])
-    assert header[:8] == ["stratum", "n", "P", "N", "FPR@TPR0.50", "thr@TPR0.50",
-                          "FPR@TPR0.99", "thr@TPR0.99"]  # fmt: skip
+    assert header[:8] == [
+        "stratum",
+        "n",
+        "P",
+        "N",
+        "FPR@TPR0.50",
+        "thr@TPR0.50",
+        "FPR@TPR0.99",
+        "thr@TPR0.99",
+    ]
     assert header[8:12] == ["TPR@FPR0.1", "thr@FPR0.1", "TPR@FPR0.2", "thr@FPR0.2"]
     row = next(r for r in rows if r["stratum"] == "theta[1.5,2)")
     assert (row["n"], row["P"], row["N"], row["TPR@FPR0.1"], row["thr@FPR0.1"]) == (
-        "12", "2", "10", "0.5", "0.92")  # fmt: skip
+        "12",
+        "2",
+        "10",
+        "0.5",
+        "0.92",
+    )
     assert float(row["TPR@FPR0.1_ci_low"]) < 0.5 < float(row["TPR@FPR0.1_ci_high"])
     ring = next(r for r in rows if r["stratum"] == "controls:control_kind=ring")
     assert ring["TPR@FPR0.1"] == "" and ring["FPRobs@FPR0.1"] == "0.5"
@@ -116,8 +129,12 @@ def test_default_strata_on_a_full_table(scores_table):
     # positives of the theta strata add up to all positives in range
     theta_rows = [r for r in result.rows if r["column"] == "theta_e_arcsec"]
     assert sum(r["P"] for r in theta_rows) == result.rows[0]["P"]
-    assert math.isclose(sum(r["N"] for r in result.rows if r["kind"] == "controls"
-                            and r["column"] == "control_kind"), result.rows[0]["N"])  # fmt: skip
+    assert math.isclose(
+        sum(
+            r["N"] for r in result.rows if r["kind"] == "controls" and r["column"] == "control_kind"
+        ),
+        result.rows[0]["N"],
+    )
 
 
 def test_non_numeric_strata_column_is_skipped_not_fatal():

@@ -21,13 +21,18 @@ from tests.evaluate.conftest import make_scores_table
 
 def _table(logits, labels, snr, kinds=None):
     n = len(logits)
-    return pa.table({
-        "task_id": [f"x{i}" for i in range(n)], "label": pa.array(labels, pa.int8()),
-        "logit": pa.array(logits, pa.float32()), "score": pa.array(np.zeros(n), pa.float32()),
-        "arc_snr": pa.array(snr, pa.float64()),
-        "theta_e_arcsec": [1.5 if y else 0.0 for y in labels], "psf_fwhm_r": [1.0] * n,
-        "control_kind": kinds or [None if y else "ordinary" for y in labels],
-    })  # fmt: skip
+    return pa.table(
+        {
+            "task_id": [f"x{i}" for i in range(n)],
+            "label": pa.array(labels, pa.int8()),
+            "logit": pa.array(logits, pa.float32()),
+            "score": pa.array(np.zeros(n), pa.float32()),
+            "arc_snr": pa.array(snr, pa.float64()),
+            "theta_e_arcsec": [1.5 if y else 0.0 for y in labels],
+            "psf_fwhm_r": [1.0] * n,
+            "control_kind": kinds or [None if y else "ordinary" for y in labels],
+        }
+    )
 
 
 def test_ratios_at_the_reference_threshold_by_hand():
@@ -39,8 +44,9 @@ def test_ratios_at_the_reference_threshold_by_hand():
     # target: lenses in the same bin, 1 of 8 above 999; a blue_companion control above it
     tgt_lens = np.array([1500, 5, 5, 5, 5, 5, 5, 5.0])
     kinds = ["blue_companion", "blue_companion"] + [None] * 8
-    tgt = _table(np.r_[[1200.0, 3.0], tgt_lens], [0, 0] + [1] * 8,
-                 [math.nan] * 2 + [7.0] * 8, kinds)  # fmt: skip
+    tgt = _table(
+        np.r_[[1200.0, 3.0], tgt_lens], [0, 0] + [1] * 8, [math.nan] * 2 + [7.0] * 8, kinds
+    )
     check = transfer_check(scores_from_table(tgt), scores_from_table(ref), (1e-3,))
     assert check["thresholds"] == {"0.001": 999.0}
     row = next(r for r in check["rows"] if r["column"] == "arc_snr" and r["bin"] == "[5, 10)")
@@ -81,8 +87,9 @@ def test_eval_cli_writes_the_transfer_csv(tmp_path):
 
 
 def test_lens_and_control_rows_come_from_one_row_builder():
-    check = transfer_check(scores_from_table(make_scores_table(800, 1)),
-                           scores_from_table(make_scores_table(3000, 0)))  # fmt: skip
+    check = transfer_check(
+        scores_from_table(make_scores_table(800, 1)), scores_from_table(make_scores_table(3000, 0))
+    )
     kinds = {r["kind"] for r in check["rows"]}
     assert kinds == {"lenses", "controls"}
     fields = {"kind", "column", "bin", "fpr", "threshold", "target", "reference", "ratio"}
