@@ -10,7 +10,9 @@ header checksums, dtypes, shapes, samples per record); a mismatch or a truncated
 from __future__ import annotations
 
 import ast
+import io
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,8 @@ from haloscope.shards.schema import (
 )
 from haloscope.shards.write import record_key
 
-__all__ = ["RecordView", "open_shard", "index_shard_bytes"]
+__all__ = ["RecordView", "open_shard", "index_shard_bytes", "record_spans", "walk_record_spans",
+           "index_record_bytes"]  # fmt: skip
 
 _BLOCK = 512
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
@@ -163,3 +166,89 @@ def open_shard(path: Path, records: list[int], num_meta: int) -> list[RecordView
     except OSError as exc:
         raise DataError(f"{path}: cannot read shard ({exc})") from None
     return index_shard_bytes(mm, Path(path), records, num_meta)
+
+
+# ---------------------------------------------------------------- one record at a time
+def _npy_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Size of the ``.npy`` (v1) member ``shards/write.py:encode_npy`` writes for an array."""
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": shape}  # fmt: skip
+    np.lib.format.write_array_header_1_0(buf, header)
+    return len(buf.getvalue()) + int(np.prod(shape)) * dtype.itemsize
+
+
+def _member_bytes(data: int) -> int:
+    return _BLOCK + -(-data // _BLOCK) * _BLOCK
+
+
+def record_spans(records: list[int], num_meta: int) -> list[tuple[int, int]]:
+    """Byte spans ``[start, stop)`` of each record in a shard as ``shards/write.py`` lays it
+    out (three members per record, sorted), predicted from the manifest alone.
+
+    The prediction is checked when a record is read (:func:`index_record_bytes`); a shard
+    laid out otherwise (another numpy's ``.npy`` header padding) is walked instead
+    (:func:`walk_record_spans`).
+    """
+    spans, pos = [], 0
+    for n in records:
+        size = sum(_member_bytes(_npy_bytes(dt, shape)) for dt, shape in (
+            (IMAGE_DTYPE, (n, 3, STAMP_PX, STAMP_PX)), (np.dtype(np.float32), (n, num_meta)),
+            (TABLE_DTYPE, (n,))))  # fmt: skip
+        spans.append((pos, pos + size))
+        pos += size
+    return spans
+
+
+def walk_record_spans(
+    read: Callable[[int, int], bytes], size: int, path: str, num_records: int
+) -> list[tuple[int, int]]:
+    """Byte spans of each record found by reading the shard's tar headers one by one
+    (``read(start, stop)`` returns those bytes).
+
+    Raises:
+        DataError: a corrupt header, or members that are not three per record in order.
+    """
+    members: list[tuple[str, int, int]] = []
+    pos = 0
+    while pos + _BLOCK <= size and len(members) < 3 * num_records:
+        hdr = read(pos, pos + _BLOCK)
+        if not any(hdr):
+            break
+        name, nbytes = _header_fields(hdr, 0, Path(path))
+        members.append((name, pos, pos + _member_bytes(nbytes)))
+        pos = members[-1][2]
+    spans = []
+    for r in range(num_records):
+        group = members[3 * r : 3 * r + 3]
+        names = [m[0] for m in group]
+        want = [f"{record_key(r)}.{m}" for m in (IMAGE_MEMBER, META_MEMBER, TABLE_MEMBER)]
+        if names != want:
+            raise DataError(f"{path}: record {r} members are {names}, expected {want}")
+        spans.append((group[0][1], group[-1][2]))
+    return spans
+
+
+def index_record_bytes(buf: bytes, path: str, r: int, expected: int, num_meta: int) -> RecordView:
+    """Index the bytes of record ``r`` of a shard (its three tar members, headers included).
+
+    Raises:
+        DataError: a corrupt header, unexpected member, dtype, shape or sample count.
+    """
+    arrays, pos = {}, 0
+    key = record_key(r)
+    for member in (IMAGE_MEMBER, META_MEMBER, TABLE_MEMBER):
+        if pos + _BLOCK > len(buf):
+            raise DataError(f"{path}: record {r} is truncated ({len(buf)} bytes)")
+        name, nbytes = _header_fields(buf, pos, Path(path))
+        if name != f"{key}.{member}":
+            raise DataError(f"{path}: record {r} holds member {name}, expected {key}.{member}")
+        if pos + _BLOCK + nbytes > len(buf):
+            raise DataError(f"{path}: record {r} is truncated (member {name})")
+        arrays[member] = _npy_view(buf, pos + _BLOCK, nbytes, name, Path(path))
+        pos += _member_bytes(nbytes)
+    _check_record(Path(path), r, arrays, num_meta)
+    if len(arrays[TABLE_MEMBER]) != expected:
+        raise DataError(f"{path}: record {r} holds {len(arrays[TABLE_MEMBER])} samples, "
+                        f"the manifest says {expected}")  # fmt: skip
+    return RecordView(arrays[IMAGE_MEMBER], arrays[META_MEMBER], arrays[TABLE_MEMBER])

@@ -19,6 +19,7 @@ from typing import Any
 
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
+from haloscope.shards.remote import RemotePath, split_location
 from haloscope.shards.schema import RECORD_SAMPLES, SCHEMA_VERSION
 
 __all__ = [
@@ -48,7 +49,8 @@ _META_KEYS = ("columns", "mean", "std")
 class Manifest:
     """A parsed ``manifest.json`` (see ``docs/shards.md`` for every field)."""
 
-    split_dir: Path
+    split_dir: Path | RemotePath
+    """The split's folder, or its URL (``shards/remote.py``)."""
     split: str
     num_samples: int
     shards: list[dict[str, Any]]
@@ -77,8 +79,8 @@ class Manifest:
         """Packed records over all shards."""
         return sum(len(s["records"]) for s in self.shards)
 
-    def shard_paths(self) -> list[Path]:
-        """Absolute paths of the shards, in manifest order."""
+    def shard_paths(self) -> list[Path | RemotePath]:
+        """Paths (or URLs) of the shards, in manifest order."""
         return [self.split_dir / s["file"] for s in self.shards]
 
 
@@ -88,23 +90,41 @@ def _require(doc: dict, key: str, path: Path) -> Any:
     return doc[key]
 
 
-def load_manifest(split_dir: str | Path) -> Manifest:
-    """Read and check ``<split_dir>/manifest.json``.
+def _read_doc(split_dir: Path | RemotePath) -> dict[str, Any]:
+    path = split_dir / MANIFEST_NAME
+    missing = f"{path}: no manifest (conversion unfinished or wrong --shards path?)"
+    try:
+        if isinstance(split_dir, RemotePath):
+            from haloscope.shards.remote import open_source
+
+            source = open_source(split_dir)
+            try:
+                text = source.read(MANIFEST_NAME).decode()
+            except DataError as exc:
+                if ": not found" in str(exc):
+                    raise DataError(missing) from None
+                raise
+        else:
+            text = path.read_text()
+        return json.loads(text)
+    except FileNotFoundError:
+        raise DataError(missing) from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def load_manifest(split_dir: str | Path | RemotePath) -> Manifest:
+    """Read and check ``<split_dir>/manifest.json`` (a folder or a URL, ``shards/remote.py``).
 
     Raises:
         DataError: missing or unreadable manifest, wrong format or schema version, or
             per-shard counts that do not add up; the message names the file.
     """
-    split_dir = Path(split_dir)
+    split_dir = split_location(split_dir)
     path = split_dir / MANIFEST_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: no manifest (conversion unfinished or wrong --shards path?)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    doc = _read_doc(split_dir)
     if doc.get("format") != FORMAT:
         raise DataError(f"{path}: not a haloscope shard manifest (format={doc.get('format')!r})")
     if doc.get("schema_version") != SCHEMA_VERSION:

@@ -6,13 +6,20 @@ per field (allocated directly in shared memory inside workers, so crossing the w
 boundary costs no copy), and one tensor per field is yielded. Which samples go where is the
 pure function of ``shards/plan.py``: identical batch counts on every rank, an order fixed by
 (seed, epoch) whatever the number of workers, and a position that can be saved and restored.
+
+The split may also be a URL (``shards/remote.py``): the manifest is read first, then each
+shard is either downloaded whole into a verified local cache (``cache_dir``) and
+memory-mapped from there, or, without a cache, read one packed record at a time with range
+requests. The plan, and so every guarantee above, is the same for every source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +28,22 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from haloscope.errors import ConfigError, DataError
-from haloscope.shards.index import RecordView, open_shard
+from haloscope.shards.index import (
+    RecordView,
+    index_record_bytes,
+    open_shard,
+    record_spans,
+    walk_record_spans,
+)
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.plan import EpochPlan, rank_span
+from haloscope.shards.remote import (
+    DEFAULT_CACHE_BYTES,
+    RemotePath,
+    ShardCache,
+    open_source,
+    split_location,
+)
 from haloscope.shards.schema import STAMP_PX, TABLE_DTYPE
 from haloscope.shards.write import sha256_file
 
@@ -47,7 +67,8 @@ class ShardReader(IterableDataset):
     """Batches of one split's shards for one rank.
 
     Args:
-        split_dir: ``SHARDS/<split>`` holding ``manifest.json`` and the shards.
+        split_dir: ``SHARDS/<split>`` holding ``manifest.json`` and the shards: a folder, or
+            an ``http(s)://``, ``s3://`` (or other fsspec) URL.
         batch_size: samples per batch (per rank).
         seed: seed of the epoch order (same on every rank).
         rank: this process's rank.
@@ -60,6 +81,10 @@ class ShardReader(IterableDataset):
         shuffle_records: records per shuffle window.
         verify: check each shard's sha256 against the manifest when first opened.
         max_open_shards: memory maps kept open per worker.
+        cache_dir: for a URL, a local folder caching whole verified shards (shared by
+            workers, runs and processes); None: read records by range requests, no disk.
+            Ignored for a local folder.
+        cache_bytes: the cache's bound; least recently used shards are removed past it.
 
     Raises:
         DataError: missing/corrupt manifest, a split without samples, missing shard, or a
@@ -69,7 +94,7 @@ class ShardReader(IterableDataset):
 
     def __init__(
         self,
-        split_dir: str | Path,
+        split_dir: str | Path | RemotePath,
         *,
         batch_size: int,
         seed: int = 0,
@@ -81,6 +106,8 @@ class ShardReader(IterableDataset):
         shuffle_records: int = DEFAULT_SHUFFLE_RECORDS,
         verify: bool = False,
         max_open_shards: int = 64,
+        cache_dir: str | Path | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or shuffle_records < 1:
@@ -89,7 +116,13 @@ class ShardReader(IterableDataset):
                 f"shuffle_records >= 1 (got {batch_size}, {rank}, {world_size}, "
                 f"{shuffle_records})"
             )
-        self.manifest = load_manifest(split_dir)
+        self.source = open_source(split_location(split_dir))
+        self.manifest = load_manifest(split_dir)  # first: everything else follows from it
+        self.cache = (
+            ShardCache(cache_dir, cache_bytes)
+            if cache_dir is not None and self.source.is_remote
+            else None
+        )
         if self.manifest.num_samples == 0:
             rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.manifest.rejected.items()))
             raise DataError(
@@ -127,17 +160,25 @@ class ShardReader(IterableDataset):
         self._ring_slots, self._ring_next, self._pin_out = 0, 0, False
         self._ring: list[dict[str, torch.Tensor]] | None = None
         self._verified: set[int] = set()
+        self._spans: dict[int, list[tuple[int, int]]] = {}
+        self._records: OrderedDict[int, RecordView] = OrderedDict()
+        self._max_records = 2 * shuffle_records + 2  # a batch spans at most two windows
 
     def _check_files(self) -> None:
-        for entry, path in zip(self.manifest.shards, self.manifest.shard_paths(), strict=False):
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise DataError(f"{path}: shard listed in the manifest is missing") from None
+        """Every shard exists with the manifest's size (a cached shard is verified already)."""
+        entries = self.manifest.shards
+        if self.cache is not None:
+            entries = [e for e in entries if self.cache.lookup(e["sha256"]) is None]
+        if not self.source.is_remote:
+            sizes = [_local_size(self.source.describe(e["file"])) for e in entries]
+        else:  # one request per shard: a few at a time
+            with ThreadPoolExecutor(8) as pool:
+                sizes = list(pool.map(lambda e: self.source.size(e["file"]), entries))
+        for entry, size in zip(entries, sizes, strict=True):
             if size != entry["bytes"]:
                 raise DataError(
-                    f"{path}: {size} bytes but the manifest says {entry['bytes']} "
-                    "(truncated or replaced shard; re-run `haloscope shards`)"
+                    f"{self.source.describe(entry['file'])}: {size} bytes but the manifest says "
+                    f"{entry['bytes']} (truncated or replaced shard; re-run `haloscope shards`)"
                 )
 
     # ----------------------------------------------------------------- position
@@ -242,16 +283,67 @@ class ShardReader(IterableDataset):
         self._consumed = batches_consumed
 
     # ----------------------------------------------------------------- reading
+    @property
+    def is_ranged(self) -> bool:
+        """Records are read by range requests (a URL without a cache)."""
+        return self.source.is_remote and self.cache is None
+
+    def _record(self, r: int) -> RecordView:
+        """Record ``r`` (numbered over all shards) of whichever source."""
+        shard, local = int(self._rec_shard[r]), int(self._rec_local[r])
+        if not self.is_ranged:
+            return self._records_of(shard)[local]
+        view = self._records.get(r)
+        if view is None:
+            view = self._fetch_record(shard, local)
+            self._records[r] = view
+            if len(self._records) > self._max_records:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(r)
+        return view
+
+    def _fetch_record(self, shard: int, local: int) -> RecordView:
+        """One record by a range request: its span predicted from the manifest, or walked
+        from the tar headers when the shard is laid out otherwise."""
+        entry = self.manifest.shards[shard]
+        name, what = entry["file"], self.source.describe(entry["file"])
+        if self.verify and shard not in self._verified:
+            if hashlib.sha256(self.source.read(name)).hexdigest() != entry["sha256"]:
+                raise DataError(f"{what}: sha256 differs from the manifest (corrupt shard)")
+            self._verified.add(shard)
+        spans = self._spans.get(shard)
+        if spans is None:
+            spans = self._spans[shard] = record_spans(entry["records"], self.num_meta)
+        expected = entry["records"][local]
+        try:
+            return index_record_bytes(self.source.read(name, *spans[local]), what, local,
+                                      expected, self.num_meta)  # fmt: skip
+        except DataError:
+            walked = walk_record_spans(lambda a, b: self.source.read(name, a, b),
+                                       entry["bytes"], what, len(entry["records"]))  # fmt: skip
+            if walked == spans:
+                raise
+            log.info("%s: laid out unlike this haloscope's writer; records located by walking "
+                     "its tar headers", what)  # fmt: skip
+            self._spans[shard] = walked
+            return index_record_bytes(self.source.read(name, *walked[local]), what, local,
+                                      expected, self.num_meta)  # fmt: skip
+
     def _records_of(self, shard: int) -> list[RecordView]:
         views = self._open.get(shard)
         if views is not None:
             self._open.move_to_end(shard)
             return views
-        entry, path = self.manifest.shards[shard], self.manifest.shard_paths()[shard]
-        if self.verify and shard not in self._verified:
-            if sha256_file(path) != entry["sha256"]:
-                raise DataError(f"{path}: sha256 differs from the manifest (corrupt shard)")
-            self._verified.add(shard)
+        entry = self.manifest.shards[shard]
+        if self.cache is not None:  # verified when it entered the cache
+            path = self.cache.fetch(self.source, entry)
+        else:
+            path = Path(self.source.describe(entry["file"]))
+            if self.verify and shard not in self._verified:
+                if sha256_file(path) != entry["sha256"]:
+                    raise DataError(f"{path}: sha256 differs from the manifest (corrupt shard)")
+                self._verified.add(shard)
         views = open_shard(path, entry["records"], self.num_meta)
         self._open[shard] = views
         if len(self._open) > self.max_open_shards:
@@ -301,8 +393,7 @@ class ShardReader(IterableDataset):
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n], strict=False):
             if lo == hi:  # an all-padding batch (a short rank in exact eval mode)
                 continue
-            r = int(rec[lo])
-            view = self._records_of(int(self._rec_shard[r]))[int(self._rec_local[r])]
+            view = self._record(int(rec[lo]))
             idx = off[lo:hi]
             np.take(view.image, idx, axis=0, out=img_np[lo:hi])
             np.take(view.meta, idx, axis=0, out=meta_np[lo:hi])
@@ -340,6 +431,13 @@ class ShardReader(IterableDataset):
             if info is None:
                 self._consumed = k + 1
             yield batch
+
+
+def _local_size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard listed in the manifest is missing") from None
 
 
 def _identity(batch: dict[str, Any]) -> dict[str, Any]:
