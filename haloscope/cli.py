@@ -28,6 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "shards": ("haloscope.preprocess.convert.cli", "convert parquet splits into WebDataset shards"),
     "train": ("haloscope.train.cli", "train ConvNeXt-Tiny (focal loss) on shards"),
     "infer": ("haloscope.infer.cli", "score shards or parquet with a checkpoint"),
+    "search": ("haloscope.infer.search.cli", "score, rank and grade unlabelled survey cutouts"),
     "eval": ("haloscope.evaluate.cli", "stratified metrics, confidence intervals and a report"),
     "mine": ("haloscope.evaluate.mine_cli", "hard-negative lookup from control scores"),
     "gen4": ("haloscope.experiments.gen4_cli", "Gen3 -> mine -> Gen4 experiment end to end"),

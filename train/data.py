@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from haloscope.errors import ConfigError
+from haloscope.preprocess.convert.unlabelled import check_labelled
 from haloscope.shards.manifest import MANIFEST_NAME, Manifest, check_compatible
 from haloscope.shards.read import ShardLoader, ShardReader, build_loader
 from haloscope.train.config import TrainConfig
@@ -45,6 +46,7 @@ def resolve_shards_root(shards: str, data: str | None) -> Path:
     if not shards:
         raise ConfigError(f"--shards is required: {_RUN_SHARDS}")
     root = Path(shards)
+    check_labelled(root)  # shards of `haloscope shards --unlabelled`: one clear line
     for split in ("train", "val"):
         if not (root / split / MANIFEST_NAME).is_file():
             raise ConfigError(f"--shards {root}: no {split}/{MANIFEST_NAME}; {_RUN_SHARDS}")

@@ -45,6 +45,10 @@ class ShardsOptions(ConvertConfig):
     verify: bool = False
     """Do not convert: check every shard of --out against its manifest (sha256, structure,
     counts)."""
+    unlabelled: bool = False
+    """Convert unlabelled cutouts (--data: a parquet file, folder or glob with stamp_npz, ra,
+    dec and the meta columns; no truth needed) into <out>/search/, in input order, labels
+    unknown, for `haloscope search` (train refuses them)."""
 
     def __post_init__(self) -> None:
         if self.data is None and not self.verify:
@@ -76,6 +80,15 @@ def main(argv: list[str]) -> int:
 
         for line in verify_shards(Path(cfg.out), list(cfg.splits)):
             print(line)
+        return 0
+    if cfg.unlabelled:
+        from haloscope.preprocess.convert.unlabelled import write_unlabelled_shards
+
+        path = write_unlabelled_shards(
+            cfg.data, Path(cfg.out), meta_cols=cfg.meta_cols, norm_method=cfg.norm_method,
+            shard_samples=cfg.shard_samples, record_samples=cfg.record_samples,
+            batch_rows=cfg.batch_rows, command=cfg.command)  # fmt: skip
+        print(f"search: {path}", file=sys.stdout)
         return 0
     from haloscope.preprocess.convert.run import convert
 

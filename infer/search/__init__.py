@@ -1,0 +1,1 @@
+"""``haloscope search``: score unlabelled cutouts, rank them, hand out a candidate list."""

@@ -1,0 +1,259 @@
+"""The scoring engine of ``haloscope search``: an ensemble, this rank's chunks, one part each.
+
+Pipeline (per rank): ``ChunkStream`` (this rank's unfinished chunks, split again over loader
+workers, each read as ``Piece``s) -> ``score_stream`` (every model of the ensemble on each
+piece, optional D4 TTA) -> ``PartWriter`` (a chunk's rows, scored and rejected, written as
+``parts/part-<rank>-<chunk>.parquet`` atomically once its last piece is scored).
+
+On CUDA the loop never waits for the GPU between batches: a piece's logits are copied to
+pinned host memory without blocking and an event marks them; a piece is finished (and its
+chunk possibly written) only when ``LAG`` newer pieces have been launched, so reading,
+copying and part writing overlap the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from haloscope.errors import CheckpointError
+from haloscope.infer.search.inputs import Chunk, Piece, SearchInput
+
+__all__ = ["LAG", "Ensemble", "ChunkStream", "PartWriter", "load_ensemble", "part_name",
+           "done_chunks", "score_stream"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+LAG = 2
+"""Pieces in flight on the GPU before the oldest is collected."""
+_SAME = ("norm_method", "norm", "meta_columns", "stamp_px")
+"""Settings every checkpoint of an ensemble must share."""
+
+
+def part_name(rank: int, chunk: int) -> str:
+    """``part-<rank>-<chunk>.parquet`` (zero-padded, so names sort by rank then chunk)."""
+    return f"part-{rank:05d}-{chunk:07d}.parquet"
+
+
+def done_chunks(parts_dir: Path) -> dict[int, Path]:
+    """chunk -> its part file, for every finished chunk (by any rank of any earlier run)."""
+    done: dict[int, Path] = {}
+    for path in sorted(parts_dir.glob("part-*-*.parquet")):
+        try:
+            done.setdefault(int(path.stem.rsplit("-", 1)[1]), path)
+        except ValueError:
+            continue
+    return done
+
+
+@dataclass
+class Ensemble:
+    """The models of a search with their forwards and shared preprocessing settings."""
+
+    forwards: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    settings: dict[str, Any]
+    """norm_method, norm, meta_columns, stamp_px (shared by every model)."""
+    infos: list[dict[str, Any]] = field(default_factory=list)
+
+    def logits(self, images: torch.Tensor, meta: torch.Tensor, tta: bool) -> torch.Tensor:
+        """(K, B) float32 logits of the K models."""
+        from haloscope.infer.tta import tta_logits
+
+        outs = [tta_logits(f, images, meta) if tta else f(images, meta) for f in self.forwards]
+        return torch.stack([o.float() for o in outs])
+
+
+def load_ensemble(paths: Sequence[str], device: torch.device, *, use_bf16: bool, step: str,
+                  batch_size: int) -> Ensemble:  # fmt: skip
+    """Load every checkpoint (fp32 logit layer, channels-last on CUDA) and its forward.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or checkpoints trained with different
+            preprocessing (named setting and both files).
+    """
+    from haloscope.infer import predict
+    from haloscope.infer.run import checkpoint_settings
+    from haloscope.train.checkpoint import load_for_inference
+
+    forwards, infos, first = [], [], None
+    for path in paths:
+        model, info = load_for_inference(path, device)
+        predict.fp32_output_layer(model)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        settings = checkpoint_settings(info)
+        settings.setdefault("norm", {"method": settings["norm_method"]})
+        if first is None:
+            first = settings
+        for key in _SAME:
+            if settings.get(key) != first.get(key):
+                raise CheckpointError(
+                    f"--ckpt {path}: {key}={settings.get(key)!r} but {paths[0]} has "
+                    f"{first.get(key)!r}; an ensemble needs one preprocessing")  # fmt: skip
+        forwards.append(predict.make_forward(model, device, use_bf16, step=step,
+                                             batch_size=batch_size))  # fmt: skip
+        infos.append(info)
+    assert first is not None
+    return Ensemble(forwards, {k: first[k] for k in _SAME if k in first}, infos)
+
+
+def _as_tensors(piece: Piece) -> Piece:
+    # NOTE: torch tensors cross the loader's process boundary through shared memory,
+    # numpy arrays through a pipe (a copy of every stamp)
+    piece.images = torch.from_numpy(np.ascontiguousarray(piece.images))  # type: ignore[assignment]
+    piece.meta = torch.from_numpy(np.ascontiguousarray(piece.meta, dtype=np.float32))  # type: ignore[assignment]
+    return piece
+
+
+class ChunkStream(IterableDataset):
+    """Pieces of ``chunks`` (this rank's); loader worker ``w`` of ``W`` reads ``chunks[w::W]``."""
+
+    def __init__(self, source: SearchInput, chunks: Sequence[Chunk], batch_size: int) -> None:
+        super().__init__()
+        self.source, self.chunks, self.batch_size = source, list(chunks), batch_size
+
+    def __iter__(self) -> Iterator[Piece]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for chunk in self.chunks[worker::workers]:
+            for piece in self.source.read(chunk, self.batch_size):
+                yield _as_tensors(piece)
+
+
+def _first(item: Any) -> Any:
+    return item
+
+
+def iter_pieces(source: SearchInput, chunks: Sequence[Chunk], batch_size: int,
+                num_workers: int) -> Iterable[Piece]:  # fmt: skip
+    """This rank's pieces, decoded in ``num_workers`` processes (0: here)."""
+    stream = ChunkStream(source, chunks, batch_size)
+    if num_workers == 0 or not chunks:
+        return stream
+    from haloscope.train.failures import worker_batches
+
+    workers = min(num_workers, len(chunks))
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_first,
+                        prefetch_factor=4)  # fmt: skip
+    return worker_batches(iter(loader))  # a worker's error as one line
+
+
+@dataclass
+class _Open:
+    """A chunk being assembled from its pieces."""
+
+    pieces: list[tuple[Piece, np.ndarray]] = field(default_factory=list)
+
+
+class PartWriter:
+    """Collects scored pieces per chunk; writes a chunk's part when its last piece arrives."""
+
+    def __init__(self, parts_dir: Path, rank: int, num_models: int) -> None:
+        self.parts_dir, self.rank, self.num_models = parts_dir, rank, num_models
+        self.open: dict[int, _Open] = {}
+        self.rows = 0
+        self.written: list[Path] = []
+
+    def add(self, piece: Piece, logits: np.ndarray) -> None:
+        """``logits``: (K, len(piece.kept)) float32."""
+        self.open.setdefault(piece.chunk, _Open()).pieces.append((piece, logits))
+        self.rows += len(piece.ids)
+        if piece.last:
+            self.written.append(self._write(piece.chunk, self.open.pop(piece.chunk)))
+
+    def _write(self, chunk: int, state: _Open) -> Path:
+        from haloscope.atomic import atomic_path
+
+        cols: dict[str, list] = {"pos": [], "id": [], "ra": [], "dec": [], "reason": []}
+        per_model = []
+        for piece, logits in state.pieces:
+            n = len(piece.ids)
+            full = np.full((self.num_models, n), np.nan, np.float32)
+            full[:, piece.kept] = logits
+            per_model.append(full)
+            cols["pos"].append(piece.pos)
+            cols["id"].append(piece.ids.astype(str))
+            cols["ra"].append(piece.ra)
+            cols["dec"].append(piece.dec)
+            cols["reason"].append(np.array([piece.reasons.get(i) for i in range(n)], dtype=object))
+        each = np.concatenate(per_model, axis=1)  # (K, rows)
+        data = {k: np.concatenate(v) for k, v in cols.items()}
+        table = pa.table({
+            "pos": pa.array(data["pos"], pa.int64()), "id": pa.array(data["id"], pa.string()),
+            "ra": pa.array(data["ra"], pa.float64()), "dec": pa.array(data["dec"], pa.float64()),
+            "reason": pa.array(data["reason"].tolist(), pa.string()),
+            "logit": pa.array(each.astype(np.float64).mean(axis=0).astype(np.float32)),
+            **{f"logit_{k}": pa.array(each[k]) for k in range(self.num_models)},
+        })  # fmt: skip
+        path = self.parts_dir / part_name(self.rank, chunk)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+
+
+def _launch(ensemble: Ensemble, piece: Piece, device: torch.device, tta: bool):
+    """Start scoring a piece; returns (host logits (K, k) tensor, CUDA event or None)."""
+    k = len(piece.kept)
+    if k == 0:
+        return torch.zeros((len(ensemble.forwards), 0)), None
+    images, meta = piece.images, piece.meta
+    cuda = device.type == "cuda"
+    if cuda:
+        images, meta = images.pin_memory(), meta.pin_memory()
+    images = images.to(device, non_blocking=cuda).float()  # float16 -> the trainer's float32
+    logits = ensemble.logits(images, meta.to(device, non_blocking=cuda), tta)
+    if not cuda:
+        return logits, None
+    host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(logits, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def score_stream(ensemble: Ensemble, pieces: Iterable[Piece], writer: PartWriter,
+                 device: torch.device, *, tta: bool, progress: bool,
+                 total_rows: int | None) -> int:  # fmt: skip
+    """Score every piece and hand it to ``writer``; returns the rows handled (read).
+
+    Args:
+        ensemble: the models.
+        pieces: this rank's pieces (``iter_pieces``).
+        writer: collects pieces into part files.
+        device: the models' device.
+        tta: D4 test-time augmentation.
+        progress: tqdm bar of cutouts (its rate is cutouts/s).
+        total_rows: rows expected on this rank (the bar's total).
+    """
+    bar = tqdm(total=total_rows, unit="cutout", desc="search", disable=not progress,
+               smoothing=0.1, dynamic_ncols=True)  # fmt: skip
+    inflight: deque = deque()
+
+    def collect() -> None:
+        piece, host, event = inflight.popleft()
+        if event is not None:
+            event.synchronize()
+        writer.add(piece, host.numpy())
+        bar.update(len(piece.ids))
+
+    try:
+        with torch.no_grad():
+            for piece in pieces:
+                inflight.append((piece, *_launch(ensemble, piece, device, tta)))
+                while len(inflight) > (LAG if device.type == "cuda" else 0):
+                    collect()
+            while inflight:
+                collect()
+    finally:
+        bar.close()
+    return writer.rows

@@ -1,0 +1,79 @@
+"""Builders for the search tests: unlabelled cutouts as parquet, FITS files and shards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.infer.infer_fixtures import make_checkpoint, make_rows
+
+__all__ = ["TRUTH", "make_checkpoint", "unlabelled_table", "write_parquet", "write_fits",
+           "write_catalog", "search"]  # fmt: skip
+
+TRUTH = ("is_control", "theta_e_arcsec", "psf_fwhm_used_r", "arc_snr", "src_dmag",
+         "src_reff_arcsec")  # fmt: skip
+"""The labelled mock's truth columns, dropped to make an unlabelled table."""
+
+
+def unlabelled_table(num_rows: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
+    """The labelled mock rows minus truth columns, and their raw stamps (N, 3, 64, 64).
+
+    Row 4 has cutout_ok = 0 (from ``make_rows``)."""
+    from tests.preprocess.contract_rows import to_table
+
+    rows = make_rows(num_rows, seed)
+    stamps = np.stack([r["_stamp"] for r in rows])
+    table = to_table(rows)
+    table = table.drop_columns(list(TRUTH))
+    # make_rows overwrote stamp_npz with a new stamp; decode it back for the FITS copies
+    from haloscope.preprocess.decode import decode_stamps
+
+    stamps, _ = decode_stamps(table.column("stamp_npz").to_pylist())
+    return table, stamps
+
+
+def write_parquet(table: pa.Table, path: Path, row_group_rows: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_rows)
+    return path
+
+
+def write_fits(stamps: np.ndarray, ids: list[str], folder: Path) -> Path:
+    """One Legacy-Survey-like cutout per stamp: (3, 64, 64) float32, BAND0..2 = g, r, z."""
+    from astropy.io import fits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stamp, ident in zip(stamps, ids, strict=True):
+        hdu = fits.PrimaryHDU(np.asarray(stamp, np.float32))
+        for i, band in enumerate("grz"):
+            hdu.header[f"BAND{i}"] = band
+        hdu.writeto(folder / f"{ident}.fits")
+    return folder
+
+
+def write_catalog(table: pa.Table, path: Path, ids: list[str]) -> Path:
+    """CSV catalogue keyed by id with ra, dec and the meta columns."""
+    import pyarrow.csv as pcsv
+
+    cat = pa.table({"id": ids, "ra": table.column("ra"), "dec": table.column("dec"),
+                    "psfsize_r": table.column("psfsize_r"),
+                    "psfdepth_r": table.column("psfdepth_r")})  # fmt: skip
+    pcsv.write_csv(cat, path)
+    return path
+
+
+def search(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``haloscope search ARGS`` in a subprocess (torchrun with gloo when nproc > 1)."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc-per-node={nproc}", "-m", "haloscope"]
+                if nproc > 1 else [sys.executable, "-m", "haloscope"])  # fmt: skip
+    # NOTE: one intra-op thread: oneDNN convolutions sum in a thread-count-dependent order
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, "search", *args, "--device", "cpu", "--no-progress"],
+                          capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
