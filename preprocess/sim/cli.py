@@ -21,6 +21,10 @@ with 64x64 g/r/z nanomaggy stamps (np.load-able npz in `stamp_npz`), controls (i
 a tunable share of them lens-like confusers) and SIE+shear lenses (is_control=0), about 9 rows per
 galaxy, brick-sorted files, and the real tables' defects (cutout_ok=0 rows, NaN stamps, r-only rows).
 The output is a pure function of --seed (and the fractions), whatever --workers is.
+With --survey it writes instead what a search reads: an unlabelled survey, one row per galaxy
+in <out>/cutouts/part-*.parquet (id, ra, dec, stamp_npz, cutout_ok, bandset, observing
+conditions; no truth column), --survey-lens-frac of them planted lenses, and the truth in
+<out>/truth.parquet (id, is_lens, kind, theta_e_arcsec, arc_snr, ...): see docs/search.md.
 Physics and column dictionary: docs/mock_survey.md."""
 
 
@@ -45,6 +49,13 @@ def main(argv: list[str]) -> int:
     """
     cfg = CLI.parse(argv)
     setup_logging()
+    if cfg.survey:
+        from haloscope.preprocess.sim.survey import simulate_survey  # not for --help
+
+        summary = simulate_survey(narrow(cfg, SimConfig), cfg.overwrite, cfg.progress)
+        keys = ("rows", "lenses", "cutouts", "truth", "seconds", "rows_per_s")
+        print(json.dumps({k: summary[k] for k in keys}))
+        return 0
     from haloscope.preprocess.sim.run import simulate  # the renderer: not for --help
 
     summary = simulate(narrow(cfg, SimConfig), overwrite=cfg.overwrite, progress=cfg.progress)

@@ -73,6 +73,12 @@ class SimConfig:
     """Chance that each of the 11 further selection sets also picks a galaxy (0: 2 rows each)."""
     quantize: float = 0.0
     """Round pixels to a power-of-two step <= sky sigma / quantize (0: exact float32)."""
+    survey: bool = False
+    """Write an unlabelled survey to search instead: one row per galaxy in <out>/cutouts/, no
+    truth columns; the truth goes to <out>/truth.parquet (see --survey-lens-frac)."""
+    survey_lens_frac: float = 0.02
+    """With --survey: fraction of galaxies with a planted lens (about 1e-3 among real LRGs;
+    a few percent gives recall in the top N enough lenses at demo sizes)."""
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -85,7 +91,8 @@ class SimConfig:
             )
         if self.quantize < 0:
             raise ConfigError(f"--quantize must be >= 0, got {self.quantize}")
-        names = ("control_frac", "confuser_frac", "fail_frac", "nan_frac", "r_only_frac")
+        names = ("control_frac", "confuser_frac", "fail_frac", "nan_frac", "r_only_frac",
+                 "survey_lens_frac")  # fmt: skip
         for name in (*names, "selection_frac"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
