@@ -38,6 +38,9 @@ class InferConfig(ComputeConfig):
     """Mean logit over the 8 dihedral (D4) transforms of every image (8x the compute)."""
     num_workers: int = 2
     """Loader worker processes per rank: shard reading, or parquet decoding (0: in-process)."""
+    cache_dir: str | None = None
+    """With URL --shards (http(s)://, s3://): local folder caching whole shards, verified by
+    sha256 and shared by workers and runs (docs/shards.md); None: stream records, no disk."""
     model_name: str | None = None
     """Value of the `model` column; None: the checkpoint's run directory name."""
     progress: bool = True

@@ -55,8 +55,9 @@ def checkpoint_settings(info: dict[str, Any]) -> dict[str, Any]:
 
 def _check_shards(cfg: InferConfig, settings: dict[str, Any]):
     from haloscope.shards.manifest import check_compatible, load_manifest
+    from haloscope.shards.remote import split_location
 
-    manifest = load_manifest(Path(cfg.shards) / cfg.split)
+    manifest = load_manifest(split_location(cfg.shards) / cfg.split)
     check_compatible(manifest, settings, against=f"checkpoint {cfg.ckpt}")
     return manifest
 
@@ -95,7 +96,7 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
     manifest = _check_shards(cfg, settings)
     reader = ShardReader(manifest.split_dir, batch_size=cfg.per_rank_batch(env.world_size),
                          seed=0, rank=env.rank, world_size=env.world_size, shuffle=False,
-                         drop_last=False, with_table=True)  # fmt: skip
+                         drop_last=False, with_table=True, cache_dir=cfg.cache_dir)  # fmt: skip
     log.info("shards %s: %d samples, %d batches per rank", manifest.split_dir,
              manifest.num_samples, reader.batches_per_rank())  # fmt: skip
     loader = build_loader(reader, num_workers=cfg.num_workers, pin_memory=env.device.type == "cuda")

@@ -78,6 +78,9 @@ class DataConfig:
     """Global validation batch, split evenly over ranks."""
     num_workers: int = 4
     """Shard-reader worker processes per rank (0: read in the training process)."""
+    cache_dir: str | None = None
+    """With URL --shards (http(s)://, s3://): local folder caching whole shards, verified by
+    sha256 and shared by workers and runs (docs/shards.md); None: stream records, no disk."""
     samples_per_epoch: int | None = None
     """Cap on training samples per epoch (all ranks together); None: the whole train split."""
     max_steps_per_epoch: int | None = None
@@ -306,6 +309,7 @@ RESUME_MUTABLE_KEYS: frozenset[str] = frozenset(
         "data.shards",
         "data.data_root",
         "data.num_workers",
+        "data.cache_dir",
         "run.out_dir",
         "run.epochs",
         "run.early_stopping_patience",

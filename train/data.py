@@ -16,6 +16,7 @@ from haloscope.errors import ConfigError
 from haloscope.preprocess.convert.unlabelled import check_labelled
 from haloscope.shards.manifest import MANIFEST_NAME, Manifest, check_compatible
 from haloscope.shards.read import ShardLoader, ShardReader, build_loader
+from haloscope.shards.remote import RemotePath, split_location
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv
 from haloscope.train.model import check_meta_cols
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 _RUN_SHARDS = "run `haloscope shards --data DATA --out SHARDS` first and pass --shards SHARDS"
 
 
-def resolve_shards_root(shards: str, data: str | None) -> Path:
-    """The shard root from ``--shards`` or the seed's ``--data`` (only if it holds shards).
+def resolve_shards_root(shards: str, data: str | None) -> Path | RemotePath:
+    """The shard root from ``--shards`` (a folder or a URL) or the seed's ``--data`` (only
+    if it holds shards). A URL's manifests are checked when its readers read them.
 
     Raises:
         ConfigError: neither given, ``--data`` is a parquet root, or the root lacks
@@ -45,7 +47,9 @@ def resolve_shards_root(shards: str, data: str | None) -> Path:
         shards = data
     if not shards:
         raise ConfigError(f"--shards is required: {_RUN_SHARDS}")
-    root = Path(shards)
+    root = split_location(shards)
+    if not isinstance(root, Path):  # a URL: its readers read the manifests first
+        return root
     check_labelled(root)  # shards of `haloscope shards --unlabelled`: one clear line
     for split in ("train", "val"):
         if not (root / split / MANIFEST_NAME).is_file():
@@ -86,9 +90,12 @@ def resolve_meta(
     return cols, [float(v) for v in manifest.meta_mean], [float(v) for v in manifest.meta_std]
 
 
-def build_readers(cfg: TrainConfig, env: DistEnv, root: Path) -> tuple[ShardReader, ShardReader]:
+def build_readers(
+    cfg: TrainConfig, env: DistEnv, root: Path | RemotePath
+) -> tuple[ShardReader, ShardReader]:
     """Train reader (shuffled, drop_last) and val reader (exact, padded) of this rank."""
-    common = {"seed": cfg.run.seed, "rank": env.rank, "world_size": env.world_size}
+    common = {"seed": cfg.run.seed, "rank": env.rank, "world_size": env.world_size,
+              "cache_dir": cfg.data.cache_dir}  # fmt: skip
     train = ShardReader(root / "train", batch_size=cfg.data.per_rank_batch(env.world_size),
                         shuffle=True, drop_last=True, **common)  # fmt: skip
     val = ShardReader(root / "val", batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
