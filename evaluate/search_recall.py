@@ -54,12 +54,14 @@ def read_table(path: str | Path, needed: Sequence[str], role: str) -> pa.Table:
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise DataError(f"--{role} {path}: missing column(s) {missing}")
-    table = table.set_column(table.schema.get_field_index("id"), "id",
-                             table["id"].cast(pa.string()))  # fmt: skip
+    table = table.set_column(
+        table.schema.get_field_index("id"), "id", table["id"].cast(pa.string())
+    )
     repeated = [i for i, n in Counter(table["id"].to_pylist()).items() if n > 1]
     if repeated:
-        raise DataError(f"--{role} {path}: {len(repeated)} id(s) appear more than once, "
-                        f"e.g. {repeated[0]!r}")  # fmt: skip
+        raise DataError(
+            f"--{role} {path}: {len(repeated)} id(s) appear more than once, e.g. {repeated[0]!r}"
+        )
     return table
 
 
@@ -70,12 +72,21 @@ def _truth_frame(truth: pa.Table) -> ScoresFrame:
         values = truth[name].to_numpy(zero_copy_only=False)
         columns[name] = values.astype(np.float64) if values.dtype.kind in "iuf" else values
     labels = np.asarray(truth["is_lens"].to_numpy(zero_copy_only=False), np.int8)
-    return ScoresFrame(source="truth", columns=columns, labels=labels,
-                       ranking=np.zeros(len(labels)), rank_by="score")  # fmt: skip
+    return ScoresFrame(
+        source="truth",
+        columns=columns,
+        labels=labels,
+        ranking=np.zeros(len(labels)),
+        rank_by="score",
+    )
 
 
-def search_recall(candidates: pa.Table, truth: pa.Table, top_n: Sequence[int],
-                  detectable: str = DEFAULT_DETECTABLE) -> dict:  # fmt: skip
+def search_recall(
+    candidates: pa.Table,
+    truth: pa.Table,
+    top_n: Sequence[int],
+    detectable: str = DEFAULT_DETECTABLE,
+) -> dict:
     """Recall and precision of the planted lenses among the top N candidates.
 
     Args:
@@ -96,8 +107,10 @@ def search_recall(candidates: pa.Table, truth: pa.Table, top_n: Sequence[int],
     cand_ids = candidates["id"].to_pylist()
     unknown = [i for i in cand_ids if i not in index]
     if unknown:
-        raise DataError(f"{len(unknown)} candidate id(s) are not in the truth, e.g. "
-                        f"{unknown[:3]}; is it the truth of the searched survey?")  # fmt: skip
+        raise DataError(
+            f"{len(unknown)} candidate id(s) are not in the truth, e.g. "
+            f"{unknown[:3]}; is it the truth of the searched survey?"
+        )
     rank = np.full(len(truth_ids), np.inf)
     rows = np.fromiter((index[i] for i in cand_ids), np.int64, len(cand_ids))
     rank[rows] = np.asarray(candidates["rank"].to_numpy(zero_copy_only=False), np.float64)
@@ -107,22 +120,24 @@ def search_recall(candidates: pa.Table, truth: pa.Table, top_n: Sequence[int],
     subset = detectable_mask(frame, spec) if spec is not None else None
     det = subset.mask if subset is not None and subset.mask is not None else None
     result = {
-        "candidates": len(cand_ids), "lenses": int(lens.sum()),
+        "candidates": len(cand_ids),
+        "lenses": int(lens.sum()),
         "lenses_scored": int((lens & np.isfinite(rank)).sum()),
-        "detectable": None if det is None else {"definition": spec.text,
-                                                "describe": spec.describe(),
-                                                "lenses": int(det.sum())},
+        "detectable": None
+        if det is None
+        else {"definition": spec.text, "describe": spec.describe(), "lenses": int(det.sum())},
         "top": [],
-    }  # fmt: skip
+    }
     for n in sorted(set(int(n) for n in top_n)):
         found = lens & (rank <= n)
         shown = min(n, len(cand_ids))
         entry = {
-            "n": n, "lenses": int(found.sum()),
+            "n": n,
+            "lenses": int(found.sum()),
             "recall": float(found.sum() / max(lens.sum(), 1)),
             "precision": float(found.sum() / max(shown, 1)),
             "random": float(shown * lens.sum() / max(len(cand_ids), 1)),
-        }  # fmt: skip
+        }
         if det is not None:
             entry["detectable_lenses"] = int((found & det).sum())
             entry["detectable_recall"] = float((found & det).sum() / max(det.sum(), 1))
@@ -133,17 +148,23 @@ def search_recall(candidates: pa.Table, truth: pa.Table, top_n: Sequence[int],
 def format_recall(result: dict) -> list[str]:
     """Lines for people: the survey's lenses, then one line per N."""
     det = result["detectable"]
-    head = (f"planted lenses: {result['lenses']} among {result['candidates']} ranked candidates "
-            f"({result['lenses_scored']} of them scored)")  # fmt: skip
+    head = (
+        f"planted lenses: {result['lenses']} among {result['candidates']} ranked candidates "
+        f"({result['lenses_scored']} of them scored)"
+    )
     if det is not None:
         head += f"; detectable ({det['describe']}): {det['lenses']}"
     lines = [head]
     for e in result["top"]:
-        line = (f"top {e['n']}: {e['lenses']} lenses, recall {e['recall']:.3f}, precision "
-                f"{e['precision']:.3f} (a random ranking: {e['random']:.1f} lenses)")  # fmt: skip
+        line = (
+            f"top {e['n']}: {e['lenses']} lenses, recall {e['recall']:.3f}, precision "
+            f"{e['precision']:.3f} (a random ranking: {e['random']:.1f} lenses)"
+        )
         if "detectable_recall" in e:
-            line += (f"; detectable recall {e['detectable_recall']:.3f} "
-                     f"({e['detectable_lenses']}/{det['lenses']})")  # fmt: skip
+            line += (
+                f"; detectable recall {e['detectable_recall']:.3f} "
+                f"({e['detectable_lenses']}/{det['lenses']})"
+            )
         lines.append(line)
     return lines
 
@@ -166,7 +187,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="detectable subset, as `haloscope eval --detectable` ('none': off)",
     )
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.image import imsave  # no pyplot: no backend, no figure
 
 from haloscope.atomic import atomic_write_bytes
 from haloscope.preprocess.normalize import normalize
@@ -58,13 +59,8 @@ def raw_stamp_rgb(stamps: np.ndarray) -> np.ndarray:
 
 def rgb_png_bytes(rgb: np.ndarray) -> bytes:
     """A PNG of one (H, W, 3) [0, 1] image, row 0 at the bottom as in sky images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
-    plt.imsave(buffer, rgb, origin="lower", format="png")
+    imsave(buffer, rgb, origin="lower", format="png")
     return buffer.getvalue()
 
 

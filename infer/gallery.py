@@ -23,6 +23,7 @@ import pyarrow as pa
 from haloscope.atomic import atomic_write_bytes, atomic_write_text
 from haloscope.errors import DataError
 from haloscope.infer.composite import raw_stamp_rgb, rgb_png_bytes
+from haloscope.infer.gallery_page import CSS, PAGE, SCRIPT
 
 __all__ = [
     "GRADES",
@@ -99,12 +100,17 @@ def _tiles(candidates: pa.Table, sources: list[str]) -> list[dict]:
     for row, src in zip(rows, sources, strict=True):
         ra, dec = row["ra"], row["dec"]
         has_sky = ra is not None and dec is not None and np.isfinite([ra, dec]).all()
-        tiles.append({
-            "id": str(row["id"]), "rank": int(row["rank"]), "src": src,
-            "score": f"{float(row['score']):.5g}", "logit": f"{float(row['logit']):.4g}",
-            "sky": f"ra {ra:.5f}, dec {dec:+.5f}" if has_sky else "ra/dec unknown",
-            "url": viewer_url(float(ra), float(dec)) if has_sky else None,
-        })  # fmt: skip
+        tiles.append(
+            {
+                "id": str(row["id"]),
+                "rank": int(row["rank"]),
+                "src": src,
+                "score": f"{float(row['score']):.5g}",
+                "logit": f"{float(row['logit']):.4g}",
+                "sky": f"ra {ra:.5f}, dec {dec:+.5f}" if has_sky else "ra/dec unknown",
+                "url": viewer_url(float(ra), float(dec)) if has_sky else None,
+            }
+        )
     return tiles
 
 
@@ -140,14 +146,18 @@ def write_gallery(candidates: pa.Table, stamps: np.ndarray, out_dir: Path, top_n
 
 
 def _render(tiles: list[dict], key: str, num_candidates: int) -> str:
-    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)  # fmt: skip
-    from haloscope.infer.gallery_page import CSS, PAGE, SCRIPT
-
+    env = jinja2.Environment(
+        autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined
+    )
     grades = [{"value": g, "help": GRADE_HELP[g], "key": _GRADE_KEYS[g]} for g in GRADES]
-    return env.from_string(PAGE).render(tiles=tiles, grades=grades, storage_key=key,
-                                        num_candidates=num_candidates, css=CSS,
-                                        script=SCRIPT)  # fmt: skip
+    return env.from_string(PAGE).render(
+        tiles=tiles,
+        grades=grades,
+        storage_key=key,
+        num_candidates=num_candidates,
+        css=CSS,
+        script=SCRIPT,
+    )
 
 
 def _grade_of(value: str, line: int, path: Path) -> str:
@@ -162,14 +172,16 @@ def _grade_of(value: str, line: int, path: Path) -> str:
 def read_grades(path: str | Path) -> pa.Table:
     """Read a grades CSV (``id,grade`` rows, as the page exports them).
 
-    Other columns are allowed and ignored; blank lines are skipped.
+    Other columns are allowed and ignored (so search's ``top<N>.csv`` with its ``grade``
+    column filled in reads too); rows with an empty grade are ungraded and skipped, as are
+    blank lines. Ids are kept exactly as written.
 
     Args:
         path: the CSV file.
 
     Returns:
         Table with columns ``id`` (string) and ``grade`` (string, one of :data:`GRADES`),
-        in file order.
+        in file order, graded rows only.
 
     Raises:
         DataError: unreadable file, no ``id`` or ``grade`` column, an empty id, an unknown
@@ -184,8 +196,10 @@ def read_grades(path: str | Path) -> pa.Table:
     header = [h.strip() for h in rows[0]] if rows else []
     missing = [c for c in ("id", "grade") if c not in header]
     if missing:
-        raise DataError(f"grades CSV {path}: missing column(s) {', '.join(missing)} "
-                        f"in the header {header}; expected id,grade")  # fmt: skip
+        raise DataError(
+            f"grades CSV {path}: missing column(s) {', '.join(missing)} "
+            f"in the header {header}; expected id,grade"
+        )
     id_col, grade_col = header.index("id"), header.index("grade")
     ids, grades, seen = [], [], {}
     for line, row in enumerate(rows[1:], start=2):
@@ -193,14 +207,15 @@ def read_grades(path: str | Path) -> pa.Table:
             continue
         if len(row) <= max(id_col, grade_col):
             raise DataError(f"{path}:{line}: {len(row)} field(s), header has {len(header)}")
-        ident = row[id_col].strip()
-        if not ident:
+        ident = row[id_col]
+        if not ident.strip():
             raise DataError(f"{path}:{line}: empty id")
         if ident in seen:
             raise DataError(
                 f"{path}:{line}: id {ident!r} is graded twice (also line {seen[ident]})"
             )
         seen[ident] = line
-        ids.append(ident)
-        grades.append(_grade_of(row[grade_col], line, path))
+        if row[grade_col].strip():
+            ids.append(ident)
+            grades.append(_grade_of(row[grade_col], line, path))
     return pa.table({"id": pa.array(ids, pa.string()), "grade": pa.array(grades, pa.string())})

@@ -64,14 +64,31 @@ _ROW_GROUP_ROWS = 512
 _F64, _STR = pa.float64(), pa.string()
 _CONDITIONS = [f"{k}_{b}" for k in ("psfsize", "psfdepth") for b in BANDS] + ["ebv"]
 SURVEY_SCHEMA = pa.schema(
-    [("id", _STR), ("ra", _F64), ("dec", _F64), ("brickname", _STR), ("bandset", _STR),
-     *[(c, _F64) for c in _CONDITIONS], ("cutout_ok", pa.int32()), ("stamp_npz", pa.binary())]
-)  # fmt: skip
+    [
+        ("id", _STR),
+        ("ra", _F64),
+        ("dec", _F64),
+        ("brickname", _STR),
+        ("bandset", _STR),
+        *[(c, _F64) for c in _CONDITIONS],
+        ("cutout_ok", pa.int32()),
+        ("stamp_npz", pa.binary()),
+    ]
+)
 TRUTH_SCHEMA = pa.schema(
-    [("id", _STR), ("is_lens", pa.int8()), ("kind", _STR), ("theta_e_arcsec", _F64),
-     ("arc_snr", _F64), ("arc_snr_sum", _F64), ("magnification", _F64), ("psfsize_r", _F64),
-     ("cutout_ok", pa.int32()), ("defect", _STR)]
-)  # fmt: skip
+    [
+        ("id", _STR),
+        ("is_lens", pa.int8()),
+        ("kind", _STR),
+        ("theta_e_arcsec", _F64),
+        ("arc_snr", _F64),
+        ("arc_snr_sum", _F64),
+        ("magnification", _F64),
+        ("psfsize_r", _F64),
+        ("cutout_ok", pa.int32()),
+        ("defect", _STR),
+    ]
+)
 
 
 def survey_id(galaxy_id: np.ndarray) -> list[str]:
@@ -109,8 +126,10 @@ def _truth(pop: Population, rb, ids: list[str]) -> pa.Table:
     values = {k: np.full(num, np.nan) for k in ("arc_snr", "arc_snr_sum", "magnification")}
     for key, column in values.items():
         column[rb.pos_index] = rb.truth[key][:, 0]
-    kinds = [LENS_KIND if lens else CONTROL_KINDS[k]
-             for lens, k in zip(is_lens.tolist(), pop["control_kind"].tolist(), strict=True)]  # fmt: skip
+    kinds = [
+        LENS_KIND if lens else CONTROL_KINDS[k]
+        for lens, k in zip(is_lens.tolist(), pop["control_kind"].tolist(), strict=True)
+    ]
     columns = {
         "id": ids,
         "is_lens": is_lens.astype(np.int8),
@@ -169,8 +188,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
     if existing and not overwrite:
-        raise ConfigError(f"--out {out} already holds a survey ({existing[0].relative_to(out)}); "
-                          "pass --overwrite or pick another directory")  # fmt: skip
+        raise ConfigError(
+            f"--out {out} already holds a survey ({existing[0].relative_to(out)}); "
+            "pass --overwrite or pick another directory"
+        )
     for path in existing:
         path.unlink()
 
@@ -233,17 +254,25 @@ def simulate_survey(cfg: SimConfig, overwrite: bool = False, progress: bool = Tr
         seconds = time.perf_counter() - t0
         num_lenses = int(np.asarray(truth["is_lens"]).sum())
         summary = {
-            "rows": truth.num_rows, "lenses": num_lenses,
+            "rows": truth.num_rows,
+            "lenses": num_lenses,
             "lens_frac": round(num_lenses / max(truth.num_rows, 1), 5),
-            "cutouts": f"{CUTOUT_DIR}/", "truth": TRUTH_NAME, "seconds": round(seconds, 3),
+            "cutouts": f"{CUTOUT_DIR}/",
+            "truth": TRUTH_NAME,
+            "seconds": round(seconds, 3),
             "rows_per_s": round(truth.num_rows / max(seconds, 1e-9), 1),
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
-        }  # fmt: skip
+        }
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     except BaseException:
         with contextlib.suppress(OSError):
             _discard_partial(out)
         raise
-    logger.info("wrote a %d-row survey (%d planted lenses) to %s in %.1f s",
-                summary["rows"], num_lenses, out, seconds)  # fmt: skip
+    logger.info(
+        "wrote a %d-row survey (%d planted lenses) to %s in %.1f s",
+        summary["rows"],
+        num_lenses,
+        out,
+        seconds,
+    )
     return summary

@@ -21,13 +21,16 @@ def _truth() -> pa.Table:
     """10 galaxies: lenses a (detectable), b (faint arc), c (detectable, cutout rejected)."""
     ids = list("abcdefghij")
     lens = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
-    return pa.table({
-        "id": ids, "is_lens": pa.array(lens, pa.int8()),
-        "kind": ["lens"] * 3 + ["ordinary"] * 6 + ["ring"],
-        "theta_e_arcsec": [1.5, 1.2, 2.0] + [NAN] * 7,
-        "arc_snr": [12.0, 2.0, 9.0] + [NAN] * 7,
-        "psfsize_r": [1.2] * 10,
-    })  # fmt: skip
+    return pa.table(
+        {
+            "id": ids,
+            "is_lens": pa.array(lens, pa.int8()),
+            "kind": ["lens"] * 3 + ["ordinary"] * 6 + ["ring"],
+            "theta_e_arcsec": [1.5, 1.2, 2.0] + [NAN] * 7,
+            "arc_snr": [12.0, 2.0, 9.0] + [NAN] * 7,
+            "psfsize_r": [1.2] * 10,
+        }
+    )
 
 
 def _candidates() -> pa.Table:
@@ -64,15 +67,27 @@ def test_detectable_none_and_unknown_ids():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "haloscope.evaluate.search_recall", *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "haloscope.evaluate.search_recall", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_prints_recall_and_writes_json(tmp_path):
     pq.write_table(_candidates(), tmp_path / "candidates.parquet")
     pq.write_table(_truth(), tmp_path / "truth.parquet")
-    proc = _cli("--candidates", str(tmp_path / "candidates.parquet"), "--truth",
-                str(tmp_path / "truth.parquet"), "--top-n", "2,5", "--json", str(tmp_path / "r.json"))  # fmt: skip
+    proc = _cli(
+        "--candidates",
+        str(tmp_path / "candidates.parquet"),
+        "--truth",
+        str(tmp_path / "truth.parquet"),
+        "--top-n",
+        "2,5",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[1].startswith("top 2: 1 lenses, recall 0.333")

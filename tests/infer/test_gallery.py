@@ -21,11 +21,16 @@ def _candidates(num: int, seed: int = 0) -> pa.Table:
     logit = np.sort(rng.normal(0, 3, num))[::-1].astype(np.float32)
     ids = [f"cand{i:05d}" for i in range(num)]
     ids[3], ids[4] = "obj,with comma", 'obj "quoted"'
-    return pa.table({
-        "id": ids, "ra": rng.uniform(0, 360, num), "dec": rng.uniform(-60, 30, num),
-        "logit": logit, "score": 1 / (1 + np.exp(-logit)),
-        "rank": np.arange(1, num + 1, dtype=np.int64),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "id": ids,
+            "ra": rng.uniform(0, 360, num),
+            "dec": rng.uniform(-60, 30, num),
+            "logit": logit,
+            "score": 1 / (1 + np.exp(-logit)),
+            "rank": np.arange(1, num + 1, dtype=np.int64),
+        }
+    )
 
 
 def _stamps(num: int, size: int = 64, seed: int = 1) -> np.ndarray:
@@ -92,8 +97,7 @@ def test_page_shows_ranked_tiles_with_viewer_links_and_images(page_dir):
 
 def test_graded_tiles_export_a_csv_that_reads_back(page_dir, tmp_path):
     sync_playwright, chromium = _browser()
-    wanted = {"cand00000": "A", "obj,with comma": "not_lens", 'obj "quoted"': "B",
-              "cand00007": "C"}  # fmt: skip
+    wanted = {"cand00000": "A", "obj,with comma": "not_lens", 'obj "quoted"': "B", "cand00007": "C"}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
         try:
@@ -182,10 +186,10 @@ def test_read_grades_refuses_bad_csv(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_read_grades_normalises_case_and_ignores_extra_columns(tmp_path):
+def test_read_grades_normalises_case_skips_ungraded_rows_and_extra_columns(tmp_path):
     path = tmp_path / "grades.csv"
-    path.write_text("\ufeffnote,id,grade\nnice,x, a \n\n,y,NOT_LENS\n")
-    grades = read_grades(path)
+    path.write_text("\ufeffnote,id,grade\nnice,x, a \n\n,y,NOT_LENS\n,z,\n,w, \n")
+    grades = read_grades(path)  # z and w: empty grades (a top<N>.csv row not filled in)
     assert grades.to_pydict() == {"id": ["x", "y"], "grade": ["A", "not_lens"]}
     assert set(grades["grade"].to_pylist()) <= set(GRADES)
     with pytest.raises(DataError, match="cannot read"):

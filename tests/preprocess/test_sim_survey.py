@@ -42,8 +42,11 @@ def _digest(root: Path) -> dict[str, str]:
 
 def test_cutouts_carry_no_truth(survey):
     files = sorted((survey / "cutouts").iterdir())
-    assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet",
-                                       "part-00002.parquet"]  # fmt: skip
+    assert [f.name for f in files] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     table = pq.read_table(survey / "cutouts")
     assert table.schema.names == SURVEY_SCHEMA.names and table.num_rows == 700
     assert not (table.schema.metadata or {}).keys() - {b"ARROW:schema"}
@@ -83,9 +86,12 @@ def test_same_bytes_for_any_worker_count(tmp_path, survey):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "haloscope", "simulate", "--survey",
-                           "--no-progress", *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "haloscope", "simulate", "--survey", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_writes_summary_and_refuses_to_overwrite(tmp_path):
