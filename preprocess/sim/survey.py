@@ -60,7 +60,8 @@ TRUTH_NAME = "truth.parquet"
 LENS_KIND = "lens"
 """``kind`` of a planted lens in the truth table (controls carry their control kind)."""
 _RENDER_BATCH = 128
-_ROW_GROUP_ROWS = 512
+# rows per row group: a search's unit of work and of resume on parquet input (4 render batches)
+_ROW_GROUP_ROWS = 4 * _RENDER_BATCH
 _F64, _STR = pa.float64(), pa.string()
 _CONDITIONS = [f"{k}_{b}" for k in ("psfsize", "psfdepth") for b in BANDS] + ["ebv"]
 SURVEY_SCHEMA = pa.schema(
@@ -164,7 +165,7 @@ def survey_chunk(cfg: SimConfig, chunk: int) -> pa.Table:
     """
     rng, pop = _population(cfg, chunk)
     codec = None if cfg.compression == "none" else cfg.compression
-    fail, truths = failed_stamp(), []
+    fail, truths, group = failed_stamp(), [], []
     final = f"{cfg.out}/{CUTOUT_DIR}/part-{chunk:05d}.parquet"
     with atomic_path(final) as tmp, pq.ParquetWriter(tmp, SURVEY_SCHEMA, compression=codec) as w:
         for start in range(0, len(pop["ra"]), _RENDER_BATCH):
@@ -172,8 +173,13 @@ def survey_chunk(cfg: SimConfig, chunk: int) -> pa.Table:
             rb = render_batch(rng, sub, quantize=cfg.quantize)
             ids = survey_id(sub["galaxy_id"])
             stamps = binary_array(_stamps(rng, sub, rb, fail))
-            w.write_table(_rows(sub, ids).append_column("stamp_npz", stamps), _ROW_GROUP_ROWS)
+            group.append(_rows(sub, ids).append_column("stamp_npz", stamps))
             truths.append(_truth(sub, rb, ids))
+            if sum(t.num_rows for t in group) >= _ROW_GROUP_ROWS:
+                w.write_table(pa.concat_tables(group).combine_chunks(), _ROW_GROUP_ROWS)
+                group = []
+        if group:
+            w.write_table(pa.concat_tables(group).combine_chunks(), _ROW_GROUP_ROWS)
     return pa.concat_tables(truths)
 
 

@@ -47,6 +47,8 @@ def test_cutouts_carry_no_truth(survey):
         "part-00001.parquet",
         "part-00002.parquet",
     ]
+    groups = [pq.ParquetFile(f).metadata.row_group(0).num_rows for f in files]
+    assert groups == [256, 256, 188]  # chunk_rows 256: one row group each (a search's chunk)
     table = pq.read_table(survey / "cutouts")
     assert table.schema.names == SURVEY_SCHEMA.names and table.num_rows == 700
     assert not (table.schema.metadata or {}).keys() - {b"ARROW:schema"}
