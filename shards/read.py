@@ -316,10 +316,10 @@ class ShardReader(IterableDataset):
         if spans is None:
             spans = self._spans[shard] = record_spans(entry["records"], self.num_meta)
         expected = entry["records"][local]
+        data = self.source.read(name, *spans[local])  # a failed transfer raises here
         try:
-            return index_record_bytes(self.source.read(name, *spans[local]), what, local,
-                                      expected, self.num_meta)  # fmt: skip
-        except DataError:
+            return index_record_bytes(data, what, local, expected, self.num_meta)
+        except DataError:  # not the bytes the prediction expected: find the real spans
             walked = walk_record_spans(lambda a, b: self.source.read(name, a, b),
                                        entry["bytes"], what, len(entry["records"]))  # fmt: skip
             if walked == spans:
