@@ -21,24 +21,25 @@ TRUTH = ("is_control", "theta_e_arcsec", "psf_fwhm_used_r", "arc_snr", "src_dmag
 """The labelled mock's truth columns, dropped to make an unlabelled table."""
 
 
-def unlabelled_table(num_rows: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
+def unlabelled_table(
+    num_rows: int, seed: int = 0, *, all_ok: bool = True
+) -> tuple[pa.Table, np.ndarray]:
     """The labelled mock rows minus truth columns, and their raw stamps (N, 3, 64, 64).
 
-    Row 4 has cutout_ok = 0 (from ``make_rows``)."""
+    ``all_ok=False`` keeps ``make_rows``' cutout_ok = 0 in row 4."""
+    from haloscope.preprocess.decode import decode_stamps
     from tests.preprocess.contract_rows import to_table
 
     rows = make_rows(num_rows, seed)
-    stamps = np.stack([r["_stamp"] for r in rows])
-    table = to_table(rows)
-    table = table.drop_columns(list(TRUTH))
-    # make_rows overwrote stamp_npz with a new stamp; decode it back for the FITS copies
-    from haloscope.preprocess.decode import decode_stamps
+    if all_ok:
+        rows[4]["cutout_ok"] = 1
+    table = to_table(rows).drop_columns(list(TRUTH))
 
     stamps, _ = decode_stamps(table.column("stamp_npz").to_pylist())
     return table, stamps
 
 
-def write_parquet(table: pa.Table, path: Path, row_group_rows: int = 16) -> Path:
+def write_parquet(table: pa.Table, path: Path, row_group_rows: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_rows)
     return path
