@@ -57,8 +57,13 @@ class VerbParser(argparse.ArgumentParser):
 
     def __init__(self, verb: str, description: str, **kwargs: Any) -> None:
         kwargs.setdefault("epilog", "Every flag also accepts underscores: --batch_size.")
-        super().__init__(prog=f"haloscope {verb}", description=description,
-                         formatter_class=_Formatter, allow_abbrev=False, **kwargs)  # fmt: skip
+        super().__init__(
+            prog=f"haloscope {verb}",
+            description=description,
+            formatter_class=_Formatter,
+            allow_abbrev=False,
+            **kwargs,
+        )
         self.verb = verb
 
     def add_argument(self, *names: str, **kwargs: Any):  # type: ignore[override]
@@ -107,8 +112,9 @@ def _underscore_aliases(names: Sequence[str]) -> list[str]:
 class _SetValue(argparse.Action):
     """A flag without a value that stores a fixed value per spelling (``--no-x``: False)."""
 
-    def __init__(self, option_strings: list[str], dest: str, values: Mapping[str, Any],
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, option_strings: list[str], dest: str, values: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         super().__init__(option_strings, dest, nargs=0, **kwargs)
         self.values = dict(values)
 
@@ -143,8 +149,10 @@ class Flag:
 
 
 def _is_bool(tp: Any) -> bool:
-    return tp is bool or (typing.get_origin(tp) in (typing.Union, type(int | None))
-                          and set(typing.get_args(tp)) == {bool, type(None)})  # fmt: skip
+    return tp is bool or (
+        typing.get_origin(tp) in (typing.Union, type(int | None))
+        and set(typing.get_args(tp)) == {bool, type(None)}
+    )
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -174,8 +182,18 @@ def config_flags(cls: type) -> list[Flag]:
         switches = dict(meta.get("switches", {}))
         if _is_bool(tp):
             switches = {name: True, "--no-" + name[2:]: False, **switches}
-        flags.append(Flag(key, name, tuple(dict.fromkeys(n for n in names if n != name)),
-                          switches, tp, doc, _default(f), meta))  # fmt: skip
+        flags.append(
+            Flag(
+                key,
+                name,
+                tuple(dict.fromkeys(n for n in names if n != name)),
+                switches,
+                tp,
+                doc,
+                _default(f),
+                meta,
+            )
+        )
     _drop_claimed_synonyms(flags)
     return flags
 
@@ -200,8 +218,9 @@ def _drop_claimed_synonyms(flags: list[Flag]) -> None:
     for fl in flags:
         for spelling in fl.spellings:
             if spelling in seen or spelling in META_FLAGS:
-                raise ValueError(f"flag {spelling} is claimed by {seen.get(spelling, 'the CLI')} "
-                                 f"and {fl.key}")  # fmt: skip
+                raise ValueError(
+                    f"flag {spelling} is claimed by {seen.get(spelling, 'the CLI')} and {fl.key}"
+                )
             seen[spelling] = fl.key
 
 
@@ -252,9 +271,15 @@ class ConfigCLI(Generic[T]):
     Fields without a flag (``option(cli=False)``) are left out of ``--print-config``.
     """
 
-    def __init__(self, verb: str, cls: type[T], description: str, *,
-                 presets: Mapping[str, Mapping[str, Any]] | None = None,
-                 preset_switches: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        verb: str,
+        cls: type[T],
+        description: str,
+        *,
+        presets: Mapping[str, Mapping[str, Any]] | None = None,
+        preset_switches: Mapping[str, str] | None = None,
+    ) -> None:
         self.verb, self.cls, self.description = verb, cls, description
         self.presets, self.preset_switches = dict(presets or {}), dict(preset_switches or {})
         self.flags = config_flags(cls)
@@ -264,20 +289,43 @@ class ConfigCLI(Generic[T]):
 
     def build_parser(self) -> VerbParser:
         """The argparse parser: meta flags, then one flag per field (grouped by section)."""
-        p = VerbParser(self.verb, self.description, epilog=self._epilog(),
-                       usage="%(prog)s [--config FILE.toml] [--print-config] [FLAG ...]")  # fmt: skip
-        p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.toml",
-                       help="TOML file of settings (keys as --print-config writes them); "
-                       "flags given on the command line win")  # fmt: skip
-        p.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
-                       help="print the resolved config as TOML and exit")  # fmt: skip
+        p = VerbParser(
+            self.verb,
+            self.description,
+            epilog=self._epilog(),
+            usage="%(prog)s [--config FILE.toml] [--print-config] [FLAG ...]",
+        )
+        p.add_argument(
+            "--config",
+            default=argparse.SUPPRESS,
+            metavar="FILE.toml",
+            help=(
+                "TOML file of settings (keys as --print-config writes them); "
+                "flags given on the command line win"
+            ),
+        )
+        p.add_argument(
+            "--print-config",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print the resolved config as TOML and exit",
+        )
         if self.presets:
-            p.add_argument("--preset", choices=sorted(self.presets), default=argparse.SUPPRESS,
-                           help="named settings under --config: " + "; ".join(
-                               f"{n}: {_show_layer(v)}" for n, v in self.presets.items()))  # fmt: skip
+            p.add_argument(
+                "--preset",
+                choices=sorted(self.presets),
+                default=argparse.SUPPRESS,
+                help="named settings under --config: "
+                + "; ".join(f"{n}: {_show_layer(v)}" for n, v in self.presets.items()),
+            )
             for flag, name in self.preset_switches.items():
-                p.add_argument(flag, action="store_const", const=name, dest="preset",
-                               help=f"same as --preset {name}")  # fmt: skip
+                p.add_argument(
+                    flag,
+                    action="store_const",
+                    const=name,
+                    dest="preset",
+                    help=f"same as --preset {name}",
+                )
         groups: dict[str, Any] = {}
         for fl in self.flags:
             section = fl.key.rpartition(".")[0]
@@ -289,9 +337,11 @@ class ConfigCLI(Generic[T]):
     def _epilog(self) -> str:
         text = "Every flag also accepts underscores (--batch_size)."
         if self.nested:
-            text += (" Any setting can also be given as --section.field=value (e.g. "
-                     f"--{self.flags[0].key}=...); precedence: defaults < --preset < --config "
-                     "< flags < --section.field.")  # fmt: skip
+            text += (
+                " Any setting can also be given as --section.field=value (e.g. "
+                f"--{self.flags[0].key}=...); precedence: defaults < --preset < --config "
+                "< flags < --section.field."
+            )
         return text
 
     def _add_flag(self, group: Any, fl: Flag) -> None:
@@ -303,25 +353,51 @@ class ConfigCLI(Generic[T]):
         if value_flags:
             choices = _choices(fl)
             metavar = fl.meta.get("metavar") or (
-                "{" + ",".join(map(str, choices)) + "}" if choices
-                else fl.name[2:].replace("-", "_").upper())  # fmt: skip
+                "{" + ",".join(map(str, choices)) + "}"
+                if choices
+                else fl.name[2:].replace("-", "_").upper()
+            )
             nargs = fl.meta.get("nargs")
             const = {"const": fl.meta.get("const")} if nargs == "?" else {}  # the flag alone
-            group.add_argument(*value_flags, dest=dest, type=_converter(fl), metavar=metavar,
-                               nargs=nargs, default=argparse.SUPPRESS, help=text, **const)  # fmt: skip
+            group.add_argument(
+                *value_flags,
+                dest=dest,
+                type=_converter(fl),
+                metavar=metavar,
+                nargs=nargs,
+                default=argparse.SUPPRESS,
+                help=text,
+                **const,
+            )
         switches = dict(fl.switches)
         if _is_bool(fl.type):  # --x and --no-x share one help entry
             off = "--no-" + fl.name[2:]
             pair = {fl.name: switches.pop(fl.name), off: switches.pop(off)}
-            group.add_argument(*pair, action=_SetValue, values=pair, dest=dest,
-                               default=argparse.SUPPRESS, help=text)  # fmt: skip
+            group.add_argument(
+                *pair,
+                action=_SetValue,
+                values=pair,
+                dest=dest,
+                default=argparse.SUPPRESS,
+                help=text,
+            )
         for flag, value in switches.items():
-            group.add_argument(flag, action=_SetValue, values={flag: value}, dest=dest,
-                               default=argparse.SUPPRESS,
-                               help=f"same as {fl.name} {_show(value)}")  # fmt: skip
+            group.add_argument(
+                flag,
+                action=_SetValue,
+                values={flag: value},
+                dest=dest,
+                default=argparse.SUPPRESS,
+                help=f"same as {fl.name} {_show(value)}",
+            )
 
-    def parse(self, argv: Sequence[str], *, layers: Sequence[Mapping[str, Any]] = (),
-              fixed: Mapping[str, Any] | None = None) -> T:  # fmt: skip
+    def parse(
+        self,
+        argv: Sequence[str],
+        *,
+        layers: Sequence[Mapping[str, Any]] = (),
+        fixed: Mapping[str, Any] | None = None,
+    ) -> T:
         """The resolved config of a command line; ``--print-config`` prints it and exits 0.
 
         Args:
@@ -341,9 +417,14 @@ class ConfigCLI(Generic[T]):
             cli = merge_dicts(cli, nest(key, value))
         preset = getattr(args, "preset", None)
         layers = [*layers, self.presets[preset]] if preset else list(layers)
-        cfg = load_config(self.cls, layers=layers, toml_path=getattr(args, "config", None), cli=cli,
-                          overrides=self._dotted_overrides(rest),
-                          flags={fl.key: fl.name for fl in self.flags})  # fmt: skip
+        cfg = load_config(
+            self.cls,
+            layers=layers,
+            toml_path=getattr(args, "config", None),
+            cli=cli,
+            overrides=self._dotted_overrides(rest),
+            flags={fl.key: fl.name for fl in self.flags},
+        )
         if getattr(args, "print_config", False):
             sys.stdout.write(to_toml(cfg, skip=self.skip))
             raise SystemExit(0)
@@ -356,8 +437,9 @@ class ConfigCLI(Generic[T]):
         while i < len(rest):
             item = rest[i]
             if not (self.nested and item.startswith("--") and "." in item.split("=", 1)[0]):
-                raise ConfigError(f"unrecognised argument {item!r} "
-                                  f"(see `haloscope {self.verb} --help`)")  # fmt: skip
+                raise ConfigError(
+                    f"unrecognised argument {item!r} (see `haloscope {self.verb} --help`)"
+                )
             if "=" not in item:
                 if i + 1 >= len(rest):
                     raise ConfigError(f"override {item} needs a value")

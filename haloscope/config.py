@@ -82,9 +82,17 @@ def option(
         metavar: the value's name in ``--help`` (default: the field name in capitals).
         cli: False for a field that the verb sets itself (no flag).
     """
-    meta = {"flag": flag, "aliases": tuple(aliases), "switches": dict(switches or {}),
-            "nargs": nargs, "const": const, "parse": parse,
-            "choices": None if choices is None else tuple(choices), "metavar": metavar, "cli": cli}  # fmt: skip
+    meta = {
+        "flag": flag,
+        "aliases": tuple(aliases),
+        "switches": dict(switches or {}),
+        "nargs": nargs,
+        "const": const,
+        "parse": parse,
+        "choices": None if choices is None else tuple(choices),
+        "metavar": metavar,
+        "cli": cli,
+    }
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
@@ -315,9 +323,13 @@ def _own_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     docs: dict[str, str] = {}
     for stmt, nxt in zip(body, body[1:], strict=False):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):  # fmt: skip
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -346,8 +358,11 @@ def _is_required(f: dataclasses.Field) -> bool:
 def sections(cls: type) -> dict[str, type]:
     """Field name -> section dataclass, for the dataclass-typed fields of ``cls``."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
-            if dataclasses.is_dataclass(hints[f.name])}  # fmt: skip
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
 
 
 def _toml_value(value: Any) -> str:

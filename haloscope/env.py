@@ -21,6 +21,7 @@ from typing import Any
 
 from haloscope import __version__
 from haloscope.argparse_util import ConfigCLI
+from haloscope.errors import HaloscopeError
 
 __all__ = ["CLI", "EnvConfig", "collect", "format_text", "main"]
 
@@ -64,17 +65,21 @@ def _gpus(torch: Any, probe: Any, supports: Any) -> list[dict[str, Any]]:
     out = []
     for i, cap in enumerate(probe.capabilities):
         props = torch.cuda.get_device_properties(i)
-        out.append({"index": i, "name": props.name,
-                    "memory_gib": round(props.total_memory / 2**30, 1),
-                    "capability": f"{cap[0]}.{cap[1]}",
-                    "supported": supports(cap, probe.arch_list)})  # fmt: skip
+        out.append(
+            {
+                "index": i,
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "capability": f"{cap[0]}.{cap[1]}",
+                "supported": supports(cap, probe.arch_list),
+            }
+        )
     return out
 
 
 def _trainer(torch: Any, requested: str, launch: Any) -> dict[str, Any]:
     """Device, precision and step mode under the trainer's defaults on this machine."""
-    from haloscope.errors import HaloscopeError
-    from haloscope.train.dist import pick_device
+    from haloscope.train.dist import pick_device  # NOTE: lazy: imports torch (env --help)
 
     try:
         device = pick_device(requested, launch.local_rank, launch.world_size, warn=False)
@@ -84,15 +89,18 @@ def _trainer(torch: Any, requested: str, launch: Any) -> dict[str, Any]:
     # NOTE: the trainer's auto rules (train/config.py: --precision auto, --step auto):
     # bf16 autocast and one CUDA graph per step on CUDA (under torchrun too: the gradient
     # all-reduce is captured), fp32 and eager on the CPU.
-    out = {"device": str(device), "precision": "bf16" if on_cuda else "fp32",
-           "step": "graph" if on_cuda else "eager"}  # fmt: skip
+    out = {
+        "device": str(device),
+        "precision": "bf16" if on_cuda else "fp32",
+        "step": "graph" if on_cuda else "eager",
+    }
     if on_cuda and torch.cuda.get_device_capability(device) < (8, 0):
         out["note"] = "this GPU has no native bf16 (capability < 8.0): pass --precision fp32"
     return out
 
 
 def _nvidia(torch: Any) -> dict[str, Any]:
-    from haloscope.train import device as gpu
+    from haloscope.train import device as gpu  # NOTE: lazy: imports torch (env --help)
 
     probe = gpu.probe_gpu()
     return {
@@ -109,7 +117,7 @@ def _nvidia(torch: Any) -> dict[str, Any]:
 
 
 def _launch() -> tuple[Any, dict[str, Any]]:
-    from haloscope.errors import HaloscopeError
+    # NOTE: lazy: train.dist imports torch, kept out of `env --help`
     from haloscope.train.dist import SLURM_VARS, TORCHRUN_VARS, Launch, detect_launch
 
     try:
@@ -117,9 +125,15 @@ def _launch() -> tuple[Any, dict[str, Any]]:
     except HaloscopeError as exc:
         launch, error = Launch(), str(exc)
     seen = {k: os.environ[k] for k in (*TORCHRUN_VARS, *SLURM_VARS) if k in os.environ}
-    doc = {"launcher": launch.launcher, "rank": launch.rank, "local_rank": launch.local_rank,
-           "world_size": launch.world_size, "init_method": launch.init_method, "error": error,
-           "variables": seen}  # fmt: skip
+    doc = {
+        "launcher": launch.launcher,
+        "rank": launch.rank,
+        "local_rank": launch.local_rank,
+        "world_size": launch.world_size,
+        "init_method": launch.init_method,
+        "error": error,
+        "variables": seen,
+    }
     return launch, doc
 
 
@@ -129,7 +143,7 @@ def collect(device: str = "auto") -> dict[str, Any]:
     Args:
         device: the trainer's ``--device`` to resolve.
     """
-    import torch
+    import torch  # NOTE: lazy: only to collect, never for `env --help`
 
     launch, launch_doc = _launch()
     nvidia = _nvidia(torch)
@@ -164,8 +178,10 @@ def _launch_line(launch: dict[str, Any]) -> str:
     if launch["launcher"] == "single":
         return "single process (rank 0 of 1)"
     where = f", rendezvous {launch['init_method']}" if launch["init_method"] else ""
-    return (f"{launch['launcher']}: rank {launch['rank']} of {launch['world_size']}, "
-            f"local rank {launch['local_rank']}{where}")  # fmt: skip
+    return (
+        f"{launch['launcher']}: rank {launch['rank']} of {launch['world_size']}, "
+        f"local rank {launch['local_rank']}{where}"
+    )
 
 
 def format_text(info: dict[str, Any]) -> str:
@@ -184,13 +200,18 @@ def format_text(info: dict[str, Any]) -> str:
         f"archs      {', '.join(nv['arch_list']) or '-'}",
         f"driver     {driver}",
         f"gpus       {len(nv['gpus'])} visible to torch"
-        + (f" (CUDA_VISIBLE_DEVICES={nv['cuda_visible_devices']})"
-           if nv["cuda_visible_devices"] is not None else ""),
-    ]  # fmt: skip
+        + (
+            f" (CUDA_VISIBLE_DEVICES={nv['cuda_visible_devices']})"
+            if nv["cuda_visible_devices"] is not None
+            else ""
+        ),
+    ]
     for g in nv["gpus"]:
         ok = "ok" if g["supported"] else "NOT IN THIS TORCH BUILD"
-        lines.append(f"  gpu {g['index']:<4} {g['name']}, {g['memory_gib']} GiB, "
-                     f"capability {g['capability']} ({ok})")  # fmt: skip
+        lines.append(
+            f"  gpu {g['index']:<4} {g['name']}, {g['memory_gib']} GiB, "
+            f"capability {g['capability']} ({ok})"
+        )
     lines.append(f"launch     {_launch_line(info['launch'])}")
     for key, value in info["launch"]["variables"].items():
         lines.append(f"  {key}={value}")
@@ -198,8 +219,10 @@ def format_text(info: dict[str, Any]) -> str:
     if tr["device"] is None:
         lines.append(f"trainer    cannot run here: {tr['error']}")
     else:
-        lines.append(f"trainer    device {tr['device']}, precision {tr['precision']}, "
-                     f"step {tr['step']} (the defaults: --precision auto --step auto)")  # fmt: skip
+        lines.append(
+            f"trainer    device {tr['device']}, precision {tr['precision']}, "
+            f"step {tr['step']} (the defaults: --precision auto --step auto)"
+        )
         if "note" in tr:
             lines.append(f"  note     {tr['note']}")
     if nv["problem"]:

@@ -62,14 +62,36 @@ class Gen4Config:
 
     def scale(self) -> dict:
         """Settings that must not change when a run is resumed."""
-        keep = ("data", "rows", "seed", "epochs", "batch_size", "arch", "hard_neg_weight",
-                "min_score", "top_k", "min_count", "train_args", "sim_args")  # fmt: skip
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in ((k, getattr(self, k)) for k in keep)}  # fmt: skip
+        keep = (
+            "data",
+            "rows",
+            "seed",
+            "epochs",
+            "batch_size",
+            "arch",
+            "hard_neg_weight",
+            "min_score",
+            "top_k",
+            "min_count",
+            "train_args",
+            "sim_args",
+        )
+        return {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in ((k, getattr(self, k)) for k in keep)
+        }
 
     def __post_init__(self) -> None:
-        for name in ("rows", "workers", "epochs", "batch_size", "top_k", "infer_batch_size",
-                     "nproc_per_node", "hard_neg_weight"):  # fmt: skip
+        for name in (
+            "rows",
+            "workers",
+            "epochs",
+            "batch_size",
+            "top_k",
+            "infer_batch_size",
+            "nproc_per_node",
+            "hard_neg_weight",
+        ):
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")

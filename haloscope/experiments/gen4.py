@@ -15,10 +15,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
+from haloscope.evaluate.compare import compare_generations
 from haloscope.experiments.config import Gen4Config
 from haloscope.experiments.stages import STAGES_DIR, Stage, StageFailed, write_json
+from haloscope.preprocess.hardneg import load_lookup
+from haloscope.shards.manifest import check_compatible, load_manifest
+from haloscope.shards.write import sha256_file
 
 __all__ = ["Paths", "plan_experiment", "reuse_eval_shards", "write_comparison"]
 
@@ -48,6 +54,7 @@ class Paths:
 
 def _train_finished(run_dir: Path, epochs: int) -> bool:
     """last.pt says the run ended: all epochs done, or early stopping fired."""
+    # NOTE: lazy: the checkpoint loader imports torch, kept out of `gen4 --help`
     from haloscope.train.checkpoint import load_checkpoint
 
     path = run_dir / "last.pt"
@@ -62,8 +69,12 @@ def _train_finished(run_dir: Path, epochs: int) -> bool:
 
 def _train_stage(cfg: Gen4Config, p: Paths, gen: str) -> Stage:
     run_dir = p.run(gen)
-    stage = Stage(f"train_{gen}", (run_dir / "best.pt", run_dir / "last.pt"), distributed=True,
-                  finished=lambda: _train_finished(run_dir, cfg.epochs))  # fmt: skip
+    stage = Stage(
+        f"train_{gen}",
+        (run_dir / "best.pt", run_dir / "last.pt"),
+        distributed=True,
+        finished=lambda: _train_finished(run_dir, cfg.epochs),
+    )
 
     def argv() -> list[str]:
         mode = []
@@ -148,12 +159,12 @@ def plan_experiment(cfg: Gen4Config) -> list[Stage]:
 
 def _split_positions(split_dir: Path) -> tuple:
     """(ra, dec, label) of every sample of a shard split, read through the shard reader."""
-    import numpy as np
-
+    # NOTE: lazy: the shard reader imports torch, kept out of `gen4 --help`
     from haloscope.shards.read import ShardReader
 
-    reader = ShardReader(split_dir, batch_size=4096, shuffle=False, drop_last=False,
-                         with_table=True)  # fmt: skip
+    reader = ShardReader(
+        split_dir, batch_size=4096, shuffle=False, drop_last=False, with_table=True
+    )
     ra, dec, label = [], [], []
     for batch in reader:
         table = batch["table"][np.asarray(batch["valid"], dtype=bool)]
@@ -177,10 +188,6 @@ def reuse_eval_shards(gen3: Path, gen4: Path, lookup: Path) -> dict:
     Raises:
         StageFailed: any check fails.
     """
-    from haloscope.preprocess.hardneg import load_lookup
-    from haloscope.shards.manifest import check_compatible, load_manifest
-    from haloscope.shards.write import sha256_file
-
     keys = load_lookup(lookup)
     notes: dict = {}
     for split in ("val", "test"):
@@ -195,24 +202,39 @@ def reuse_eval_shards(gen3: Path, gen4: Path, lookup: Path) -> dict:
         ra, dec, label = _split_positions(dst)
         leaks = int((keys.match(ra, dec) & (label == 0)).sum())
         if leaks:
-            raise StageFailed(f"{lookup}: {leaks} {split} controls are in the hard-negative "
-                              "lookup; mining must use the train split only")  # fmt: skip
-        notes[split] = {"shards": len(manifest.shards), "samples": manifest.num_samples,
-                        "sha256_verified": True, "lookup_matches": 0}  # fmt: skip
+            raise StageFailed(
+                f"{lookup}: {leaks} {split} controls are in the hard-negative "
+                "lookup; mining must use the train split only"
+            )
+        notes[split] = {
+            "shards": len(manifest.shards),
+            "samples": manifest.num_samples,
+            "sha256_verified": True,
+            "lookup_matches": 0,
+        }
     t3, t4 = load_manifest(gen3 / "train"), load_manifest(gen4 / "train")
     if t3.preprocess.get("seed") != t4.preprocess.get("seed"):
-        raise StageFailed(f"{gen4 / 'train'}: seed={t4.preprocess.get('seed')!r} differs from "
-                          f"Gen3's {t3.preprocess.get('seed')!r}")  # fmt: skip
+        raise StageFailed(
+            f"{gen4 / 'train'}: seed={t4.preprocess.get('seed')!r} differs from "
+            f"Gen3's {t3.preprocess.get('seed')!r}"
+        )
     try:  # the rule `train` applies to its val split, checked here before training starts
         check_compatible(t4, t3, against=f"Gen3's {gen3 / 'train'}")
     except DataError as exc:
         raise StageFailed(
             f"the Gen4 train shards cannot use Gen3's val/test shards: {exc}"
         ) from None
-    notes["train"] = {"gen3_samples": t3.num_samples, "gen4_samples": t4.num_samples,
-                      "gen4_counts": t4.counts}  # fmt: skip
-    log.info("val/test shards reused unchanged (sha256 verified, no lookup match); Gen4 train "
-             "%d samples vs Gen3 %d", t4.num_samples, t3.num_samples)  # fmt: skip
+    notes["train"] = {
+        "gen3_samples": t3.num_samples,
+        "gen4_samples": t4.num_samples,
+        "gen4_counts": t4.counts,
+    }
+    log.info(
+        "val/test shards reused unchanged (sha256 verified, no lookup match); Gen4 train "
+        "%d samples vs Gen3 %d",
+        t4.num_samples,
+        t3.num_samples,
+    )
     return notes
 
 
@@ -231,31 +253,43 @@ def write_comparison(cfg: Gen4Config, scores: dict[str, Path]) -> dict:
         cfg: the experiment's settings (written into the table's header and JSON).
         scores: generation -> test scores parquet, baseline (Gen3) first.
     """
-    from haloscope.evaluate.compare import compare_generations
-
     comparison = compare_generations(scores)
     reuse = json.loads((cfg.out / STAGES_DIR / "reuse_eval_shards.json").read_text())
     times = _stage_times(cfg.out)
     hard = reuse["train"].get("gen4_counts", {})
-    lines = ["# Gen3 vs Gen4 (hard negatives) on the same held-out test split", "",
-             comparison.to_markdown(), "",
-             f"Gen4 = Gen3 + hard negatives mined from Gen3's train-split scores (controls with "
-             f"score > {cfg.min_score}, top {cfg.top_k}, at least {min(cfg.top_k, cfg.min_count)} "
-             f"by score when fewer pass), each repeated {cfg.hard_neg_weight}x; "
-             "same seed, architecture, epochs and val/test shards (sha256-verified).", "",
-             f"Train samples: Gen3 {reuse['train']['gen3_samples']}, Gen4 "
-             f"{reuse['train']['gen4_samples']} ({hard.get('hard_neg_rows', 0)} controls matched "
-             f"the lookup, {hard.get('hard_neg_samples', 0)} hard-negative samples). Test: "
-             f"{reuse['test']['samples']} samples.", "",
-             "Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.scale().items()), "",
-             "Per-generation reports: gen3/report/report.md, gen4/report/report.md.", "",
-             "| stage | wall time (s) |", "|---|---|"]  # fmt: skip
+    lines = [
+        "# Gen3 vs Gen4 (hard negatives) on the same held-out test split",
+        "",
+        comparison.to_markdown(),
+        "",
+        f"Gen4 = Gen3 + hard negatives mined from Gen3's train-split scores (controls with "
+        f"score > {cfg.min_score}, top {cfg.top_k}, at least {min(cfg.top_k, cfg.min_count)} "
+        f"by score when fewer pass), each repeated {cfg.hard_neg_weight}x; "
+        "same seed, architecture, epochs and val/test shards (sha256-verified).",
+        "",
+        f"Train samples: Gen3 {reuse['train']['gen3_samples']}, Gen4 "
+        f"{reuse['train']['gen4_samples']} ({hard.get('hard_neg_rows', 0)} controls matched "
+        f"the lookup, {hard.get('hard_neg_samples', 0)} hard-negative samples). Test: "
+        f"{reuse['test']['samples']} samples.",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in cfg.scale().items()),
+        "",
+        "Per-generation reports: gen3/report/report.md, gen4/report/report.md.",
+        "",
+        "| stage | wall time (s) |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {wall:.1f} |" for name, wall in times]
     atomic_write_text(cfg.out / "gen3_vs_gen4.md", "\n".join(lines) + "\n")
     comparison.to_csv(cfg.out / "gen3_vs_gen4.csv")
-    doc = {"settings": cfg.scale(), "ci_method": comparison.ci_method,
-           "confidence": comparison.confidence, "rows": comparison.rows,
-           "eval_shards": reuse, "stage_wall_s": dict(times)}  # fmt: skip
+    doc = {
+        "settings": cfg.scale(),
+        "ci_method": comparison.ci_method,
+        "confidence": comparison.confidence,
+        "rows": comparison.rows,
+        "eval_shards": reuse,
+        "stage_wall_s": dict(times),
+    }
     write_json(cfg.out / "gen3_vs_gen4.json", doc)
     log.info("wrote %s", cfg.out / "gen3_vs_gen4.md")
     return {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from haloscope.argparse_util import ConfigCLI
 from haloscope.atomic import atomic_write_text
@@ -20,6 +21,7 @@ from haloscope.errors import ConfigError
 from haloscope.experiments.config import PRESETS, Gen4Config
 from haloscope.experiments.gen4 import plan_experiment
 from haloscope.experiments.stages import run_stages
+from haloscope.log import setup_logging
 
 __all__ = ["CLI", "main", "parse_config"]
 
@@ -35,8 +37,9 @@ full mock scale (`make gen4`); --tiny runs in minutes on a CPU. --workers is the
 simulate and shards, --num-workers the loader workers per rank of train and infer."""
 
 
-CLI = ConfigCLI("gen4", Gen4Config, _DESCRIPTION, presets=PRESETS,
-                preset_switches={"--tiny": "tiny"})  # fmt: skip
+CLI = ConfigCLI(
+    "gen4", Gen4Config, _DESCRIPTION, presets=PRESETS, preset_switches={"--tiny": "tiny"}
+)
 
 
 def parse_config(argv: list[str]) -> Gen4Config:
@@ -56,8 +59,10 @@ def _check_resume(cfg: Gen4Config) -> None:
         diff = {k: (saved.get(k), v) for k, v in cfg.scale().items() if saved.get(k) != v}
         if diff:
             pairs = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ConfigError(f"--out {cfg.out} holds an experiment with other settings ({pairs}); "
-                              "use a new --out or the same flags to resume")  # fmt: skip
+            raise ConfigError(
+                f"--out {cfg.out} holds an experiment with other settings ({pairs}); "
+                "use a new --out or the same flags to resume"
+            )
         return
     cfg.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(cfg.scale(), indent=1) + "\n")
@@ -65,20 +70,21 @@ def _check_resume(cfg: Gen4Config) -> None:
 
 def main(argv: list[str]) -> int:
     """Run (or resume) the experiment; returns the exit status."""
-    import time
-
-    from haloscope.log import setup_logging
-
     cfg = parse_config(argv)
     setup_logging(0)
     if cfg.data is not None and not cfg.data.is_dir():
         raise ConfigError(f"--data {cfg.data}: no such directory")
     _check_resume(cfg)
     t0 = time.perf_counter()
-    records = run_stages(cfg.out, plan_experiment(cfg), nproc_per_node=cfg.nproc_per_node,
-                         echo=not cfg.quiet)  # fmt: skip
+    records = run_stages(
+        cfg.out, plan_experiment(cfg), nproc_per_node=cfg.nproc_per_node, echo=not cfg.quiet
+    )
     ran = [r for r in records if not r["skipped"]]
-    log.info("gen4 experiment done in %.1f s (%d stage(s) run, %d skipped): %s",
-             time.perf_counter() - t0, len(ran), len(records) - len(ran),
-             cfg.out / "gen3_vs_gen4.md")  # fmt: skip
+    log.info(
+        "gen4 experiment done in %.1f s (%d stage(s) run, %d skipped): %s",
+        time.perf_counter() - t0,
+        len(ran),
+        len(records) - len(ran),
+        cfg.out / "gen3_vs_gen4.md",
+    )
     return 0

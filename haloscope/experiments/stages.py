@@ -24,8 +24,16 @@ from pathlib import Path
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import HaloscopeError
 
-__all__ = ["STAGES_DIR", "LOGS_DIR", "StageFailed", "Stage", "haloscope_argv", "stage_done",
-           "write_json", "run_stages"]  # fmt: skip
+__all__ = [
+    "STAGES_DIR",
+    "LOGS_DIR",
+    "StageFailed",
+    "Stage",
+    "haloscope_argv",
+    "stage_done",
+    "write_json",
+    "run_stages",
+]
 
 log = logging.getLogger(__name__)
 STAGES_DIR, LOGS_DIR = "stages", "logs"
@@ -127,8 +135,9 @@ def _execute(out: Path, stage: Stage, nproc_per_node: int, echo: bool) -> dict:
     return {"command": ["haloscope", *args], "log": str(log_path)}
 
 
-def run_stages(out: Path, stages: Sequence[Stage], *, nproc_per_node: int = 1,
-               echo: bool = True) -> list[dict]:  # fmt: skip
+def run_stages(
+    out: Path, stages: Sequence[Stage], *, nproc_per_node: int = 1, echo: bool = True
+) -> list[dict]:
     """Run the stages in order, skipping done ones; returns one timing record per stage.
 
     Args:
@@ -156,10 +165,17 @@ def run_stages(out: Path, stages: Sequence[Stage], *, nproc_per_node: int = 1,
         wall_s = time.perf_counter() - t0
         missing = [str(p) for p in stage.outputs if not p.exists()]
         if missing or (stage.finished is not None and not stage.finished()):
-            raise StageFailed(f"stage {stage.name} ended but its outputs are missing or "
-                              f"incomplete: {missing or [str(p) for p in stage.outputs]}")  # fmt: skip
-        record = {"stage": stage.name, "wall_s": round(wall_s, 3), **info, **stage.notes,
-                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+            raise StageFailed(
+                f"stage {stage.name} ended but its outputs are missing or "
+                f"incomplete: {missing or [str(p) for p in stage.outputs]}"
+            )
+        record = {
+            "stage": stage.name,
+            "wall_s": round(wall_s, 3),
+            **info,
+            **stage.notes,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         write_json(_marker(out, stage), record)
         log.info("stage %s: done in %.1f s", stage.name, wall_s)
         records.append({**record, "skipped": False})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -16,6 +17,9 @@ from haloscope.atomic import (
     file_mode,
     is_temp_name,
 )
+from haloscope.evaluate import cli as eval_cli
+from haloscope.evaluate import mine, outputs
+from haloscope.train import failures
 from tests.output_faults import unwritable_out
 
 
@@ -89,8 +93,6 @@ def test_text_mode_only():
 
 
 def test_an_oserror_without_a_filename_gets_the_destination(tmp_path):
-    import errno
-
     target = tmp_path / "scores.parquet"
     with pytest.raises(OSError) as info, atomic_path(target):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -131,9 +133,5 @@ def test_check_writable_names_what_the_write_would_fail_on(tmp_path):
 
 
 def test_one_check_writable_for_every_stage():
-    from haloscope.evaluate import cli as eval_cli
-    from haloscope.evaluate import mine, outputs
-    from haloscope.train import failures
-
     assert mine.check_writable is eval_cli.check_writable is check_writable
     assert not hasattr(outputs, "check_writable") and not hasattr(failures, "check_writable")

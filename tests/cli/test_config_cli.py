@@ -18,6 +18,8 @@ from haloscope.argparse_util import META_FLAGS, ConfigCLI, config_flags
 from haloscope.cli import VERBS
 from haloscope.config import cli_meta, option
 from haloscope.errors import ConfigError
+from haloscope.preprocess.config import PreprocessConfig
+from haloscope.preprocess.convert.cli import parse_config as parse_shards_config
 
 # NOTE: bench dispatches to benchmarks that parse their own options (no config yet)
 CONFIG_VERBS = [v for v in VERBS if v != "bench"]
@@ -86,8 +88,12 @@ def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _run(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *python_flags, "-m", "haloscope", *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *python_flags, "-m", "haloscope", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("verb", CONFIG_VERBS)
@@ -105,8 +111,12 @@ def test_every_field_has_exactly_one_flag_and_every_flag_one_field(verb):
             dest_of[spelling] = action.dest
     meta = {*META_FLAGS, "-h", *cli.preset_switches}
     for spelling, dest in dest_of.items():
-        if spelling.replace("_", "-") in meta or dest in ("help", "config", "print_config",
-                                                          "preset"):  # fmt: skip
+        if spelling.replace("_", "-") in meta or dest in (
+            "help",
+            "config",
+            "print_config",
+            "preset",
+        ):
             continue
         assert dest.startswith("cfg:") and dest[4:] in keys, f"{verb}: {spelling} -> {dest}"
     for fl in cli.flags:  # the flag's name and every alias lead to the field
@@ -247,12 +257,28 @@ def test_unified_flags_mean_the_same_in_every_verb():
     for verb in ("train", "infer", "gen4"):  # every batch size is all ranks together
         assert "Global" in by_flag["--batch-size"][verb].doc, verb
     assert "--no-progress" in by_flag and set(by_flag["--no-progress"]) >= {
-        "train", "infer", "shards", "simulate", "transfer-sets"}  # fmt: skip
-    for flag in ("--precision", "--step", "--device", "--use-bf16", "--compile", "--cuda-graphs",
-                 "--no-cuda-graphs"):  # fmt: skip
+        "train",
+        "infer",
+        "shards",
+        "simulate",
+        "transfer-sets",
+    }
+    for flag in (
+        "--precision",
+        "--step",
+        "--device",
+        "--use-bf16",
+        "--compile",
+        "--cuda-graphs",
+        "--no-cuda-graphs",
+    ):
         train, infer = by_flag[flag]["train"], by_flag[flag]["infer"]
         assert (train.name, train.type, train.doc, train.switches) == (
-            infer.name, infer.type, infer.doc, infer.switches)  # fmt: skip
+            infer.name,
+            infer.type,
+            infer.doc,
+            infer.switches,
+        )
 
 
 def test_precision_and_step_switches():
@@ -283,13 +309,11 @@ def test_gen4_tiny_is_a_preset_under_flags():
 
 
 def test_shards_verify_needs_no_data_and_slurm_defaults(tmp_path):
-    from haloscope.preprocess.convert.cli import parse_config
-
-    assert parse_config(["--out", "o", "--verify"]).data is None
+    assert parse_shards_config(["--out", "o", "--verify"]).data is None
     with pytest.raises(ConfigError, match="--data is required"):
-        parse_config(["--out", "o"])
+        parse_shards_config(["--out", "o"])
     env = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}
-    cfg = parse_config(["--out", "o", "--data", "d"], env=env)
+    cfg = parse_shards_config(["--out", "o", "--data", "d"], env=env)
     assert (cfg.task_index, cfg.num_tasks, cfg.data) == (3, 4, Path("d"))
     assert cfg.command == ("haloscope", "shards", "--out", "o", "--data", "d")
 
@@ -297,7 +321,6 @@ def test_shards_verify_needs_no_data_and_slurm_defaults(tmp_path):
 def test_train_checks_the_preprocessing_settings_under_the_shards_names():
     """The seed passes its preprocessing flags to train too: there they are optional checks
     against the manifest, with the flag names and value types of PreprocessConfig."""
-    from haloscope.preprocess.config import PreprocessConfig
 
     def base(tp):  # X | None -> X; a path is given as a string in train
         args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -15,6 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS = ROOT / "containers"
 PIN = CONTAINERS / "pin_installed.py"
@@ -57,10 +59,12 @@ def test_both_install_the_same_way():
 
 
 def test_pin_installed_names_the_installed_versions():
-    import torch
-
-    out = subprocess.run([sys.executable, str(PIN), "torch", "no-such-distribution"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(PIN), "torch", "no-such-distribution"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     (line,) = out.splitlines()
     assert line.startswith("torch==") and torch.__version__.startswith(line.split("==")[1])
 
@@ -69,8 +73,12 @@ def test_install_into_an_existing_torch_keeps_it(tmp_path):
     """`pip install -c keep.txt .` as in the containers, offline, into this venv: the
     pyproject ranges are met by what is installed and only haloscope would change."""
     keep = tmp_path / "keep.txt"
-    pins = subprocess.run([sys.executable, str(PIN), "torch", "torchvision", "triton", "numpy"],
-                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    pins = subprocess.run(
+        [sys.executable, str(PIN), "torch", "torchvision", "triton", "numpy"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     keep.write_text(pins)
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
            "--no-build-isolation", "--disable-pip-version-check", "-c", str(keep), str(ROOT)]  # fmt: skip

@@ -37,8 +37,14 @@ def test_text_report_on_this_machine():
 
 
 def test_json_report_sees_slurm_ranks():
-    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1",
-             "SLURM_LOCALID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gh[01-02]"}  # fmt: skip
+    slurm = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": "gh[01-02]",
+    }
     proc = _run("--json", "--device", "cpu", **slurm)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
@@ -54,8 +60,10 @@ def test_json_report_sees_slurm_ranks():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom haloscope.cli import main\ntry:\n    main(['env', '--help'])\n"
-            "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")  # fmt: skip
+    code = (
+        "import sys\nfrom haloscope.cli import main\ntry:\n    main(['env', '--help'])\n"
+        "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "usage: haloscope env" in proc.stdout and "--json" in proc.stdout
@@ -68,15 +76,36 @@ def _info(**changes) -> dict:
         "os": {"system": "Linux", "release": "5.14", "libc": "glibc 2.34"},
         "cpu": {"arch": "aarch64", "count": 72, "usable": 72},
         "torch": {"version": "2.14.1", "cuda": "13.0", "cudnn": "9.24.0", "nccl": "2.30.7"},
-        "nvidia": {"driver": "580.82.07", "driver_needed": "580.65.06", "device_nodes": [],
-                   "nvidia_smi": None, "cuda_visible_devices": "0", "cuda_available": True,
-                   "arch_list": ["sm_90"], "problem": None,
-                   "gpus": [{"index": 0, "name": "NVIDIA GH200 480GB", "memory_gib": 94.5,
-                             "capability": "9.0", "supported": True}]},
-        "launch": {"launcher": "torchrun", "rank": 0, "local_rank": 0, "world_size": 8,
-                   "init_method": None, "error": None, "variables": {"RANK": "0"}},
+        "nvidia": {
+            "driver": "580.82.07",
+            "driver_needed": "580.65.06",
+            "device_nodes": [],
+            "nvidia_smi": None,
+            "cuda_visible_devices": "0",
+            "cuda_available": True,
+            "arch_list": ["sm_90"],
+            "problem": None,
+            "gpus": [
+                {
+                    "index": 0,
+                    "name": "NVIDIA GH200 480GB",
+                    "memory_gib": 94.5,
+                    "capability": "9.0",
+                    "supported": True,
+                }
+            ],
+        },
+        "launch": {
+            "launcher": "torchrun",
+            "rank": 0,
+            "local_rank": 0,
+            "world_size": 8,
+            "init_method": None,
+            "error": None,
+            "variables": {"RANK": "0"},
+        },
         "trainer": {"device": "cuda:0", "precision": "bf16", "step": "graph"},
-    }  # fmt: skip
+    }
     for key, value in changes.items():
         info[key] = {**info[key], **value}
     return info
@@ -93,6 +122,10 @@ def test_report_lists_gpus_launch_and_trainer_choice():
 
 
 def test_report_warns_about_an_unusable_gpu():
-    text = format_text(_info(nvidia={"problem": "driver 470.1 is too old", "gpus": []},
-                             trainer={"device": "cpu", "precision": "fp32", "step": "eager"}))  # fmt: skip
+    text = format_text(
+        _info(
+            nvidia={"problem": "driver 470.1 is too old", "gpus": []},
+            trainer={"device": "cpu", "precision": "fp32", "step": "eager"},
+        )
+    )
     assert text.splitlines()[-1] == "WARNING    GPU PRESENT BUT UNUSABLE: driver 470.1 is too old"
