@@ -114,7 +114,7 @@ PAGE = """\
 <h1>Top {{ tiles | length }} of {{ num_candidates }} candidates</h1>
 <p class="help" id="legend">Grades:
 {% for g in grades %}<span data-grade="{{ g.value }}" data-key="{{ g.key }}">\
-<b>{{ g.value }}</b> {{ g.help }} (key {{ g.key }}){{ ";" if not loop.last }}</span>
+<b>{{ g.value }}</b> {{ g.help }} (key {{ g.key }}){{ "; " if not loop.last }}</span>
 {%- endfor %}. Click a tile (or Tab to it) and press a key; 0 clears, j/k or arrows move;
 click a grade again to clear it. Grades are kept in this browser for this page.</p>
 <p class="help">Bands z, r, g as R, G, B in sky-noise units (asinh stretch), as the model
