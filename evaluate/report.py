@@ -30,6 +30,7 @@ from haloscope.evaluate.outputs import staged_folder
 from haloscope.evaluate.report_render import Block, code, render_html, render_markdown, spans
 from haloscope.evaluate.scores import ScoresFrame, describe_label_column
 from haloscope.evaluate.stratify import StratifiedResult
+from haloscope.infer.gallery import viewer_url  # the one viewer link (search gallery, report)
 
 __all__ = ["GALLERY_SIZE", "build_report", "find_run_curves", "viewer_url"]
 
@@ -57,11 +58,6 @@ def _ci(entry: dict[str, Any]) -> str:
 
 def _thr(value: float | None) -> str:
     return "inf (nothing passes)" if value is None else f"{value:.6g}"
-
-
-def viewer_url(ra: float, dec: float) -> str:
-    """The Legacy Survey DR10 sky viewer centred on (ra, dec), degrees."""
-    return f"https://www.legacysurvey.org/viewer?ra={ra:.6f}&dec={dec:.6f}&layer=ls-dr10&zoom=16"
 
 
 def _key_numbers(frame: ScoresFrame, result: StratifiedResult) -> list[list[dict]]:
