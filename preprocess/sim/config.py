@@ -77,8 +77,9 @@ class SimConfig:
     """Write an unlabelled survey to search instead: one row per galaxy in <out>/cutouts/, no
     truth columns; the truth goes to <out>/truth.parquet (see --survey-lens-frac)."""
     survey_lens_frac: float = 0.02
-    """With --survey: fraction of galaxies with a planted lens (about 1e-3 among real LRGs;
-    a few percent gives recall in the top N enough lenses at demo sizes)."""
+    """With --survey: fraction of galaxies with a planted lens, in place of --control-frac
+    (about 1e-3 among real LRGs; a few percent gives recall in the top N enough lenses at
+    demo sizes). --split-fracs and --selection-frac do not apply to a survey."""
 
     def __post_init__(self) -> None:
         if self.rows < 1:
