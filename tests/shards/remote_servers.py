@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,6 +30,8 @@ class Faults:
     """Paths whose bodies stop halfway (the full Content-Length is announced)."""
     fail_first: dict[str, int] = field(default_factory=dict)
     """Path -> number of first GETs answered 503."""
+    delay_s: float = 0.0
+    """Seconds every GET waits before answering (a slow server)."""
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     """Every request: (method, path, Range header)."""
 
@@ -48,6 +51,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         rng = self.headers.get("Range")
         self.faults.requests.append(("GET", self.path, rng))
+        time.sleep(self.faults.delay_s)
         left = self.faults.fail_first.get(self.path, 0)
         if left:
             self.faults.fail_first[self.path] = left - 1
