@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from haloscope.argparse_util import VerbParser
 
 __all__ = ["run_bench", "main", "write_survey"]
 
@@ -37,9 +41,6 @@ def write_survey(
     root: Path, rows_per_split: dict[str, int], seed: int = 0, rows_per_file: int = 2000
 ) -> None:
     """Write a hive-partitioned survey with unique stamps (a third of the rows lenses)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rng = np.random.default_rng(seed)
     next_id = 0
     for split, n in rows_per_split.items():
@@ -153,8 +154,6 @@ def run_bench(out_path: str, sizes: tuple[int, ...] = (4000, 16000)) -> dict[str
 
 def main(argv: list[str]) -> int:
     """``haloscope bench convert [--out PATH]``."""
-    from haloscope.argparse_util import VerbParser
-
     parser = VerbParser("bench convert", "Converter rows/s per core and peak memory at two sizes.")
     parser.add_argument("--out", default="bench/results/convert.json", help="JSON output path")
     parser.add_argument("--sizes", default="4000,16000", help="train rows of the two runs")

@@ -49,9 +49,20 @@ _K = 7
 if TRITON_AVAILABLE:
 
     @triton.jit
-    def _dw_fwd_kernel(x_ptr, wt_ptr, b_ptr, y_ptr, C, H, W,
-                       HAS_BIAS: tl.constexpr, FLIP: tl.constexpr, K: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    def _dw_fwd_kernel(
+        x_ptr,
+        wt_ptr,
+        b_ptr,
+        y_ptr,
+        C,
+        H,
+        W,
+        HAS_BIAS: tl.constexpr,
+        FLIP: tl.constexpr,
+        K: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
         """y[n,p,c] = sum_t x[n, p + shift(t), c] * wt[t, c] (+ b[c]); NHWC, zero padding."""
         n, pid_p, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -75,8 +86,19 @@ if TRITON_AVAILABLE:
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
     @triton.jit
-    def _dw_wgrad_kernel(x_ptr, g_ptr, part_ptr, N, C, H, W, IMGS: tl.constexpr,
-                         K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    def _dw_wgrad_kernel(
+        x_ptr,
+        g_ptr,
+        part_ptr,
+        N,
+        C,
+        H,
+        W,
+        IMGS: tl.constexpr,
+        K: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
         """part[chunk, t, c] = sum over the chunk's images and pixels of g * shifted x."""
         pid_n, pid_c, t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         dy, dx = t // K - K // 2, t % K - K // 2
@@ -92,10 +114,16 @@ if TRITON_AVAILABLE:
                 h, w = offs_p // W, offs_p % W
                 hh, ww = h + dy, w + dx
                 ok = mask_p & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                g = tl.load(g_ptr + base + offs_p[:, None] * C + offs_c[None, :],
-                            mask=ok[:, None] & mask_c[None, :], other=0.0)  # fmt: skip
-                xv = tl.load(x_ptr + base + (hh * W + ww)[:, None] * C + offs_c[None, :],
-                             mask=ok[:, None] & mask_c[None, :], other=0.0)  # fmt: skip
+                g = tl.load(
+                    g_ptr + base + offs_p[:, None] * C + offs_c[None, :],
+                    mask=ok[:, None] & mask_c[None, :],
+                    other=0.0,
+                )
+                xv = tl.load(
+                    x_ptr + base + (hh * W + ww)[:, None] * C + offs_c[None, :],
+                    mask=ok[:, None] & mask_c[None, :],
+                    other=0.0,
+                )
                 acc += tl.sum(g.to(tl.float32) * xv.to(tl.float32), axis=0)
         tl.store(part_ptr + (pid_n * K * K + t) * C + offs_c, acc, mask=mask_c)
 
@@ -112,8 +140,20 @@ def _conv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, flip: bo
     y = torch.empty_like(x, memory_format=torch.channels_last)
     bp, bc = _blocks(h * w, c)
     grid = (n, triton.cdiv(h * w, bp), triton.cdiv(c, bc))
-    _dw_fwd_kernel[grid](x, wt, bias if bias is not None else wt, y, c, h, w,
-                         HAS_BIAS=bias is not None, FLIP=flip, K=_K, BLOCK_P=bp, BLOCK_C=bc)  # fmt: skip
+    _dw_fwd_kernel[grid](
+        x,
+        wt,
+        bias if bias is not None else wt,
+        y,
+        c,
+        h,
+        w,
+        HAS_BIAS=bias is not None,
+        FLIP=flip,
+        K=_K,
+        BLOCK_P=bp,
+        BLOCK_C=bc,
+    )
     return y
 
 
@@ -124,7 +164,8 @@ def _wgrad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     chunks = triton.cdiv(n, imgs)
     part = torch.empty(chunks, _K * _K, c, device=x.device, dtype=torch.float32)
     _dw_wgrad_kernel[(chunks, triton.cdiv(c, bc), _K * _K)](
-        x, g, part, n, c, h, w, IMGS=imgs, K=_K, BLOCK_P=bp, BLOCK_C=bc)  # fmt: skip
+        x, g, part, n, c, h, w, IMGS=imgs, K=_K, BLOCK_P=bp, BLOCK_C=bc
+    )
     return part.sum(0)  # (49, C) fp32
 
 
@@ -180,9 +221,15 @@ class Depthwise7x7(nn.Module):
 
 
 def _is_depthwise7x7(m: nn.Module) -> bool:
-    return (isinstance(m, nn.Conv2d) and m.kernel_size == (_K, _K) and m.stride == (1, 1)
-            and m.padding == (_K // 2, _K // 2) and m.dilation == (1, 1)
-            and m.groups == m.in_channels == m.out_channels and m.padding_mode == "zeros")  # fmt: skip
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (_K, _K)
+        and m.stride == (1, 1)
+        and m.padding == (_K // 2, _K // 2)
+        and m.dilation == (1, 1)
+        and m.groups == m.in_channels == m.out_channels
+        and m.padding_mode == "zeros"
+    )
 
 
 def use_triton_depthwise(model: nn.Module) -> int:
@@ -216,8 +263,9 @@ def _time_graph(fn: Callable[[], Any], reps: int = 20) -> float:
     return start.elapsed_time(end) / reps
 
 
-def _dw_fwd_bwd(x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, dtype: torch.dtype,
-                layout: str) -> None:  # fmt: skip
+def _dw_fwd_bwd(
+    x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, dtype: torch.dtype, layout: str
+) -> None:
     """Depthwise 7x7 conv forward + backward of one block, bf16 channels-last in and out."""
     if layout == "triton":
         y = depthwise7x7(x, w.to(dtype), None)
@@ -257,6 +305,12 @@ def depthwise_probe(batch_size: int) -> list[dict[str, Any]]:
             gy = torch.randn(batch_size, c, h, h, device="cuda", dtype=torch.bfloat16)
 
             total += blocks * _time_graph(partial(_dw_fwd_bwd, x, w, gy, dtype, layout))
-        rows.append({"batch_size": batch_size, "dtype": dtype_name, "layout": layout,
-                     "ms_per_step": round(total, 3)})  # fmt: skip
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "dtype": dtype_name,
+                "layout": layout,
+                "ms_per_step": round(total, 3),
+            }
+        )
     return rows

@@ -40,8 +40,25 @@ from typing import Any
 import torch
 
 from haloscope.atomic import atomic_write_text
-from haloscope.bench.gpu import free_cuda, gpu_env
+from haloscope.bench.gpu import free_cuda, gpu_env, write_random_shards
 from haloscope.errors import ConfigError
+from haloscope.log import setup_logging
+from haloscope.shards.manifest import load_manifest
+from haloscope.shards.read import ShardReader, build_loader
+from haloscope.train.checkpoint import load_checkpoint
+from haloscope.train.dist import (
+    all_gather_1d,
+    barrier,
+    init_distributed,
+    make_grad_sync,
+    shutdown,
+    wrap_ddp,
+)
+from haloscope.train.loss import build_loss
+from haloscope.train.model import build_model
+from haloscope.train.optim import build_optimizer
+from haloscope.train.step import make_eval_step, make_train_step
+from haloscope.train.validate import validate
 
 __all__ = ["run_bench", "parse_options", "main"]
 
@@ -52,10 +69,12 @@ CHECK_STEPS = 10
 # ----------------------------------------------------------------------------- worker side
 
 
-def _build(model_args: dict[str, Any], weights: dict[str, torch.Tensor] | None,
-           device: torch.device, **override: Any) -> torch.nn.Module:  # fmt: skip
-    from haloscope.train.model import build_model
-
+def _build(
+    model_args: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None,
+    device: torch.device,
+    **override: Any,
+) -> torch.nn.Module:
     torch.manual_seed(0)  # the same initial weights on every rank
     model = build_model(**{**model_args, **override})
     if weights is not None:
@@ -65,68 +84,73 @@ def _build(model_args: dict[str, Any], weights: dict[str, torch.Tensor] | None,
 
 def _model_source(args: argparse.Namespace) -> tuple[dict[str, Any], dict | None]:
     """Model arguments and weights: from ``--ckpt``, else ConvNeXt-Tiny on the manifest's meta."""
-    from haloscope.shards.manifest import load_manifest
-    from haloscope.train.checkpoint import load_checkpoint
-
     if args.ckpt:
         payload = load_checkpoint(args.ckpt)
         return dict(payload["model_args"]), payload["model"]
     m = load_manifest(Path(args.shards) / "train")
-    return {"arch": "convnext_tiny", "meta_cols": list(m.meta_columns),
-            "meta_mean": [float(v) for v in m.meta_mean],
-            "meta_std": [float(v) for v in m.meta_std], "dropout": 0.1,
-            "drop_path_rate": 0.1}, None  # fmt: skip
+    return {
+        "arch": "convnext_tiny",
+        "meta_cols": list(m.meta_columns),
+        "meta_mean": [float(v) for v in m.meta_mean],
+        "meta_std": [float(v) for v in m.meta_std],
+        "dropout": 0.1,
+        "drop_path_rate": 0.1,
+    }, None
 
 
 def _gather(values: list[float], env: Any) -> list[list[float]]:
     """Every rank's ``values`` (same length), as a list per rank."""
-    from haloscope.train.dist import all_gather_1d
-
     t = all_gather_1d(torch.tensor(values, dtype=torch.float64, device=env.device), env)
     return t.view(env.world_size, len(values)).tolist()
 
 
 def _train_reader(args: argparse.Namespace, env: Any, epoch: int) -> Any:
     """This rank's shuffled reader of the train split at ``epoch``, per-GPU batch."""
-    from haloscope.shards.read import ShardReader
-
-    reader = ShardReader(Path(args.shards) / "train", batch_size=args.batch_size, seed=0,
-                         rank=env.rank, world_size=env.world_size)  # fmt: skip
+    reader = ShardReader(
+        Path(args.shards) / "train",
+        batch_size=args.batch_size,
+        seed=0,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
     reader.set_epoch(epoch)
     return reader
 
 
 def _count_epoch(args: argparse.Namespace, env: Any) -> dict[str, Any]:
-    from haloscope.shards.read import build_loader
-
     reader = _train_reader(args, env, epoch=0)
     t0, batches, samples = time.perf_counter(), 0, 0
     for batch in build_loader(reader, num_workers=args.workers, pin_memory=False):
         batches += 1
         samples += int(batch["valid"].sum())
     counts = _gather([batches, samples, time.perf_counter() - t0], env)
-    return {"expected_batches_per_rank": reader.batches_per_rank(),
-            "batches_per_rank": [int(c[0]) for c in counts],
-            "samples_per_rank": [int(c[1]) for c in counts],
-            "loader_only_s": round(max(c[2] for c in counts), 2),
-            "equal": len({int(c[0]) for c in counts}) == 1
-            and int(counts[0][0]) == reader.batches_per_rank()}  # fmt: skip
+    return {
+        "expected_batches_per_rank": reader.batches_per_rank(),
+        "batches_per_rank": [int(c[0]) for c in counts],
+        "samples_per_rank": [int(c[1]) for c in counts],
+        "loader_only_s": round(max(c[2] for c in counts), 2),
+        "equal": len({int(c[0]) for c in counts}) == 1
+        and int(counts[0][0]) == reader.batches_per_rank(),
+    }
 
 
-def _make_step(model: torch.nn.Module, mode: str, args: argparse.Namespace, env: Any,
-               augment: bool = True) -> Any:  # fmt: skip
-    from haloscope.train.dist import make_grad_sync, wrap_ddp
-    from haloscope.train.loss import build_loss
-    from haloscope.train.optim import build_optimizer
-    from haloscope.train.step import make_train_step
-
+def _make_step(
+    model: torch.nn.Module, mode: str, args: argparse.Namespace, env: Any, augment: bool = True
+) -> Any:
     opt = build_optimizer(model, lr=args.lr, weight_decay=0.05)
     loss = build_loss()  # the default LossConfig: focal
-    common = {"device": env.device, "distributed": env.is_distributed, "augment": augment,
-              "bf16": True, "channels_last": True, "max_grad_norm": 1.0}  # fmt: skip
+    common = {
+        "device": env.device,
+        "distributed": env.is_distributed,
+        "augment": augment,
+        "bf16": True,
+        "channels_last": True,
+        "max_grad_norm": 1.0,
+    }
     if mode == "graph":
-        return make_train_step(model, loss, opt, args.batch_size, mode="graph",
-                               grad_sync=make_grad_sync(env), **common)  # fmt: skip
+        return make_train_step(
+            model, loss, opt, args.batch_size, mode="graph", grad_sync=make_grad_sync(env), **common
+        )
     return make_train_step(wrap_ddp(model, env), loss, opt, args.batch_size, mode="eager", **common)
 
 
@@ -135,11 +159,14 @@ def _weights_digest(model: torch.nn.Module) -> float:
         return float(sum(p.double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
 
 
-def _train_row(mode: str, args: argparse.Namespace, env: Any, model_args: dict,
-               weights: dict | None, epoch: int) -> dict[str, Any]:  # fmt: skip
-    from haloscope.shards.read import build_loader
-    from haloscope.train.dist import barrier
-
+def _train_row(
+    mode: str,
+    args: argparse.Namespace,
+    env: Any,
+    model_args: dict,
+    weights: dict | None,
+    epoch: int,
+) -> dict[str, Any]:
     model = _build(model_args, weights, env.device)
     step = _make_step(model, mode, args, env)
     reader = _train_reader(args, env, epoch)
@@ -166,21 +193,23 @@ def _train_row(mode: str, args: argparse.Namespace, env: Any, model_args: dict,
     free_cuda()
     slowest = max(r[0] for r in per_rank)
     total = env.world_size * args.batch_size * args.steps / slowest
-    return {"mode": mode, "img_per_s": round(total, 1),
-            "img_per_s_per_gpu": round(total / env.world_size, 1),
-            "step_ms": round(1e3 * slowest / args.steps, 3),
-            "loader_wait_frac": round(max(r[1] / r[0] for r in per_rank), 4),
-            "weights_in_sync": len({r[2] for r in per_rank}) == 1,
-            "last_loss_per_rank": [round(r[3], 5) for r in per_rank],
-            "warmup_s": round(first_s, 2),
-            "max_mem_gib": round(torch.cuda.max_memory_allocated(env.device) / 2**30, 2)}  # fmt: skip
+    return {
+        "mode": mode,
+        "img_per_s": round(total, 1),
+        "img_per_s_per_gpu": round(total / env.world_size, 1),
+        "step_ms": round(1e3 * slowest / args.steps, 3),
+        "loader_wait_frac": round(max(r[1] / r[0] for r in per_rank), 4),
+        "weights_in_sync": len({r[2] for r in per_rank}) == 1,
+        "last_loss_per_rank": [round(r[3], 5) for r in per_rank],
+        "warmup_s": round(first_s, 2),
+        "max_mem_gib": round(torch.cuda.max_memory_allocated(env.device) / 2**30, 2),
+    }
 
 
-def _graph_vs_eager(args: argparse.Namespace, env: Any, model_args: dict,
-                    weights: dict | None) -> dict[str, Any]:  # fmt: skip
+def _graph_vs_eager(
+    args: argparse.Namespace, env: Any, model_args: dict, weights: dict | None
+) -> dict[str, Any]:
     """The graphed step with captured all-reduce against eager DDP on the same batches."""
-    from haloscope.shards.read import build_loader
-
     batches = []
     for b in build_loader(_train_reader(args, env, epoch=99), num_workers=0, pin_memory=False):
         batches.append({k: b[k].clone() for k in ("image", "meta", "label")})
@@ -200,26 +229,32 @@ def _graph_vs_eager(args: argparse.Namespace, env: Any, model_args: dict,
     diff = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(we, wg, strict=True)))
     rel_loss = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lg, strict=True))
     rel_w = float(diff / moved.clamp_min(1e-30))
-    return {"steps": CHECK_STEPS, "losses_eager": [round(v, 6) for v in le],
-            "losses_graph": [round(v, 6) for v in lg],
-            "max_rel_loss_diff": round(rel_loss, 6),
-            "weight_diff_over_movement": round(rel_w, 6),
-            "ok": rel_loss < 0.02 and rel_w < 0.05}  # fmt: skip
+    return {
+        "steps": CHECK_STEPS,
+        "losses_eager": [round(v, 6) for v in le],
+        "losses_graph": [round(v, 6) for v in lg],
+        "max_rel_loss_diff": round(rel_loss, 6),
+        "weight_diff_over_movement": round(rel_w, 6),
+        "ok": rel_loss < 0.02 and rel_w < 0.05,
+    }
 
 
-def _eval_rows(args: argparse.Namespace, env: Any, model_args: dict,
-               weights: dict | None) -> dict[str, Any]:  # fmt: skip
-    from haloscope.shards.read import ShardReader, build_loader
-    from haloscope.train.dist import barrier
-    from haloscope.train.step import make_eval_step
-    from haloscope.train.validate import validate
-
+def _eval_rows(
+    args: argparse.Namespace, env: Any, model_args: dict, weights: dict | None
+) -> dict[str, Any]:
     root = Path(args.shards)
     model = _build(model_args, weights, env.device).eval()
 
     def loader(split: str, batch: int) -> Any:
-        r = ShardReader(root / split, batch_size=batch, seed=0, rank=env.rank,
-                        world_size=env.world_size, shuffle=False, drop_last=False)  # fmt: skip
+        r = ShardReader(
+            root / split,
+            batch_size=batch,
+            seed=0,
+            rank=env.rank,
+            world_size=env.world_size,
+            shuffle=False,
+            drop_last=False,
+        )
         return build_loader(r, num_workers=args.workers, pin_memory=True)
 
     barrier(env)
@@ -227,8 +262,9 @@ def _eval_rows(args: argparse.Namespace, env: Any, model_args: dict,
     metrics = validate(model, loader("val", 1024), env)
     val_s = time.perf_counter() - t0
     split = "test" if (root / "test" / "manifest.json").is_file() else "val"
-    predict = make_eval_step(model, device=env.device, batch_size=args.infer_batch_size,
-                                mode="graph")  # fmt: skip
+    predict = make_eval_step(
+        model, device=env.device, batch_size=args.infer_batch_size, mode="graph"
+    )
     feed = loader(split, args.infer_batch_size)
     warm = next(iter(loader(split, args.infer_batch_size)))
     predict.logits(warm["image"], warm["meta"])  # capture outside the timing
@@ -246,18 +282,20 @@ def _eval_rows(args: argparse.Namespace, env: Any, model_args: dict,
     slowest = max(r[0] for r in per_rank)
     del predict, model
     free_cuda()
-    return {"val": {k: (round(v, 8) if isinstance(v, float) else v) for k, v in metrics.items()},
-            "val_img_per_s": round(metrics["val/num"] / val_s, 1),
-            "infer": {"split": split, "batch_size": args.infer_batch_size,
-                      "samples": int(sum(r[1] for r in per_rank)),
-                      "img_per_s": round(sum(r[1] for r in per_rank) / slowest, 1),
-                      "logit_sum": sum(r[2] for r in per_rank)}}  # fmt: skip
+    return {
+        "val": {k: (round(v, 8) if isinstance(v, float) else v) for k, v in metrics.items()},
+        "val_img_per_s": round(metrics["val/num"] / val_s, 1),
+        "infer": {
+            "split": split,
+            "batch_size": args.infer_batch_size,
+            "samples": int(sum(r[1] for r in per_rank)),
+            "img_per_s": round(sum(r[1] for r in per_rank) / slowest, 1),
+            "logit_sum": sum(r[2] for r in per_rank),
+        },
+    }
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from haloscope.log import setup_logging
-    from haloscope.train.dist import init_distributed, shutdown
-
     env = init_distributed("cuda")
     setup_logging(env.rank)
     try:
@@ -265,8 +303,10 @@ def _worker(args: argparse.Namespace) -> None:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         doc: dict[str, Any] = {"world_size": env.world_size, "devices": names[: env.world_size]}
         doc["epoch_batches"] = _count_epoch(args, env)
-        doc["train"] = [_train_row(m, args, env, model_args, weights, epoch=1 + i)
-                        for i, m in enumerate(args.modes.split(","))]  # fmt: skip
+        doc["train"] = [
+            _train_row(m, args, env, model_args, weights, epoch=1 + i)
+            for i, m in enumerate(args.modes.split(","))
+        ]
         if env.is_distributed:
             doc["graph_vs_eager_ddp"] = _graph_vs_eager(args, env, model_args, weights)
         doc.update(_eval_rows(args, env, model_args, weights))
@@ -302,16 +342,24 @@ def _efficiency(runs: dict[int, dict[str, Any]], pick: Any) -> dict[str, Any]:
     return out
 
 
-def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = None,
-              gpus: str | None = None, batch_size: int = 256, infer_batch_size: int = 1024,
-              steps: int = 200, warmup: int = 30, workers: int = 6,
-              modes: str = "graph,eager", lr: float = 1e-4) -> dict[str, Any]:  # fmt: skip
+def run_bench(
+    out_path: str,
+    *,
+    shards: str | None = None,
+    ckpt: str | None = None,
+    gpus: str | None = None,
+    batch_size: int = 256,
+    infer_batch_size: int = 1024,
+    steps: int = 200,
+    warmup: int = 30,
+    workers: int = 6,
+    modes: str = "graph,eager",
+    lr: float = 1e-4,
+) -> dict[str, Any]:
     """Run the worker on each GPU count and write the scaling JSON to ``out_path``."""
     counts = _counts(gpus)
     tmp = tempfile.TemporaryDirectory(prefix="haloscope-multigpu-")
     if shards is None:
-        from haloscope.bench.gpu import write_random_shards
-
         root = Path(tmp.name) / "shards"
         largest = max(counts) * batch_size * (steps + warmup + 2)
         for split, n in (("train", largest), ("val", 16384), ("test", 65536)):
@@ -331,36 +379,50 @@ def run_bench(out_path: str, *, shards: str | None = None, ckpt: str | None = No
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env)
         if proc.returncode != 0:
-            raise ConfigError(f"bench multigpu: the {n}-GPU torchrun job failed "
-                              f"(exit {proc.returncode}); its log is above")  # fmt: skip
+            raise ConfigError(
+                f"bench multigpu: the {n}-GPU torchrun job failed "
+                f"(exit {proc.returncode}); its log is above"
+            )
         runs[n] = json.loads(part.read_text())
         runs[n]["wall_s"] = round(time.perf_counter() - t0, 1)
     tmp.cleanup()
     base = runs[min(runs)]
     val_keys = [k for k in base["val"] if k != "val/wall_s"]
     doc = {
-        "bench": "multigpu", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **gpu_env(), "gpus_present": torch.cuda.device_count(),
+        "bench": "multigpu",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **gpu_env(),
+        "gpus_present": torch.cuda.device_count(),
         "nccl": ".".join(map(str, torch.cuda.nccl.version())),
         "shards": "random" if tmp.name in shards else "real",
-        "checkpoint": bool(ckpt), "batch_size_per_gpu": batch_size,
-        "infer_batch_size": infer_batch_size, "steps": steps, "warmup": warmup,
+        "checkpoint": bool(ckpt),
+        "batch_size_per_gpu": batch_size,
+        "infer_batch_size": infer_batch_size,
+        "steps": steps,
+        "warmup": warmup,
         "loader_workers_per_gpu": workers,
-        "scaling": {f"train_{row['mode']}": _efficiency(runs, lambda r, m=row["mode"]: next(
-            x["img_per_s"] for x in r["train"] if x["mode"] == m)) for row in base["train"]},
+        "scaling": {
+            f"train_{row['mode']}": _efficiency(
+                runs,
+                lambda r, m=row["mode"]: next(x["img_per_s"] for x in r["train"] if x["mode"] == m),
+            )
+            for row in base["train"]
+        },
         "checks": {
             "equal_batch_counts": all(r["epoch_batches"]["equal"] for r in runs.values()),
             "weights_in_sync": all(x["weights_in_sync"] for r in runs.values() for x in r["train"]),
-            "graph_vs_eager_ddp_ok": all(r["graph_vs_eager_ddp"]["ok"] for r in runs.values()
-                                         if "graph_vs_eager_ddp" in r),
+            "graph_vs_eager_ddp_ok": all(
+                r["graph_vs_eager_ddp"]["ok"] for r in runs.values() if "graph_vs_eager_ddp" in r
+            ),
             "val_metrics_max_abs_diff": max(
                 (abs(r["val"][k] - base["val"][k]) for r in runs.values() for k in val_keys),
-                default=0.0),
+                default=0.0,
+            ),
             "val_num_equal": len({r["val"]["val/num"] for r in runs.values()}) == 1,
             "infer_samples_equal": len({r["infer"]["samples"] for r in runs.values()}) == 1,
         },
         "runs": {str(n): r for n, r in runs.items()},
-    }  # fmt: skip
+    }
     doc["scaling"]["infer"] = _efficiency(runs, lambda r: r["infer"]["img_per_s"])
     doc["scaling"]["validate"] = _efficiency(runs, lambda r: r["val_img_per_s"])
     atomic_write_text(out_path, json.dumps(doc, indent=2) + "\n")
@@ -376,7 +438,8 @@ def build_parser(worker: bool = False) -> argparse.ArgumentParser:
         description="Data-parallel scaling on 1..N GPUs of this host (one torchrun job per "
         "GPU count): training img/s (graphed step with the all-reduce captured, and eager "
         "DDP), inference img/s, equal batch counts, val metrics equal to one GPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument(
         "--shards",
         default=None,

@@ -61,14 +61,18 @@ def arm_row(arm: Path, target: float) -> dict | None:
     wall = json.loads(timing.read_text()).get("total_s") if timing.is_file() else None
     return {
         "arm": arm.name,
-        "det_1e4": _tpr(det, 1e-4), "det_1e3": _tpr(det, 1e-3),
-        "all_1e4": _tpr(allp, 1e-4), "all_1e3": _tpr(allp, 1e-3),
-        "auroc": doc["auroc"], "lenses": det["P"], "controls": det["N"],
+        "det_1e4": _tpr(det, 1e-4),
+        "det_1e3": _tpr(det, 1e-3),
+        "all_1e4": _tpr(allp, 1e-4),
+        "all_1e3": _tpr(allp, 1e-3),
+        "auroc": doc["auroc"],
+        "lenses": det["P"],
+        "controls": det["N"],
         "det_lenses": det["num_lenses"],
         "best_val": max((r.get("val/tpr@fpr1e-3", 0.0) for r in vals), default=None),
         "wall_s": wall if wall is not None else (vals[-1]["time/wall_s"] if vals else None),
         "to_target_s": _time_to(vals, "val/tpr@fpr1e-3", target),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -81,17 +85,27 @@ def main(argv: list[str]) -> int:
         print(f"no arm with stratified_fpr.json under {a.results}", file=sys.stderr)
         return 1
     r0 = rows[0]
-    print(f"Test: {r0['controls']:,} controls; detectable subset {r0['det_lenses']:,} lenses. "
-          f"95% Wilson intervals; thresholds from all controls.\n")  # fmt: skip
-    print("| arm | detectable TPR@1e-4 | detectable TPR@1e-3 | all TPR@1e-4 | all TPR@1e-3 "
-          f"| AUROC | best val tpr@1e-3 | run s | s to val {a.target} |")  # fmt: skip
+    print(
+        f"Test: {r0['controls']:,} controls; detectable subset {r0['det_lenses']:,} lenses. "
+        f"95% Wilson intervals; thresholds from all controls.\n"
+    )
+    print(
+        "| arm | detectable TPR@1e-4 | detectable TPR@1e-3 | all TPR@1e-4 | all TPR@1e-3 "
+        f"| AUROC | best val tpr@1e-3 | run s | s to val {a.target} |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        cells = [r["arm"], _fmt(r["det_1e4"]), _fmt(r["det_1e3"]), _fmt(r["all_1e4"]),
-                 _fmt(r["all_1e3"]), f"{r['auroc']:.4f}",
-                 f"{r['best_val']:.3f}" if r["best_val"] is not None else "-",
-                 f"{r['wall_s']:.0f}" if r["wall_s"] else "-",
-                 f"{r['to_target_s']:.0f}" if r["to_target_s"] else "not reached"]  # fmt: skip
+        cells = [
+            r["arm"],
+            _fmt(r["det_1e4"]),
+            _fmt(r["det_1e3"]),
+            _fmt(r["all_1e4"]),
+            _fmt(r["all_1e3"]),
+            f"{r['auroc']:.4f}",
+            f"{r['best_val']:.3f}" if r["best_val"] is not None else "-",
+            f"{r['wall_s']:.0f}" if r["wall_s"] else "-",
+            f"{r['to_target_s']:.0f}" if r["to_target_s"] else "not reached",
+        ]
         print("| " + " | ".join(cells) + " |")
     return 0
 

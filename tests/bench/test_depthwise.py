@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from haloscope.bench.depthwise import Depthwise7x7, depthwise7x7, use_triton_depthwise
+from haloscope.train.model import build_model
+from haloscope.train.step import StepOptions, TrainStep
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -66,17 +68,23 @@ def test_triton_depthwise_matches_cudnn(shape: tuple[int, int, int, int]) -> Non
 @pytest.mark.gpu
 @requires_cuda
 def test_graphed_step_with_triton_depthwise_tracks_cudnn() -> None:
-    from haloscope.train.model import build_model
-    from haloscope.train.step import StepOptions, TrainStep
-
     torch.manual_seed(0)
     base = build_model(arch="convnext_tiny", dropout=0.0, drop_path_rate=0.0)
     models = [copy.deepcopy(base).cuda().to(memory_format=torch.channels_last) for _ in range(2)]
     assert use_triton_depthwise(models[1]) == 18
     options = StepOptions(augment=False, amp_dtype=torch.bfloat16)
-    steps = [TrainStep(m, None, torch.optim.AdamW(m.parameters(), lr=3e-4, capturable=True,
-                       fused=True), device="cuda", mode="graph", batch_size=64, options=options)
-             for m in models]  # fmt: skip
+    steps = [
+        TrainStep(
+            m,
+            None,
+            torch.optim.AdamW(m.parameters(), lr=3e-4, capturable=True, fused=True),
+            device="cuda",
+            mode="graph",
+            batch_size=64,
+            options=options,
+        )
+        for m in models
+    ]
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
         images = torch.randn(64, 3, 64, 64, generator=gen).half().pin_memory()

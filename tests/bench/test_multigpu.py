@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from haloscope.bench.gpu import write_random_shards
 from haloscope.bench.multigpu import _efficiency, parse_options
 from haloscope.errors import ConfigError
 from haloscope.train.dist import DistEnv, make_grad_sync
@@ -68,8 +69,6 @@ def test_two_gpu_graphed_training_exits_and_resumes(tmp_path: Path) -> None:
     """`torchrun haloscope train` on 2 GPUs (graphed step, captured all-reduce), then
     --resume: both exit 0 within the timeout (the first hung in destroy_process_group while
     the graph held the NCCL communicator) and the resumed run continues the step count."""
-    from haloscope.bench.gpu import write_random_shards
-
     write_random_shards(tmp_path / "shards" / "train", 8192, seed=0)
     write_random_shards(tmp_path / "shards" / "val", 2048, seed=1)
     run = tmp_path / "run"
