@@ -106,8 +106,12 @@ def norm_settings(method: str = "outer") -> dict:
     """The normalisation settings recorded in manifests and checkpoints."""
     if method not in NORM_METHODS:
         raise ValueError(f"--norm-method must be one of {NORM_METHODS}, got {method!r}")
-    settings = {"method": method, "outer_radius_px": OUTER_RADIUS_PX, "mad_scale": MAD_SCALE,
-                "eps": EPS}  # fmt: skip
+    settings = {
+        "method": method,
+        "outer_radius_px": OUTER_RADIUS_PX,
+        "mad_scale": MAD_SCALE,
+        "eps": EPS,
+    }
     if method == "outer":
         return {**settings, "clip": CLIP}
     return {**settings, "softening": ASINH_SOFTENING}

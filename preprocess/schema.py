@@ -110,15 +110,43 @@ META_ALLOWED: tuple[str, ...] = tuple(
 # the seed's denylist plus what it missed; only used to say why a column is refused.
 META_LEAKING: frozenset[str] = frozenset(
     {
-        "theta_e_arcsec", "theta_e", "src_dmag", "src_reff_arcsec", "src_n", "src_e",
-        "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "lens_e", "lens_phi_deg",
-        "shear_gamma", "shear_phi_deg", "shear", "arc_snr", "arc_snr_sum", "magnification",
-        "tangential_stretch", "radial_stretch", "arc_lens_flux_ratio", "is_control", "label", "cutout_ok",
-        "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "lens_model", "config_id",
-        "src_gr", "src_rz", "metrics_ok", "expected_arc_radius", "control_kind", "bandset",
+        "theta_e_arcsec",
+        "theta_e",
+        "src_dmag",
+        "src_reff_arcsec",
+        "src_n",
+        "src_e",
+        "src_phi_deg",
+        "src_x_arcsec",
+        "src_y_arcsec",
+        "lens_e",
+        "lens_phi_deg",
+        "shear_gamma",
+        "shear_phi_deg",
+        "shear",
+        "arc_snr",
+        "arc_snr_sum",
+        "magnification",
+        "tangential_stretch",
+        "radial_stretch",
+        "arc_lens_flux_ratio",
+        "is_control",
+        "label",
+        "cutout_ok",
+        "psf_fwhm_used_g",
+        "psf_fwhm_used_r",
+        "psf_fwhm_used_z",
+        "lens_model",
+        "config_id",
+        "src_gr",
+        "src_rz",
+        "metrics_ok",
+        "expected_arc_radius",
+        "control_kind",
+        "bandset",
         "is_hard_neg",
     }
-)  # fmt: skip
+)
 
 
 def _leaks(col: str) -> bool:
