@@ -206,3 +206,10 @@ def test_write_gallery_refuses_what_it_cannot_show(tmp_path):
         write_gallery(table, _stamps(5)[:, :2], tmp_path, top_n=5)
     with pytest.raises(ValueError, match="6 stamps for 5"):
         write_gallery(table, _stamps(6), tmp_path, top_n=5)
+
+
+def test_no_candidates_give_an_empty_page(tmp_path):
+    empty = _candidates(5).slice(0, 0)
+    page = write_gallery(empty, np.zeros((0, 3, 64, 64), np.float32), tmp_path, top_n=10)
+    html = page.read_text()
+    assert "Top 0 of 0 candidates" in html and 'class="tile"' not in html
