@@ -184,15 +184,19 @@ def auroc(labels: Any, scores: Any) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
-def _tpr_at_fpr_from_counts(
-    fps: np.ndarray, tps: np.ndarray, thresholds: np.ndarray, target: float
+def _point_at(
+    kind: str,
+    target: float,
+    i: int,
+    fps: np.ndarray,
+    tps: np.ndarray,
+    thresholds: np.ndarray,
+    num_allowed: int,
 ) -> OperatingPoint:
+    """The operating point at ROC index ``i`` (counts from :func:`roc_counts`)."""
     num_pos, num_neg = int(tps[-1]), int(fps[-1])
-    allowed = int(math.floor(target * num_neg * (1 + _COUNT_EPS)))
-    # fps is non-decreasing: the last point with fps <= allowed has the highest TPR
-    i = int(np.searchsorted(fps, allowed, side="right")) - 1
     return OperatingPoint(
-        kind="tpr@fpr",
+        kind=kind,
         target=float(target),
         tpr=tps[i] / num_pos,
         fpr=fps[i] / num_neg,
@@ -201,29 +205,26 @@ def _tpr_at_fpr_from_counts(
         num_fp=int(fps[i]),
         num_pos=num_pos,
         num_neg=num_neg,
-        num_allowed=allowed,
+        num_allowed=num_allowed,
     )
+
+
+def _tpr_at_fpr_from_counts(
+    fps: np.ndarray, tps: np.ndarray, thresholds: np.ndarray, target: float
+) -> OperatingPoint:
+    allowed = int(math.floor(target * int(fps[-1]) * (1 + _COUNT_EPS)))
+    # fps is non-decreasing: the last point with fps <= allowed has the highest TPR
+    i = int(np.searchsorted(fps, allowed, side="right")) - 1
+    return _point_at("tpr@fpr", target, i, fps, tps, thresholds, allowed)
 
 
 def _fpr_at_tpr_from_counts(
     fps: np.ndarray, tps: np.ndarray, thresholds: np.ndarray, target: float
 ) -> OperatingPoint:
-    num_pos, num_neg = int(tps[-1]), int(fps[-1])
-    required = int(math.ceil(target * num_pos * (1 - _COUNT_EPS)))
+    required = int(math.ceil(target * int(tps[-1]) * (1 - _COUNT_EPS)))
     # tps is non-decreasing: the first point with tps >= required has the lowest FPR
     i = int(np.searchsorted(tps, required, side="left"))
-    return OperatingPoint(
-        kind="fpr@tpr",
-        target=float(target),
-        tpr=tps[i] / num_pos,
-        fpr=fps[i] / num_neg,
-        threshold=float(thresholds[i]),
-        num_tp=int(tps[i]),
-        num_fp=int(fps[i]),
-        num_pos=num_pos,
-        num_neg=num_neg,
-        num_allowed=required,
-    )
+    return _point_at("fpr@tpr", target, i, fps, tps, thresholds, required)
 
 
 def _check_rate(target: float, name: str) -> None:
