@@ -33,7 +33,7 @@ __all__ = [
 
 Precision = Literal["auto", "bf16", "fp32"]
 StepMode = Literal["auto", "graph", "compile", "eager"]
-Monitor = Literal["tpr@fpr1e-4", "tpr@fpr1e-3", "auroc"]
+Monitor = Literal["tpr@fpr1e-4", "tpr@fpr1e-3", "auroc", "det_tpr@fpr1e-4", "det_tpr@fpr1e-3"]
 Resume = Literal["no", "yes", "auto"]
 
 
@@ -212,8 +212,9 @@ class RunConfig(ComputeConfig):
     early_stopping_patience: int = 5
     """Stop after this many validations without improvement of the monitor (0: never)."""
     monitor: Monitor = "tpr@fpr1e-4"
-    """Val metric of early stopping and best.pt: tpr@fpr1e-4 (the seed's), tpr@fpr1e-3 or
-    auroc; ties are broken by val AUROC."""
+    """Val metric of early stopping and best.pt: tpr@fpr1e-4 (the seed's), tpr@fpr1e-3,
+    auroc, or det_tpr@fpr1e-4 / det_tpr@fpr1e-3 (the detectable subset's lenses, arc_snr >= 5
+    and theta_E/psfsize_r >= 0.8, against all val controls); ties are broken by val AUROC."""
     val_every: int = 1
     """Validate every N epochs (and after the last)."""
     ckpt_every_steps: int = 500

@@ -98,8 +98,9 @@ def build_readers(
               "cache_dir": cfg.data.cache_dir}  # fmt: skip
     train = ShardReader(root / "train", batch_size=cfg.data.per_rank_batch(env.world_size),
                         shuffle=True, drop_last=True, **common)  # fmt: skip
+    # the val batches carry the per-sample table: validation reports the detectable subset
     val = ShardReader(root / "val", batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
-                      shuffle=False, drop_last=False, **common)  # fmt: skip
+                      shuffle=False, drop_last=False, with_table=True, **common)  # fmt: skip
     return train, val
 
 

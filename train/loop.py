@@ -42,7 +42,7 @@ from haloscope.train.failures import worker_batches
 from haloscope.train.metrics import MetricsWriter, StepWindow, TimeBreakdown
 from haloscope.train.validate import EarlyStopping, validate
 
-__all__ = ["TrainState", "RunContext", "StopFlag", "FitResult", "catch_signals",
+__all__ = ["TrainState", "RunContext", "PendingRead", "StopFlag", "FitResult", "catch_signals",
            "start_batches", "checkpoint_payload", "fit"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,17 @@ class RunContext:
     saver: ckpt.CheckpointWriter = field(default_factory=ckpt.CheckpointWriter)
     timer: TimeBreakdown = field(default_factory=TimeBreakdown)
     window: StepWindow | None = None  # steps whose device metrics are not read yet
+    pending: PendingRead | None = None  # a window whose metrics are on their way to the host
     val_batches: Iterator[dict[str, Any]] | None = None  # every validation's, one loader
+
+
+@dataclass
+class PendingRead:
+    """A window taken from ``RunContext.window`` whose device metrics are being copied."""
+
+    rows: list[dict[str, Any]]
+    wall_s: float
+    values: Callable[[], torch.Tensor]  # waits for the copy (``StepMetrics.read_async``)
 
 
 # the signals that stop a run after saving last.pt: SIGUSR1 is what Slurm's
@@ -232,8 +242,13 @@ def _current_lr(scheduler: torch.optim.lr_scheduler.LRScheduler) -> float:
     return float(scheduler.base_lrs[0]) * lam(scheduler.last_epoch)
 
 
-def _read(state: TrainState, ctx: RunContext) -> bool:
-    """Read the unread steps' device metrics (one sync) and write their records.
+def _read(state: TrainState, ctx: RunContext, *, lagged: bool = False) -> bool:
+    """Read the unread steps' device metrics and write their records.
+
+    ``lagged`` (the ``--sync-every`` cadence): start copying this window's metrics and
+    finish the previous window's read, whose steps ran while later ones were queued, so the
+    GPU keeps working while the host writes records. Otherwise (epoch end, checkpoint, stop)
+    every unread step is read, waiting for the GPU (one sync).
 
     Returns:
         True when a stop signal arrived (under torchrun: on any rank; all ranks agree).
@@ -242,30 +257,49 @@ def _read(state: TrainState, ctx: RunContext) -> bool:
         DataError: a non-finite loss; it names the first such step.
     """
     window, env = ctx.window, ctx.env
-    if window is None or not len(window):
+    taken = None
+    if window is not None and len(window):
+        rows, wall_s = window.take()
+        taken = PendingRead(rows, wall_s, ctx.step.metrics.read_async(len(rows)))
+    if lagged:
+        previous, ctx.pending = ctx.pending, taken
+        done = [previous] if previous is not None else []
+    else:
+        done = [r for r in (ctx.pending, taken) if r is not None]
+        ctx.pending = None
+    if not done:
         return ctx.stop.signum is not None and not env.is_distributed
+    stop = False
+    for read in done:
+        stop = _write_read(read, ctx) or stop
+    return stop
+
+
+def _write_read(read: PendingRead, ctx: RunContext) -> bool:
+    """Wait for one window's metrics, check them, write its records; True on a stop."""
     with ctx.timer.phase("step"):  # where the host waits for the GPU
-        values = ctx.step.metrics.read(len(window))
-    wall_s = time.perf_counter() - window.t0
+        values = read.values()
+    window, env = ctx.window, ctx.env
+    assert window is not None
     local = {f"{i:06d}": float(v) for i, v in enumerate(values[:, 0].tolist())}
-    waits = [r["perf/data_wait_s"] for r in window.rows]
+    waits = [r["perf/data_wait_s"] for r in read.rows]
     local.update({f"w{i:06d}": w for i, w in enumerate(waits)})
     local["stop"] = float(ctx.stop.signum is not None)
     mean = all_reduce_mean(local, env)  # one collective per read (none on one process)
-    losses = [mean[f"{i:06d}"] for i in range(len(window))]
-    for row, w in zip(window.rows, range(len(window)), strict=True):
+    losses = [mean[f"{i:06d}"] for i in range(len(read.rows))]
+    for row, w in zip(read.rows, range(len(read.rows)), strict=True):
         row["perf/data_wait_s"] = mean[f"w{w:06d}"]
     bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
     if bad is not None:
-        row = window.rows[bad]
+        row = read.rows[bad]
         raise DataError(
             f"non-finite training loss at epoch {row['epoch']}, step {row['step'] - 1} of the "
             f"epoch (batch {row['step'] - 1} of this rank's epoch order, global step "
             f"{row['global_step'] - 1}); stopped without saving: last.pt and best.pt keep the "
             "last good state. Check the shards or lower --lr."
         )
-    records = window.records(list(zip(losses, values[:, 1].tolist(), strict=True)), wall_s=wall_s)
-    _log_records(records, ctx)
+    pairs = list(zip(losses, values[:, 1].tolist(), strict=True))
+    _log_records(window.records(pairs, wall_s=read.wall_s, rows=read.rows), ctx)
     return mean["stop"] > 0
 
 
@@ -337,9 +371,10 @@ def train_one_epoch(state: TrainState, ctx: RunContext, batches: Iterator[dict[s
             bar.update(1)
             every = cfg.run.ckpt_every_steps
             ckpt_due = bool(every) and state.global_step % every == 0 and state.step_in_epoch < n
-            read_due = (len(ctx.window or ()) >= cfg.run.sync_every or state.step_in_epoch == n
-                        or ckpt_due or (ctx.stop.signum is not None and not env.is_distributed))  # fmt: skip
-            if read_due and _read(state, ctx):
+            must_read = (state.step_in_epoch == n or ckpt_due
+                         or (ctx.stop.signum is not None and not env.is_distributed))  # fmt: skip
+            read_due = must_read or len(ctx.window or ()) >= cfg.run.sync_every
+            if read_due and _read(state, ctx, lagged=not must_read):
                 return False
             if read_due and ctx.window is not None and ctx.window.last is not None:
                 last = ctx.window.last
@@ -368,9 +403,11 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
         ctx.writer.write("val", {"epoch": epoch, "global_step": state.global_step,
                                  "val/is_best": int(is_best), **metrics})  # fmt: skip
         if ctx.env.is_main:
-            log.info("epoch %d val: %s=%.4f auroc=%.4f tpr@1e-3=%.4f fpr@0.9=%.4g n=%d%s",
-                     epoch, state.early.monitor, metrics[state.early.monitor], metrics["val/auroc"],
-                     metrics["val/tpr@fpr1e-3"], metrics["val/fpr@tpr0.9"],
+            det = metrics.get("val/det_tpr@fpr1e-3", math.nan)
+            log.info("epoch %d val: %s=%.4f auroc=%.4f tpr@1e-3=%.4f detectable tpr@1e-3=%.4f "
+                     "fpr@0.9=%.4g n=%d%s", epoch, state.early.monitor,
+                     metrics.get(state.early.monitor, math.nan), metrics["val/auroc"],
+                     metrics["val/tpr@fpr1e-3"], det, metrics["val/fpr@tpr0.9"],
                      int(metrics["val/num"]), " (best)" if is_best else "")  # fmt: skip
         if is_best:
             names.append("best.pt")

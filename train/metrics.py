@@ -191,23 +191,34 @@ class StepWindow:
         self.rows.append({"epoch": epoch, "step": step, "global_step": global_step,
                           "train/lr": lr, "perf/data_wait_s": wait_s})  # fmt: skip
 
-    def records(self, values: Sequence[Sequence[float]], *, wall_s: float) -> list[dict[str, Any]]:
-        """Per-step records of the window and start the next one.
+    def take(self) -> tuple[list[dict[str, Any]], float]:
+        """The window's rows and host seconds so far; the next window starts empty, now."""
+        now = time.perf_counter()
+        rows, wall_s = self.rows, now - self.t0
+        self.rows, self.t0 = [], now
+        return rows, wall_s
+
+    def records(self, values: Sequence[Sequence[float]], *, wall_s: float,
+                rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Per-step records of the window (or of ``rows`` taken from it earlier).
+
+        Without ``rows`` the next window starts here.
 
         Args:
             values: per step ``(loss, grad_norm)`` as read (and averaged over ranks).
-            wall_s: host time since the window started; the steps share it evenly (a step
-                is not timed alone: that would need a device sync per step).
+            wall_s: host time of the window; the steps share it evenly (a step is not timed
+                alone: that would need a device sync per step).
+            rows: rows from ``take`` (a read that finished after later steps were queued).
         """
-        step_s = wall_s / max(len(self.rows), 1)
+        if rows is None:
+            rows, _ = self.take()
+        step_s = wall_s / max(len(rows), 1)
         out = []
-        for row, (loss, grad_norm) in zip(self.rows, values, strict=True):
+        for row, (loss, grad_norm) in zip(rows, values, strict=True):
             wait = row["perf/data_wait_s"]
             out.append({**row, "train/loss": float(loss), "train/grad_norm": float(grad_norm),
                         "perf/step_s": step_s, "perf/img_per_s": self.batch_size / step_s,
                         "perf/data_wait_frac": min(1.0, wait / step_s)})  # fmt: skip
-        self.rows = []
-        self.t0 = time.perf_counter()
         self.last = out[-1] if out else self.last
         return out
 

@@ -104,6 +104,36 @@ class StepMetrics:
         self.count.zero_()
         return out
 
+    def read_async(self, num_steps: int) -> Callable[[], torch.Tensor]:
+        """Start reading the last ``num_steps`` rows without waiting; returns the function
+        that waits for them and gives ``read``'s (num_steps, 2) CPU tensor.
+
+        The rows are copied into pinned host memory in stream order (after the steps
+        queued so far, before any queued later), and the next window starts at row 0, so the
+        host can go on queueing steps and collect this window one window later: the GPU
+        never runs dry at a read (``read`` waits until the queue is empty).
+
+        Raises:
+            ValueError: more steps than the ring holds.
+        """
+        if not 0 <= num_steps <= self.slots:
+            raise ValueError(f"can read 0..{self.slots} steps, asked for {num_steps}")
+        if self.values.device.type != "cuda":
+            out = self.values[:num_steps].clone()
+            self.count.zero_()
+            return lambda: out
+        host = torch.empty((num_steps, len(self.FIELDS)), dtype=torch.float32, pin_memory=True)
+        host.copy_(self.values[:num_steps], non_blocking=True)
+        self.count.zero_()
+        done = torch.cuda.Event()
+        done.record()
+
+        def result() -> torch.Tensor:
+            done.synchronize()
+            return host
+
+        return result
+
     def snapshot(self) -> Callable[[], None]:
         """A function that puts the buffers back to their values now (in place)."""
         values, count = self.values.clone(), self.count.clone()

@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from haloscope.errors import DataError
 from haloscope.evaluate import metrics as roc
+from haloscope.evaluate.detectable import DEFAULT_DETECTABLE, detectable_mask, parse_detectable
+from haloscope.evaluate.scores import ScoresFrame
 from haloscope.train.dist import DistEnv, all_gather_1d
 from haloscope.train.step import EvalStep
 
@@ -28,6 +31,7 @@ __all__ = [
     "MONITOR",
     "MONITORS",
     "score_batches",
+    "detectable_flags",
     "compute_val_metrics",
     "validate",
     "EarlyStopping",
@@ -40,6 +44,8 @@ MONITORS: dict[str, str] = {
     "tpr@fpr1e-4": "val/tpr@fpr1e-4",
     "tpr@fpr1e-3": "val/tpr@fpr1e-3",
     "auroc": "val/auroc",
+    "det_tpr@fpr1e-4": "val/det_tpr@fpr1e-4",
+    "det_tpr@fpr1e-3": "val/det_tpr@fpr1e-3",
 }
 """``--monitor`` choices -> metric keys."""
 MIN_FALSE_POSITIVES = 10
@@ -54,36 +60,70 @@ def score_batches(
     *,
     channels_last: bool = True,
     step: EvalStep | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """fp32 logits and labels of every valid row of ``batches`` (this rank's share).
 
     Args:
         model: the unwrapped model (used when ``step`` is None).
-        batches: reader batches with ``image``, ``meta``, ``label``, ``valid``.
+        batches: reader batches with ``image``, ``meta``, ``label``, ``valid`` (and ``table``
+            when the reader was built ``with_table``).
         device: where the model lives.
         channels_last: memory format of the images (when ``step`` is None).
         step: the eval step to score with; None: an eager one (fp32).
 
     Returns:
-        ``(logits float32 (N,), labels float32 (N,))`` on CPU.
+        ``(logits float32 (N,), labels float32 (N,), detectable)`` on CPU; ``detectable`` is
+        a float32 (N,) 1/0 flag of the lenses in the detectable subset
+        (:func:`detectable_flags`), or None when the batches carry no table.
     """
     if step is None:
         step = EvalStep(model, device=device, batch_size=1, channels_last=channels_last)
-    logits, labels, valid = [], [], []
+    logits, labels, valid, flags = [], [], [], []
     for batch in batches:
         logits.append(step.logits(batch["image"], batch["meta"]))  # on the device: no sync
         labels.append(batch["label"].float().cpu())
         valid.append(batch["valid"].cpu())
+        if "table" in batch:
+            flags.append(detectable_flags(batch["table"]))
     if not logits:
-        return torch.zeros(0), torch.zeros(0)
+        return torch.zeros(0), torch.zeros(0), None
     keep = torch.cat(valid)
-    return torch.cat(logits).cpu()[keep], torch.cat(labels)[keep]
+    det = torch.cat(flags)[keep] if len(flags) == len(logits) else None
+    return torch.cat(logits).cpu()[keep], torch.cat(labels)[keep], det
+
+
+_DETECTABLE = parse_detectable(DEFAULT_DETECTABLE)
+_TABLE_COLUMNS = ("arc_snr", "arc_snr_sum", "theta_e_arcsec", "psfsize_r")
+
+
+def detectable_flags(table: np.ndarray) -> torch.Tensor:
+    """1.0 for the lenses of a shard ``table`` batch in evaluate's pre-registered detectable
+    subset (``DEFAULT_DETECTABLE``: arc_snr >= 5 and theta_E/psfsize_r >= 0.8), else 0.0.
+
+    The one definition is ``haloscope.evaluate.detectable``'s, applied to the per-sample
+    truth columns that shards carry; controls and lenses with a missing value are 0.
+    """
+    labels = np.asarray(table["label"], dtype=np.int8)
+    columns = {c: np.asarray(table[c], dtype=np.float64) for c in _TABLE_COLUMNS}
+    frame = ScoresFrame(source="<val batch>", columns=columns, labels=labels,
+                        ranking=np.zeros(labels.size), rank_by="logit")  # fmt: skip
+    assert _DETECTABLE is not None
+    subset = detectable_mask(frame, _DETECTABLE)
+    mask = subset.mask if subset.mask is not None else np.zeros(labels.size, dtype=bool)
+    return torch.from_numpy(mask.astype(np.float32))
 
 
 def compute_val_metrics(
-    logits: torch.Tensor, labels: torch.Tensor, loss_fn: Callable | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: Callable | None = None,
+    detectable: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Metrics of gathered fp32 logits: AUROC, tpr@fpr 1e-4 / 1e-3, fpr@tpr 0.9, loss.
+
+    With ``detectable`` (1 for the lenses of the detectable subset), also ``val/det_*``: the
+    same TPRs and AUROC of those lenses against *all* controls (evaluate's headline), and
+    ``val/det_num_pos`` (the TPRs and AUROC are left out when it is 0).
 
     Ranking uses the fp32 logits (monotone in the score, and free of sigmoid saturation
     ties). With a single class present the ROC metrics are NaN (logged as a warning).
@@ -105,6 +145,24 @@ def compute_val_metrics(
     except DataError as exc:
         log.warning("validation metrics undefined: %s", exc)
         for key in ("val/auroc", "val/tpr@fpr1e-4", "val/tpr@fpr1e-3", "val/fpr@tpr0.9"):
+            out[key] = math.nan
+    if detectable is not None:
+        out.update(_detectable_metrics(y, s, detectable.numpy() > 0))
+    return out
+
+
+def _detectable_metrics(y: np.ndarray, s: np.ndarray, det: np.ndarray) -> dict[str, float]:
+    keep = det | (y == 0)  # the subset's lenses and every control
+    out = {"val/det_num_pos": float(det.sum())}
+    if not det.any():  # no lens of the split is in the subset (tiny or truth-less shards)
+        return out
+    try:
+        out["val/det_auroc"] = roc.auroc(y[keep], s[keep])
+        out["val/det_tpr@fpr1e-4"] = roc.tpr_at_fpr(y[keep], s[keep], 1e-4).tpr
+        out["val/det_tpr@fpr1e-3"] = roc.tpr_at_fpr(y[keep], s[keep], 1e-3).tpr
+    except DataError as exc:
+        log.warning("detectable-subset validation metrics undefined: %s", exc)
+        for key in ("val/det_auroc", "val/det_tpr@fpr1e-4", "val/det_tpr@fpr1e-3"):
             out[key] = math.nan
     return out
 
@@ -132,11 +190,13 @@ def validate(
         The same flat metrics dict on every rank (plus ``val/wall_s``).
     """
     t0 = time.perf_counter()
-    logits, labels = score_batches(model, batches, env.device, channels_last=channels_last,
-                                   step=step)  # fmt: skip
+    logits, labels, det = score_batches(model, batches, env.device,
+                                        channels_last=channels_last, step=step)  # fmt: skip
     logits = all_gather_1d(logits.to(env.device), env).cpu()
     labels = all_gather_1d(labels.to(env.device), env).cpu()
-    out = compute_val_metrics(logits, labels, loss_fn)
+    if det is not None:
+        det = all_gather_1d(det.to(env.device), env).cpu()
+    out = compute_val_metrics(logits, labels, loss_fn, det)
     out["val/wall_s"] = time.perf_counter() - t0
     return {k: float(v) for k, v in out.items()}
 

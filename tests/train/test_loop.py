@@ -191,4 +191,4 @@ def test_unknown_monitor_flag_is_a_one_line_error(tiny_shards: Path, tmp_path: P
         main(argv)
     assert exc.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert "--monitor must be one of tpr@fpr1e-4, tpr@fpr1e-3, auroc, got 'val_loss'" in line
+    assert "--monitor must be one of tpr@fpr1e-4, tpr@fpr1e-3, auroc, det_tpr@fpr1e-4, det_tpr@fpr1e-3, got 'val_loss'" in line

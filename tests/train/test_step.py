@@ -170,6 +170,20 @@ def test_step_metrics_ring_reads_windows_and_wraps() -> None:
     assert int(metrics.count) == 0 and metrics.read(1).tolist() == [[3.0, 0.0]]
 
 
+def test_step_metrics_async_read_is_a_snapshot_of_its_window() -> None:
+    metrics = StepMetrics(4, "cpu")
+    for i in range(3):
+        metrics.record(torch.tensor(float(i)), torch.tensor(1.0))
+    pending = metrics.read_async(3)
+    assert int(metrics.count) == 0  # the next window starts at row 0 at once
+    for i in range(2):  # later steps overwrite rows 0-1 before the read is collected
+        metrics.record(torch.tensor(100.0 + i), torch.tensor(2.0))
+    assert pending()[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert metrics.read_async(2)()[:, 0].tolist() == [100.0, 101.0]
+    with pytest.raises(ValueError, match="0..4"):
+        metrics.read_async(5)
+
+
 def test_eval_step_restores_train_mode_and_matches_the_model() -> None:
     model = TinyNet().train()
     images, meta, _ = tiny_batch(7, seed=4)
