@@ -27,6 +27,14 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "pure array metrics (ROC, TPR at FPR) that the trainer's validation and early "
         "stopping use; they read arrays, not train internals"
     ),
+    ("train", "haloscope.evaluate.detectable"): (
+        "the one definition of the pre-registered detectable subset, which validation "
+        "reports (val/det_*) on the shards' truth columns"
+    ),
+    ("train", "haloscope.evaluate.scores"): (
+        "the ScoresFrame that evaluate.detectable reads, built by validation from a batch "
+        "table (plain numpy columns)"
+    ),
 }
 
 
