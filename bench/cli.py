@@ -35,6 +35,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "haloscope.bench.gpu",
         "GPU training/inference img/s: synthetic vs real reader, eager vs compiled vs CUDA graph",
     ),
+    "search": (
+        "haloscope.bench.search",
+        "search cutouts/s per core (parquet, FITS); --gpu: from shards vs the graphed step",
+    ),
     "multigpu": (
         "haloscope.bench.multigpu",
         "DDP scaling on 1..N GPUs of one host (torchrun, nccl): img/s, efficiency, equal metrics",

@@ -27,7 +27,7 @@ reason), summary.json and the candidates.html gallery. Preprocessing is the chec
 The input is cut into chunks (parquet row groups, shards, --chunk-size FITS files); each
 finished chunk is one file parts/part-<rank>-<chunk>.parquet, so a killed search re-run with
 the same flags skips finished chunks; other checkpoints or inputs in the same --out are
-refused. Under torchrun chunk k goes to rank k % world_size. docs/inference.md "Search"."""
+refused. Under torchrun chunk k goes to rank k % world_size. See the README, "Searching a survey"."""
 
 CLI = ConfigCLI("search", SearchConfig, _DESCRIPTION)
 
