@@ -220,7 +220,11 @@ class Source:
 
     def size(self, name: str) -> int:
         """The object's size in bytes."""
-        return _retried(self.policy, self.describe(name), lambda: self._size(name))
+        return self.retried(name, lambda: self._size(name))
+
+    def retried(self, name: str, call: Callable[[], T]) -> T:
+        """``call()`` (about object ``name``) retried on transient failures like ``read``."""
+        return _retried(self.policy, self.describe(name), call)
 
     def _read(self, name: str, start: int, end: int | None) -> bytes:
         raise NotImplementedError
@@ -342,7 +346,9 @@ class S3Source(Source):
         """The object key of ``name``."""
         return f"{self.prefix.rstrip('/')}/{name}" if self.prefix else name
 
-    def _call(self, name: str, fn: Callable[[], T]) -> T:
+    def call(self, name: str, fn: Callable[[], T]) -> T:
+        """``fn()`` (a boto3 call about object ``name``) with its errors sorted: missing,
+        transient (retried by ``read``/``size``) or a one-line ``DataError``."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
@@ -375,10 +381,10 @@ class S3Source(Source):
         kw: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(name)}
         if start > 0 or end is not None:
             kw["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        return self._call(name, lambda: self.client().get_object(**kw)["Body"].read())
+        return self.call(name, lambda: self.client().get_object(**kw)["Body"].read())
 
     def _size(self, name: str) -> int:
-        head = self._call(name, lambda: self.client().head_object(
+        head = self.call(name, lambda: self.client().head_object(
             Bucket=self.bucket, Key=self.key(name)))  # fmt: skip
         return int(head["ContentLength"])
 

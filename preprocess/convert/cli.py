@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from haloscope.argparse_util import ConfigCLI
@@ -13,6 +13,7 @@ from haloscope.config import narrow
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
 from haloscope.preprocess.convert.core import ConvertConfig
+from haloscope.shards.remote import is_url
 
 __all__ = ["CLI", "ShardsOptions", "main", "parse_config", "slurm_task"]
 
@@ -42,6 +43,12 @@ class ShardsOptions(ConvertConfig):
     """A ``ConvertConfig``, or with --verify a check of existing shards (``haloscope shards``)."""
 
     data: Path | None = None  # type: ignore[assignment]  # optional here: --verify needs none
+    out: str  # type: ignore[assignment]  # a folder or an s3:// URL
+    """Output root, one directory per split: a folder, or an s3:// URL (the conversion runs
+    in --staging-dir, then each split is uploaded, its manifest last; docs/shards.md)."""
+    staging_dir: Path | None = None
+    """With an s3:// --out: the local folder that is converted into (and resumed from)
+    before the upload."""
     verify: bool = False
     """Do not convert: check every shard of --out against its manifest (sha256, structure,
     counts)."""
@@ -53,7 +60,18 @@ class ShardsOptions(ConvertConfig):
     def __post_init__(self) -> None:
         if self.data is None and not self.verify:
             raise ValueError("--data is required (the parquet root) unless --verify is given")
+        if is_url(self.out) and not str(self.out).lower().startswith(("s3://", "s3a://")):
+            raise ValueError(f"--out {self.out}: only s3:// URLs are written directly; convert "
+                             "into a local folder and sync it afterwards (docs/shards.md)")  # fmt: skip
+        if is_url(self.out) and (self.staging_dir is None or self.verify):
+            raise ValueError(f"--out {self.out}: an s3:// --out needs --staging-dir LOCAL (the "
+                             "conversion runs there, then is uploaded) and cannot be --verify'd")  # fmt: skip
         super().__post_init__()
+
+    @property
+    def local_out(self) -> Path:
+        """The folder the conversion writes: --out, or --staging-dir for an s3:// --out."""
+        return Path(self.staging_dir) if is_url(self.out) and self.staging_dir else Path(self.out)
 
 
 CLI = ConfigCLI("shards", ShardsOptions, _DESCRIPTION)
@@ -78,21 +96,31 @@ def main(argv: list[str]) -> int:
     if cfg.verify:
         from haloscope.shards.verify import verify_shards
 
-        for line in verify_shards(Path(cfg.out), list(cfg.splits)):
+        for line in verify_shards(cfg.local_out, list(cfg.splits)):
             print(line)
         return 0
     if cfg.unlabelled:
         from haloscope.preprocess.convert.unlabelled import write_unlabelled_shards
 
         path = write_unlabelled_shards(
-            cfg.data, Path(cfg.out), meta_cols=cfg.meta_cols, norm_method=cfg.norm_method,
+            cfg.data, cfg.local_out, meta_cols=cfg.meta_cols, norm_method=cfg.norm_method,
             shard_samples=cfg.shard_samples, record_samples=cfg.record_samples,
             batch_rows=cfg.batch_rows, command=cfg.command)  # fmt: skip
         print(f"search: {path}", file=sys.stdout)
-        return 0
+        return _upload(cfg)
     from haloscope.preprocess.convert.run import convert
 
-    written = convert(narrow(cfg, ConvertConfig))
+    written = convert(replace(narrow(cfg, ConvertConfig), out=cfg.local_out))
     for split, path in written.items():
         print(f"{split}: {path}", file=sys.stdout)
+    return _upload(cfg) if written else 0
+
+
+def _upload(cfg: ShardsOptions) -> int:
+    """With an s3:// --out, publish the converted splits (each manifest last)."""
+    if is_url(cfg.out):
+        from haloscope.shards.upload import upload_shards
+
+        for line in upload_shards(cfg.local_out, cfg.out):
+            print(line, file=sys.stdout)
     return 0
