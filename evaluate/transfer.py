@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,39 +97,27 @@ def _compare(
     return rows
 
 
-def _lens_rows(
-    target: ScoresFrame,
-    reference: ScoresFrame,
-    thresholds: dict[float, float],
-    method: str,
-    confidence: float,
-) -> list[dict[str, Any]]:
-    rows = []
+Group = tuple[tuple[str, str, str], np.ndarray, np.ndarray]
+"""``((kind, column, bin), target mask, reference mask)``: two sets to compare."""
+
+
+def _lens_groups(target: ScoresFrame, reference: ScoresFrame) -> Iterator[Group]:
+    """The lenses of each arc-SNR and theta_E/PSF bin present in both tables."""
     for column, edges in (("arc_snr", SNR_EDGES), ("theta_over_psf", RES_EDGES)):
         spec = StratumSpec(column, column)
         t_bins = dict(_binned(column_values(target, spec), edges))
         r_bins = dict(_binned(column_values(reference, spec), edges))
         for name in t_bins if t_bins and r_bins else ():
-            t_mask = t_bins[name] & (target.labels == 1)
-            r_mask = r_bins[name] & (reference.labels == 1)
-            rows += _compare(
+            yield (
                 ("lenses", column, name),
-                target.ranking[t_mask],
-                reference.ranking[r_mask],
-                thresholds,
-                method,
-                confidence,
+                t_bins[name] & (target.labels == 1),
+                r_bins[name] & (reference.labels == 1),
             )
-    return rows
 
 
-def _kind_rows(
-    target: ScoresFrame,
-    reference: ScoresFrame,
-    thresholds: dict[float, float],
-    method: str,
-    confidence: float,
-) -> list[dict[str, Any]]:
+def _kind_groups(target: ScoresFrame, reference: ScoresFrame) -> Iterator[Group]:
+    """The controls of each ``control_kind`` of the target ("all" without that column)."""
+
     def kinds(frame: ScoresFrame) -> np.ndarray:
         col = frame.columns.get("control_kind")
         if col is None:
@@ -136,19 +125,12 @@ def _kind_rows(
         return np.array([k or "ordinary" for k in col.tolist()], dtype=object)
 
     t_kind, r_kind = kinds(target), kinds(reference)
-    rows = []
     for kind in sorted(set(t_kind[target.labels == 0].tolist())):
-        t_mask = (target.labels == 0) & (t_kind == kind)
-        r_mask = (reference.labels == 0) & (r_kind == kind)
-        rows += _compare(
+        yield (
             ("controls", "control_kind", kind),
-            target.ranking[t_mask],
-            reference.ranking[r_mask],
-            thresholds,
-            method,
-            confidence,
+            (target.labels == 0) & (t_kind == kind),
+            (reference.labels == 0) & (r_kind == kind),
         )
-    return rows
 
 
 def transfer_check(
@@ -180,8 +162,13 @@ def transfer_check(
     thresholds = {
         f: tpr_at_fpr(reference.labels, reference.ranking, f).threshold for f in fpr_targets
     }
-    rows = _lens_rows(target, reference, thresholds, method, confidence)
-    rows += _kind_rows(target, reference, thresholds, method, confidence)
+    rows = []
+    for group, t_mask, r_mask in [
+        *_lens_groups(target, reference),
+        *_kind_groups(target, reference),
+    ]:
+        t, r = target.ranking[t_mask], reference.ranking[r_mask]
+        rows += _compare(group, t, r, thresholds, method, confidence)
     return {
         "reference": reference.source,
         "rank_by": target.rank_by,
