@@ -42,7 +42,8 @@ TRAIN_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 VAL_COLUMNS: tuple[str, ...] = (
     "epoch", "global_step", "val/num", "val/num_pos", "val/num_neg", "val/loss", "val/auroc",
-    "val/tpr@fpr1e-4", "val/tpr@fpr1e-3", "val/fpr@tpr0.9", "val/is_best", "val/wall_s",
+    "val/tpr@fpr1e-4", "val/tpr@fpr1e-3", "val/fpr@tpr0.9", "val/det_num_pos", "val/det_auroc",
+    "val/det_tpr@fpr1e-4", "val/det_tpr@fpr1e-3", "val/is_best", "val/wall_s",
 )  # fmt: skip
 
 
