@@ -65,7 +65,7 @@ train() {  # gen, shard root, run dir
     local limit=""
     if [ "$DEADLINE_S" -gt 0 ]; then
         [ "$(left)" -gt 60 ] || { echo "no time left for $1 in this call"; exit 3; }
-        limit="timeout -s USR1 -k 120 $(left)"
+        limit="timeout -s USR1 -k 40 $(left)"
     fi
     stage "train $1 (${limit:-no deadline})"
     set +e
