@@ -31,6 +31,7 @@ MINIMAL: dict[str, list[str]] = {
     "shards": ["--data", "d", "--out", "o"],
     "train": ["--shards", "s", "--out", "o"],
     "infer": ["--ckpt", "c.pt", "--data", "d", "--out", "s.parquet"],
+    "search": ["--input", "i.parquet", "--ckpt", "c.pt", "--out", "o"],
     "eval": ["--scores", "s.parquet", "--out-csv", "x.csv"],
     "mine": ["--scores", "a.parquet", "b.parquet", "--out", "l.parquet"],
     "gen4": ["--out", "o"],
@@ -68,6 +69,7 @@ OLD_FLAGS: dict[str, str] = {
     "--min-count --min-score --nproc-per-node --num-workers --out --quiet --rows --seed "
     "--sim-args --tiny --top-k --train-args --workers",
     "env": "--device --json",
+    "search": "",  # born with its flags derived from SearchConfig
 }
 
 
