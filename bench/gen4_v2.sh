@@ -39,6 +39,9 @@ DEVICE=${DEVICE:-cuda}
 ARCH=${ARCH:-convnext_tiny}
 DEADLINE_S=${DEADLINE_S:-0}  # > 0: stop training this many seconds after the script started
 SIM_ARGS=${SIM_ARGS:---quantize 4}
+WHOLE_RUN_GEN=${WHOLE_RUN_GEN:-gen4}  # the generation trained through bench gpu --whole-run
+WHOLE_RUN_NEEDS_S=${WHOLE_RUN_NEEDS_S:-420}  # with DEADLINE_S: seconds a whole run needs
+STOP_AFTER=${STOP_AFTER:-}  # mine: end once the lookup is mined (Gen4 in a later session)
 PY=${PY:-python3}
 H="$PY -m haloscope"
 TRAIN_ARGS=${TRAIN_ARGS:---arch $ARCH --epochs $EPOCHS --batch-size $BATCH --lr $LR --seed $SEED --num-workers $LOADER_WORKERS --val-batch-size 1024 --monitor det_tpr@fpr1e-3}
@@ -81,7 +84,24 @@ import json,sys; t=json.load(open(sys.argv[1])); sys.exit(t['reason'] not in ('c
     fi
     touch "$3/done"
 }
-train gen3 "$WORK/shards/gen3" "$WORK/gen3"
+whole_run() {  # gen, shard root: train through `bench gpu --whole-run` into $WORK/$gen/whole_run
+    [ ! -f "$WORK/$1/whole_run/done" ] || return 0
+    [ "$DEADLINE_S" -le 0 ] || [ "$(left)" -gt "$WHOLE_RUN_NEEDS_S" ] || { echo "$1 needs a fresh call"; exit 3; }
+    stage "train $1 through bench gpu --whole-run (synthetic step ${SYNTH_SECONDS}s first)"
+    $H bench gpu --whole-run --shards "$2" --work-dir "$WORK/$1" \
+        --device "$DEVICE" --arch "$ARCH" --batch-size "$BATCH" --seconds "$SYNTH_SECONDS" \
+        --train-args "$(echo $TRAIN_ARGS | sed -e "s/--batch-size $BATCH //" -e "s/--arch $ARCH //")" \
+        --out "$RES/whole_run_$1.json"
+    touch "$WORK/$1/whole_run/done"
+}
+ckpt() {  # gen -> its best.pt
+    if [ "$WHOLE_RUN_GEN" = "$1" ]; then echo "$WORK/$1/whole_run/best.pt"; else echo "$WORK/$1/best.pt"; fi
+}
+if [ "$WHOLE_RUN_GEN" = gen3 ]; then
+    whole_run gen3 "$WORK/shards/gen3"
+else
+    train gen3 "$WORK/shards/gen3" "$WORK/gen3"
+fi
 
 infer() {  # gen, split, ckpt
     local out="$WORK/$1/scores_$2.parquet"
@@ -89,14 +109,15 @@ infer() {  # gen, split, ckpt
         --split "$2" --out "$out" --batch-size 1024 --model-name "$1" --device "$DEVICE" \
         --num-workers "$LOADER_WORKERS" --no-progress; }
 }
-infer gen3 train "$WORK/gen3/best.pt"
-infer gen3 test "$WORK/gen3/best.pt"
+infer gen3 train "$(ckpt gen3)"
+infer gen3 test "$(ckpt gen3)"
 
 stage "mine"
 [ -f "$WORK/hard_neg_lookup.parquet" ] || $H mine --scores "$WORK/gen3/scores_train.parquet" \
     --out "$WORK/hard_neg_lookup.parquet" --min-score "$MIN_SCORE" --top-k "$TOP_K" \
     --min-count "$TOP_K" --split train
 
+[ "$STOP_AFTER" != mine ] || { stage "stop after mine"; exit 0; }
 stage "shards gen4 (train + hard negatives x$HN_WEIGHT; val/test reused)"
 [ -f "$WORK/shards/gen4/train/manifest.json" ] || $H shards --data "$WORK/data" \
     --out "$WORK/shards/gen4" --splits train --hard-neg-path "$WORK/hard_neg_lookup.parquet" \
@@ -111,19 +132,15 @@ Path(sys.argv[2]).write_text(json.dumps(notes, indent=1) + "\n")
 print(json.dumps(notes["train"]))
 EOF
 
-if [ ! -f "$WORK/gen4/whole_run/done" ]; then
-    [ "$DEADLINE_S" -le 0 ] || [ "$(left)" -gt 420 ] || { echo "gen4 needs a fresh call"; exit 3; }
-    stage "train gen4 through bench gpu --whole-run (synthetic step ${SYNTH_SECONDS}s first)"
-    $H bench gpu --whole-run --shards "$WORK/shards/gen4" --work-dir "$WORK/gen4" \
-        --device "$DEVICE" --arch "$ARCH" --batch-size "$BATCH" --seconds "$SYNTH_SECONDS" \
-        --train-args "$(echo $TRAIN_ARGS | sed -e "s/--batch-size $BATCH //" -e "s/--arch $ARCH //")" \
-        --out "$RES/whole_run.json"
-    touch "$WORK/gen4/whole_run/done"
+if [ "$WHOLE_RUN_GEN" = gen4 ]; then
+    whole_run gen4 "$WORK/shards/gen4"
+else
+    train gen4 "$WORK/shards/gen4" "$WORK/gen4"
 fi
-infer gen4 test "$WORK/gen4/whole_run/best.pt"
+infer gen4 test "$(ckpt gen4)"
 
 for gen in gen3 gen4; do
-    run="$WORK/$gen"; [ "$gen" = gen4 ] && run="$WORK/gen4/whole_run"
+    run=$(dirname "$(ckpt $gen)")
     mkdir -p "$RES/$gen"
     [ -f "$RES/$gen/stratified_fpr.json" ] || { stage "eval $gen"; $H eval \
         --scores "$WORK/$gen/scores_test.parquet" --out-csv "$RES/$gen/stratified_fpr.csv" \
