@@ -9,28 +9,40 @@ process on one core (``torch.set_num_threads(1)``), from files in the page cache
 (b) plain WebDataset: one sample per tar member group (``image.npy`` float16 + ``cls``),
     ``wds.WebDataset(...).decode().to_tuple(...).batched(B)``, collated to tensors;
 (c) haloscope: ``ShardReader`` (shuffled training order) over packed-record shards.
+(d) streamed: the same ``ShardReader`` over the same shards served by an HTTP server on
+    127.0.0.1 (``http.server`` with ``Range``, in its own process, so its CPU is not counted):
+    records by range requests (no cache), and from a warm ``--cache-dir`` (whole verified
+    shards, memory-mapped), each as a ratio to (c) measured in the same run.
 
 When CUDA is available every batch is also pinned (``pin_memory()``) inside the timed loop;
 otherwise the JSON says so. ``(c)`` with DataLoader workers is reported as well (total, not
-per core). Results go to ``bench/results/loader.json``.
+per core). Results go to ``bench/results/loader.json``; a ``pinned_on_gpu_host`` block that
+``bench/loader_pin.py`` recorded there on a GPU host is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import multiprocessing as mp
 import os
 import platform
+import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from haloscope.atomic import atomic_write_text
 from haloscope.shards.schema import TABLE_DTYPE
 from haloscope.shards.write import write_shard
 
@@ -102,10 +114,10 @@ def _plain_wds(path: Path, pin: bool) -> Iterable[torch.Tensor]:
         yield x.pin_memory() if pin else x
 
 
-def _haloscope(split_dir: Path, pin: bool, epochs: int) -> Iterable[torch.Tensor]:
+def _haloscope(split_dir: Path | str, pin: bool, epochs: int, **kw: Any) -> Iterable[torch.Tensor]:
     from haloscope.shards.read import ShardReader
 
-    reader = ShardReader(split_dir, batch_size=BATCH, seed=0)
+    reader = ShardReader(split_dir, batch_size=BATCH, seed=0, **kw)
     for epoch in range(epochs):
         reader.set_epoch(epoch)
         for batch in reader:
@@ -147,6 +159,76 @@ def _write_packed(split_dir: Path, image: np.ndarray, labels: np.ndarray, per_sh
     write_manifest(split_dir, doc)
 
 
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with single ``Range: bytes=a-b`` requests (``http.server`` has none)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        match = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
+        path = Path(self.translate_path(self.path))
+        if not match or not path.is_file():
+            return super().do_GET()
+        size = path.stat().st_size
+        start = int(match.group(1))
+        stop = min(size, int(match.group(2)) + 1) if match.group(2) else size
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            body = fh.read(stop - start)
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _serve(root: str, ports: Any) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=root))
+    ports.put(server.server_address[1])
+    server.serve_forever()
+
+
+@contextmanager
+def _http_server(root: Path) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1 from another process; yields the base URL."""
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    proc = ctx.Process(target=_serve, args=(str(root), ports), daemon=True)
+    proc.start()
+    try:
+        yield f"http://127.0.0.1:{ports.get(timeout=60)}"
+    finally:
+        proc.terminate()
+        proc.join()
+
+
+def _streamed(split_dir: Path, cache_dir: Path, pin: bool) -> dict[str, Any]:
+    """(d): the reader over HTTP by range requests, then from a warmed cache; ratios to (c)
+    measured again just before (a loaded machine drifts between the rows)."""
+    local = _rate(lambda: _haloscope(split_dir, pin, epochs=2))["samples_per_s"]
+    with _http_server(split_dir.parent) as url:
+        source = f"{url}/{split_dir.name}"
+        ranged = _rate(lambda: _haloscope(source, pin, epochs=2))
+        t0 = time.perf_counter()
+        n = sum(len(x) for x in _haloscope(source, pin, epochs=1, cache_dir=cache_dir))
+        fill = n / (time.perf_counter() - t0)
+        cached = _rate(lambda: _haloscope(source, pin, epochs=2, cache_dir=cache_dir))
+    return {
+        "c_local_mmap_samples_per_s": local,
+        "http_range_samples_per_s": ranged["samples_per_s"],
+        "cache_samples_per_s": cached["samples_per_s"],
+        "cache_fill_epoch_samples_per_s": round(fill, 1),
+        "http_range_over_c": round(ranged["samples_per_s"] / local, 3),  # (c) of this row
+        "cache_over_c": round(cached["samples_per_s"] / local, 3),
+        "note": "one reader process, torch threads = 1; the HTTP server (127.0.0.1, Range "
+        "requests, ThreadingHTTPServer) runs in another process whose CPU is not counted; "
+        "http_range: one request per packed record (no cache); cache: --cache-dir already "
+        "filled (shards memory-mapped from it); cache_fill: the first epoch, downloading "
+        "and sha256-checking every shard",
+    }
+
+
 def run_bench(
     out_path: str,
     *,
@@ -184,6 +266,7 @@ def run_bench(
             "c_haloscope": _rate(lambda: _haloscope(tmp / "packed", pin, epochs=2)),
         }
         res["c_haloscope_workers"] = _multi_worker(tmp / "packed", workers)
+        res["d_streamed"] = _streamed(tmp / "packed", tmp / "cache", pin)
     a, b, c = (
         res[k]["samples_per_s"]
         for k in ("a_seed_parquet_rows", "b_plain_webdataset", "c_haloscope")
@@ -203,12 +286,22 @@ def run_bench(
         },
         "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "results": res,
-        "ratios": {"c_over_a": round(c / a, 1), "c_over_b": round(c / b, 1)},
+        "ratios": {
+            "c_over_a": round(c / a, 1),
+            "c_over_b": round(c / b, 1),
+            "http_range_over_c": res["d_streamed"]["http_range_over_c"],
+            "cache_over_c": res["d_streamed"]["cache_over_c"],
+        },  # fmt: skip
         "targets": {"c_min_samples_per_s": 100_000, "c_over_a_min": 20, "c_over_b_min": 5},
         "targets_met": {"c": c >= 100_000, "c_over_a": c / a >= 20, "c_over_b": c / b >= 5},
     }
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
+    out = Path(out_path)
+    with contextlib.suppress(
+        OSError, ValueError, KeyError, TypeError
+    ):  # keep what loader_pin measured on a GPU
+        result["pinned_on_gpu_host"] = json.loads(out.read_text())["pinned_on_gpu_host"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -236,8 +329,9 @@ def main(argv: list[str]) -> int:
 
     parser = VerbParser(
         "bench loader",
-        "Loader throughput: seed parquet vs plain WebDataset "
-        "vs haloscope shards, samples/s per core.",
+        "Loader throughput: seed parquet vs plain WebDataset vs haloscope shards, memory-mapped "
+        "and streamed from an HTTP server on 127.0.0.1 (range requests, and a warm --cache-dir), "
+        "samples/s per core.",
     )
     parser.add_argument("--out", default="bench/results/loader.json", help="JSON output path")
     parser.add_argument(

@@ -15,6 +15,7 @@ requests. The plan, and so every guarantee above, is the same for every source.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections import OrderedDict
@@ -171,9 +172,10 @@ class ShardReader(IterableDataset):
             entries = [e for e in entries if self.cache.lookup(e["sha256"]) is None]
         if not self.source.is_remote:
             sizes = [_local_size(self.source.describe(e["file"])) for e in entries]
-        else:  # one request per shard: a few at a time
+        else:  # one request per shard: the first alone (it makes the client), then 8 at a time
+            sizes = [self.source.size(e["file"]) for e in entries[:1]]
             with ThreadPoolExecutor(8) as pool:
-                sizes = list(pool.map(lambda e: self.source.size(e["file"]), entries))
+                sizes += pool.map(lambda e: self.source.size(e["file"]), entries[1:])
         for entry, size in zip(entries, sizes, strict=True):
             if size != entry["bytes"]:
                 raise DataError(
@@ -259,22 +261,25 @@ class ShardReader(IterableDataset):
         """The batch of the epoch the next iteration starts at (a loaded position, else 0)."""
         return self._start_batch
 
-    def set_output(self, *, ring_slots: int, pinned: bool) -> None:
-        """How the next iterations allocate their batch tensors.
+    def with_output(self, *, ring_slots: int, pinned: bool) -> ShardReader:
+        """A shallow copy of this reader that allocates its batch tensors this way: the
+        object a loader iterates in-process or hands to its worker processes, so this
+        reader's own settings never change (it shares the open-shard caches of this process).
 
         Args:
             ring_slots: shared-memory slots each worker process cycles through instead of a
-                fresh segment per batch (0: fresh). Workers copy the reader when they start,
-                so a loader sets this just before starting them and 0 right after.
+                fresh segment per batch (0: fresh).
             pinned: in-process iteration gathers straight into pinned memory.
         """
         if ring_slots < 0:
-            raise ValueError(f"set_output: ring_slots must be >= 0, got {ring_slots}")
-        self._ring_slots, self._pin_out = ring_slots, pinned
+            raise ValueError(f"with_output: ring_slots must be >= 0, got {ring_slots}")
+        view = copy.copy(self)
+        view._ring_slots, view._pin_out, view._ring, view._ring_next = ring_slots, pinned, None, 0
+        return view
 
     def clear_start_batch(self) -> None:
-        """Drop the resume position here: worker processes took it with them when they started
-        (in-process iteration clears it itself)."""
+        """Drop the resume position here: the loader's copy (:meth:`with_output`) took it
+        (iterating this reader itself clears it on its own)."""
         self._start_batch = 0
 
     def mark_consumed(self, batches_consumed: int) -> None:
@@ -487,8 +492,11 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         reader = self.reader
         start = reader.start_batch
+        pinned = self.pin_memory and self.num_workers == 0
+        view = reader.with_output(ring_slots=self.prefetch_factor + 2 if self.num_workers > 0
+                                  else 0, pinned=pinned)  # fmt: skip
         loader = torch.utils.data.DataLoader(
-            reader,
+            view,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_thread,
@@ -496,15 +504,8 @@ class ShardLoader:
             persistent_workers=False,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
-        pinned = self.pin_memory and self.num_workers == 0
-        reader.set_output(ring_slots=self.prefetch_factor + 2 if self.num_workers > 0 else 0,
-                          pinned=pinned)  # fmt: skip
-        try:
-            batches = iter(loader)  # workers fork here, taking the resume position with them
-        finally:
-            reader.set_output(ring_slots=0, pinned=pinned)
-        if self.num_workers > 0:
-            reader.clear_start_batch()
+        batches = iter(loader)  # workers fork here, taking the view's resume position along
+        reader.clear_start_batch()  # the view has it
         for i, batch in enumerate(batches):
             batch = self._own(batch)
             reader.mark_consumed(start + i + 1)

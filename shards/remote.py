@@ -339,7 +339,9 @@ class S3Source(Source):
             cfg = Config(retries={"max_attempts": 1, "mode": "standard"},
                          connect_timeout=self.policy.timeout_s,
                          read_timeout=self.policy.timeout_s)  # fmt: skip
-            self._client, self._pid = boto3.client("s3", config=cfg), os.getpid()
+            # NOTE: a session of its own: boto3's default session is not thread-safe
+            session = boto3.session.Session()
+            self._client, self._pid = session.client("s3", config=cfg), os.getpid()
         return self._client
 
     def key(self, name: str) -> str:
