@@ -5,15 +5,17 @@ workers, each read as ``Piece``s) -> ``score_stream`` (every model of the ensemb
 piece, optional D4 TTA) -> ``PartWriter`` (a chunk's rows, scored and rejected, written as
 ``parts/part-<rank>-<chunk>.parquet`` atomically once its last piece is scored).
 
-On CUDA the loop never waits for the GPU between batches: a piece's logits are copied to
-pinned host memory without blocking and an event marks them; a piece is finished (and its
-chunk possibly written) only when ``LAG`` newer pieces have been launched, so reading,
-copying and part writing overlap the model.
+On CUDA the loop never waits for the GPU between batches: the loader's pin thread pins each
+piece, its host-to-device copy runs on a side stream (overlapping the previous piece's
+model call), its logits are copied back to pinned host memory without blocking and an event
+marks them; a piece is finished (and its chunk possibly written) only when ``LAG`` newer
+pieces have been launched, so reading, copying and part writing overlap the model.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ __all__ = ["LAG", "Ensemble", "ChunkStream", "PartWriter", "load_ensemble", "par
            "done_chunks", "score_stream"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-LAG = 2
+LAG = 3
 """Pieces in flight on the GPU before the oldest is collected."""
 _SAME = ("norm_method", "norm", "meta_columns", "stamp_px")
 """Settings every checkpoint of an ensemble must share."""
@@ -135,8 +137,9 @@ def _first(item: Any) -> Any:
 
 
 def iter_pieces(source: SearchInput, chunks: Sequence[Chunk], batch_size: int,
-                num_workers: int) -> Iterable[Piece]:  # fmt: skip
-    """This rank's pieces, decoded in ``num_workers`` processes (0: here)."""
+                num_workers: int, *, pin_memory: bool = False) -> Iterable[Piece]:  # fmt: skip
+    """This rank's pieces, decoded in ``num_workers`` processes (0: here), pinned by the
+    loader's pin thread when ``pin_memory`` (CUDA)."""
     stream = ChunkStream(source, chunks, batch_size)
     if num_workers == 0 or not chunks:
         return stream
@@ -144,7 +147,7 @@ def iter_pieces(source: SearchInput, chunks: Sequence[Chunk], batch_size: int,
 
     workers = min(num_workers, len(chunks))
     loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_first,
-                        prefetch_factor=4)  # fmt: skip
+                        prefetch_factor=4, pin_memory=pin_memory)  # fmt: skip
     return worker_batches(iter(loader))  # a worker's error as one line
 
 
@@ -156,20 +159,45 @@ class _Open:
 
 
 class PartWriter:
-    """Collects scored pieces per chunk; writes a chunk's part when its last piece arrives."""
+    """Collects scored pieces per chunk; writes a chunk's part when its last piece arrives.
+
+    Parts are written by one background thread (building the table, parquet, fsync), so the
+    scoring loop never waits on the disk; ``close`` waits for them and raises their errors.
+    """
 
     def __init__(self, parts_dir: Path, rank: int, num_models: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.parts_dir, self.rank, self.num_models = parts_dir, rank, num_models
         self.open: dict[int, _Open] = {}
         self.rows = 0
         self.written: list[Path] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-parts")
+        self._pending: list = []
 
     def add(self, piece: Piece, logits: np.ndarray) -> None:
         """``logits``: (K, len(piece.kept)) float32."""
+        piece.images = piece.meta = None  # type: ignore[assignment]  # scored: free the pixels
         self.open.setdefault(piece.chunk, _Open()).pieces.append((piece, logits))
         self.rows += len(piece.ids)
         if piece.last:
-            self.written.append(self._write(piece.chunk, self.open.pop(piece.chunk)))
+            state = self.open.pop(piece.chunk)
+            self._pending.append(self._pool.submit(self._write, piece.chunk, state))
+        while self._pending and self._pending[0].done():
+            self.written.append(self._pending.pop(0).result())  # a failed write raises here
+
+    def close(self, *, raising: bool = True) -> None:
+        """Wait for every part being written; re-raise the first failure if ``raising``."""
+        try:
+            for future in self._pending:
+                try:
+                    self.written.append(future.result())
+                except Exception:
+                    if raising:
+                        raise
+        finally:
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
 
     def _write(self, chunk: int, state: _Open) -> Path:
         from haloscope.atomic import atomic_path
@@ -201,18 +229,34 @@ class PartWriter:
         return path
 
 
-def _launch(ensemble: Ensemble, piece: Piece, device: torch.device, tta: bool):
+def _to_device(
+    piece: Piece, device: torch.device, copy_stream
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float32, meta) on the device; on CUDA copied on ``copy_stream``, which the
+    current (model) stream waits for."""
+    images, meta = piece.images, piece.meta
+    if copy_stream is None:
+        return images.float(), meta  # float16 -> the trainer's float32
+    if not images.is_pinned():  # no loader pin thread (--num-workers 0)
+        images, meta = images.pin_memory(), meta.pin_memory()
+    compute = torch.cuda.current_stream(device)
+    with torch.cuda.stream(copy_stream):
+        images = images.to(device, non_blocking=True)
+        meta = meta.to(device, non_blocking=True)
+    compute.wait_stream(copy_stream)
+    images.record_stream(compute)  # the allocator must not reuse them before the model ran
+    meta.record_stream(compute)
+    return images.float(), meta
+
+
+def _launch(ensemble: Ensemble, piece: Piece, device: torch.device, tta: bool, copy_stream):
     """Start scoring a piece; returns (host logits (K, k) tensor, CUDA event or None)."""
     k = len(piece.kept)
     if k == 0:
         return torch.zeros((len(ensemble.forwards), 0)), None
-    images, meta = piece.images, piece.meta
-    cuda = device.type == "cuda"
-    if cuda:
-        images, meta = images.pin_memory(), meta.pin_memory()
-    images = images.to(device, non_blocking=cuda).float()  # float16 -> the trainer's float32
-    logits = ensemble.logits(images, meta.to(device, non_blocking=cuda), tta)
-    if not cuda:
+    images, meta = _to_device(piece, device, copy_stream)
+    logits = ensemble.logits(images, meta, tta)
+    if copy_stream is None:
         return logits, None
     host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
     host.copy_(logits, non_blocking=True)
@@ -223,8 +267,8 @@ def _launch(ensemble: Ensemble, piece: Piece, device: torch.device, tta: bool):
 
 def score_stream(ensemble: Ensemble, pieces: Iterable[Piece], writer: PartWriter,
                  device: torch.device, *, tta: bool, progress: bool,
-                 total_rows: int | None) -> int:  # fmt: skip
-    """Score every piece and hand it to ``writer``; returns the rows handled (read).
+                 total_rows: int | None) -> tuple[int, float | None]:  # fmt: skip
+    """Score every piece and hand it to ``writer``.
 
     Args:
         ensemble: the models.
@@ -234,10 +278,17 @@ def score_stream(ensemble: Ensemble, pieces: Iterable[Piece], writer: PartWriter
         tta: D4 test-time augmentation.
         progress: tqdm bar of cutouts (its rate is cutouts/s).
         total_rows: rows expected on this rank (the bar's total).
+
+    Returns:
+        ``(rows handled, steady cutouts/s)``: the rate from the first scored piece to the
+        last (worker start, graph capture and warm-up excluded; None for one piece).
     """
     bar = tqdm(total=total_rows, unit="cutout", desc="search", disable=not progress,
                smoothing=0.1, dynamic_ncols=True)  # fmt: skip
     inflight: deque = deque()
+    copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    clock: dict[str, float] = {}
 
     def collect() -> None:
         piece, host, event = inflight.popleft()
@@ -245,15 +296,23 @@ def score_stream(ensemble: Ensemble, pieces: Iterable[Piece], writer: PartWriter
             event.synchronize()
         writer.add(piece, host.numpy())
         bar.update(len(piece.ids))
+        now = time.perf_counter()
+        clock.setdefault("first", now)  # the first piece carries worker start and warm-up
+        clock["last"], clock["rows"] = now, clock.get("rows", -len(piece.ids)) + len(piece.ids)
 
     try:
         with torch.no_grad():
             for piece in pieces:
-                inflight.append((piece, *_launch(ensemble, piece, device, tta)))
+                inflight.append((piece, *_launch(ensemble, piece, device, tta, copy_stream)))
                 while len(inflight) > (LAG if device.type == "cuda" else 0):
                     collect()
             while inflight:
                 collect()
+    except BaseException:
+        writer.close(raising=False)  # finished chunks still land; the error is the loop's
+        raise
     finally:
         bar.close()
-    return writer.rows
+    writer.close()
+    span = clock.get("last", 0.0) - clock.get("first", 0.0)
+    return writer.rows, (clock["rows"] / span if span > 0 else None)

@@ -77,6 +77,13 @@ class Piece:
     reasons: dict[int, str] = field(default_factory=dict)
     """piece row -> reason, for the rejected rows."""
 
+    def pin_memory(self) -> Piece:
+        """The piece with page-locked images and meta (the loader's pin thread calls this once
+        they are torch tensors, so the main loop's host-to-device copies need no staging)."""
+        if hasattr(self.images, "pin_memory"):
+            self.images, self.meta = self.images.pin_memory(), self.meta.pin_memory()
+        return self
+
 
 def _is_fits(path: Path) -> bool:
     return path.name.lower().endswith(FITS_SUFFIXES) and not path.name.startswith(".")

@@ -121,14 +121,16 @@ def run_search(cfg: SearchConfig) -> Path | None:
                  ", D4 TTA" if cfg.tta == "d4" else "")  # fmt: skip
         t0 = time.perf_counter()
         writer = engine.PartWriter(out / "parts", env.rank, len(cfg.ckpt))
-        pieces = engine.iter_pieces(source, mine, batch, cfg.num_workers)
-        rows = engine.score_stream(ensemble, pieces, writer, env.device, tta=cfg.tta == "d4",
+        pieces = engine.iter_pieces(source, mine, batch, cfg.num_workers,
+                                    pin_memory=env.device.type == "cuda")  # fmt: skip
+        rows, steady = engine.score_stream(ensemble, pieces, writer, env.device, tta=cfg.tta == "d4",
                                    progress=cfg.progress and env.is_main,
                                    total_rows=sum(c.num_rows for c in mine))  # fmt: skip
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
         wall_s = time.perf_counter() - t0
         total = _gather_rows(rows, env)
+        steady_total = _gather_rows(round(steady or 0), env)  # ranks run side by side
         barrier(env)
         if not env.is_main:
             return None
@@ -137,7 +139,8 @@ def run_search(cfg: SearchConfig) -> Path | None:
                    "world_size": env.world_size, "batch_size": cfg.batch_size,
                    "chunks": len(chunks), "chunks_resumed": resumed,
                    "rows_this_run": total, "scoring_wall_s": round(wall_s, 3),
-                   "cutouts_per_s": round(total / wall_s, 1) if total and wall_s > 0 else None}  # fmt: skip
+                   "cutouts_per_s": round(total / wall_s, 1) if total and wall_s > 0 else None,
+                   "steady_cutouts_per_s": steady_total or None}  # fmt: skip
         summary = merge.write_outputs(out, source, chunks, num_models=len(cfg.ckpt),
                                       top_n=cfg.top_n, grades=cfg.grades, summary=summary)  # fmt: skip
         log.info("%s: %d scored, %d rejected (%s); %s cutouts/s this run", out, summary["scored"],
