@@ -78,6 +78,23 @@ def prepare_out(out: Path, doc: dict[str, Any]) -> int:
     return len(engine.done_chunks(out / "parts"))
 
 
+def _prepare_on_main(out: Path, doc: dict[str, Any], env) -> int:
+    """``prepare_out`` on rank 0; its refusal reaches every rank (no rank left waiting)."""
+    from haloscope.errors import HaloscopeError
+    from haloscope.train.dist import broadcast_object
+
+    resumed, error = 0, None
+    if env.is_main:
+        try:
+            resumed = prepare_out(out, doc)
+        except (HaloscopeError, OSError) as exc:
+            error = exc
+    error = broadcast_object(error, env)
+    if error is not None:
+        raise error
+    return resumed
+
+
 def _gather_rows(rows: int, env) -> int:
     from haloscope.train.dist import all_gather_object
 
@@ -103,8 +120,7 @@ def run_search(cfg: SearchConfig) -> Path | None:
     out = Path(cfg.out)
     try:
         batch = cfg.per_rank_batch(env.world_size)
-        if env.is_main:
-            check_writable(out, folder=True)
+        check_writable(out, folder=True)  # every rank: none is left waiting for another
         ensemble = engine.load_ensemble(cfg.ckpt, env.device, use_bf16=cfg.use_bf16(env.device.type),
                                         step=cfg.step, batch_size=batch)  # fmt: skip
         settings = {**ensemble.settings, "ckpt": cfg.ckpt[0]}
@@ -112,8 +128,7 @@ def run_search(cfg: SearchConfig) -> Path | None:
                             catalog=cfg.catalog, chunk_size=cfg.chunk_size)  # fmt: skip
         chunks = source.chunks()
         doc = fingerprint(cfg, source.identity())
-        resumed = prepare_out(out, doc) if env.is_main else 0
-        barrier(env)
+        resumed = _prepare_on_main(out, doc, env)
         done = engine.done_chunks(out / "parts")
         mine = [c for c in chunks if c.index % env.world_size == env.rank and c.index not in done]
         log.info("%s: %d chunks (%d rows), %d already finished; %d model(s)%s", cfg.input,

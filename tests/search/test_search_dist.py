@@ -30,3 +30,18 @@ def test_two_gloo_ranks_equal_one(tmp_path):
     assert ranks == {"00000", "00001"}  # both ranks scored a disjoint part
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["rows"] == 30
+
+
+@pytest.mark.dist
+def test_a_refusal_on_rank_0_stops_every_rank(tmp_path):
+    table, _ = unlabelled_table(8)
+    data = write_parquet(table, tmp_path / "in" / "cutouts.parquet", row_group_rows=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a search")  # rank 0 refuses this --out
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    res = search("--input", str(data), "--ckpt", str(ckpt), "--out", str(out), "--batch-size",
+                 "8", nproc=2, timeout=240)  # fmt: skip
+    assert res.returncode != 0
+    assert res.stderr.count("is not a search folder") >= 2  # both ranks said it, none hung
+    assert not (out / "parts").exists()
