@@ -149,8 +149,8 @@ def format_recall(result: dict) -> list[str]:
     """Lines for people: the survey's lenses, then one line per N."""
     det = result["detectable"]
     head = (
-        f"planted lenses: {result['lenses']} among {result['candidates']} ranked candidates "
-        f"({result['lenses_scored']} of them scored)"
+        f"planted lenses: {result['lenses']} in the survey, {result['lenses_scored']} of them "
+        f"among the {result['candidates']} ranked candidates (the others rejected)"
     )
     if det is not None:
         head += f"; detectable ({det['describe']}): {det['lenses']}"

@@ -52,7 +52,9 @@ def test_recall_counts_lenses_in_the_top_n_and_rejected_ones_as_missed():
         2 / 9
     )
     lines = format_recall(result)
-    assert lines[0].startswith("planted lenses: 3 among 9 ranked candidates (2 of them scored)")
+    assert lines[0].startswith(
+        "planted lenses: 3 in the survey, 2 of them among the 9 ranked candidates"
+    )
     assert (
         "top 5: 2 lenses, recall 0.667" in lines[3] and "detectable recall 0.500 (1/2)" in lines[3]
     )
