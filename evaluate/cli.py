@@ -135,6 +135,29 @@ def _summary_line(result: Any, auc: float) -> str:
     return f"{head} | all injections: AUROC={auc:.5f} {points(result.rows[0])}"
 
 
+def _results_doc(
+    args: EvalConfig, frame: ScoresFrame, result: Any, curves: dict[str, Any], auc: float
+) -> dict[str, Any]:
+    """The JSON document's metrics: AUROC with its interval, strata, the detectable block."""
+    num_pos, num_neg = result.rows[0]["P"], result.rows[0]["N"]
+    doc: dict[str, Any] = {
+        "scores": str(args.scores),
+        "label_column": frame.label_column,
+        "rank_by": frame.rank_by,
+        "num_rows": frame.num_rows,
+        "auroc": auc,
+        "auroc_ci": list(auroc_interval(auc, num_pos, num_neg, args.confidence)),
+    }
+    doc |= result.to_dict() | {"completeness_curves": curves}
+    if "auroc" in doc["detectable"]:
+        logger.info(
+            "detectable subset (%s): AUROC %.4f against all controls",
+            doc["detectable"]["definition"],
+            doc["detectable"]["auroc"],
+        )
+    return doc
+
+
 def main(argv: list[str]) -> int:
     """Run ``haloscope eval``; user errors raise ``HaloscopeError`` (one line, exit 2).
 
@@ -154,23 +177,7 @@ def main(argv: list[str]) -> int:
     result = stratify(frame, specs, fpr_targets, tpr_targets, args.ci, args.confidence, detectable)
     curves = completeness_curves(frame, method=args.ci, confidence=args.confidence)
     auc = auroc(frame.labels, frame.ranking)
-    doc: dict[str, Any] = {
-        "scores": str(args.scores),
-        "label_column": frame.label_column,
-        "rank_by": frame.rank_by,
-        "num_rows": frame.num_rows,
-        "auroc": auc,
-        "auroc_ci": list(
-            auroc_interval(auc, result.rows[0]["P"], result.rows[0]["N"], args.confidence)
-        ),
-    }
-    doc |= result.to_dict() | {"completeness_curves": curves}
-    if "auroc" in doc["detectable"]:
-        logger.info(
-            "detectable subset (%s): AUROC %.4f against all controls",
-            doc["detectable"]["definition"],
-            doc["detectable"]["auroc"],
-        )
+    doc = _results_doc(args, frame, result, curves, auc)
     comparison, compare_csv = None, out_csv.with_name(out_csv.stem + "_compare.csv")
     if others:
         comparison = compare_frames(

@@ -158,6 +158,18 @@ def _merge(per_model: dict[str, dict]) -> pa.Table:
     )
 
 
+def _log_candidates(source: str, name: str, cand: dict, min_score: float, min_count: int) -> None:
+    logger.info("%s: %d controls above %.3g (model %s)", source, cand["num_above"], min_score, name)
+    if cand["filled"]:
+        lowest = float(cand["score"].min()) if cand["score"].size else float("nan")
+        values = (source, cand["num_above"], min_score, min_count, cand["score"].size, lowest)
+        logger.warning(
+            "%s: only %d controls above --min-score %.3g, fewer than --min-count %d: took the "
+            "%d highest-scoring controls (lowest score %.4g)",
+            *values,
+        )
+
+
 def mine_frames(
     frames: Sequence[ScoresFrame],
     min_score: float = 0.9,
@@ -197,25 +209,8 @@ def mine_frames(
         name = _model_name(frame)
         if name in per_model:
             raise DataError(f"{frame.source}: model name {name!r} given twice")
-        cand = per_model[name] = _candidates(frame, splits, min_score, top_k, min_count)
-        logger.info(
-            "%s: %d controls above %.3g (model %s)",
-            frame.source,
-            cand["num_above"],
-            min_score,
-            name,
-        )
-        if cand["filled"]:
-            logger.warning(
-                "%s: only %d controls above --min-score %.3g, fewer than --min-count "
-                "%d: took the %d highest-scoring controls (lowest score %.4g)",
-                frame.source,
-                cand["num_above"],
-                min_score,
-                min_count,
-                cand["score"].size,
-                float(cand["score"].min()) if cand["score"].size else float("nan"),
-            )
+        per_model[name] = _candidates(frame, splits, min_score, top_k, min_count)
+        _log_candidates(frame.source, name, per_model[name], min_score, min_count)
     table = _merge(per_model)
     if table.num_rows == 0:
         raise DataError(
