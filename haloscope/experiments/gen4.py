@@ -22,7 +22,7 @@ from haloscope.errors import DataError
 from haloscope.evaluate.compare import compare_generations
 from haloscope.experiments.config import Gen4Config
 from haloscope.experiments.stages import STAGES_DIR, Stage, StageFailed, write_json
-from haloscope.preprocess.hardneg import load_lookup
+from haloscope.preprocess.hardneg import HardNegLookup, load_lookup
 from haloscope.shards.manifest import check_compatible, load_manifest
 from haloscope.shards.write import sha256_file
 
@@ -172,6 +172,30 @@ def _split_positions(split_dir: Path) -> tuple:
     return np.concatenate(ra), np.concatenate(dec), np.concatenate(label)
 
 
+def _reuse_split(src: Path, dst: Path, keys: HardNegLookup, lookup: Path) -> dict:
+    """Link ``dst`` to ``src``, check every shard's sha256 and that no control is in the lookup."""
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(src, dst.parent), dst)
+    manifest = load_manifest(src)
+    bad = [s["file"] for s in manifest.shards if sha256_file(dst / s["file"]) != s["sha256"]]
+    if bad:
+        raise StageFailed(f"{dst}: shard(s) {bad[:3]} differ from {src / 'manifest.json'}")
+    ra, dec, label = _split_positions(dst)
+    leaks = int((keys.match(ra, dec) & (label == 0)).sum())
+    if leaks:
+        raise StageFailed(
+            f"{lookup}: {leaks} {src.name} controls are in the hard-negative "
+            "lookup; mining must use the train split only"
+        )
+    return {
+        "shards": len(manifest.shards),
+        "samples": manifest.num_samples,
+        "sha256_verified": True,
+        "lookup_matches": 0,
+    }
+
+
 def reuse_eval_shards(gen3: Path, gen4: Path, lookup: Path) -> dict:
     """Give Gen4 the Gen3 val/test shards unchanged and prove it.
 
@@ -189,29 +213,9 @@ def reuse_eval_shards(gen3: Path, gen4: Path, lookup: Path) -> dict:
         StageFailed: any check fails.
     """
     keys = load_lookup(lookup)
-    notes: dict = {}
-    for split in ("val", "test"):
-        src, dst = gen3 / split, gen4 / split
-        if not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.path.relpath(src, dst.parent), dst)
-        manifest = load_manifest(src)
-        bad = [s["file"] for s in manifest.shards if sha256_file(dst / s["file"]) != s["sha256"]]
-        if bad:
-            raise StageFailed(f"{dst}: shard(s) {bad[:3]} differ from {src / 'manifest.json'}")
-        ra, dec, label = _split_positions(dst)
-        leaks = int((keys.match(ra, dec) & (label == 0)).sum())
-        if leaks:
-            raise StageFailed(
-                f"{lookup}: {leaks} {split} controls are in the hard-negative "
-                "lookup; mining must use the train split only"
-            )
-        notes[split] = {
-            "shards": len(manifest.shards),
-            "samples": manifest.num_samples,
-            "sha256_verified": True,
-            "lookup_matches": 0,
-        }
+    notes = {
+        split: _reuse_split(gen3 / split, gen4 / split, keys, lookup) for split in ("val", "test")
+    }
     t3, t4 = load_manifest(gen3 / "train"), load_manifest(gen4 / "train")
     if t3.preprocess.get("seed") != t4.preprocess.get("seed"):
         raise StageFailed(
