@@ -342,6 +342,61 @@ def _efficiency(runs: dict[int, dict[str, Any]], pick: Any) -> dict[str, Any]:
     return out
 
 
+def _scaling(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Img/s and efficiency per GPU count: training per step mode, inference, validation."""
+    scaling = {
+        f"train_{row['mode']}": _efficiency(
+            runs,
+            lambda r, m=row["mode"]: next(x["img_per_s"] for x in r["train"] if x["mode"] == m),
+        )
+        for row in runs[min(runs)]["train"]
+    }
+    scaling["infer"] = _efficiency(runs, lambda r: r["infer"]["img_per_s"])
+    scaling["validate"] = _efficiency(runs, lambda r: r["val_img_per_s"])
+    return scaling
+
+
+def _checks(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """What must hold on every GPU count: equal batches, weights in sync, equal val metrics."""
+    base = runs[min(runs)]
+    val_keys = [k for k in base["val"] if k != "val/wall_s"]
+    return {
+        "equal_batch_counts": all(r["epoch_batches"]["equal"] for r in runs.values()),
+        "weights_in_sync": all(x["weights_in_sync"] for r in runs.values() for x in r["train"]),
+        "graph_vs_eager_ddp_ok": all(
+            r["graph_vs_eager_ddp"]["ok"] for r in runs.values() if "graph_vs_eager_ddp" in r
+        ),
+        "val_metrics_max_abs_diff": max(
+            (abs(r["val"][k] - base["val"][k]) for r in runs.values() for k in val_keys),
+            default=0.0,
+        ),
+        "val_num_equal": len({r["val"]["val/num"] for r in runs.values()}) == 1,
+        "infer_samples_equal": len({r["infer"]["samples"] for r in runs.values()}) == 1,
+    }
+
+
+def _run_counts(counts: list[int], tmp_dir: Path, worker_args: list[str]) -> dict[int, dict]:
+    """One torchrun job of the worker per GPU count; its JSON result per count."""
+    runs: dict[int, dict[str, Any]] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for n in counts:
+        part = tmp_dir / f"gpus{n}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={n}", "-m", "haloscope.bench.multigpu", "--worker",
+               "--out", str(part), *worker_args]  # fmt: skip
+        log.info("bench multigpu: %d GPU(s)", n)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise ConfigError(
+                f"bench multigpu: the {n}-GPU torchrun job failed "
+                f"(exit {proc.returncode}); its log is above"
+            )
+        runs[n] = json.loads(part.read_text())
+        runs[n]["wall_s"] = round(time.perf_counter() - t0, 1)
+    return runs
+
+
 def run_bench(
     out_path: str,
     *,
@@ -365,29 +420,12 @@ def run_bench(
         for split, n in (("train", largest), ("val", 16384), ("test", 65536)):
             write_random_shards(root / split, n, seed={"train": 0, "val": 1, "test": 2}[split])
         shards = str(root)
-    runs: dict[int, dict[str, Any]] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for n in counts:
-        part = Path(tmp.name) / f"gpus{n}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={n}", "-m", "haloscope.bench.multigpu", "--worker",
-               "--shards", shards, "--out", str(part), "--batch-size", str(batch_size),
-               "--infer-batch-size", str(infer_batch_size), "--steps", str(steps),
-               "--warmup", str(warmup), "--workers", str(workers), "--modes", modes,
-               "--lr", str(lr)] + (["--ckpt", ckpt] if ckpt else [])  # fmt: skip
-        log.info("bench multigpu: %d GPU(s)", n)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env)
-        if proc.returncode != 0:
-            raise ConfigError(
-                f"bench multigpu: the {n}-GPU torchrun job failed "
-                f"(exit {proc.returncode}); its log is above"
-            )
-        runs[n] = json.loads(part.read_text())
-        runs[n]["wall_s"] = round(time.perf_counter() - t0, 1)
+    worker_args = ["--shards", shards, "--batch-size", str(batch_size),
+                   "--infer-batch-size", str(infer_batch_size), "--steps", str(steps),
+                   "--warmup", str(warmup), "--workers", str(workers), "--modes", modes,
+                   "--lr", str(lr)] + (["--ckpt", ckpt] if ckpt else [])  # fmt: skip
+    runs = _run_counts(counts, Path(tmp.name), worker_args)
     tmp.cleanup()
-    base = runs[min(runs)]
-    val_keys = [k for k in base["val"] if k != "val/wall_s"]
     doc = {
         "bench": "multigpu",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -401,30 +439,10 @@ def run_bench(
         "steps": steps,
         "warmup": warmup,
         "loader_workers_per_gpu": workers,
-        "scaling": {
-            f"train_{row['mode']}": _efficiency(
-                runs,
-                lambda r, m=row["mode"]: next(x["img_per_s"] for x in r["train"] if x["mode"] == m),
-            )
-            for row in base["train"]
-        },
-        "checks": {
-            "equal_batch_counts": all(r["epoch_batches"]["equal"] for r in runs.values()),
-            "weights_in_sync": all(x["weights_in_sync"] for r in runs.values() for x in r["train"]),
-            "graph_vs_eager_ddp_ok": all(
-                r["graph_vs_eager_ddp"]["ok"] for r in runs.values() if "graph_vs_eager_ddp" in r
-            ),
-            "val_metrics_max_abs_diff": max(
-                (abs(r["val"][k] - base["val"][k]) for r in runs.values() for k in val_keys),
-                default=0.0,
-            ),
-            "val_num_equal": len({r["val"]["val/num"] for r in runs.values()}) == 1,
-            "infer_samples_equal": len({r["infer"]["samples"] for r in runs.values()}) == 1,
-        },
+        "scaling": _scaling(runs),
+        "checks": _checks(runs),
         "runs": {str(n): r for n, r in runs.items()},
     }
-    doc["scaling"]["infer"] = _efficiency(runs, lambda r: r["infer"]["img_per_s"])
-    doc["scaling"]["validate"] = _efficiency(runs, lambda r: r["val_img_per_s"])
     atomic_write_text(out_path, json.dumps(doc, indent=2) + "\n")
     return {k: doc[k] for k in ("device", "gpus_present", "scaling", "checks")}
 
