@@ -148,8 +148,13 @@ def run_whole_run(out_path: str, *, shards: str | None, device: str = "cuda",
         ConfigError: no shards, CUDA asked for but absent, or the default gpu.json as output.
         RuntimeError: the training run failed.
     """
-    if not shards or not (Path(shards) / "train" / "manifest.json").is_file():
-        raise ConfigError(f"--whole-run needs --shards with train/ and val/, got {shards!r}")
+    from haloscope.shards.remote import split_location
+
+    root = split_location(shards or "")
+    local = isinstance(root, Path)
+    if not shards or local and not (root / "train" / "manifest.json").is_file():
+        raise ConfigError(f"--whole-run needs --shards with train/ and val/ (a folder or a URL), "
+                          f"got {shards!r}")  # fmt: skip
     if Path(out_path).name == "gpu.json":
         raise ConfigError(
             "--whole-run writes its own result: pass --out bench/results/whole_run.json"
@@ -157,7 +162,6 @@ def run_whole_run(out_path: str, *, shards: str | None, device: str = "cuda",
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--whole-run --device cuda needs a CUDA device; none is visible here")
-    root = Path(shards)
     synthetic = synthetic_rate(root, arch=arch, batch_size=batch_size, device=dev, seconds=seconds)
     log.info("synthetic step: %s", synthetic)
     gc.collect()  # the step and its graph are gone: the run (another process) gets the memory
