@@ -39,7 +39,6 @@ from haloscope.shards.index import (
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.plan import EpochPlan, rank_span
 from haloscope.shards.remote import (
-    DEFAULT_CACHE_BYTES,
     RemotePath,
     ShardCache,
     open_source,
@@ -85,7 +84,8 @@ class ShardReader(IterableDataset):
         cache_dir: for a URL, a local folder caching whole verified shards (shared by
             workers, runs and processes); None: read records by range requests, no disk.
             Ignored for a local folder.
-        cache_bytes: the cache's bound; least recently used shards are removed past it.
+        cache_bytes: the cache's bound; least recently used shards are removed past it
+            (None: ``HALOSCOPE_CACHE_MAX_GB`` GiB, else 200 GiB).
 
     Raises:
         DataError: missing/corrupt manifest, a split without samples, missing shard, or a
@@ -108,7 +108,7 @@ class ShardReader(IterableDataset):
         verify: bool = False,
         max_open_shards: int = 64,
         cache_dir: str | Path | None = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_bytes: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or shuffle_records < 1:

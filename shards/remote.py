@@ -20,7 +20,8 @@ needs nothing more. ``s3://`` is read with boto3, configured the usual boto3 way
 ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server); other URLs go through fsspec when the
 protocol's backend is installed.
 
-Retry settings come from the environment (tests shorten them): ``HALOSCOPE_REMOTE_RETRIES``
+The cache's bound is ``HALOSCOPE_CACHE_MAX_GB`` (default 200 GiB). Retry settings come from
+the environment (tests shorten them): ``HALOSCOPE_REMOTE_RETRIES``
 (attempts, default 5), ``HALOSCOPE_REMOTE_BACKOFF_S`` (first wait, default 0.5 s, doubled
 per attempt, at most 30 s) and ``HALOSCOPE_REMOTE_TIMEOUT_S`` (per request, default 60 s).
 """
@@ -60,13 +61,14 @@ __all__ = [
     "split_location",
     "open_source",
     "DEFAULT_CACHE_BYTES",
+    "cache_bytes_from_env",
 ]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.+)$")
 DEFAULT_CACHE_BYTES = 200 * 2**30
-"""Default bound of a shard cache (200 GiB)."""
+"""Default bound of a shard cache (200 GiB); ``HALOSCOPE_CACHE_MAX_GB`` overrides it."""
 
 
 def is_url(location: object) -> bool:
@@ -446,6 +448,24 @@ def open_source(location: str | Path | RemotePath, policy: RetryPolicy | None = 
 
 
 # ---------------------------------------------------------------------------- cache
+def cache_bytes_from_env(env: dict[str, str] | None = None) -> int:
+    """The cache bound: ``HALOSCOPE_CACHE_MAX_GB`` (GiB, may be fractional), else 200 GiB.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    text = dict(os.environ if env is None else env).get("HALOSCOPE_CACHE_MAX_GB")
+    if text is None:
+        return DEFAULT_CACHE_BYTES
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = -1.0
+    if not gib > 0:
+        raise ConfigError(f"HALOSCOPE_CACHE_MAX_GB must be a positive number of GiB, got {text!r}")
+    return int(gib * 2**30)
+
+
 class ShardCache:
     """Whole shards on local disk, named by their manifest sha256, least recently used
     removed past ``max_bytes``.
@@ -456,7 +476,9 @@ class ShardCache:
     others wait, and a file another process removes stays readable to whoever mapped it.
     """
 
-    def __init__(self, root: str | Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, root: str | Path, max_bytes: int | None = None) -> None:
+        if max_bytes is None:
+            max_bytes = cache_bytes_from_env()
         if max_bytes < 1:
             raise ConfigError(f"cache size must be >= 1 byte, got {max_bytes}")
         self.root, self.max_bytes = Path(root), int(max_bytes)

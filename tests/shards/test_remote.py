@@ -13,11 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from haloscope.errors import DataError
+from haloscope.errors import ConfigError, DataError
 from haloscope.shards import read as read_mod
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.read import ShardReader, build_loader
-from haloscope.shards.remote import RemotePath, RetryPolicy, ShardCache, open_source
+from haloscope.shards.remote import (
+    RemotePath,
+    RetryPolicy,
+    ShardCache,
+    cache_bytes_from_env,
+    open_source,
+)
 from tests.shards.remote_servers import (
     FAST_RETRIES,
     Faults,
@@ -216,6 +222,10 @@ def test_sources_and_policy() -> None:
     assert RetryPolicy.from_env({"HALOSCOPE_REMOTE_RETRIES": "2"}).attempts == 2
     with pytest.raises(Exception, match="HALOSCOPE_REMOTE_"):
         RetryPolicy.from_env({"HALOSCOPE_REMOTE_RETRIES": "x"})
+    assert cache_bytes_from_env({"HALOSCOPE_CACHE_MAX_GB": "0.5"}) == 2**29
+    assert cache_bytes_from_env({}) == 200 * 2**30
+    with pytest.raises(ConfigError, match="HALOSCOPE_CACHE_MAX_GB must be a positive number"):
+        cache_bytes_from_env({"HALOSCOPE_CACHE_MAX_GB": "0"})
     with pytest.raises(Exception, match=r"no reader for nosuchproto:// URLs"):
         open_source("nosuchproto://host/shards/train")
 
