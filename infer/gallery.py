@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from haloscope.atomic import atomic_write_bytes, atomic_write_text
 from haloscope.errors import DataError
-from haloscope.infer.composite import raw_stamp_rgb, rgb_png_bytes
+from haloscope.infer.composite import raw_stamp_rgb, rgb_png_bytes, stamp_rgb
 from haloscope.infer.gallery_page import CSS, PAGE, SCRIPT
 
 __all__ = [
@@ -79,12 +79,18 @@ def _check_inputs(candidates: pa.Table, stamps: np.ndarray, top_n: int) -> int:
     return num
 
 
-def _write_images(stamps: np.ndarray, ranks: list[int], image_dir: Path) -> list[str]:
+def _write_images(
+    stamps: np.ndarray, ranks: list[int], image_dir: Path, normalised: bool
+) -> list[str]:
     """One PNG per stamp, named by rank; returns the page-relative sources."""
     image_dir.mkdir(parents=True, exist_ok=True)
     names = [f"rank_{rank:07d}.png" for rank in ranks]
     for start in range(0, len(names), _RGB_BATCH):
-        rgb = raw_stamp_rgb(stamps[start : start + _RGB_BATCH])
+        batch = stamps[start : start + _RGB_BATCH]
+        if normalised:
+            rgb = [stamp_rgb(np.nan_to_num(np.asarray(s, np.float32))) for s in batch]
+        else:
+            rgb = raw_stamp_rgb(batch)
         for name, image in zip(names[start : start + _RGB_BATCH], rgb, strict=True):
             atomic_write_bytes(image_dir / name, rgb_png_bytes(image))
     keep = set(names)
@@ -114,7 +120,9 @@ def _tiles(candidates: pa.Table, sources: list[str]) -> list[dict]:
     return tiles
 
 
-def write_gallery(candidates: pa.Table, stamps: np.ndarray, out_dir: Path, top_n: int) -> Path:
+def write_gallery(
+    candidates: pa.Table, stamps: np.ndarray, out_dir: Path, top_n: int, *, normalised: bool = False
+) -> Path:
     """Write ``out_dir/candidates.html``: the first ``min(len(stamps), top_n)`` candidates.
 
     Args:
@@ -123,6 +131,8 @@ def write_gallery(candidates: pa.Table, stamps: np.ndarray, out_dir: Path, top_n
             of ``candidates`` (NaN pixels are shown black).
         out_dir: folder of the page; PNGs go to ``out_dir/gallery/`` (stale ones removed).
         top_n: the most tiles to show.
+        normalised: the stamps are already in sky-sigma units (shards hold only those), so
+            they are drawn as they are instead of normalised first.
 
     Returns:
         The page's path (written atomically, after its images).
@@ -135,7 +145,7 @@ def write_gallery(candidates: pa.Table, stamps: np.ndarray, out_dir: Path, top_n
     num = _check_inputs(candidates, stamps, top_n)
     out_dir = Path(out_dir)
     ranks = [int(r) for r in candidates["rank"].slice(0, num).to_pylist()]
-    sources = _write_images(stamps[:num], ranks, out_dir / IMAGE_DIR)
+    sources = _write_images(stamps[:num], ranks, out_dir / IMAGE_DIR, normalised)
     tiles = _tiles(candidates, sources)
     # grades are stored per page: the same ids in the same order find their grades again
     key = hashlib.sha256("\n".join(t["id"] for t in tiles).encode()).hexdigest()[:16]

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from matplotlib.image import imread
 
 from haloscope.errors import DataError
 from haloscope.infer.composite import raw_stamp_rgb
 from haloscope.infer.gallery import GRADES, read_grades, viewer_url, write_gallery
+from haloscope.preprocess.normalize import normalize
 
 
 def _candidates(num: int, seed: int = 0) -> pa.Table:
@@ -213,3 +215,18 @@ def test_no_candidates_give_an_empty_page(tmp_path):
     page = write_gallery(empty, np.zeros((0, 3, 64, 64), np.float32), tmp_path, top_n=10)
     html = page.read_text()
     assert "Top 0 of 0 candidates" in html and 'class="tile"' not in html
+
+
+def test_normalised_stamps_are_drawn_as_they_are(tmp_path):
+    """Shard input holds normalised stamps: drawn as given, they match the raw path's PNGs."""
+    raw = _stamps(4)
+    write_gallery(_candidates(5), raw, tmp_path / "raw", top_n=4)
+    norm = normalize(raw, "asinh").astype(np.float16)  # as the shards store them
+    write_gallery(_candidates(5), norm, tmp_path / "norm", top_n=4, normalised=True)
+    write_gallery(_candidates(5), norm, tmp_path / "twice", top_n=4)
+    pixels = {
+        d: imread(tmp_path / d / "gallery" / "rank_0000001.png") for d in ("raw", "norm", "twice")
+    }
+    assert np.abs(pixels["raw"] - pixels["norm"]).max() < 0.02  # float16 rounding only
+    # normalising twice compresses the galaxy's core
+    assert np.abs(pixels["raw"] - pixels["twice"]).max() > 0.05
