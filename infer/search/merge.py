@@ -10,7 +10,7 @@
 - ``summary.json``: counts, rejects by reason, cutouts/s, checkpoints, settings.
 - ``candidates.html``: the gallery (``infer.gallery.write_gallery``) of the top N, with the
   raw stamps re-read from the input by chunk and row after ranking (shards hold only
-  normalised stamps: the gallery shows those).
+  normalised stamps: the gallery draws those as they are, ``normalised=True``).
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def _gallery(candidates: pa.Table, where: pa.Table, source: SearchInput, chunks:
     for c in np.unique(chunk_of):
         sel = np.flatnonzero(chunk_of == c)
         stamps[sel] = source.raw_stamps(chunks[int(c)], pos[sel])
-    return write_gallery(candidates, stamps, out, top_n)
+    # shards hold normalised stamps only: drawn as they are, not normalised a second time
+    return write_gallery(candidates, stamps, out, top_n, normalised=source.kind == "shards")
 
 
 def write_outputs(out: Path, source: SearchInput, chunks: list[Chunk], *, num_models: int,
