@@ -31,8 +31,8 @@ class Gen4Config:
     """Processes of simulate and shards (their --num-workers); not the loader workers."""
     epochs: int = 50
     """Maximum epochs of each training."""
-    batch_size: int = 256
-    """Global training batch (all ranks together)."""
+    batch_size: int = 1024
+    """Global training batch (all ranks together); the trainer's default lr (1e-3) fits it."""
     arch: str = "convnext_tiny"
     """timm ConvNeXt of both generations."""
     hard_neg_weight: int = 5

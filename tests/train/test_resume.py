@@ -96,8 +96,8 @@ def test_resume_refusals(
     assert main(tiny_argv(tiny_shards, run, "--num-workers", "0")) == 0
     with pytest.raises(ConfigError, match="already holds last.pt"):
         main(tiny_argv(tiny_shards, run))
-    with pytest.raises(ConfigError, match=r"optim.lr: checkpoint 0.0003, now 0.001"):
-        main(tiny_argv(tiny_shards, run, "--resume", "--lr", "1e-3"))
+    with pytest.raises(ConfigError, match=r"optim.lr: checkpoint 0.001, now 0.002"):
+        main(tiny_argv(tiny_shards, run, "--resume", "--lr", "2e-3"))
     (run / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable or corrupt"):
         main(tiny_argv(tiny_shards, run, "--resume"))
