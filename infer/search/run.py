@@ -158,10 +158,12 @@ def run_search(cfg: SearchConfig) -> Path | None:
                    "steady_cutouts_per_s": steady_total or None}  # fmt: skip
         summary = merge.write_outputs(out, source, chunks, num_models=len(cfg.ckpt),
                                       top_n=cfg.top_n, grades=cfg.grades, summary=summary)  # fmt: skip
-        log.info("%s: %d scored, %d rejected (%s); %s cutouts/s this run", out, summary["scored"],
+        rate = summary["cutouts_per_s"]
+        speed = f"{rate} cutouts/s this run" if rate else "every chunk was done earlier (resumed)"
+        log.info("%s: %d scored, %d rejected (%s); %s", out, summary["scored"],
                  summary["rejected"], ", ".join(f"{k}={v}" for k, v in
                                                 summary["rejected_by_reason"].items()) or "none",
-                 summary["cutouts_per_s"])  # fmt: skip
+                 speed)  # fmt: skip
         return out / "candidates.parquet"
     finally:
         shutdown(env)
