@@ -35,11 +35,14 @@ import torch
 from tqdm import tqdm
 
 from haloscope.errors import DataError
+from haloscope.shards.read import ShardReader
 from haloscope.train import checkpoint as ckpt
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv, all_gather_object, all_reduce_mean
 from haloscope.train.failures import worker_batches
+from haloscope.train.loss import LossFn
 from haloscope.train.metrics import MetricsWriter, StepWindow, TimeBreakdown
+from haloscope.train.step import EvalStep, TrainStep
 from haloscope.train.validate import EarlyStopping, validate
 
 __all__ = ["TrainState", "RunContext", "PendingRead", "StopFlag", "FitResult", "catch_signals",
@@ -65,25 +68,27 @@ class TrainState:
     loader_state: dict[str, Any] | None = None  # reader position to restore (resume only)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunContext:
-    """What stays fixed during training (and the run's bookkeeping objects)."""
+    """What one run works with: settings, readers, step functions (fixed once built), and
+    the bookkeeping objects of the loop (the last five fields, which the loop updates)."""
 
     cfg: TrainConfig
     env: DistEnv
     run_dir: Path
-    train_reader: Any  # haloscope.shards.read.ShardReader (or the same protocol)
-    val_reader: Any
-    make_loader: Callable[[Any], Iterable[dict[str, Any]]]
-    loss_fn: Callable[..., torch.Tensor]
+    train_reader: ShardReader
+    val_reader: ShardReader
+    make_loader: Callable[[ShardReader], Iterable[dict[str, Any]]]
+    loss_fn: LossFn
     writer: MetricsWriter
     static: dict[str, Any]  # model_args, config JSON, preprocess, meta (checkpoint constants)
     steps_per_epoch: int
     amp_dtype: torch.dtype | None
     channels_last: bool
     stop: StopFlag
-    step: Any = None  # the train.step.TrainStep of the run (eager, compile or graph)
-    eval_step: Any = None  # the train.step.EvalStep of validation (None: eager, fp32)
+    step: TrainStep  # the run's training step (eager, compile or graph)
+    eval_step: EvalStep  # validation's step (a CUDA graph on CUDA, eager elsewhere)
+    # bookkeeping, updated by the loop:
     saver: ckpt.CheckpointWriter = field(default_factory=ckpt.CheckpointWriter)
     timer: TimeBreakdown = field(default_factory=TimeBreakdown)
     window: StepWindow | None = None  # steps whose device metrics are not read yet

@@ -35,7 +35,7 @@ from haloscope.train.dist import (
     wrap_ddp,
 )
 from haloscope.train.loop import FitResult, RunContext, StopFlag, TrainState, catch_signals, fit
-from haloscope.train.loss import build_loss
+from haloscope.train.loss import LossFn, build_loss
 from haloscope.train.metrics import MetricsWriter
 from haloscope.train.model import build_model
 from haloscope.train.optim import build_optimizer, build_scheduler, warmup_steps
@@ -188,11 +188,14 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
               "preprocess": tdata.preprocess_record(manifest),
               "meta": {"cols": cols, "mean": mean, "std": std}}  # fmt: skip
     writer = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.run.tensorboard)
-    ctx = RunContext(cfg, env, run_dir, train_reader, val_reader, tdata.loader_factory(cfg, env),
-                     build_loss(cfg.loss), writer, static, steps, amp_dtype_for(cfg, env.device),
-                     channels_last_for(cfg, env.device), stop)  # fmt: skip
-    ctx.step = _train_step(cfg, env, state, ctx)
-    ctx.eval_step = _eval_step(cfg, env, state, ctx)
+    loss_fn = build_loss(cfg.loss)
+    amp, channels_last = amp_dtype_for(cfg, env.device), channels_last_for(cfg, env.device)
+    ctx = RunContext(cfg=cfg, env=env, run_dir=run_dir, train_reader=train_reader,
+                     val_reader=val_reader, make_loader=tdata.loader_factory(cfg, env),
+                     loss_fn=loss_fn, writer=writer, static=static, steps_per_epoch=steps,
+                     amp_dtype=amp, channels_last=channels_last, stop=stop,
+                     step=_train_step(cfg, env, state, loss_fn, amp, channels_last),
+                     eval_step=_eval_step(cfg, env, state, channels_last))  # fmt: skip
     log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
              "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
              val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
@@ -200,7 +203,8 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     return state, ctx
 
 
-def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> TrainStep:
+def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, loss_fn: LossFn,
+                amp_dtype: torch.dtype | None, channels_last: bool) -> TrainStep:  # fmt: skip
     """The run's ``TrainStep``: one CUDA graph per step where it applies (CUDA, no --compile),
     else eager (or compiled) on the DDP-wrapped model.
 
@@ -219,21 +223,22 @@ def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunConte
         state.model, sync = wrap_ddp(state.raw_model, env), None
         kind = "compile" if cfg.run.compile else "eager"
     return make_train_step(
-        state.model, ctx.loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
+        state.model, loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
         device=env.device, mode=kind, distributed=env.is_distributed, augment=cfg.run.augment,
-        aug_generator=state.aug_gen, bf16=ctx.amp_dtype is not None,
-        channels_last=ctx.channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
+        aug_generator=state.aug_gen, bf16=amp_dtype is not None,
+        channels_last=channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
         metrics_slots=cfg.run.sync_every,
     )  # fmt: skip
 
 
-def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState, ctx: RunContext) -> EvalStep:
+def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState,
+               channels_last: bool) -> EvalStep:  # fmt: skip
     """Validation's step: fp32, a CUDA graph at the per-rank val batch where the training step
     may be graphed (CUDA, no --compile), else eager on the unwrapped model."""
     graph = env.device.type == "cuda" and cfg.run.cuda_graphs and not cfg.run.compile
     return make_eval_step(state.raw_model, device=env.device, mode="graph" if graph else "eager",
                           batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
-                          bf16=False, channels_last=ctx.channels_last)  # fmt: skip
+                          bf16=False, channels_last=channels_last)  # fmt: skip
 
 
 def run_training(cfg: TrainConfig) -> int:
