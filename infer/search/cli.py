@@ -44,6 +44,7 @@ def parse_config(argv: list[str]) -> SearchConfig:
 def main(argv: list[str]) -> int:
     """Run ``haloscope search``; returns the exit status."""
     cfg = parse_config(argv)
+    # NOTE: imported after parsing: run imports torch, kept off `haloscope search --help`.
     from haloscope.infer.search.run import run_search
 
     run_search(cfg)

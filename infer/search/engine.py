@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,25 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from haloscope.atomic import atomic_path
 from haloscope.errors import CheckpointError
+from haloscope.infer import predict
+from haloscope.infer.run import checkpoint_settings
 from haloscope.infer.search.inputs import Chunk, Piece, SearchInput
+from haloscope.infer.tta import tta_logits
+from haloscope.train.checkpoint import load_for_inference
+from haloscope.train.failures import worker_batches
 
-__all__ = ["LAG", "Ensemble", "ChunkStream", "PartWriter", "load_ensemble", "part_name",
-           "done_chunks", "score_stream"]  # fmt: skip
+__all__ = [
+    "LAG",
+    "Ensemble",
+    "ChunkStream",
+    "PartWriter",
+    "load_ensemble",
+    "part_name",
+    "done_chunks",
+    "score_stream",
+]
 
 log = logging.getLogger(__name__)
 LAG = 3
@@ -69,24 +84,19 @@ class Ensemble:
 
     def logits(self, images: torch.Tensor, meta: torch.Tensor, tta: bool) -> torch.Tensor:
         """(K, B) float32 logits of the K models."""
-        from haloscope.infer.tta import tta_logits
-
         outs = [tta_logits(f, images, meta) if tta else f(images, meta) for f in self.forwards]
         return torch.stack([o.float() for o in outs])
 
 
-def load_ensemble(paths: Sequence[str], device: torch.device, *, use_bf16: bool, step: str,
-                  batch_size: int) -> Ensemble:  # fmt: skip
+def load_ensemble(
+    paths: Sequence[str], device: torch.device, *, use_bf16: bool, step: str, batch_size: int
+) -> Ensemble:
     """Load every checkpoint (fp32 logit layer, channels-last on CUDA) and its forward.
 
     Raises:
         CheckpointError: unreadable checkpoint, or checkpoints trained with different
             preprocessing (named setting and both files).
     """
-    from haloscope.infer import predict
-    from haloscope.infer.run import checkpoint_settings
-    from haloscope.train.checkpoint import load_for_inference
-
     forwards, infos, first = [], [], None
     for path in paths:
         model, info = load_for_inference(path, device)
@@ -101,9 +111,11 @@ def load_ensemble(paths: Sequence[str], device: torch.device, *, use_bf16: bool,
             if settings.get(key) != first.get(key):
                 raise CheckpointError(
                     f"--ckpt {path}: {key}={settings.get(key)!r} but {paths[0]} has "
-                    f"{first.get(key)!r}; an ensemble needs one preprocessing")  # fmt: skip
-        forwards.append(predict.make_forward(model, device, use_bf16, step=step,
-                                             batch_size=batch_size))  # fmt: skip
+                    f"{first.get(key)!r}; an ensemble needs one preprocessing"
+                )
+        forwards.append(
+            predict.make_forward(model, device, use_bf16, step=step, batch_size=batch_size)
+        )
         infos.append(info)
     assert first is not None
     return Ensemble(forwards, {k: first[k] for k in _SAME if k in first}, infos)
@@ -136,18 +148,28 @@ def _first(item: Any) -> Any:
     return item
 
 
-def iter_pieces(source: SearchInput, chunks: Sequence[Chunk], batch_size: int,
-                num_workers: int, *, pin_memory: bool = False) -> Iterable[Piece]:  # fmt: skip
+def iter_pieces(
+    source: SearchInput,
+    chunks: Sequence[Chunk],
+    batch_size: int,
+    num_workers: int,
+    *,
+    pin_memory: bool = False,
+) -> Iterable[Piece]:
     """This rank's pieces, decoded in ``num_workers`` processes (0: here), pinned by the
     loader's pin thread when ``pin_memory`` (CUDA)."""
     stream = ChunkStream(source, chunks, batch_size)
     if num_workers == 0 or not chunks:
         return stream
-    from haloscope.train.failures import worker_batches
-
     workers = min(num_workers, len(chunks))
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_first,
-                        prefetch_factor=4, pin_memory=pin_memory)  # fmt: skip
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_first,
+        prefetch_factor=4,
+        pin_memory=pin_memory,
+    )
     return worker_batches(iter(loader))  # a worker's error as one line
 
 
@@ -166,8 +188,6 @@ class PartWriter:
     """
 
     def __init__(self, parts_dir: Path, rank: int, num_models: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.parts_dir, self.rank, self.num_models = parts_dir, rank, num_models
         self.open: dict[int, _Open] = {}
         self.rows = 0
@@ -200,8 +220,6 @@ class PartWriter:
             self._pool.shutdown(wait=True)
 
     def _write(self, chunk: int, state: _Open) -> Path:
-        from haloscope.atomic import atomic_path
-
         cols: dict[str, list] = {"pos": [], "id": [], "ra": [], "dec": [], "reason": []}
         per_model = []
         for piece, logits in state.pieces:
@@ -216,13 +234,17 @@ class PartWriter:
             cols["reason"].append(np.array([piece.reasons.get(i) for i in range(n)], dtype=object))
         each = np.concatenate(per_model, axis=1)  # (K, rows)
         data = {k: np.concatenate(v) for k, v in cols.items()}
-        table = pa.table({
-            "pos": pa.array(data["pos"], pa.int64()), "id": pa.array(data["id"], pa.string()),
-            "ra": pa.array(data["ra"], pa.float64()), "dec": pa.array(data["dec"], pa.float64()),
-            "reason": pa.array(data["reason"].tolist(), pa.string()),
-            "logit": pa.array(each.astype(np.float64).mean(axis=0).astype(np.float32)),
-            **{f"logit_{k}": pa.array(each[k]) for k in range(self.num_models)},
-        })  # fmt: skip
+        table = pa.table(
+            {
+                "pos": pa.array(data["pos"], pa.int64()),
+                "id": pa.array(data["id"], pa.string()),
+                "ra": pa.array(data["ra"], pa.float64()),
+                "dec": pa.array(data["dec"], pa.float64()),
+                "reason": pa.array(data["reason"].tolist(), pa.string()),
+                "logit": pa.array(each.astype(np.float64).mean(axis=0).astype(np.float32)),
+                **{f"logit_{k}": pa.array(each[k]) for k in range(self.num_models)},
+            }
+        )
         path = self.parts_dir / part_name(self.rank, chunk)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
@@ -265,9 +287,28 @@ def _launch(ensemble: Ensemble, piece: Piece, device: torch.device, tta: bool, c
     return host, event
 
 
-def score_stream(ensemble: Ensemble, pieces: Iterable[Piece], writer: PartWriter,
-                 device: torch.device, *, tta: bool, progress: bool,
-                 total_rows: int | None) -> tuple[int, float | None]:  # fmt: skip
+def _progress_bar(total_rows: int | None, progress: bool) -> tqdm:
+    """A bar of cutouts (its rate is cutouts/s), disabled unless ``progress``."""
+    return tqdm(
+        total=total_rows,
+        unit="cutout",
+        desc="search",
+        disable=not progress,
+        smoothing=0.1,
+        dynamic_ncols=True,
+    )
+
+
+def score_stream(
+    ensemble: Ensemble,
+    pieces: Iterable[Piece],
+    writer: PartWriter,
+    device: torch.device,
+    *,
+    tta: bool,
+    progress: bool,
+    total_rows: int | None,
+) -> tuple[int, float | None]:
     """Score every piece and hand it to ``writer``.
 
     Args:
@@ -283,8 +324,7 @@ def score_stream(ensemble: Ensemble, pieces: Iterable[Piece], writer: PartWriter
         ``(rows handled, steady cutouts/s)``: the rate from the first scored piece to the
         last (worker start, graph capture and warm-up excluded; None for one piece).
     """
-    bar = tqdm(total=total_rows, unit="cutout", desc="search", disable=not progress,
-               smoothing=0.1, dynamic_ncols=True)  # fmt: skip
+    bar = _progress_bar(total_rows, progress)
     inflight: deque = deque()
     copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 

@@ -25,10 +25,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+from astropy.io import fits
 
 from haloscope.errors import ConfigError, ContractError
 from haloscope.infer.search.inputs import FITS_SUFFIXES, Chunk, Piece, SearchInput, _stat
 from haloscope.preprocess.decode import BANDS, STAMP_PX
+from haloscope.preprocess.gates import column_f64
 from haloscope.preprocess.normalize import normalize
 
 __all__ = ["FitsInput", "read_cutout", "file_stem", "read_catalog"]
@@ -58,8 +62,6 @@ def read_cutout(path: Path) -> tuple[np.ndarray | None, str | None, tuple[float,
 
     ``(ra, dec)`` is the header's ``CRVAL1``/``CRVAL2`` (NaN where absent).
     """
-    from astropy.io import fits
-
     try:
         with fits.open(path, memmap=False) as hdus:
             hdu = next((h for h in hdus if getattr(h, "data", None) is not None), None)
@@ -94,9 +96,6 @@ def read_catalog(path: str, meta_cols: list[str]) -> dict[str, dict[str, Any]]:
     Raises:
         ConfigError: unreadable catalogue, no ``file``/``id`` column, missing meta columns.
     """
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
     try:
         table = pcsv.read_csv(path) if path.lower().endswith(".csv") else pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -106,19 +105,23 @@ def read_catalog(path: str, meta_cols: list[str]) -> dict[str, dict[str, Any]]:
     missing = [c for c in meta_cols if c not in names]
     if key is None or missing:
         need = (["file or id"] if key is None else []) + missing
-        raise ConfigError(f"--catalog {path}: missing column(s) {', '.join(need)} (the FITS "
-                          "files' key and the checkpoint's meta columns)")  # fmt: skip
-    from haloscope.preprocess.gates import column_f64
-
-    meta = (np.stack([column_f64(table, c) for c in meta_cols], axis=1) if meta_cols
-            else np.zeros((table.num_rows, 0))).astype(np.float32)  # fmt: skip
+        raise ConfigError(
+            f"--catalog {path}: missing column(s) {', '.join(need)} (the FITS "
+            "files' key and the checkpoint's meta columns)"
+        )
+    meta = (
+        np.stack([column_f64(table, c) for c in meta_cols], axis=1)
+        if meta_cols
+        else np.zeros((table.num_rows, 0))
+    ).astype(np.float32)
     nan = np.full(table.num_rows, np.nan)
     ra = column_f64(table, "ra") if "ra" in names else nan
     dec = column_f64(table, "dec") if "dec" in names else nan
     keys = [str(k) for k in table.column(key).to_pylist()]
     ids = [str(v) for v in table.column("id").to_pylist()] if "id" in names else [None] * len(keys)
-    return {k: {"meta": meta[i], "id": ids[i], "ra": ra[i], "dec": dec[i]}
-            for i, k in enumerate(keys)}  # fmt: skip
+    return {
+        k: {"meta": meta[i], "id": ids[i], "ra": ra[i], "dec": dec[i]} for i, k in enumerate(keys)
+    }
 
 
 class FitsInput(SearchInput):
@@ -126,12 +129,22 @@ class FitsInput(SearchInput):
 
     kind = "fits"
 
-    def __init__(self, spec: str, settings: dict[str, Any], *, id_column: str = "auto",
-                 catalog: str, chunk_size: int = 4096) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: str,
+        settings: dict[str, Any],
+        *,
+        id_column: str = "auto",
+        catalog: str,
+        chunk_size: int = 4096,
+    ) -> None:
         super().__init__(spec, settings, id_column=id_column)
         folder = Path(spec)
-        self.files = sorted(p for p in folder.iterdir()
-                            if p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith("."))  # fmt: skip
+        self.files = sorted(
+            p
+            for p in folder.iterdir()
+            if p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith(".")
+        )
         if not self.files:
             raise ContractError(f"--input {spec}: no FITS files ({', '.join(FITS_SUFFIXES)})")
         self.catalog_path, self.chunk_size = catalog, chunk_size
@@ -139,13 +152,18 @@ class FitsInput(SearchInput):
 
     def chunks(self) -> list[Chunk]:
         n, size = len(self.files), self.chunk_size
-        return [Chunk(k, str(self.files[s]), min(size, n - s), s)
-                for k, s in enumerate(range(0, n, size))]  # fmt: skip
+        return [
+            Chunk(k, str(self.files[s]), min(size, n - s), s)
+            for k, s in enumerate(range(0, n, size))
+        ]
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chunk_size": self.chunk_size,
-                "catalog": _stat(Path(self.catalog_path)),
-                "files": [_stat(p) for p in self.files]}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "chunk_size": self.chunk_size,
+            "catalog": _stat(Path(self.catalog_path)),
+            "files": [_stat(p) for p in self.files],
+        }
 
     def _row(self, path: Path) -> dict[str, Any] | None:
         return self.catalog.get(path.name) or self.catalog.get(file_stem(path.name))
@@ -173,16 +191,28 @@ class FitsInput(SearchInput):
             stop = min(chunk.num_rows, start + batch_size)
             rows = [self._one(self.files[chunk.group + i]) for i in range(start, stop)]
             kept = np.array([i for i, r in enumerate(rows) if r[1] is None], dtype=np.int64)
-            stamps = (np.stack([rows[i][0] for i in kept]) if len(kept)
-                      else np.zeros((0, 3, STAMP_PX, STAMP_PX), np.float32))  # fmt: skip
-            meta = (np.stack([rows[i][5] for i in kept]) if len(kept)
-                    else np.zeros((0, len(self.meta_cols)))).astype(np.float32)  # fmt: skip
-            yield Piece(chunk=chunk.index, last=stop >= chunk.num_rows,
-                        pos=np.arange(start, stop, dtype=np.int64),
-                        ids=np.array([r[2] for r in rows], dtype=object),
-                        ra=np.array([r[3] for r in rows]), dec=np.array([r[4] for r in rows]),
-                        kept=kept, images=normalize(stamps, self.norm_method).astype(np.float16),
-                        meta=meta, reasons={i: r[1] for i, r in enumerate(rows) if r[1]})  # fmt: skip
+            stamps = (
+                np.stack([rows[i][0] for i in kept])
+                if len(kept)
+                else np.zeros((0, 3, STAMP_PX, STAMP_PX), np.float32)
+            )
+            meta = (
+                np.stack([rows[i][5] for i in kept])
+                if len(kept)
+                else np.zeros((0, len(self.meta_cols)))
+            ).astype(np.float32)
+            yield Piece(
+                chunk=chunk.index,
+                last=stop >= chunk.num_rows,
+                pos=np.arange(start, stop, dtype=np.int64),
+                ids=np.array([r[2] for r in rows], dtype=object),
+                ra=np.array([r[3] for r in rows]),
+                dec=np.array([r[4] for r in rows]),
+                kept=kept,
+                images=normalize(stamps, self.norm_method).astype(np.float16),
+                meta=meta,
+                reasons={i: r[1] for i, r in enumerate(rows) if r[1]},
+            )
 
     def raw_stamps(self, chunk: Chunk, pos: np.ndarray) -> np.ndarray:
         out = np.zeros((len(pos), 3, STAMP_PX, STAMP_PX), np.float32)

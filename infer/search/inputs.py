@@ -32,6 +32,8 @@ from haloscope.preprocess.convert.unlabelled import (
     prepare_unlabelled,
     read_columns,
 )
+from haloscope.preprocess.decode import decode_stamps
+from haloscope.shards.index import open_shard
 from haloscope.shards.manifest import MANIFEST_NAME, Manifest, check_compatible, load_manifest
 
 __all__ = ["FITS_SUFFIXES", "Chunk", "Piece", "SearchInput", "detect_kind", "open_input"]
@@ -139,9 +141,18 @@ def _stat(path: Path) -> dict[str, Any]:
 def _pieces_of(chunk: int, prepared, offset: int, last: bool) -> Piece:
     n = len(prepared.ids)
     reasons = dict(prepared.reasons)
-    return Piece(chunk=chunk, last=last, pos=np.arange(offset, offset + n, dtype=np.int64),
-                 ids=prepared.ids, ra=prepared.ra, dec=prepared.dec, kept=prepared.rows,
-                 images=prepared.images, meta=prepared.meta, reasons=reasons)  # fmt: skip
+    return Piece(
+        chunk=chunk,
+        last=last,
+        pos=np.arange(offset, offset + n, dtype=np.int64),
+        ids=prepared.ids,
+        ra=prepared.ra,
+        dec=prepared.dec,
+        kept=prepared.rows,
+        images=prepared.images,
+        meta=prepared.meta,
+        reasons=reasons,
+    )
 
 
 class ParquetInput(SearchInput):
@@ -163,27 +174,31 @@ class ParquetInput(SearchInput):
         return out
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id_column": self.id_column,
-                "files": [_stat(p) for p in self.files]}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "id_column": self.id_column,
+            "files": [_stat(p) for p in self.files],
+        }
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[Piece]:
         path = Path(chunk.source)
         try:
             reader = pq.ParquetFile(path).iter_batches(
-                batch_size=batch_size, row_groups=[chunk.group], columns=self.columns[path])  # fmt: skip
+                batch_size=batch_size, row_groups=[chunk.group], columns=self.columns[path]
+            )
             offset = 0
             for batch in reader:
-                prep = prepare_unlabelled(batch, self.meta_cols, self.norm_method,
-                                          id_column=self.id_column)  # fmt: skip
+                prep = prepare_unlabelled(
+                    batch, self.meta_cols, self.norm_method, id_column=self.id_column
+                )
                 offset += batch.num_rows
-                yield _pieces_of(chunk.index, prep, offset - batch.num_rows,
-                                 offset >= chunk.num_rows)  # fmt: skip
+                yield _pieces_of(
+                    chunk.index, prep, offset - batch.num_rows, offset >= chunk.num_rows
+                )
         except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
             raise ContractError(f"{path}: cannot read row group {chunk.group}: {exc}") from None
 
     def raw_stamps(self, chunk: Chunk, pos: np.ndarray) -> np.ndarray:
-        from haloscope.preprocess.decode import decode_stamps
-
         group = pq.ParquetFile(chunk.source).read_row_group(chunk.group, columns=["stamp_npz"])
         stamps, _ = decode_stamps(group.column("stamp_npz").take(pa.array(pos)).to_pylist())
         return stamps
@@ -204,20 +219,26 @@ class ShardInput(SearchInput):
         check_compatible(self.manifest, wanted, against=f"checkpoint {settings.get('ckpt')}")
 
     def chunks(self) -> list[Chunk]:
-        return [Chunk(i, str(self.manifest.split_dir / s["file"]), int(s["num_samples"]), i)
-                for i, s in enumerate(self.manifest.shards)]  # fmt: skip
+        return [
+            Chunk(i, str(self.manifest.split_dir / s["file"]), int(s["num_samples"]), i)
+            for i, s in enumerate(self.manifest.shards)
+        ]
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "manifest": str(self.manifest.split_dir.resolve()),
-                "shards": [s["sha256"] for s in self.manifest.shards]}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "manifest": str(self.manifest.split_dir.resolve()),
+            "shards": [s["sha256"] for s in self.manifest.shards],
+        }
 
     def _arrays(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from haloscope.shards.index import open_shard
-
         entry = self.manifest.shards[chunk.group]
         views = open_shard(Path(chunk.source), entry["records"], len(self.meta_cols))
-        return (np.concatenate([v.image for v in views]), np.concatenate([v.meta for v in views]),
-                np.concatenate([v.table for v in views]))  # fmt: skip
+        return (
+            np.concatenate([v.image for v in views]),
+            np.concatenate([v.meta for v in views]),
+            np.concatenate([v.table for v in views]),
+        )
 
     def read(self, chunk: Chunk, batch_size: int) -> Iterator[Piece]:
         image, meta, table = self._arrays(chunk)
@@ -225,13 +246,17 @@ class ShardInput(SearchInput):
         for start in range(0, n, batch_size):
             t = table[start : start + batch_size]
             k = len(t)
-            yield Piece(chunk=chunk.index, last=start + k >= n,
-                        pos=np.arange(start, start + k, dtype=np.int64),
-                        ids=np.array([v.decode("utf-8") for v in t["task_id"]], dtype=object),
-                        ra=t["ra"].astype(np.float64), dec=t["dec"].astype(np.float64),
-                        kept=np.arange(k, dtype=np.int64),
-                        images=np.array(image[start : start + k]),
-                        meta=np.array(meta[start : start + k], dtype=np.float32))  # fmt: skip
+            yield Piece(
+                chunk=chunk.index,
+                last=start + k >= n,
+                pos=np.arange(start, start + k, dtype=np.int64),
+                ids=np.array([v.decode("utf-8") for v in t["task_id"]], dtype=object),
+                ra=t["ra"].astype(np.float64),
+                dec=t["dec"].astype(np.float64),
+                kept=np.arange(k, dtype=np.int64),
+                images=np.array(image[start : start + k]),
+                meta=np.array(meta[start : start + k], dtype=np.float32),
+            )
 
     def raw_stamps(self, chunk: Chunk, pos: np.ndarray) -> np.ndarray:
         # NOTE: shards hold normalised stamps only; the gallery shows those (float32)
@@ -244,8 +269,15 @@ class ShardInput(SearchInput):
         return pq.read_table(path) if path.is_file() else None
 
 
-def open_input(spec: str, kind: str, settings: dict[str, Any], *, id_column: str = "auto",
-               catalog: str | None = None, chunk_size: int = 4096) -> SearchInput:  # fmt: skip
+def open_input(
+    spec: str,
+    kind: str,
+    settings: dict[str, Any],
+    *,
+    id_column: str = "auto",
+    catalog: str | None = None,
+    chunk_size: int = 4096,
+) -> SearchInput:
     """The input of ``--input`` (``kind``: ``auto``, ``parquet``, ``fits`` or ``shards``).
 
     Raises:
@@ -257,13 +289,17 @@ def open_input(spec: str, kind: str, settings: dict[str, Any], *, id_column: str
     if kind != "fits" and catalog is not None:
         raise ConfigError(f"--catalog is for a folder of FITS cutouts; --input {spec} is {kind}")
     if kind == "fits":
+        # NOTE: import cycle: fits imports this module (SearchInput, Chunk, Piece).
         from haloscope.infer.search.fits import FitsInput
 
         if catalog is None:
-            raise ConfigError(f"--input {spec} holds FITS cutouts: give --catalog (parquet or "
-                              f"CSV with a file or id column and {', '.join(settings['meta_columns'])})")  # fmt: skip
-        return FitsInput(spec, settings, id_column=id_column, catalog=catalog,
-                         chunk_size=chunk_size)  # fmt: skip
+            raise ConfigError(
+                f"--input {spec} holds FITS cutouts: give --catalog (parquet or "
+                f"CSV with a file or id column and {', '.join(settings['meta_columns'])})"
+            )
+        return FitsInput(
+            spec, settings, id_column=id_column, catalog=catalog, chunk_size=chunk_size
+        )
     if kind == "shards":
         return ShardInput(spec, settings, id_column=id_column)
     if not Path(spec).exists() and not glob.glob(spec):

@@ -24,10 +24,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from haloscope.atomic import atomic_path, atomic_write_text
-from haloscope.errors import ContractError, DataError
+from haloscope.errors import DataError
+from haloscope.infer.gallery import read_grades, write_gallery
+from haloscope.infer.predict import sigmoid32
 from haloscope.infer.search.engine import done_chunks
 from haloscope.infer.search.inputs import Chunk, SearchInput
 
@@ -45,8 +48,10 @@ def read_parts(parts_dir: Path, chunks: list[Chunk]) -> pa.Table:
     done = done_chunks(parts_dir)
     missing = [c.index for c in chunks if c.index not in done]
     if missing:
-        raise DataError(f"{parts_dir}: {len(missing)} chunk(s) unscored (first {missing[:5]}); "
-                        "a rank failed: re-run the same command to finish them")  # fmt: skip
+        raise DataError(
+            f"{parts_dir}: {len(missing)} chunk(s) unscored (first {missing[:5]}); "
+            "a rank failed: re-run the same command to finish them"
+        )
     tables = []
     for c in chunks:
         t = pq.read_table(done[c.index])
@@ -68,51 +73,39 @@ def split_rows(rows: pa.Table) -> tuple[pa.Table, pa.Table]:
     for i in np.flatnonzero(dup):
         reasons[i] = "duplicate_id"
     bad = ~ok | dup
-    rejects = pa.table({"id": rows.column("id").filter(pa.array(bad)),
-                        "reason": pa.array([r for r, b in zip(reasons, bad, strict=True) if b],
-                                           pa.string())})  # fmt: skip
+    rejects = pa.table(
+        {
+            "id": rows.column("id").filter(pa.array(bad)),
+            "reason": pa.array([r for r, b in zip(reasons, bad, strict=True) if b], pa.string()),
+        }
+    )
     return rows.filter(pa.array(ok & ~dup)), rejects
 
 
 def rank_candidates(scored: pa.Table, num_models: int) -> tuple[pa.Table, pa.Table]:
     """``(candidates, their chunk/pos)``: sorted by logit (descending), then id."""
-    from haloscope.infer.predict import sigmoid32
-
     order = pc.sort_indices(scored, sort_keys=[("logit", "descending"), ("id", "ascending")])
     t = scored.take(order)
     logit = t.column("logit").to_numpy()
-    cols = {"id": t.column("id"), "ra": t.column("ra"), "dec": t.column("dec"),
-            "logit": t.column("logit"), "score": pa.array(sigmoid32(logit)),
-            **{f"logit_{k}": t.column(f"logit_{k}") for k in range(num_models)},
-            "rank": pa.array(np.arange(1, t.num_rows + 1, dtype=np.int64))}  # fmt: skip
+    cols = {
+        "id": t.column("id"),
+        "ra": t.column("ra"),
+        "dec": t.column("dec"),
+        "logit": t.column("logit"),
+        "score": pa.array(sigmoid32(logit)),
+        **{f"logit_{k}": t.column(f"logit_{k}") for k in range(num_models)},
+        "rank": pa.array(np.arange(1, t.num_rows + 1, dtype=np.int64)),
+    }
     return pa.table(cols), t.select(["chunk", "pos"])
-
-
-def _read_grades(path: str) -> pa.Table:
-    try:
-        from haloscope.infer.gallery import read_grades
-    except ImportError:  # the gallery module is not in this version: plain CSV
-        read_grades = None
-    if read_grades is not None:
-        return read_grades(path)
-    import pyarrow.csv as pcsv
-
-    try:
-        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-            column_types={"id": pa.string(), "grade": pa.string()}))  # fmt: skip
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ContractError(f"--grades {path}: unreadable CSV ({exc})") from None
-    if not {"id", "grade"} <= set(table.schema.names):
-        raise ContractError(f"--grades {path}: needs columns id and grade")
-    return table.select(["id", "grade"])
 
 
 def join_grades(candidates: pa.Table, path: str) -> pa.Table:
     """``candidates`` with a ``grade`` column (null where ungraded) from a graded CSV."""
-    grades = _read_grades(path)
+    grades = read_grades(path)
     lookup = {}
-    for i, g in zip(grades.column("id").to_pylist(), grades.column("grade").to_pylist(),
-                    strict=True):  # fmt: skip
+    for i, g in zip(
+        grades.column("id").to_pylist(), grades.column("grade").to_pylist(), strict=True
+    ):
         if g not in (None, ""):
             lookup[str(i)] = str(g)
     ids = candidates.column("id").to_pylist()
@@ -123,21 +116,20 @@ def join_grades(candidates: pa.Table, path: str) -> pa.Table:
 
 
 def _write_csv(table: pa.Table, path: Path) -> None:
-    import pyarrow.csv as pcsv
-
     if "grade" not in table.schema.names:
         table = table.append_column("grade", pa.array([""] * table.num_rows, pa.string()))
     with atomic_path(path) as tmp:
         pcsv.write_csv(table, tmp)
 
 
-def _gallery(candidates: pa.Table, where: pa.Table, source: SearchInput, chunks: list[Chunk],
-             out: Path, top_n: int) -> Path | None:  # fmt: skip
-    try:
-        from haloscope.infer.gallery import write_gallery
-    except ImportError:
-        log.warning("no gallery in this version (infer/gallery.py): candidates.html not written")
-        return None
+def _gallery(
+    candidates: pa.Table,
+    where: pa.Table,
+    source: SearchInput,
+    chunks: list[Chunk],
+    out: Path,
+    top_n: int,
+) -> Path:
     n = min(top_n, candidates.num_rows)
     chunk_of = where.column("chunk").to_numpy()[:n]
     pos = where.column("pos").to_numpy()[:n]
@@ -149,8 +141,16 @@ def _gallery(candidates: pa.Table, where: pa.Table, source: SearchInput, chunks:
     return write_gallery(candidates, stamps, out, top_n, normalised=source.kind == "shards")
 
 
-def write_outputs(out: Path, source: SearchInput, chunks: list[Chunk], *, num_models: int,
-                  top_n: int, grades: str | None, summary: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def write_outputs(
+    out: Path,
+    source: SearchInput,
+    chunks: list[Chunk],
+    *,
+    num_models: int,
+    top_n: int,
+    grades: str | None,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
     """Merge the parts into every output file; returns the summary written.
 
     Raises:
@@ -160,8 +160,9 @@ def write_outputs(out: Path, source: SearchInput, chunks: list[Chunk], *, num_mo
     rows = read_parts(out / "parts", chunks)
     scored, rejects = split_rows(rows)
     if source.extra_rejects is not None:  # rows an unlabelled shard conversion refused
-        rejects = pa.concat_tables([source.extra_rejects.select(["id", "reason"])
-                                    .cast(rejects.schema), rejects])  # fmt: skip
+        rejects = pa.concat_tables(
+            [source.extra_rejects.select(["id", "reason"]).cast(rejects.schema), rejects]
+        )
     candidates, where = rank_candidates(scored, num_models)
     if grades is not None:
         candidates = join_grades(candidates, grades)
@@ -172,9 +173,14 @@ def write_outputs(out: Path, source: SearchInput, chunks: list[Chunk], *, num_mo
         pq.write_table(rejects, tmp)
     by_reason = Counter(rejects.column("reason").to_pylist())
     extra = 0 if source.extra_rejects is None else source.extra_rejects.num_rows
-    summary = {**summary, "rows": rows.num_rows + extra, "scored": candidates.num_rows,
-               "rejected": rejects.num_rows, "rejected_by_reason": dict(sorted(by_reason.items()))}  # fmt: skip
+    summary = {
+        **summary,
+        "rows": rows.num_rows + extra,
+        "scored": candidates.num_rows,
+        "rejected": rejects.num_rows,
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+    }
     html = _gallery(candidates, where, source, chunks, out, top_n)
-    summary["gallery"] = None if html is None else Path(html).name
+    summary["gallery"] = html.name
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
+from astropy.io import fits
 
 from haloscope.cli import main as haloscope
 from tests.preprocess.contract_rows import npz_bytes
@@ -43,9 +44,17 @@ def _bad_parquet_rows(table: pa.Table) -> tuple[pa.Table, dict[int, str]]:
     cols = {n: table.column(n).to_pylist() for n in table.schema.names}
     nan_stamp = np.ones((3, 64, 64), np.float32)
     nan_stamp[1, 5, 5] = np.nan
-    bad = {1: "cutout_not_ok", 2: "missing_band", 3: "missing_band", 4: "undecodable",
-           5: "bad_shape", 6: "non_finite", 7: "bad_meta", 8: "bad_position",
-           9: "duplicate_id"}  # fmt: skip
+    bad = {
+        1: "cutout_not_ok",
+        2: "missing_band",
+        3: "missing_band",
+        4: "undecodable",
+        5: "bad_shape",
+        6: "non_finite",
+        7: "bad_meta",
+        8: "bad_position",
+        9: "duplicate_id",
+    }
     cols["cutout_ok"][1] = 0
     cols["bandset"][2] = "r"
     cols["stamp_npz"][3] = npz_bytes(nan_stamp[:2] * 0, keys=("image_g", "image_r"))
@@ -69,18 +78,22 @@ def test_bad_parquet_rows_are_counted_and_listed(tmp_path, ckpt):
         (ids[i], why) for i, why in bad.items()
     )
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["rejected_by_reason"] == {"bad_meta": 1, "bad_position": 1, "bad_shape": 1,
-                                             "cutout_not_ok": 1, "duplicate_id": 1,
-                                             "missing_band": 2, "non_finite": 1,
-                                             "undecodable": 1}  # fmt: skip
+    assert summary["rejected_by_reason"] == {
+        "bad_meta": 1,
+        "bad_position": 1,
+        "bad_shape": 1,
+        "cutout_not_ok": 1,
+        "duplicate_id": 1,
+        "missing_band": 2,
+        "non_finite": 1,
+        "undecodable": 1,
+    }
     assert summary["scored"] == 16 - len(bad) and summary["rows"] == 16
     cand = pq.read_table(tmp_path / "o" / "candidates.parquet").column("id").to_pylist()
     assert ids[0] in cand and len(cand) == len(set(cand))
 
 
 def test_bad_fits_files_are_counted_and_a_large_cutout_is_centre_cropped(tmp_path, ckpt):
-    from astropy.io import fits
-
     table, stamps = unlabelled_table(8)
     ids = table.column("task_id").to_pylist()
     folder = write_fits(stamps[:3], ids[:3], tmp_path / "fits")
@@ -100,17 +113,26 @@ def test_bad_fits_files_are_counted_and_a_large_cutout_is_centre_cropped(tmp_pat
     hdu.header["CRVAL1"], hdu.header["CRVAL2"] = 1.0, 2.0  # position from the header
     hdu.writeto(folder / "big.fits")
     rows = [*range(7), 0]  # catalogue rows: files 0..6 and big.fits (meta of row 0)
-    cat = pa.table({"file": [f"{ids[i]}.fits" for i in range(7)] + ["big.fits"],
-                    **{c: table.column(c).take(rows) for c in ("ra", "psfsize_r", "psfdepth_r")},
-                    "dec": table.column("dec").take(rows)})  # fmt: skip
+    cat = pa.table(
+        {
+            "file": [f"{ids[i]}.fits" for i in range(7)] + ["big.fits"],
+            **{c: table.column(c).take(rows) for c in ("ra", "psfsize_r", "psfdepth_r")},
+            "dec": table.column("dec").take(rows),
+        }
+    )
     cat = cat.set_column(1, "ra", pa.array([*table.column("ra").to_pylist()[:7], None]))
     pq.write_table(cat, tmp_path / "cat.parquet")
     out = tmp_path / "o"
     assert _search("--input", str(folder), "--catalog", str(tmp_path / "cat.parquet"),
                    "--out", str(out), "--ckpt", str(ckpt)) == 0  # fmt: skip
     rejects = {r["id"]: r["reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}
-    assert rejects == {ids[3]: "unreadable_fits", ids[4]: "missing_band", ids[5]: "bad_shape",
-                       ids[6]: "non_finite", ids[7]: "no_catalog_row"}  # fmt: skip
+    assert rejects == {
+        ids[3]: "unreadable_fits",
+        ids[4]: "missing_band",
+        ids[5]: "bad_shape",
+        ids[6]: "non_finite",
+        ids[7]: "no_catalog_row",
+    }
     cand = pq.read_table(out / "candidates.parquet")
     logit = dict(zip(cand.column("id").to_pylist(), cand.column("logit").to_pylist(), strict=True))
     assert set(logit) == {ids[0], ids[1], ids[2], "big"}
@@ -145,8 +167,9 @@ def test_bad_invocations_are_one_line(tmp_path, ckpt, capsys, case, expect):
     out = tmp_path / "o"
     argv = ["--input", str(data), "--ckpt", str(ckpt), "--out", str(out)]
     if case == "missing_meta":
-        argv[1] = str(_write_unlabelled(tmp_path, ["task_id", "ra", "dec", "stamp_npz",
-                                                   "psfsize_r"]))  # fmt: skip
+        argv[1] = str(
+            _write_unlabelled(tmp_path, ["task_id", "ra", "dec", "stamp_npz", "psfsize_r"])
+        )
     elif case == "missing_stamp":
         argv[1] = str(_write_unlabelled(tmp_path, ["ra", "dec", "psfsize_r", "psfdepth_r"]))
     elif case == "no_input":
@@ -194,6 +217,10 @@ def test_shards_of_other_preprocessing_are_refused(tmp_path, ckpt, capsys):
                       str(tmp_path / "shards"), "--norm-method", "outer",
                       "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
-    assert _search("--input", str(tmp_path / "shards"), "--ckpt", str(ckpt), "--out",
-                   str(tmp_path / "o")) == 2  # fmt: skip
+    assert (
+        _search(
+            "--input", str(tmp_path / "shards"), "--ckpt", str(ckpt), "--out", str(tmp_path / "o")
+        )
+        == 2
+    )
     assert "norm" in _error_line(capsys)

@@ -45,8 +45,15 @@ def cutouts(tmp_path_factory):
                       str(tmp / "shards"), "--shard-samples", "8", "--record-samples", "4",
                       "--no-progress"]) == 0  # fmt: skip
     ckpt = make_checkpoint(tmp / "run" / "best.pt")
-    return {"tmp": tmp, "parquet": parquet, "fits": fits_dir, "catalog": catalog,
-            "shards": tmp / "shards", "ckpt": ckpt, "ids": ids}  # fmt: skip
+    return {
+        "tmp": tmp,
+        "parquet": parquet,
+        "fits": fits_dir,
+        "catalog": catalog,
+        "shards": tmp / "shards",
+        "ckpt": ckpt,
+        "ids": ids,
+    }
 
 
 def test_parquet_fits_and_shards_give_identical_scores(cutouts):

@@ -49,8 +49,9 @@ def test_sigkill_then_rerun_gives_the_same_candidates(setup):
     assert ref.returncode == 0, ref.stderr
     out = tmp / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_argv(data, ckpt, out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _argv(data, ckpt, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list((out / "parts").glob("part-*"))) < 2:
         time.sleep(0.02)
