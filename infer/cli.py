@@ -42,6 +42,7 @@ def parse_config(argv: list[str]) -> InferConfig:
 def main(argv: list[str]) -> int:
     """Run ``haloscope infer``; returns the exit status."""
     cfg = parse_config(argv)
+    # NOTE: imported after parsing: run imports torch, kept off `haloscope infer --help`.
     from haloscope.infer.run import run_inference
 
     run_inference(cfg)

@@ -69,8 +69,10 @@ class InferConfig(ComputeConfig):
     def per_rank_batch(self, world_size: int) -> int:
         """Images per model call on each rank; the global batch must divide evenly."""
         if self.batch_size % world_size:
-            raise ConfigError(f"--batch-size {self.batch_size} (the global batch) does not divide "
-                              f"evenly over {world_size} ranks")  # fmt: skip
+            raise ConfigError(
+                f"--batch-size {self.batch_size} (the global batch) does not divide "
+                f"evenly over {world_size} ranks"
+            )
         return self.batch_size // world_size
 
     def resolved_model_name(self) -> str:

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from haloscope.errors import ConfigError
 from haloscope.infer.sources import ScoreBatch
+from haloscope.infer.steps import make_predict_step
 from haloscope.infer.tta import tta_logits
 
 __all__ = ["Fp32Output", "fp32_output_layer", "make_forward", "score_batches", "sigmoid32"]
@@ -72,8 +74,14 @@ def fp32_output_layer(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
-                 step: str = "eager", batch_size: int = 1024) -> Forward:  # fmt: skip
+def make_forward(
+    model: nn.Module,
+    device: torch.device,
+    use_bf16: bool,
+    *,
+    step: str = "eager",
+    batch_size: int = 1024,
+) -> Forward:
     """A no-grad ``(images, meta) -> (B,) fp32 logits`` function for the model.
 
     The model call goes through ``infer.steps.make_predict_step``, the one home of
@@ -91,13 +99,16 @@ def make_forward(model: nn.Module, device: torch.device, use_bf16: bool, *,
     Raises:
         ConfigError: ``graph`` on a device without CUDA, or an unknown step.
     """
-    from haloscope.errors import ConfigError
-    from haloscope.infer.steps import make_predict_step
-
     model.eval()
     try:
-        predictor = make_predict_step(model, device=device, batch_size=batch_size, mode=step,
-                                      bf16=use_bf16, channels_last=device.type == "cuda")  # fmt: skip
+        predictor = make_predict_step(
+            model,
+            device=device,
+            batch_size=batch_size,
+            mode=step,
+            bf16=use_bf16,
+            channels_last=device.type == "cuda",
+        )
     except ValueError as exc:
         raise ConfigError(f"--step {step}: {exc}") from None
 

@@ -33,8 +33,16 @@ from haloscope.preprocess.schema import STRATA_COLUMNS
 from haloscope.shards.schema import IMAGE_DTYPE, decode_control_kind, encode_control_kind
 from haloscope.train.failures import worker_batches
 
-__all__ = ["REJECT_KEYS", "ScoreBatch", "SourceStats", "ParquetScoreSource", "parquet_units",
-           "iter_parquet_batches", "iter_shard_batches", "columns_from_table"]  # fmt: skip
+__all__ = [
+    "REJECT_KEYS",
+    "ScoreBatch",
+    "SourceStats",
+    "ParquetScoreSource",
+    "parquet_units",
+    "iter_parquet_batches",
+    "iter_shard_batches",
+    "columns_from_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +147,17 @@ class ParquetScoreSource(IterableDataset):
     ranks or workers there are.
     """
 
-    def __init__(self, files: Sequence[Path], *, meta_cols: Sequence[str],
-                 min_theta_over_psf: float, batch_size: int, rank: int = 0,
-                 world_size: int = 1, norm_method: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        files: Sequence[Path],
+        *,
+        meta_cols: Sequence[str],
+        min_theta_over_psf: float,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        norm_method: str,
+    ) -> None:
         super().__init__()
         self.units = parquet_units(files)
         self.meta_cols, self.cut, self.batch_size = tuple(meta_cols), min_theta_over_psf, batch_size
@@ -156,7 +172,8 @@ class ParquetScoreSource(IterableDataset):
             columns = contract_columns(path, self.meta_cols)
             try:
                 reader = pq.ParquetFile(path).iter_batches(
-                    batch_size=self.batch_size, row_groups=[group], columns=columns)  # fmt: skip
+                    batch_size=self.batch_size, row_groups=[group], columns=columns
+                )
                 for batch in reader:
                     yield _prepare(batch, self.meta_cols, self.cut, self.norm_method)
             except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
@@ -199,13 +216,20 @@ def iter_parquet_batches(
         ContractError: a file cannot be read or lacks a required or meta column.
     """
     stats = stats if stats is not None else SourceStats()
-    source = ParquetScoreSource(files, meta_cols=meta_cols, min_theta_over_psf=min_theta_over_psf,
-                                batch_size=batch_size, rank=rank, world_size=world_size,
-                                norm_method=norm_method)  # fmt: skip
+    source = ParquetScoreSource(
+        files,
+        meta_cols=meta_cols,
+        min_theta_over_psf=min_theta_over_psf,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        norm_method=norm_method,
+    )
     items: Iterable = source
     if num_workers > 0:
-        loader = DataLoader(source, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-                            prefetch_factor=2)  # fmt: skip
+        loader = DataLoader(
+            source, batch_size=None, num_workers=num_workers, collate_fn=_as_is, prefetch_factor=2
+        )
         items = worker_batches(iter(loader))  # a worker's error as one line
     for prepared, rejected, rows_read in items:
         stats.rows_read += rows_read

@@ -31,14 +31,22 @@ class PredictStep:
     def predict(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         """Logits (N,) fp32 on the device for images (N,3,H,W) and meta (N,M), any N."""
         b = self.batch_size
-        outs = [self.eval_step.logits(images[i : i + b], meta[i : i + b])
-                for i in range(0, images.shape[0], b)]  # fmt: skip
+        outs = [
+            self.eval_step.logits(images[i : i + b], meta[i : i + b])
+            for i in range(0, images.shape[0], b)
+        ]
         return torch.cat(outs) if outs else torch.empty(0, device=self.device)
 
 
-def make_predict_step(model: nn.Module, *, device: torch.device | str, batch_size: int = 1024,
-                      mode: StepMode = "auto", bf16: bool | None = None,
-                      channels_last: bool = True) -> PredictStep:  # fmt: skip
+def make_predict_step(
+    model: nn.Module,
+    *,
+    device: torch.device | str,
+    batch_size: int = 1024,
+    mode: StepMode = "auto",
+    bf16: bool | None = None,
+    channels_last: bool = True,
+) -> PredictStep:
     """Build the inference step.
 
     Args:
@@ -52,6 +60,12 @@ def make_predict_step(model: nn.Module, *, device: torch.device | str, batch_siz
     Raises:
         ValueError: ``graph`` without CUDA, an unknown mode, or batch_size < 1.
     """
-    step = make_eval_step(model, device=device, batch_size=batch_size, mode=mode, bf16=bf16,
-                          channels_last=channels_last)  # fmt: skip
+    step = make_eval_step(
+        model,
+        device=device,
+        batch_size=batch_size,
+        mode=mode,
+        bf16=bf16,
+        channels_last=channels_last,
+    )
     return PredictStep(step)

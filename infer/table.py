@@ -18,9 +18,9 @@ import torch
 
 from haloscope.atomic import atomic_path
 from haloscope.infer.predict import sigmoid32
+from haloscope.train.dist import all_gather_1d
 
-__all__ = ["SCORES_SCHEMA", "build_scores_table", "concat_tables", "gather_tables",
-           "write_scores"]  # fmt: skip
+__all__ = ["SCORES_SCHEMA", "build_scores_table", "concat_tables", "gather_tables", "write_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,12 @@ def build_scores_table(
 def concat_tables(tables: Sequence[pa.Table]) -> pa.Table:
     """Concatenate per-rank tables and sort rows by (task_id, ra, dec, logit)."""
     table = pa.concat_tables(list(tables)) if tables else SCORES_SCHEMA.empty_table()
-    order = [("task_id", "ascending"), ("ra", "ascending"), ("dec", "ascending"),
-             ("logit", "ascending")]  # fmt: skip
+    order = [
+        ("task_id", "ascending"),
+        ("ra", "ascending"),
+        ("dec", "ascending"),
+        ("logit", "ascending"),
+    ]
     return table.sort_by(order).combine_chunks()
 
 
@@ -113,8 +117,6 @@ def gather_tables(table: pa.Table, env) -> list[pa.Table] | None:
     Returns:
         The per-rank tables in rank order on rank 0; None on other ranks.
     """
-    from haloscope.train.dist import all_gather_1d
-
     if not env.is_distributed:
         return [table]
     # NOTE: gloo/nccl move the bytes on env.device; a 2M-row table is ~200 MB, fine on a GPU.

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from haloscope.preprocess.config import PreprocessConfig
 from haloscope.preprocess.normalize import norm_settings
 from haloscope.train.checkpoint import save_checkpoint
 from haloscope.train.model import build_model
-from tests.preprocess.contract_rows import base_row
+from tests.preprocess.contract_rows import base_row, npz_bytes, to_table
 
 META_COLS = ("psfsize_r", "psfdepth_r")
 
@@ -29,8 +31,6 @@ def _stamp(rng: np.random.Generator, lens: bool) -> np.ndarray:
 
 def make_rows(num_rows: int, seed: int = 0, start: int = 0) -> list[dict]:
     """Contract rows: ~1/3 lenses, one unresolved lens and one cutout_ok=0 row included."""
-    from tests.preprocess.contract_rows import npz_bytes
-
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(start, start + num_rows):
@@ -54,18 +54,15 @@ def make_dataset(root: Path, num_rows: int = 48, seed: int = 0, row_group_rows: 
 
     Small row groups, because ranks and loader workers split a split by row group.
     """
-    import pyarrow.parquet as pq
-
-    from tests.preprocess.contract_rows import to_table
-
     rows = make_rows(num_rows, seed)
     half = num_rows // 2
     for split in ("train", "val", "test"):
         part = root / f"region_split={split}"
         part.mkdir(parents=True, exist_ok=True)
         for i, chunk in enumerate((rows[:half], rows[half:])):
-            pq.write_table(to_table(chunk), part / f"part-{i:05d}.parquet",
-                           row_group_size=row_group_rows)  # fmt: skip
+            pq.write_table(
+                to_table(chunk), part / f"part-{i:05d}.parquet", row_group_size=row_group_rows
+            )
     return root
 
 
@@ -112,8 +109,6 @@ def make_checkpoint(
 
 def assert_tables_identical(a, b) -> None:
     """Same columns and types and bit-identical values (NaN == NaN), metadata aside."""
-    import pyarrow as pa
-
     assert a.schema.remove_metadata().equals(b.schema.remove_metadata())
     assert a.num_rows == b.num_rows
     for name in a.schema.names:

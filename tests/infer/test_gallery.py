@@ -47,6 +47,7 @@ def _stamps(num: int, size: int = 64, seed: int = 1) -> np.ndarray:
 
 def _browser():
     """Playwright and a Chromium binary, or a skip saying which is missing."""
+    # NOTE: playwright is an optional test dependency: imported here so a missing one skips.
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -11,19 +11,44 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from haloscope.infer.cli import main
 from haloscope.infer.table import SCORES_SCHEMA
 from tests.infer.infer_fixtures import assert_tables_identical, make_checkpoint, make_dataset
 
-ARCH_COLUMNS = ["task_id", "ra", "dec", "brickname", "split", "label", "is_hard_neg",
-                "theta_e_arcsec", "psf_fwhm_r", "theta_over_psf", "psfsize_r", "psfdepth_r",
-                "arc_snr", "src_dmag", "arc_snr_sum", "magnification", "arc_lens_flux_ratio",
-                "tangential_stretch", "radial_stretch", "control_kind", "logit", "score",
-                "model"]  # fmt: skip
+ARCH_COLUMNS = [
+    "task_id",
+    "ra",
+    "dec",
+    "brickname",
+    "split",
+    "label",
+    "is_hard_neg",
+    "theta_e_arcsec",
+    "psf_fwhm_r",
+    "theta_over_psf",
+    "psfsize_r",
+    "psfdepth_r",
+    "arc_snr",
+    "src_dmag",
+    "arc_snr_sum",
+    "magnification",
+    "arc_lens_flux_ratio",
+    "tangential_stretch",
+    "radial_stretch",
+    "control_kind",
+    "logit",
+    "score",
+    "model",
+]
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "haloscope", "infer", *args],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "haloscope", "infer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +107,9 @@ def test_rows_are_sorted_and_no_temp_file_is_left(scored):
 
 def test_checkpoint_needing_a_missing_meta_column_is_refused(workdir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "other" / "best.pt", meta_cols=("psfsize_r", "psfdepth_g"))
-    proc = run_cli("--ckpt", str(ckpt), "--data", str(workdir / "data"),
-                   "--out", str(tmp_path / "s.parquet"))  # fmt: skip
+    proc = run_cli(
+        "--ckpt", str(ckpt), "--data", str(workdir / "data"), "--out", str(tmp_path / "s.parquet")
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "psfdepth_g" in proc.stderr and str(ckpt) in proc.stderr
@@ -153,8 +179,6 @@ def test_tta_changes_scores_but_not_rows(workdir, scored, tmp_path):
 def test_scores_record_the_checkpoint_as_given_and_resolved(workdir, tmp_path, monkeypatch):
     """The eval report looks for the run's curves.png next to the checkpoint: the metadata
     keeps the path as given (``checkpoint``) and absolute (``checkpoint_resolved``)."""
-    from haloscope.infer.cli import main
-
     monkeypatch.chdir(workdir)
     out = tmp_path / "s.parquet"
     assert main(["--ckpt", "gen3/best.pt", "--data", "data", "--out", str(out),

@@ -19,8 +19,9 @@ def _infer(*args: str, nproc: int) -> subprocess.CompletedProcess:
     # NOTE: one intra-op thread in both runs: oneDNN convolutions sum in a thread-count
     # dependent order, which would change the last bit of a logit, not the sharding.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, "infer", *args], capture_output=True, text=True,
-                          timeout=300, env=env)  # fmt: skip
+    return subprocess.run(
+        [*launcher, "infer", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 @pytest.mark.dist

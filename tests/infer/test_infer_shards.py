@@ -10,6 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from haloscope.infer.sources import iter_parquet_batches, iter_shard_batches
+from haloscope.preprocess.schema import split_files
+from haloscope.shards.manifest import load_manifest
+from haloscope.shards.read import ShardReader
 from tests.infer.infer_fixtures import (
     META_COLS,
     assert_tables_identical,
@@ -19,8 +23,9 @@ from tests.infer.infer_fixtures import (
 
 
 def _haloscope(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "haloscope", *args], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "haloscope", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +59,6 @@ def _score(world: Path, source: list[str], name: str, batch_size: int):
 
 
 def test_parquet_and_shards_feed_the_model_identical_inputs(world):
-    from haloscope.infer.sources import iter_parquet_batches, iter_shard_batches
-    from haloscope.preprocess.schema import split_files
-    from haloscope.shards.manifest import load_manifest
-    from haloscope.shards.read import ShardReader
-
     def by_task(batches):
         out = {}
         for b in batches:
@@ -68,10 +68,14 @@ def test_parquet_and_shards_feed_the_model_identical_inputs(world):
 
     files = split_files(world / "data", "test")
     method = load_manifest(world / "shards" / "test").norm["method"]
-    parquet = by_task(iter_parquet_batches(files, meta_cols=META_COLS, min_theta_over_psf=0.5,
-                                           batch_size=32, norm_method=method))  # fmt: skip
-    reader = ShardReader(world / "shards" / "test", batch_size=32, shuffle=False,
-                         drop_last=False, with_table=True)  # fmt: skip
+    parquet = by_task(
+        iter_parquet_batches(
+            files, meta_cols=META_COLS, min_theta_over_psf=0.5, batch_size=32, norm_method=method
+        )
+    )
+    reader = ShardReader(
+        world / "shards" / "test", batch_size=32, shuffle=False, drop_last=False, with_table=True
+    )
     shards = by_task(iter_shard_batches(iter(reader)))
     assert len(parquet) == 43 and parquet == shards  # float16 stamps and meta, bit for bit
 
@@ -89,14 +93,18 @@ def test_parquet_and_shards_agree_at_a_real_batch_size(world):
     a = _score(world, ["--data", str(world / "data")], "p24.parquet", 24)
     b = _score(world, ["--shards", str(world / "shards")], "s24.parquet", 24)
     assert_tables_identical(a.drop_columns(["logit", "score"]), b.drop_columns(["logit", "score"]))
-    np.testing.assert_allclose(a.column("logit").to_numpy(), b.column("logit").to_numpy(),
-                               rtol=0, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        a.column("logit").to_numpy(), b.column("logit").to_numpy(), rtol=0, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize(("flags", "setting"), [
-    (["--meta-cols", "psfsize_r"], "meta_columns"),
-    (["--min-theta-over-psf", "0.3"], "min_theta_over_psf"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "setting"),
+    [
+        (["--meta-cols", "psfsize_r"], "meta_columns"),
+        (["--min-theta-over-psf", "0.3"], "min_theta_over_psf"),
+    ],
+)
 def test_shards_made_with_other_settings_are_refused(world, tmp_path, flags, setting):
     shards = tmp_path / "other"
     proc = _haloscope("shards", "--data", str(world / "data"), "--out", str(shards),

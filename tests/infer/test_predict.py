@@ -15,14 +15,19 @@ N = 512
 @pytest.fixture(scope="module")
 def model_and_inputs():
     torch.manual_seed(0)
-    model = build_model(arch="convnext_atto", meta_cols=("psfsize_r", "psfdepth_r"),
-                        meta_mean=[1.3, 24.3], meta_std=[0.25, 0.4]).eval()  # fmt: skip
+    model = build_model(
+        arch="convnext_atto",
+        meta_cols=("psfsize_r", "psfdepth_r"),
+        meta_mean=[1.3, 24.3],
+        meta_std=[0.25, 0.4],
+    ).eval()
     with torch.no_grad():  # spread logits over roughly +-10, where bf16 spacing is 1/16
         model.classifier[-1].weight.mul_(15.0)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(N, 3, 64, 64, generator=gen).half().float()  # fp16 like the shards
-    meta = torch.stack([1.3 + 0.2 * torch.randn(N, generator=gen),
-                        24.3 + 0.4 * torch.randn(N, generator=gen)], 1)  # fmt: skip
+    meta = torch.stack(
+        [1.3 + 0.2 * torch.randn(N, generator=gen), 24.3 + 0.4 * torch.randn(N, generator=gen)], 1
+    )
     return model, images, meta
 
 

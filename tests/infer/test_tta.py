@@ -13,8 +13,9 @@ from haloscope.train.model import build_model
 @pytest.fixture(scope="module")
 def forward():
     torch.manual_seed(0)
-    model = build_model(arch="convnext_atto", meta_cols=("psfsize_r",), meta_mean=[1.3],
-                        meta_std=[0.25])  # fmt: skip
+    model = build_model(
+        arch="convnext_atto", meta_cols=("psfsize_r",), meta_mean=[1.3], meta_std=[0.25]
+    )
     with torch.no_grad():
         model.classifier[-1].weight.mul_(20.0)
     return make_forward(fp32_output_layer(model), torch.device("cpu"), use_bf16=False)
