@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from haloscope.shards.index import open_shard
 from haloscope.shards.manifest import build_manifest, write_manifest
@@ -103,8 +104,6 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 
 def _fill_zarr(store: Path, split_dir: Path, shards: list[dict[str, Any]], num_meta: int) -> None:
-    import zarr  # optional dependency path: only val/test conversions need it
-
     n = sum(s["num_samples"] for s in shards)
     root = zarr.open_group(str(store), mode="w", zarr_format=3)
     root.attrs.update({"num_samples": n, "order": "shard order (manifest shards, records)"})

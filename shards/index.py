@@ -29,8 +29,14 @@ from haloscope.shards.schema import (
 )
 from haloscope.shards.write import record_key
 
-__all__ = ["RecordView", "open_shard", "index_shard_bytes", "record_spans", "walk_record_spans",
-           "index_record_bytes"]  # fmt: skip
+__all__ = [
+    "RecordView",
+    "open_shard",
+    "index_shard_bytes",
+    "record_spans",
+    "walk_record_spans",
+    "index_record_bytes",
+]
 
 _BLOCK = 512
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
@@ -172,8 +178,7 @@ def open_shard(path: Path, records: list[int], num_meta: int) -> list[RecordView
 def _npy_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     """Size of the ``.npy`` (v1) member ``shards/write.py:encode_npy`` writes for an array."""
     buf = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-              "shape": shape}  # fmt: skip
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_1_0(buf, header)
     return len(buf.getvalue()) + int(np.prod(shape)) * dtype.itemsize
 
@@ -192,9 +197,14 @@ def record_spans(records: list[int], num_meta: int) -> list[tuple[int, int]]:
     """
     spans, pos = [], 0
     for n in records:
-        size = sum(_member_bytes(_npy_bytes(dt, shape)) for dt, shape in (
-            (IMAGE_DTYPE, (n, 3, STAMP_PX, STAMP_PX)), (np.dtype(np.float32), (n, num_meta)),
-            (TABLE_DTYPE, (n,))))  # fmt: skip
+        size = sum(
+            _member_bytes(_npy_bytes(dt, shape))
+            for dt, shape in (
+                (IMAGE_DTYPE, (n, 3, STAMP_PX, STAMP_PX)),
+                (np.dtype(np.float32), (n, num_meta)),
+                (TABLE_DTYPE, (n,)),
+            )
+        )
         spans.append((pos, pos + size))
         pos += size
     return spans
@@ -249,6 +259,8 @@ def index_record_bytes(buf: bytes, path: str, r: int, expected: int, num_meta: i
         pos += _member_bytes(nbytes)
     _check_record(Path(path), r, arrays, num_meta)
     if len(arrays[TABLE_MEMBER]) != expected:
-        raise DataError(f"{path}: record {r} holds {len(arrays[TABLE_MEMBER])} samples, "
-                        f"the manifest says {expected}")  # fmt: skip
+        raise DataError(
+            f"{path}: record {r} holds {len(arrays[TABLE_MEMBER])} samples, "
+            f"the manifest says {expected}"
+        )
     return RecordView(arrays[IMAGE_MEMBER], arrays[META_MEMBER], arrays[TABLE_MEMBER])

@@ -19,8 +19,9 @@ from typing import Any
 
 from haloscope.atomic import atomic_write_text
 from haloscope.errors import DataError
-from haloscope.shards.remote import RemotePath, split_location
+from haloscope.shards.remote import RemotePath, open_source, split_location
 from haloscope.shards.schema import RECORD_SAMPLES, SCHEMA_VERSION
+from haloscope.shards.write import sha256_file
 
 __all__ = [
     "MANIFEST_NAME",
@@ -35,11 +36,23 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "haloscope-shards"
-PREPROCESS_KEYS: frozenset[str] = frozenset({
-    "min_theta_over_psf", "resolvability_cut", "hard_neg_weight", "hard_neg_copies",
-    "min_arc_snr", "hard_neg_lookup", "dedup", "seed", "num_buckets", "shard_samples",
-    "stamp_px", "bands", "image_dtype",
-})  # fmt: skip
+PREPROCESS_KEYS: frozenset[str] = frozenset(
+    {
+        "min_theta_over_psf",
+        "resolvability_cut",
+        "hard_neg_weight",
+        "hard_neg_copies",
+        "min_arc_snr",
+        "hard_neg_lookup",
+        "dedup",
+        "seed",
+        "num_buckets",
+        "shard_samples",
+        "stamp_px",
+        "bands",
+        "image_dtype",
+    }
+)
 """Fields a manifest's ``preprocess`` block may hold (``docs/shards.md``); each optional."""
 _SHARD_KEYS = ("file", "num_samples", "records", "bytes", "sha256")
 _META_KEYS = ("columns", "mean", "std")
@@ -95,8 +108,6 @@ def _read_doc(split_dir: Path | RemotePath) -> dict[str, Any]:
     missing = f"{path}: no manifest (conversion unfinished or wrong --shards path?)"
     try:
         if isinstance(split_dir, RemotePath):
-            from haloscope.shards.remote import open_source
-
             source = open_source(split_dir)
             try:
                 text = source.read(MANIFEST_NAME).decode()
@@ -174,9 +185,55 @@ def _check_shards(shards: Sequence[Mapping[str, Any]], record_samples: int) -> N
             raise ValueError(f"build_manifest: shards[{i}] lacks {missing} (use ShardInfo.to_json)")
         records, num = entry["records"], entry["num_samples"]
         if sum(records) != num or not all(0 < n <= record_samples for n in records):
-            raise ValueError(f"build_manifest: shards[{i}] ({entry['file']}) records {records} "
-                             f"must each hold 1..{record_samples} samples (record_samples) and "
-                             f"sum to num_samples={num}")  # fmt: skip
+            raise ValueError(
+                f"build_manifest: shards[{i}] ({entry['file']}) records {records} "
+                f"must each hold 1..{record_samples} samples (record_samples) and "
+                f"sum to num_samples={num}"
+            )
+
+
+def _check_fields(
+    split: str,
+    record_samples: int,
+    shards: Sequence[Mapping[str, Any]],
+    norm: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    preprocess: Mapping[str, Any],
+) -> None:
+    """``build_manifest``'s checks; raises ValueError naming the field."""
+    if not split or not isinstance(split, str):
+        raise ValueError(f"build_manifest: split must be a non-empty string, got {split!r}")
+    if not isinstance(record_samples, int) or record_samples < 1:
+        raise ValueError(f"build_manifest: record_samples must be >= 1, got {record_samples!r}")
+    _check_shards(shards, record_samples)
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing or not len(meta["columns"]) == len(meta["mean"]) == len(meta["std"]):
+        raise ValueError(
+            f"build_manifest: meta needs columns, mean and std of one length "
+            f"(missing {missing}, got {dict(meta)})"
+        )
+    if "method" not in norm:
+        raise ValueError(f"build_manifest: norm lacks 'method', got {dict(norm)}")
+    unknown = sorted(set(preprocess) - PREPROCESS_KEYS)
+    if unknown:
+        raise ValueError(
+            f"build_manifest: unknown preprocess field(s) {unknown}; "
+            f"known: {sorted(PREPROCESS_KEYS)}"
+        )
+
+
+def _optional_fields(
+    sources: Mapping[str, Any] | None, command: Sequence[str] | None, fingerprint: str | None
+) -> dict[str, Any]:
+    """The optional manifest fields that are given, in document order."""
+    doc: dict[str, Any] = {}
+    if sources is not None:
+        doc["sources"] = dict(sources)
+    if command is not None:
+        doc["command"] = list(command)
+    if fingerprint is not None:
+        doc["fingerprint"] = fingerprint
+    return doc
 
 
 def build_manifest(
@@ -220,32 +277,19 @@ def build_manifest(
     Raises:
         ValueError: a field is missing, of the wrong kind or inconsistent (named).
     """
-    if not split or not isinstance(split, str):
-        raise ValueError(f"build_manifest: split must be a non-empty string, got {split!r}")
-    if not isinstance(record_samples, int) or record_samples < 1:
-        raise ValueError(f"build_manifest: record_samples must be >= 1, got {record_samples!r}")
-    _check_shards(shards, record_samples)
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing or not len(meta["columns"]) == len(meta["mean"]) == len(meta["std"]):
-        raise ValueError(f"build_manifest: meta needs columns, mean and std of one length "
-                         f"(missing {missing}, got {dict(meta)})")  # fmt: skip
-    if "method" not in norm:
-        raise ValueError(f"build_manifest: norm lacks 'method', got {dict(norm)}")
-    unknown = sorted(set(preprocess) - PREPROCESS_KEYS)
-    if unknown:
-        raise ValueError(f"build_manifest: unknown preprocess field(s) {unknown}; "
-                         f"known: {sorted(PREPROCESS_KEYS)}")  # fmt: skip
+    _check_fields(split, record_samples, shards, norm, meta, preprocess)
     doc: dict[str, Any] = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "split": split,
-        "record_samples": record_samples, "counts": dict(counts), "rejected": dict(rejected),
-        "norm": dict(norm), "meta": dict(meta), "preprocess": dict(preprocess),
-    }  # fmt: skip
-    if sources is not None:
-        doc["sources"] = dict(sources)
-    if command is not None:
-        doc["command"] = list(command)
-    if fingerprint is not None:
-        doc["fingerprint"] = fingerprint
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "split": split,
+        "record_samples": record_samples,
+        "counts": dict(counts),
+        "rejected": dict(rejected),
+        "norm": dict(norm),
+        "meta": dict(meta),
+        "preprocess": dict(preprocess),
+    }
+    doc.update(_optional_fields(sources, command, fingerprint))
     return doc | {
         "num_samples": sum(int(s["num_samples"]) for s in shards),
         "num_shards": len(shards),
@@ -265,6 +309,39 @@ def write_manifest(split_dir: Path, doc: dict[str, Any]) -> Path:
     path = Path(split_dir) / MANIFEST_NAME
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
+
+
+def _settings(m: Manifest) -> dict[str, Any]:
+    pre = m.preprocess
+    return {
+        "norm_method": m.norm.get("method"),
+        "norm": m.norm,
+        "meta_columns": m.meta_columns,
+        "meta_mean": m.meta_mean,
+        "meta_std": m.meta_std,
+        "stamp_px": pre.get("stamp_px", 64),
+        "min_theta_over_psf": pre.get("min_theta_over_psf"),
+        "hard_neg_weight": pre.get("hard_neg_weight"),
+        "hard_neg_lookup": pre.get("hard_neg_lookup"),
+    }
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(have, dict) and isinstance(want, dict):
+        return have.keys() == want.keys() and all(_same(have[k], want[k]) for k in have)
+    if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)):
+        return len(have) == len(want) and all(map(_same, have, want))
+    if {type(have), type(want)} <= {int, float}:
+        return abs(have - want) <= max(1e-9 * max(abs(have), abs(want)), 1e-12)
+    return have == want
+
+
+def _same_lookup(have: dict[str, Any] | None, want: str) -> bool:
+    if have is None:
+        return False
+    if Path(want).is_file() and have.get("sha256"):
+        return sha256_file(Path(want)) == have["sha256"]
+    return Path(want).resolve() == Path(str(have.get("path"))).resolve()
 
 
 def check_compatible(
@@ -289,41 +366,14 @@ def check_compatible(
         DataError: naming the manifest, the setting, both values and the fix.
     """
 
-    def settings(m: Manifest) -> dict[str, Any]:
-        pre = m.preprocess
-        return {"norm_method": m.norm.get("method"), "norm": m.norm,
-                "meta_columns": m.meta_columns, "meta_mean": m.meta_mean, "meta_std": m.meta_std,
-                "stamp_px": pre.get("stamp_px", 64),
-                "min_theta_over_psf": pre.get("min_theta_over_psf"),
-                "hard_neg_weight": pre.get("hard_neg_weight"),
-                "hard_neg_lookup": pre.get("hard_neg_lookup")}  # fmt: skip
-
-    def same(have: Any, want: Any) -> bool:
-        if isinstance(have, dict) and isinstance(want, dict):
-            return have.keys() == want.keys() and all(same(have[k], want[k]) for k in have)
-        if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)):
-            return len(have) == len(want) and all(map(same, have, want))
-        if {type(have), type(want)} <= {int, float}:
-            return abs(have - want) <= max(1e-9 * max(abs(have), abs(want)), 1e-12)
-        return have == want
-
-    def same_lookup(have: dict[str, Any] | None, want: str) -> bool:
-        if have is None:
-            return False
-        if Path(want).is_file() and have.get("sha256"):
-            from haloscope.shards.write import sha256_file
-
-            return sha256_file(Path(want)) == have["sha256"]
-        return Path(want).resolve() == Path(str(have.get("path"))).resolve()
-
-    actual = settings(manifest)
+    actual = _settings(manifest)
     if isinstance(expected, Manifest):
-        expected = {k: v for k, v in settings(expected).items() if not k.startswith("hard_neg")}
+        expected = {k: v for k, v in _settings(expected).items() if not k.startswith("hard_neg")}
     for key, want in expected.items():
         if key not in actual:
             raise ValueError(f"check_compatible: unknown setting {key!r}")
         have = actual[key]
-        if not (same_lookup(have, want) if key == "hard_neg_lookup" else same(have, want)):
+        if not (_same_lookup(have, want) if key == "hard_neg_lookup" else _same(have, want)):
             have = have.get("path") if key == "hard_neg_lookup" and have else have
             raise DataError(
                 f"{manifest.split_dir / MANIFEST_NAME}: shards were made with {key}={have!r} but "

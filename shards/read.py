@@ -199,8 +199,10 @@ class ShardReader(IterableDataset):
         """
         per = self.batches_per_rank() if batches_per_epoch is None else batches_per_epoch
         if num_epochs < 1 or not 1 <= per <= self.batches_per_rank():
-            raise ConfigError(f"span_epochs: need num_epochs >= 1 and 1 <= batches_per_epoch <= "
-                              f"{self.batches_per_rank()}, got {num_epochs}, {per}")  # fmt: skip
+            raise ConfigError(
+                f"span_epochs: need num_epochs >= 1 and 1 <= batches_per_epoch <= "
+                f"{self.batches_per_rank()}, got {num_epochs}, {per}"
+            )
         self._num_epochs, self._per_epoch = int(num_epochs), int(per)
 
     def _positions(self, start: int) -> Iterator[tuple[int, int]]:
@@ -325,15 +327,23 @@ class ShardReader(IterableDataset):
         try:
             return index_record_bytes(data, what, local, expected, self.num_meta)
         except DataError:  # not the bytes the prediction expected: find the real spans
-            walked = walk_record_spans(lambda a, b: self.source.read(name, a, b),
-                                       entry["bytes"], what, len(entry["records"]))  # fmt: skip
+            walked = walk_record_spans(
+                lambda a, b: self.source.read(name, a, b),
+                entry["bytes"],
+                what,
+                len(entry["records"]),
+            )
             if walked == spans:
                 raise
-            log.info("%s: laid out unlike this haloscope's writer; records located by walking "
-                     "its tar headers", what)  # fmt: skip
+            log.info(
+                "%s: laid out unlike this haloscope's writer; records located by walking "
+                "its tar headers",
+                what,
+            )
             self._spans[shard] = walked
-            return index_record_bytes(self.source.read(name, *walked[local]), what, local,
-                                      expected, self.num_meta)  # fmt: skip
+            return index_record_bytes(
+                self.source.read(name, *walked[local]), what, local, expected, self.num_meta
+            )
 
     def _records_of(self, shard: int) -> list[RecordView]:
         views = self._open.get(shard)
@@ -493,8 +503,9 @@ class ShardLoader:
         reader = self.reader
         start = reader.start_batch
         pinned = self.pin_memory and self.num_workers == 0
-        view = reader.with_output(ring_slots=self.prefetch_factor + 2 if self.num_workers > 0
-                                  else 0, pinned=pinned)  # fmt: skip
+        view = reader.with_output(
+            ring_slots=self.prefetch_factor + 2 if self.num_workers > 0 else 0, pinned=pinned
+        )
         loader = torch.utils.data.DataLoader(
             view,
             batch_size=None,

@@ -151,8 +151,10 @@ class RetryPolicy:
         except ValueError as exc:
             raise ConfigError(f"HALOSCOPE_REMOTE_* must be numbers ({exc})") from None
         if policy.attempts < 1 or policy.backoff_s < 0 or policy.timeout_s <= 0:
-            raise ConfigError(f"HALOSCOPE_REMOTE_RETRIES must be >= 1, BACKOFF_S >= 0 and "
-                              f"TIMEOUT_S > 0, got {policy}")  # fmt: skip
+            raise ConfigError(
+                f"HALOSCOPE_REMOTE_RETRIES must be >= 1, BACKOFF_S >= 0 and "
+                f"TIMEOUT_S > 0, got {policy}"
+            )
         return policy
 
     def wait_s(self, attempt: int) -> float:
@@ -175,15 +177,25 @@ def _retried(policy: RetryPolicy, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except _Missing as exc:
-            raise DataError(f"{what}: not found ({exc}); the manifest lists it: is the URL "
-                            "right and the upload complete?") from None  # fmt: skip
+            raise DataError(
+                f"{what}: not found ({exc}); the manifest lists it: is the URL "
+                "right and the upload complete?"
+            ) from None
         except _Transient as exc:
             if attempt + 1 == policy.attempts:
-                raise DataError(f"{what}: {exc} (gave up after {policy.attempts} attempts; "
-                                "HALOSCOPE_REMOTE_RETRIES sets how many)") from None  # fmt: skip
+                raise DataError(
+                    f"{what}: {exc} (gave up after {policy.attempts} attempts; "
+                    "HALOSCOPE_REMOTE_RETRIES sets how many)"
+                ) from None
             wait = policy.wait_s(attempt)
-            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, exc, wait,
-                        attempt + 2, policy.attempts)  # fmt: skip
+            log.warning(
+                "%s: %s; retrying in %.1f s (attempt %d of %d)",
+                what,
+                exc,
+                wait,
+                attempt + 2,
+                policy.attempts,
+            )
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -217,8 +229,9 @@ class Source:
     def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of object ``name`` (``end`` None: to its end)."""
         what = self.describe(name)
-        return _retried(self.policy, what, lambda: _check_length(
-            self._read(name, start, end), start, end))  # fmt: skip
+        return _retried(
+            self.policy, what, lambda: _check_length(self._read(name, start, end), start, end)
+        )
 
     def size(self, name: str) -> int:
         """The object's size in bytes."""
@@ -263,8 +276,13 @@ class LocalSource(Source):
             raise _Missing("no such file") from None
 
 
-_NET_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-               socket.timeout, TimeoutError)  # fmt: skip
+_NET_ERRORS = (
+    urllib.error.URLError,
+    http.client.HTTPException,
+    ConnectionError,
+    socket.timeout,
+    TimeoutError,
+)
 
 
 class HttpSource(Source):
@@ -335,12 +353,15 @@ class S3Source(Source):
     def client(self) -> Any:
         """This process's boto3 S3 client."""
         if self._client is None or self._pid != os.getpid():
+            # NOTE: boto3 imported on first use: remote is on `haloscope shards --help`'s path.
             import boto3
             from botocore.config import Config
 
-            cfg = Config(retries={"max_attempts": 1, "mode": "standard"},
-                         connect_timeout=self.policy.timeout_s,
-                         read_timeout=self.policy.timeout_s)  # fmt: skip
+            cfg = Config(
+                retries={"max_attempts": 1, "mode": "standard"},
+                connect_timeout=self.policy.timeout_s,
+                read_timeout=self.policy.timeout_s,
+            )
             # NOTE: a session of its own: boto3's default session is not thread-safe
             session = boto3.session.Session()
             self._client, self._pid = session.client("s3", config=cfg), os.getpid()
@@ -353,14 +374,17 @@ class S3Source(Source):
     def call(self, name: str, fn: Callable[[], T]) -> T:
         """``fn()`` (a boto3 call about object ``name``) with its errors sorted: missing,
         transient (retried by ``read``/``size``) or a one-line ``DataError``."""
+        # NOTE: botocore imported on first use, as in client() (off the --help path).
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             return fn()
         except NoCredentialsError:
-            raise DataError(f"{self.describe(name)}: no AWS credentials; set them the usual "
-                            "boto3 way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
-                            "~/.aws/credentials)") from None  # fmt: skip
+            raise DataError(
+                f"{self.describe(name)}: no AWS credentials; set them the usual "
+                "boto3 way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+                "~/.aws/credentials)"
+            ) from None
         except ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
@@ -388,8 +412,9 @@ class S3Source(Source):
         return self.call(name, lambda: self.client().get_object(**kw)["Body"].read())
 
     def _size(self, name: str) -> int:
-        head = self.call(name, lambda: self.client().head_object(
-            Bucket=self.bucket, Key=self.key(name)))  # fmt: skip
+        head = self.call(
+            name, lambda: self.client().head_object(Bucket=self.bucket, Key=self.key(name))
+        )
         return int(head["ContentLength"])
 
 
@@ -398,6 +423,7 @@ class FsspecSource(Source):
 
     def __init__(self, root: RemotePath, policy: RetryPolicy | None = None) -> None:
         super().__init__(root, policy)
+        # NOTE: fsspec and its backends are optional: a missing one is a DataError here.
         try:
             import fsspec
 
@@ -520,8 +546,10 @@ class ShardCache:
             data = source.read(entry["file"])
             what = source.describe(entry["file"])
             if len(data) != entry["bytes"]:
-                raise DataError(f"{what}: {len(data)} bytes but the manifest says "
-                                f"{entry['bytes']} (truncated or replaced shard)")  # fmt: skip
+                raise DataError(
+                    f"{what}: {len(data)} bytes but the manifest says "
+                    f"{entry['bytes']} (truncated or replaced shard)"
+                )
             if hashlib.sha256(data).hexdigest() != sha:
                 raise DataError(f"{what}: sha256 differs from the manifest (corrupt shard)")
             path = self.path(sha)

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from haloscope.atomic import is_temp_name
 from haloscope.errors import ConfigError, DataError
 from haloscope.shards.manifest import MANIFEST_NAME
@@ -53,8 +55,6 @@ def _sha256(path: Path) -> str:
 
 
 def _is_there(s3: S3Source, name: str, size: int, sha: str) -> bool:
-    from botocore.exceptions import ClientError
-
     try:
         head = s3.client().head_object(Bucket=s3.bucket, Key=s3.key(name))
     except ClientError:
@@ -70,8 +70,9 @@ def _put(s3: S3Source, path: Path, name: str) -> bool:
 
     def put() -> None:  # one PUT: the object appears whole or not at all
         with open(path, "rb") as body:
-            s3.client().put_object(Bucket=s3.bucket, Key=s3.key(name), Body=body,
-                                   Metadata={_SHA_KEY: sha})  # fmt: skip
+            s3.client().put_object(
+                Bucket=s3.bucket, Key=s3.key(name), Body=body, Metadata={_SHA_KEY: sha}
+            )
 
     s3.retried(name, lambda: s3.call(name, put))
     return True
@@ -90,16 +91,23 @@ def upload_shards(local_root: Path, url: str | RemotePath) -> list[str]:
     """
     target = split_location(url)
     if not isinstance(target, RemotePath) or target.scheme not in ("s3", "s3a"):
-        raise ConfigError(f"--out {url}: only s3:// URLs are written directly; convert into a "
-                          "local folder and sync it afterwards (docs/shards.md)")  # fmt: skip
+        raise ConfigError(
+            f"--out {url}: only s3:// URLs are written directly; convert into a "
+            "local folder and sync it afterwards (docs/shards.md)"
+        )
     splits = split_dirs(local_root)
     if not splits:
         raise DataError(f"{local_root}: no <split>/{MANIFEST_NAME} to upload")
     lines = []
     for split_dir in splits:
         s3: Any = open_source(target / split_dir.name)
-        s3.retried(MANIFEST_NAME, lambda s3=s3: s3.call(MANIFEST_NAME, lambda: s3.client(
-            ).delete_object(Bucket=s3.bucket, Key=s3.key(MANIFEST_NAME))))  # fmt: skip
+        s3.retried(
+            MANIFEST_NAME,
+            lambda s3=s3: s3.call(
+                MANIFEST_NAME,
+                lambda: s3.client().delete_object(Bucket=s3.bucket, Key=s3.key(MANIFEST_NAME)),
+            ),
+        )
         sent = kept = 0
         for path in _files(split_dir):
             if _put(s3, path, path.relative_to(split_dir).as_posix()):
@@ -107,7 +115,9 @@ def upload_shards(local_root: Path, url: str | RemotePath) -> list[str]:
             else:
                 kept += 1
         _put(s3, split_dir / MANIFEST_NAME, MANIFEST_NAME)
-        lines.append(f"{split_dir.name}: {target / split_dir.name} ({sent} files uploaded, "
-                     f"{kept} already there, {MANIFEST_NAME} last)")  # fmt: skip
+        lines.append(
+            f"{split_dir.name}: {target / split_dir.name} ({sent} files uploaded, "
+            f"{kept} already there, {MANIFEST_NAME} last)"
+        )
         log.info(lines[-1])
     return lines

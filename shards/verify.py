@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import zarr
 from tqdm import tqdm
 
 from haloscope.errors import DataError
@@ -31,8 +32,6 @@ def verify_zarr(store: Path, num_samples: int) -> None:
     Raises:
         DataError: naming the store and the array that is missing, unreadable or too short.
     """
-    import zarr
-
     fix = "re-run `haloscope shards` to rebuild it"
     try:
         root = zarr.open_group(str(store), mode="r")

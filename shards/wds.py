@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import webdataset as wds
+from webdataset import tariterators
 
 from haloscope.errors import DataError
 from haloscope.shards.manifest import Manifest, load_manifest
@@ -56,8 +58,10 @@ def _open_shards(
         else:
             blob = source.read(name)
             if len(blob) != entry["bytes"] or hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-                raise DataError(f"{source.describe(name)}: size or sha256 differs from the "
-                                "manifest (corrupt or replaced shard)")  # fmt: skip
+                raise DataError(
+                    f"{source.describe(name)}: size or sha256 differs from the "
+                    "manifest (corrupt or replaced shard)"
+                )
             stream = io.BytesIO(blob)
         yield {**sample, "stream": stream}
 
@@ -82,14 +86,17 @@ def decode_record(record: dict[str, Any], num_meta: int) -> Iterator[dict[str, A
     """
     what = f"{record.get('__url__')}: record {record.get('__key__')}"
     try:
-        image, meta, table = (_npy(record[m], what) for m in (IMAGE_MEMBER, META_MEMBER,
-                                                              TABLE_MEMBER))  # fmt: skip
+        image, meta, table = (
+            _npy(record[m], what) for m in (IMAGE_MEMBER, META_MEMBER, TABLE_MEMBER)
+        )
     except KeyError as exc:
         raise DataError(f"{what}: member {exc.args[0]} missing") from None
     n = len(table)
     if table.dtype != TABLE_DTYPE or image.shape[0] != n or meta.shape != (n, num_meta):
-        raise DataError(f"{what}: image {image.shape}, meta {meta.shape}, table {table.dtype} "
-                        "disagree with each other or with the manifest")  # fmt: skip
+        raise DataError(
+            f"{what}: image {image.shape}, meta {meta.shape}, table {table.dtype} "
+            "disagree with each other or with the manifest"
+        )
     shard = Path(str(record.get("__url__"))).name
     for i in range(n):
         row = table[i]
@@ -104,7 +111,7 @@ def decode_record(record: dict[str, Any], num_meta: int) -> Iterator[dict[str, A
                 "brickname": row["brickname"].decode(),
                 "ra": float(row["ra"]),
                 "dec": float(row["dec"]),
-            },  # fmt: skip
+            },
             "table": row,
         }
 
@@ -139,9 +146,6 @@ def pipeline(
         DataError: the manifest is missing or unreadable (at once); a shard unreadable or
             disagreeing with the manifest (while iterating).
     """
-    import webdataset as wds
-    from webdataset import tariterators
-
     loc = split_location(location)
     source = open_source(loc)
     manifest = load_manifest(loc)

@@ -15,11 +15,16 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import boto3
+
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 # short retries for every test that reads a URL (the reader takes them from the environment)
-FAST_RETRIES = {"HALOSCOPE_REMOTE_RETRIES": "3", "HALOSCOPE_REMOTE_BACKOFF_S": "0.05",
-                "HALOSCOPE_REMOTE_TIMEOUT_S": "10"}  # fmt: skip
+FAST_RETRIES = {
+    "HALOSCOPE_REMOTE_RETRIES": "3",
+    "HALOSCOPE_REMOTE_BACKOFF_S": "0.05",
+    "HALOSCOPE_REMOTE_TIMEOUT_S": "10",
+}
 
 
 @dataclass
@@ -96,14 +101,18 @@ def http_server(root: Path, faults: Faults | None = None) -> Iterator[tuple[str,
         thread.join()
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[dict[str, str]]:
     """moto's standalone S3 server on 127.0.0.1; yields the environment that points boto3 at
     it (also set in ``os.environ`` while it runs)."""
+    # NOTE: moto (a test extra, slow to import) only for the S3 tests, not the HTTP ones.
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
@@ -126,8 +135,6 @@ def s3_server() -> Iterator[dict[str, str]]:
 
 def upload_tree(root: Path, bucket: str, prefix: str = "") -> None:
     """Create ``bucket`` and upload every file under ``root`` to ``prefix/<relative path>``."""
-    import boto3
-
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
     for path in sorted(root.rglob("*")):

@@ -12,28 +12,50 @@ from haloscope.shards.schema import SCHEMA_VERSION, TABLE_DTYPE
 from haloscope.shards.write import write_shard
 
 # the converter's order (docs/shards.md); existing manifests were written in it
-LAYOUT = ["format", "schema_version", "split", "record_samples", "counts", "rejected", "norm",
-          "meta", "preprocess", "sources", "command", "fingerprint", "num_samples", "num_shards",
-          "zarr", "shards"]  # fmt: skip
+LAYOUT = [
+    "format",
+    "schema_version",
+    "split",
+    "record_samples",
+    "counts",
+    "rejected",
+    "norm",
+    "meta",
+    "preprocess",
+    "sources",
+    "command",
+    "fingerprint",
+    "num_samples",
+    "num_shards",
+    "zarr",
+    "shards",
+]
 
 
 def _shard(tmp_path, n: int = 20) -> dict:
     image = np.zeros((n, 3, 64, 64), np.float16)
     table = np.zeros(n, TABLE_DTYPE)
     table["label"] = np.arange(n) % 2
-    return write_shard(tmp_path / "shard-000000.tar", image, np.zeros((n, 2), np.float32), table,
-                       record_samples=8).to_json()  # fmt: skip
+    return write_shard(
+        tmp_path / "shard-000000.tar", image, np.zeros((n, 2), np.float32), table, record_samples=8
+    ).to_json()
 
 
 def _fields(tmp_path, **changes) -> dict:
     fields = {
-        "split": "val", "shards": [_shard(tmp_path)], "counts": {"lens": 10, "control": 10},
-        "rejected": {"unresolved": 2}, "norm": {"method": "outer", "clip": 10.0},
+        "split": "val",
+        "shards": [_shard(tmp_path)],
+        "counts": {"lens": 10, "control": 10},
+        "rejected": {"unresolved": 2},
+        "norm": {"method": "outer", "clip": 10.0},
         "meta": {"columns": ["psfsize_r", "psfdepth_r"], "mean": [1.3, 24.5], "std": [0.2, 0.5]},
         "preprocess": {"min_theta_over_psf": 0.5, "hard_neg_lookup": None, "stamp_px": 64},
-        "record_samples": 8, "sources": {"data_root": "data", "files": []},
-        "command": ("haloscope", "shards"), "fingerprint": "abc", "zarr": "stamps.zarr",
-    }  # fmt: skip
+        "record_samples": 8,
+        "sources": {"data_root": "data", "files": []},
+        "command": ("haloscope", "shards"),
+        "fingerprint": "abc",
+        "zarr": "stamps.zarr",
+    }
     return fields | changes
 
 
@@ -60,14 +82,20 @@ def test_optional_provenance_is_left_out_when_not_given(tmp_path):
     assert doc["zarr"] is None
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"meta": {"columns": ["a"], "mean": [0.0]}}, "meta needs columns, mean and std"),
-    ({"meta": {"columns": ["a", "b"], "mean": [0.0], "std": [1.0]}}, "of one length"),
-    ({"norm": {"clip": 10.0}}, "norm lacks 'method'"),
-    ({"preprocess": {"hard_neg_path": None}}, r"unknown preprocess field\(s\) \['hard_neg_path'\]"),
-    ({"split": ""}, "split must be a non-empty string"),
-    ({"record_samples": 4}, r"must each hold 1\.\.4 samples"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"meta": {"columns": ["a"], "mean": [0.0]}}, "meta needs columns, mean and std"),
+        ({"meta": {"columns": ["a", "b"], "mean": [0.0], "std": [1.0]}}, "of one length"),
+        ({"norm": {"clip": 10.0}}, "norm lacks 'method'"),
+        (
+            {"preprocess": {"hard_neg_path": None}},
+            r"unknown preprocess field\(s\) \['hard_neg_path'\]",
+        ),
+        ({"split": ""}, "split must be a non-empty string"),
+        ({"record_samples": 4}, r"must each hold 1\.\.4 samples"),
+    ],
+)
 def test_builder_rejects_missing_or_inconsistent_fields(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         build_manifest(**_fields(tmp_path, **change))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 
 from haloscope.errors import ConfigError, DataError
 from haloscope.shards.manifest import check_compatible, load_manifest
@@ -201,8 +202,6 @@ def test_too_few_samples_for_one_batch_per_rank(shards):
 
 
 def test_shards_readable_by_webdataset_and_tar(shards):
-    import webdataset as wds
-
     m = load_manifest(shards / "train")
     urls = [str(p) for p in m.shard_paths()]
     n = 0

@@ -4,6 +4,7 @@ retries and one-line errors."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -65,20 +66,29 @@ def _pair(local: Path, url: str, **kw) -> tuple[ShardReader, ShardReader]:
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("cached", [False, True])
-def test_http_batches_equal_local_for_every_rank(root: Path, tmp_path: Path, workers: int,
-                                                 cached: bool) -> None:  # fmt: skip
+def test_http_batches_equal_local_for_every_rank(
+    root: Path, tmp_path: Path, workers: int, cached: bool
+) -> None:
     cache = tmp_path / "cache" if cached else None
     with http_server(root) as (url, faults):
         for rank in (0, 1):
-            local, remote = _pair(root / "train", f"{url}/train", rank=rank, world_size=2,
-                                  cache_dir=cache)  # fmt: skip
+            local, remote = _pair(
+                root / "train", f"{url}/train", rank=rank, world_size=2, cache_dir=cache
+            )
             assert remote.is_ranged is not cached
             assert _epochs(remote, workers) == _epochs(local, workers)
         # exact eval order: every val sample once over the ranks, padded batches equal
         seen = []
         for rank in (0, 1):
-            local, remote = _pair(root / "val", f"{url}/val", rank=rank, world_size=2,
-                                  shuffle=False, drop_last=False, cache_dir=cache)  # fmt: skip
+            local, remote = _pair(
+                root / "val",
+                f"{url}/val",
+                rank=rank,
+                world_size=2,
+                shuffle=False,
+                drop_last=False,
+                cache_dir=cache,
+            )
             got = _epochs(remote, workers, epochs=(0,))
             assert got == _epochs(local, workers, epochs=(0,))
             seen += [i for batch in got for i in batch]
@@ -111,8 +121,7 @@ def test_s3_batches_equal_local(root: Path, tmp_path: Path) -> None:
     with s3_server():
         upload_tree(root, "lenses", "runs/shards")
         for cache in (None, tmp_path / "cache"):
-            local, remote = _pair(root / "train", "s3://lenses/runs/shards/train",
-                                  cache_dir=cache)  # fmt: skip
+            local, remote = _pair(root / "train", "s3://lenses/runs/shards/train", cache_dir=cache)
             assert _epochs(remote, 2) == _epochs(local, 2)
         assert load_manifest("s3://lenses/runs/shards/val").num_samples == 64
         with pytest.raises(
@@ -127,10 +136,13 @@ def test_cache_is_verified_bounded_and_shared(root: Path, tmp_path: Path) -> Non
     cache_dir = tmp_path / "cache"
     with http_server(root) as (url, faults):
         # room for one shard: the other is evicted, least recently used first
-        reader = ShardReader(f"{url}/train", batch_size=8, seed=5, cache_dir=cache_dir,
-                             cache_bytes=max(sizes) + 1)  # fmt: skip
-        assert sum(len(b["label"]) for b in build_loader(reader, num_workers=2,
-                                                          pin_memory=False)) == 96  # fmt: skip
+        reader = ShardReader(
+            f"{url}/train", batch_size=8, seed=5, cache_dir=cache_dir, cache_bytes=max(sizes) + 1
+        )
+        assert (
+            sum(len(b["label"]) for b in build_loader(reader, num_workers=2, pin_memory=False))
+            == 96
+        )
         files = list(cache_dir.glob("??/*.tar"))
         assert len(files) == 1 and files[0].stem in {s["sha256"] for s in m.shards}
         assert not [p for p in cache_dir.rglob("*.tmp")]  # temporaries renamed or removed
@@ -153,8 +165,9 @@ def test_cache_rejects_a_shard_whose_sha256_differs(root: Path, tmp_path: Path) 
     data[2000] ^= 0xFF  # same size, other bytes
     shard.write_bytes(bytes(data))
     with http_server(served) as (url, _):
-        reader = ShardReader(f"{url}/train", batch_size=8, seed=5, cache_dir=tmp_path / "c",
-                             shuffle=False)  # fmt: skip
+        reader = ShardReader(
+            f"{url}/train", batch_size=8, seed=5, cache_dir=tmp_path / "c", shuffle=False
+        )
         with pytest.raises(DataError, match=r"shard-000000.tar: sha256 differs from the manifest"):
             list(reader)
     assert not list((tmp_path / "c").glob("??/*.tar"))
@@ -244,6 +257,4 @@ def test_cli_prints_one_line_when_the_server_is_down(tmp_path: Path) -> None:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return dict(os.environ)

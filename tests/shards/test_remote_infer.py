@@ -15,8 +15,13 @@ from tests.shards.remote_servers import FAST_RETRIES, http_server
 
 
 def _haloscope(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "haloscope", *args], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **FAST_RETRIES})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "haloscope", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **FAST_RETRIES},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -26,12 +31,12 @@ def test_infer_over_http_equals_local(tmp_path: Path) -> None:
     make_checkpoint(ckpt)
     _haloscope("shards", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "shards"),
                "--record-samples", "16", "--shard-samples", "32", "--no-progress")  # fmt: skip
-    common = ("infer", "--ckpt", str(ckpt), "--split", "test", "--batch-size", "8",
-              "--no-progress")  # fmt: skip
+    common = ("infer", "--ckpt", str(ckpt), "--split", "test", "--batch-size", "8", "--no-progress")
     _haloscope(*common, "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "a.parquet"))
     with http_server(tmp_path / "shards") as (url, faults):
-        _haloscope(*common, "--shards", url, "--num-workers", "2",
-                   "--out", str(tmp_path / "b.parquet"))  # fmt: skip
+        _haloscope(
+            *common, "--shards", url, "--num-workers", "2", "--out", str(tmp_path / "b.parquet")
+        )
         _haloscope(*common, "--shards", url, "--cache-dir", str(tmp_path / "cache"),
                    "--out", str(tmp_path / "c.parquet"))  # fmt: skip
     local = pq.read_table(tmp_path / "a.parquet")

@@ -25,8 +25,13 @@ def _cmd(shards: str | Path, run: Path, *extra: str) -> list[str]:
 
 
 def _train(shards: str | Path, run: Path, *extra: str) -> None:
-    proc = subprocess.run(_cmd(shards, run, *extra), capture_output=True, text=True,
-                          env={**os.environ, **FAST_RETRIES}, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        _cmd(shards, run, *extra),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **FAST_RETRIES},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -58,8 +63,9 @@ def test_train_over_http_equals_local(local_run: tuple[Path, Path], tmp_path: Pa
     _assert_same_weights(local, tmp_path / "http")
 
 
-def test_train_from_s3_with_cache_equals_local(local_run: tuple[Path, Path],
-                                               tmp_path: Path) -> None:  # fmt: skip
+def test_train_from_s3_with_cache_equals_local(
+    local_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     root, local = local_run
     with s3_server():
         upload_tree(root, "lenses", "shards")
@@ -68,13 +74,18 @@ def test_train_from_s3_with_cache_equals_local(local_run: tuple[Path, Path],
     _assert_same_weights(local, tmp_path / "s3")
 
 
-def test_sigkill_and_resume_over_http_equals_local(local_run: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_sigkill_and_resume_over_http_equals_local(
+    local_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     root, local = local_run
     run = tmp_path / "killed"
     with http_server(root, Faults(delay_s=0.3)) as (url, _):  # slow enough to kill mid-epoch
-        proc = subprocess.Popen(_cmd(url, run), env={**os.environ, **FAST_RETRIES},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            _cmd(url, run),
+            env={**os.environ, **FAST_RETRIES},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 600
         while not (run / "last.pt").exists() and proc.poll() is None:
             assert time.monotonic() < deadline

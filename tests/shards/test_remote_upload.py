@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 
@@ -24,8 +25,9 @@ def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _ids(location, **kw) -> list[bytes]:
-    reader = ShardReader(location, batch_size=8, shuffle=False, drop_last=False, with_table=True,
-                         **kw)  # fmt: skip
+    reader = ShardReader(
+        location, batch_size=8, shuffle=False, drop_last=False, with_table=True, **kw
+    )
     return [i for b in reader for i in b["table"]["task_id"][np.asarray(b["valid"])]]
 
 
@@ -34,10 +36,9 @@ def _argv(survey_root: Path, staging: Path) -> list[str]:
             str(staging), "--shard-samples", "64", "--record-samples", "16", "--no-progress"]  # fmt: skip
 
 
-def test_out_s3_uploads_manifests_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    import boto3
-
+def test_out_s3_uploads_manifests_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     survey = make_survey(tmp_path, sizes={"train": 60, "val": 20, "test": 20})
     order: list[str] = []
     real_put = upload_mod._put
@@ -66,10 +67,9 @@ def test_out_s3_uploads_manifests_last(tmp_path: Path, monkeypatch: pytest.Monke
         assert "0 files uploaded" in capsys.readouterr().out
 
 
-def test_interrupted_upload_leaves_no_stale_manifest(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import boto3
-
+def test_interrupted_upload_leaves_no_stale_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     survey = make_survey(tmp_path, sizes={"train": 60, "val": 20, "test": 20})
     staging = tmp_path / "staging"
 

@@ -32,20 +32,28 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reader_samples(split_dir: Path) -> list[tuple]:
-    reader = ShardReader(split_dir, batch_size=8, shuffle=False, drop_last=False,
-                         with_table=True)  # fmt: skip
+    reader = ShardReader(split_dir, batch_size=8, shuffle=False, drop_last=False, with_table=True)
     out = []
     for b in reader:
         for i in np.flatnonzero(b["valid"].numpy()):
             row = b["table"][i]
-            out.append((row["task_id"].decode(), int(row["label"]), b["image"][i].numpy().tobytes(),
-                        b["meta"][i].numpy().tobytes(), float(row["ra"])))  # fmt: skip
+            out.append(
+                (
+                    row["task_id"].decode(),
+                    int(row["label"]),
+                    b["image"][i].numpy().tobytes(),
+                    b["meta"][i].numpy().tobytes(),
+                    float(row["ra"]),
+                )
+            )
     return out
 
 
 def _wds_samples(ds) -> list[tuple]:
-    return [(s["ids"]["task_id"], s["label"], s["image"].tobytes(), s["meta"].tobytes(),
-             s["ids"]["ra"]) for s in ds]  # fmt: skip
+    return [
+        (s["ids"]["task_id"], s["label"], s["image"].tobytes(), s["meta"].tobytes(), s["ids"]["ra"])
+        for s in ds
+    ]
 
 
 def test_pipeline_reads_what_the_reader_reads(split: Path, tmp_path: Path) -> None:
