@@ -61,11 +61,15 @@ class ShardsOptions(ConvertConfig):
         if self.data is None and not self.verify:
             raise ValueError("--data is required (the parquet root) unless --verify is given")
         if is_url(self.out) and not str(self.out).lower().startswith(("s3://", "s3a://")):
-            raise ValueError(f"--out {self.out}: only s3:// URLs are written directly; convert "
-                             "into a local folder and sync it afterwards (docs/shards.md)")  # fmt: skip
+            raise ValueError(
+                f"--out {self.out}: only s3:// URLs are written directly; convert "
+                "into a local folder and sync it afterwards (docs/shards.md)"
+            )
         if is_url(self.out) and (self.staging_dir is None or self.verify):
-            raise ValueError(f"--out {self.out}: an s3:// --out needs --staging-dir LOCAL (the "
-                             "conversion runs there, then is uploaded) and cannot be --verify'd")  # fmt: skip
+            raise ValueError(
+                f"--out {self.out}: an s3:// --out needs --staging-dir LOCAL (the "
+                "conversion runs there, then is uploaded) and cannot be --verify'd"
+            )
         super().__post_init__()
 
     @property
@@ -85,14 +89,18 @@ def parse_config(argv: list[str], env: dict[str, str] | None = None) -> ShardsOp
         ConfigError: an invalid flag, config key or value, naming it.
     """
     task, tasks = slurm_task(env)
-    return CLI.parse(argv, layers=[{"task_index": task, "num_tasks": tasks}],
-                     fixed={"command": ("haloscope", "shards", *argv)})  # fmt: skip
+    return CLI.parse(
+        argv,
+        layers=[{"task_index": task, "num_tasks": tasks}],
+        fixed={"command": ("haloscope", "shards", *argv)},
+    )
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``haloscope shards``."""
     cfg = parse_config(argv)
     setup_logging()
+    # NOTE: each mode's module imported after parsing: zarr, torch off `shards --help`.
     if cfg.verify:
         from haloscope.shards.verify import verify_shards
 
@@ -103,9 +111,15 @@ def main(argv: list[str]) -> int:
         from haloscope.preprocess.convert.unlabelled import write_unlabelled_shards
 
         path = write_unlabelled_shards(
-            cfg.data, cfg.local_out, meta_cols=cfg.meta_cols, norm_method=cfg.norm_method,
-            shard_samples=cfg.shard_samples, record_samples=cfg.record_samples,
-            batch_rows=cfg.batch_rows, command=cfg.command)  # fmt: skip
+            cfg.data,
+            cfg.local_out,
+            meta_cols=cfg.meta_cols,
+            norm_method=cfg.norm_method,
+            shard_samples=cfg.shard_samples,
+            record_samples=cfg.record_samples,
+            batch_rows=cfg.batch_rows,
+            command=cfg.command,
+        )
         print(f"search: {path}", file=sys.stdout)
         return _upload(cfg)
     from haloscope.preprocess.convert.run import convert
@@ -119,6 +133,7 @@ def main(argv: list[str]) -> int:
 def _upload(cfg: ShardsOptions) -> int:
     """With an s3:// --out, publish the converted splits (each manifest last)."""
     if is_url(cfg.out):
+        # NOTE: upload (botocore) only for an s3:// --out, after parsing.
         from haloscope.shards.upload import upload_shards
 
         for line in upload_shards(cfg.local_out, cfg.out):

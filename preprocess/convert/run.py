@@ -184,8 +184,14 @@ def _run_p2(job: tuple[Plan, str, int]) -> int:
 
 def _map(fn, jobs: list, workers: int, desc: str, unit: str, progress: bool = True) -> None:
     """Run ``fn`` over ``jobs`` in ``workers`` processes with a progress bar."""
-    bar = tqdm(total=len(jobs), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=len(jobs),
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not progress,
+    )
     try:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:

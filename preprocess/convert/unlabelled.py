@@ -20,41 +20,67 @@ order, labels set to ``UNKNOWN_LABEL`` and ``"unlabelled": true`` in the manifes
 from __future__ import annotations
 
 import glob
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from haloscope.atomic import atomic_path
 from haloscope.errors import ConfigError, ContractError
 from haloscope.preprocess import decode as dec
 from haloscope.preprocess.gates import column_f64
 from haloscope.preprocess.normalize import norm_settings, normalize
+from haloscope.shards.assemble import finish_stats, meta_stats
+from haloscope.shards.manifest import MANIFEST_NAME, build_manifest, write_manifest
+from haloscope.shards.schema import TABLE_DTYPE
+from haloscope.shards.write import write_shard
 
-__all__ = ["ID_COLUMNS", "UNLABELLED_REASONS", "UNKNOWN_LABEL", "SEARCH_SPLIT", "Prepared",
-           "list_parquet", "id_column_of", "derive_ids", "read_columns", "prepare_unlabelled",
-           "write_unlabelled_shards", "check_labelled"]  # fmt: skip
+__all__ = [
+    "ID_COLUMNS",
+    "UNLABELLED_REASONS",
+    "UNKNOWN_LABEL",
+    "SEARCH_SPLIT",
+    "Prepared",
+    "list_parquet",
+    "id_column_of",
+    "derive_ids",
+    "read_columns",
+    "prepare_unlabelled",
+    "write_unlabelled_shards",
+    "check_labelled",
+]
 
 log = logging.getLogger(__name__)
 
 ID_COLUMNS: tuple[str, ...] = ("id", "objid", "task_id")
 """Id columns used when present, in this order of preference."""
 UNLABELLED_REASONS: tuple[str, ...] = (
-    "cutout_not_ok", "missing_band", "undecodable", "bad_shape", "non_finite", "bad_meta",
+    "cutout_not_ok",
+    "missing_band",
+    "undecodable",
+    "bad_shape",
+    "non_finite",
+    "bad_meta",
     "bad_position",
-)  # fmt: skip
+)
 """Why an unlabelled parquet row is not scored (one reason per row, checked in this order)."""
 UNKNOWN_LABEL = 255
 """The shard table's ``label`` of an unlabelled sample (1 = lens, 0 = control otherwise)."""
 SEARCH_SPLIT = "search"
 """The split directory ``haloscope shards --unlabelled`` writes."""
-_DECODE_REASON = {dec.DECODE_UNDECODABLE: "undecodable", dec.DECODE_BAD_KEYS: "missing_band",
-                  dec.DECODE_BAD_SHAPE: "bad_shape"}  # fmt: skip
+_DECODE_REASON = {
+    dec.DECODE_UNDECODABLE: "undecodable",
+    dec.DECODE_BAD_KEYS: "missing_band",
+    dec.DECODE_BAD_SHAPE: "bad_shape",
+}
 
 
 @dataclass
@@ -110,8 +136,9 @@ def id_column_of(names: Sequence[str], requested: str = "auto") -> str | None:
 
 def derive_ids(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     """``J{ra:.5f}{dec:+.5f}`` per row (e.g. ``J150.12345+2.54321``), as object strings."""
-    return np.array([f"J{r:.5f}{d:+.5f}" for r, d in zip(ra.tolist(), dec.tolist(), strict=True)],
-                    dtype=object)  # fmt: skip
+    return np.array(
+        [f"J{r:.5f}{d:+.5f}" for r, d in zip(ra.tolist(), dec.tolist(), strict=True)], dtype=object
+    )
 
 
 def read_columns(path: Path, meta_cols: Sequence[str], id_column: str = "auto") -> list[str]:
@@ -130,8 +157,10 @@ def read_columns(path: Path, meta_cols: Sequence[str], id_column: str = "auto") 
         needed.append(id_column)
     missing = [c for c in needed if c not in names]
     if missing:
-        raise ContractError(f"{path}: missing column(s) {', '.join(missing)} (search needs "
-                            "stamp_npz, ra, dec and the checkpoint's meta columns)")  # fmt: skip
+        raise ContractError(
+            f"{path}: missing column(s) {', '.join(missing)} (search needs "
+            "stamp_npz, ra, dec and the checkpoint's meta columns)"
+        )
     optional = [c for c in ("cutout_ok", "bandset", id_column_of(names, id_column)) if c]
     return list(dict.fromkeys([*needed, *(c for c in optional if c in names)]))
 
@@ -166,8 +195,9 @@ def _cheap_reasons(batch: pa.RecordBatch, ra: np.ndarray, dec_: np.ndarray) -> n
     return reason
 
 
-def prepare_unlabelled(batch: pa.RecordBatch, meta_cols: Sequence[str], norm_method: str, *,
-                       id_column: str = "auto") -> Prepared:  # fmt: skip
+def prepare_unlabelled(
+    batch: pa.RecordBatch, meta_cols: Sequence[str], norm_method: str, *, id_column: str = "auto"
+) -> Prepared:
     """Check, decode and normalise one record batch of unlabelled cutouts.
 
     Args:
@@ -187,21 +217,29 @@ def prepare_unlabelled(batch: pa.RecordBatch, meta_cols: Sequence[str], norm_met
         reason[cand[codes == code]] = UNLABELLED_REASONS.index(name)
     finite = np.isfinite(stamps).all(axis=(1, 2, 3))
     reason[cand[(codes == dec.DECODE_OK) & ~finite]] = UNLABELLED_REASONS.index("non_finite")
-    meta = (np.stack([column_f64(batch, c) for c in meta_cols], axis=1) if meta_cols
-            else np.zeros((batch.num_rows, 0))).astype(np.float32)  # fmt: skip
+    meta = (
+        np.stack([column_f64(batch, c) for c in meta_cols], axis=1)
+        if meta_cols
+        else np.zeros((batch.num_rows, 0))
+    ).astype(np.float32)
     bad_meta = ~np.isfinite(meta).all(axis=1)
     reason[(reason < 0) & bad_meta] = UNLABELLED_REASONS.index("bad_meta")
     keep_local = reason[cand] < 0
     rows = cand[keep_local]
     images = normalize(stamps[keep_local], norm_method).astype(np.float16)  # as in shards
     reasons = {int(i): UNLABELLED_REASONS[reason[i]] for i in np.flatnonzero(reason >= 0)}
-    return Prepared(rows=rows.astype(np.int64), images=images, meta=meta[rows],
-                    ids=_ids(batch, ra, dec_, id_column), ra=ra, dec=dec_, reasons=reasons)  # fmt: skip
+    return Prepared(
+        rows=rows.astype(np.int64),
+        images=images,
+        meta=meta[rows],
+        ids=_ids(batch, ra, dec_, id_column),
+        ra=ra,
+        dec=dec_,
+        reasons=reasons,
+    )
 
 
 def _table(prep: Prepared, meta_cols: Sequence[str]):
-    from haloscope.shards.schema import TABLE_DTYPE
-
     rows = prep.rows
     table = np.zeros(len(rows), dtype=TABLE_DTYPE)
     for name in TABLE_DTYPE.names:
@@ -226,36 +264,25 @@ def _prepared_batches(files: Sequence[Path], meta_cols, norm_method, id_column, 
             if too_long:
                 prep.reasons.update(dict.fromkeys(too_long, "id_too_long"))
                 keep = ~np.isin(prep.rows, too_long)
-                prep.rows, prep.images, prep.meta = (prep.rows[keep], prep.images[keep],
-                                                     prep.meta[keep])  # fmt: skip
+                prep.rows, prep.images, prep.meta = (
+                    prep.rows[keep],
+                    prep.images[keep],
+                    prep.meta[keep],
+                )
             yield prep
 
 
-def write_unlabelled_shards(data: str | Path, out: Path, *, meta_cols: Sequence[str],
-                            norm_method: str, shard_samples: int = 4096,
-                            record_samples: int = 256, batch_rows: int = 1024,
-                            id_column: str = "auto", command: Sequence[str] = ()) -> Path:  # fmt: skip
-    """Convert unlabelled parquet into one shard split ``<out>/search/`` in input order.
-
-    Every shard holds ``shard_samples`` samples (the last fewer); ``rejects.parquet`` (id,
-    reason) lists the rows not converted, and ``manifest.json`` (written last) says
-    ``"unlabelled": true``. Meta statistics are those of the converted rows (search scores
-    with the checkpoint's own).
-
-    Returns:
-        The manifest path.
-
-    Raises:
-        ContractError: unreadable input or a missing column.
-    """
-    from haloscope.atomic import atomic_path
-    from haloscope.shards.assemble import finish_stats, meta_stats
-    from haloscope.shards.manifest import build_manifest, write_manifest
-    from haloscope.shards.write import write_shard
-
-    files = list_parquet(data)
-    split_dir = Path(out) / SEARCH_SPLIT
-    split_dir.mkdir(parents=True, exist_ok=True)
+def _convert_batches(
+    files: Sequence[Path],
+    split_dir: Path,
+    meta_cols: Sequence[str],
+    norm_method: str,
+    id_column: str,
+    batch_rows: int,
+    shard_samples: int,
+    record_samples: int,
+) -> tuple[list, dict[str, list], Counter, list[np.ndarray]]:
+    """Write the shards in input order; ``(shards, rejects, counts, kept rows' meta)``."""
     shards, rejects, counts = [], {"id": [], "reason": []}, Counter()
     buf: list[tuple] = []
     kept_meta = [np.zeros((0, len(meta_cols)), np.float32)]
@@ -278,23 +305,117 @@ def write_unlabelled_shards(data: str | Path, out: Path, *, meta_cols: Sequence[
         kept_meta.append(prep.meta)
         flush(final=False)
     flush(final=True)
-    mean, std = finish_stats(meta_stats(np.concatenate(kept_meta)))
-    with atomic_path(split_dir / "rejects.parquet") as tmp:
-        pq.write_table(pa.table({"id": pa.array(rejects["id"], pa.string()),
-                                 "reason": pa.array(rejects["reason"], pa.string())}), tmp)  # fmt: skip
+    return shards, rejects, counts, kept_meta
+
+
+def _write_rejects(path: Path, rejects: dict[str, list]) -> None:
+    """``rejects.parquet``: the id and reason of every row not converted."""
+    with atomic_path(path) as tmp:
+        pq.write_table(
+            pa.table(
+                {
+                    "id": pa.array(rejects["id"], pa.string()),
+                    "reason": pa.array(rejects["reason"], pa.string()),
+                }
+            ),
+            tmp,
+        )
+
+
+def _manifest_doc(
+    files: Sequence[Path],
+    data: str | Path,
+    shards: list,
+    counts: Counter,
+    rejects: dict[str, list],
+    *,
+    meta: dict[str, Any],
+    norm_method: str,
+    shard_samples: int,
+    record_samples: int,
+    command: Sequence[str],
+) -> dict[str, Any]:
+    """The search split's manifest document, ``"unlabelled": true`` last."""
     doc = build_manifest(
-        split=SEARCH_SPLIT, shards=[s.to_json() for s in shards],
+        split=SEARCH_SPLIT,
+        shards=[s.to_json() for s in shards],
         counts={**counts, "unlabelled": sum(s.num_samples for s in shards)},
-        rejected=dict(sorted(Counter(rejects["reason"]).items())), norm=norm_settings(norm_method),
-        meta={"columns": list(meta_cols), "mean": mean, "std": std, "stats_split": SEARCH_SPLIT},
-        preprocess={"stamp_px": 64, "bands": "grz", "image_dtype": "float16",
-                    "shard_samples": shard_samples},
-        record_samples=record_samples, command=list(command),
+        rejected=dict(sorted(Counter(rejects["reason"]).items())),
+        norm=norm_settings(norm_method),
+        meta=meta,
+        preprocess={
+            "stamp_px": 64,
+            "bands": "grz",
+            "image_dtype": "float16",
+            "shard_samples": shard_samples,
+        },
+        record_samples=record_samples,
+        command=list(command),
         sources={"data_root": str(data), "files": [str(p) for p in files]},
-    )  # fmt: skip
+    )
     doc["unlabelled"] = True
-    log.info("%s: %d unlabelled samples in %d shard(s), %d rejected", split_dir,
-             doc["num_samples"], len(shards), len(rejects["id"]))  # fmt: skip
+    return doc
+
+
+def write_unlabelled_shards(
+    data: str | Path,
+    out: Path,
+    *,
+    meta_cols: Sequence[str],
+    norm_method: str,
+    shard_samples: int = 4096,
+    record_samples: int = 256,
+    batch_rows: int = 1024,
+    id_column: str = "auto",
+    command: Sequence[str] = (),
+) -> Path:
+    """Convert unlabelled parquet into one shard split ``<out>/search/`` in input order.
+
+    Every shard holds ``shard_samples`` samples (the last fewer); ``rejects.parquet`` (id,
+    reason) lists the rows not converted, and ``manifest.json`` (written last) says
+    ``"unlabelled": true``. Meta statistics are those of the converted rows (search scores
+    with the checkpoint's own).
+
+    Returns:
+        The manifest path.
+
+    Raises:
+        ContractError: unreadable input or a missing column.
+    """
+    files = list_parquet(data)
+    split_dir = Path(out) / SEARCH_SPLIT
+    split_dir.mkdir(parents=True, exist_ok=True)
+    shards, rejects, counts, kept_meta = _convert_batches(
+        files,
+        split_dir,
+        meta_cols,
+        norm_method,
+        id_column,
+        batch_rows,
+        shard_samples,
+        record_samples,
+    )
+    mean, std = finish_stats(meta_stats(np.concatenate(kept_meta)))
+    _write_rejects(split_dir / "rejects.parquet", rejects)
+    doc = _manifest_doc(
+        files,
+        data,
+        shards,
+        counts,
+        rejects,
+        meta={"columns": list(meta_cols), "mean": mean, "std": std, "stats_split": SEARCH_SPLIT},
+        norm_method=norm_method,
+        shard_samples=shard_samples,
+        record_samples=record_samples,
+        command=command,
+    )
+    log.info(
+        "%s: %d unlabelled samples in %d shard(s), %d rejected",
+        split_dir,
+        doc["num_samples"],
+        len(shards),
+        len(rejects["id"]),
+    )
     return write_manifest(split_dir, doc)
 
 
@@ -304,10 +425,6 @@ def check_labelled(root: str | Path) -> None:
     Raises:
         ConfigError: ``root``, ``root/search`` or ``root/train`` holds an unlabelled manifest.
     """
-    import json
-
-    from haloscope.shards.manifest import MANIFEST_NAME
-
     root = Path(root)
     for folder in (root, root / SEARCH_SPLIT, root / "train"):
         try:
@@ -315,6 +432,8 @@ def check_labelled(root: str | Path) -> None:
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and doc.get("unlabelled"):
-            raise ConfigError(f"{folder / MANIFEST_NAME}: these shards are unlabelled (made by "
-                              "`haloscope shards --unlabelled` for `haloscope search`); training "
-                              "needs labelled shards from `haloscope shards --data DATA`")  # fmt: skip
+            raise ConfigError(
+                f"{folder / MANIFEST_NAME}: these shards are unlabelled (made by "
+                "`haloscope shards --unlabelled` for `haloscope search`); training "
+                "needs labelled shards from `haloscope shards --data DATA`"
+            )

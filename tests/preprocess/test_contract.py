@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from haloscope.errors import ContractError
@@ -149,8 +150,6 @@ def test_cli_missing_column_names_file_and_column(tmp_path):
 
 def test_cli_non_hive_layout_is_a_clear_error(tmp_path):
     rng = np.random.default_rng(9)
-    import pyarrow.parquet as pq
-
     pq.write_table(to_table([base_row(0, rng)]), tmp_path / "part-0.parquet")
     proc = _run_cli("validate", "--data", str(tmp_path))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

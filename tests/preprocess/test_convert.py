@@ -7,7 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zarr
 
 from haloscope.errors import ConfigError, ContractError, DataError
 from haloscope.preprocess.normalize import (
@@ -16,9 +19,11 @@ from haloscope.preprocess.normalize import (
     normalize,
     outer_normalize,
 )
+from haloscope.preprocess.schema import STRATA_COLUMNS
 from haloscope.shards.manifest import load_manifest
 from haloscope.shards.read import ShardReader
 from haloscope.shards.schema import SCHEMA_VERSION
+from tests.preprocess.contract_rows import SCHEMA, base_row, write_dataset
 from tests.shards.shard_fixtures import HN_WEIGHT, make_survey, run_convert
 
 
@@ -130,8 +135,6 @@ def test_manifest_contents(converted):
 
 
 def test_zarr_store_matches_shard_order(converted):
-    import zarr
-
     _, shards = converted
     got = _all_samples(shards / "val")
     store = zarr.open_group(str(shards / "val" / "stamps.zarr"), mode="r")
@@ -144,8 +147,6 @@ def test_zarr_store_matches_shard_order(converted):
 
 
 def test_missing_column_and_layout_errors(tmp_path):
-    import pyarrow.parquet as pq
-
     survey = make_survey(tmp_path, sizes={"train": 9, "val": 3, "test": 3})
     victim = next((survey.root / "region_split=val").glob("*.parquet"))
     pq.write_table(pq.read_table(victim).drop(["psfdepth_r"]), victim)
@@ -185,9 +186,6 @@ def test_unknown_meta_and_bad_flags_refused(tmp_path):
 
 
 def test_missing_or_empty_lookup_is_an_error(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     survey = make_survey(tmp_path, sizes={"train": 9, "val": 3, "test": 3})
     with pytest.raises(DataError, match="not found"):
         run_convert(survey.root, tmp_path / "o", hard_neg_path=tmp_path / "nope.parquet")
@@ -231,14 +229,11 @@ def test_manifest_json_is_plain_json(converted):
 
 def test_injection_truth_strata_reach_the_shards_when_present(tmp_path):
     """arc_snr_sum, magnification, ... travel to every sample's table; absent -> NaN."""
-    import pyarrow as pa
-
-    from haloscope.preprocess.schema import STRATA_COLUMNS
-    from tests.preprocess.contract_rows import SCHEMA, base_row, write_dataset
-
     rng = np.random.default_rng(0)
-    rows = {s: [base_row(i + 100 * k, rng, is_control=i % 2) for i in range(6)]
-            for k, s in enumerate(("train", "val", "test"))}  # fmt: skip
+    rows = {
+        s: [base_row(i + 100 * k, rng, is_control=i % 2) for i in range(6)]
+        for k, s in enumerate(("train", "val", "test"))
+    }
     schema = SCHEMA
     for j, name in enumerate(STRATA_COLUMNS):
         schema = schema.append(pa.field(name, pa.float64()))

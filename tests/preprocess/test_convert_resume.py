@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,8 +20,6 @@ HALOSCOPE = Path(sys.executable).parent / "haloscope"
 
 def _fingerprint(out: Path) -> dict[str, str]:
     """sha256 of every shard (from the manifests, re-checked on disk by the next step)."""
-    import hashlib
-
     got = {}
     for split in ("train", "val", "test"):
         doc = json.loads((out / split / "manifest.json").read_text())

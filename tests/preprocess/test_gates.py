@@ -38,10 +38,17 @@ def test_every_stage_uses_the_one_ratio():
     # evaluate: strata of a table without the column, and the detectable proxy (psfsize_r)
     n = len(THETA)
     frame = scores_from_table(
-        pa.table({"label": pa.array(np.ones(n), pa.int8()), "score": np.linspace(0, 1, n),
-                  "theta_e_arcsec": THETA, "psf_fwhm_r": PSF, "psfsize_r": PSF}),
+        pa.table(
+            {
+                "label": pa.array(np.ones(n), pa.int8()),
+                "score": np.linspace(0, 1, n),
+                "theta_e_arcsec": THETA,
+                "psf_fwhm_r": PSF,
+                "psfsize_r": PSF,
+            }
+        ),
         need_both_classes=False,
-    )  # fmt: skip
+    )
     spec = stratify.StratumSpec("theta_over_psf", "res")
     np.testing.assert_array_equal(stratify.column_values(frame, spec), RATIO)
     values, reason = detectable._values(frame, "theta_over_psf")
