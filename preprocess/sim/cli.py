@@ -49,14 +49,15 @@ def main(argv: list[str]) -> int:
     """
     cfg = CLI.parse(argv)
     setup_logging()
+    # NOTE: the renderers (~1 s of scipy imports) are imported after parsing, off --help.
     if cfg.survey:
-        from haloscope.preprocess.sim.survey import simulate_survey  # not for --help
+        from haloscope.preprocess.sim.survey import simulate_survey
 
         summary = simulate_survey(narrow(cfg, SimConfig), cfg.overwrite, cfg.progress)
         keys = ("rows", "lenses", "cutouts", "truth", "seconds", "rows_per_s")
         print(json.dumps({k: summary[k] for k in keys}))
         return 0
-    from haloscope.preprocess.sim.run import simulate  # the renderer: not for --help
+    from haloscope.preprocess.sim.run import simulate
 
     summary = simulate(narrow(cfg, SimConfig), overwrite=cfg.overwrite, progress=cfg.progress)
     print(json.dumps({k: summary[k] for k in ("rows", "rows_per_split", "seconds", "rows_per_s")}))

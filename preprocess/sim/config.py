@@ -92,8 +92,14 @@ class SimConfig:
             )
         if self.quantize < 0:
             raise ConfigError(f"--quantize must be >= 0, got {self.quantize}")
-        names = ("control_frac", "confuser_frac", "fail_frac", "nan_frac", "r_only_frac",
-                 "survey_lens_frac")  # fmt: skip
+        names = (
+            "control_frac",
+            "confuser_frac",
+            "fail_frac",
+            "nan_frac",
+            "r_only_frac",
+            "survey_lens_frac",
+        )
         for name in (*names, "selection_frac"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

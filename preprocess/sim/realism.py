@@ -24,12 +24,31 @@ from haloscope.preprocess.sim.physics import shear_deflection, sie_deflection
 __all__ = ["count_images", "load_lenses", "realism", "main"]
 
 _COLS = [
-    "mock_galaxy_id", "replicate", "theta_e_arcsec", "lens_e", "lens_phi_rad", "shear",
-    "shear_phi_rad", "src_x_arcsec", "src_y_arcsec", "src_mag_r", "src_dmag", "src_reff_arcsec",
-    "lens_mag_r", "magnification", "arc_snr", "arc_snr_sum", "arc_lens_flux_ratio",
-    "tangential_stretch", "psfsize_r", "psfdepth_r", "psfsize_g", "psfsize_z", "psfdepth_g",
+    "mock_galaxy_id",
+    "replicate",
+    "theta_e_arcsec",
+    "lens_e",
+    "lens_phi_rad",
+    "shear",
+    "shear_phi_rad",
+    "src_x_arcsec",
+    "src_y_arcsec",
+    "src_mag_r",
+    "src_dmag",
+    "src_reff_arcsec",
+    "lens_mag_r",
+    "magnification",
+    "arc_snr",
+    "arc_snr_sum",
+    "arc_lens_flux_ratio",
+    "tangential_stretch",
+    "psfsize_r",
+    "psfdepth_r",
+    "psfsize_g",
+    "psfsize_z",
+    "psfdepth_g",
     "psfdepth_z",
-]  # fmt: skip
+]
 
 
 def count_images(

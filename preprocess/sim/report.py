@@ -128,6 +128,7 @@ def aperture_features(stamps: np.ndarray) -> np.ndarray:
 
 def difficulty_check(u: dict[str, np.ndarray]) -> dict:
     """Logistic regression on aperture fluxes (train -> test) plus a metadata-only shortcut audit."""
+    # NOTE: scikit-learn is a test extra: only this check needs it.
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
@@ -179,13 +180,20 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.clip(np.arcsinh(x / 0.01) / np.arcsinh(1.0 / 0.01) * 1.6, 0, 1).transpose(1, 2, 0)
 
 
-def _grid(u: dict[str, np.ndarray], labels: list[str], path: Path, per_row: int) -> None:
-    """One row of ``per_row`` example stamps per class label."""
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend."""
+    # NOTE: imported on the first plot: the backend choice is process-wide, not an import effect.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _grid(u: dict[str, np.ndarray], labels: list[str], path: Path, per_row: int) -> None:
+    """One row of ``per_row`` example stamps per class label."""
+    plt = _pyplot()
     rows = [(lab, [img for name, img in u["examples"] if name == lab]) for lab in labels]
     fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 1.1, len(rows) * 1.15))
     for i, (label, imgs) in enumerate(rows):
@@ -212,11 +220,7 @@ def plot_confusers(u: dict[str, np.ndarray], path: Path, per_row: int = 6) -> No
 
 def plot_distributions(u: dict[str, np.ndarray], path: Path) -> None:
     """Histograms of theta_E, theta_E/PSF, arc SNR, psfsize_r, psfdepth_r with real-survey numbers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     lens = u["is_control"] == 0
     psf = np.where(u["psf_fwhm_used_r"] > 0, u["psf_fwhm_used_r"], u["psfsize_r"])
     panels = [

@@ -29,12 +29,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from haloscope.atomic import atomic_path
 from haloscope.preprocess.sim.table import encode_npz  # the contract's stamp format only
@@ -81,27 +83,52 @@ class TransferConfig:
 
 _F64, _I32, _STR = pa.float64(), pa.int32(), pa.string()
 SCHEMA = pa.schema(
-    [("task_id", _STR), ("ra", _F64), ("dec", _F64), ("brickname", _STR), ("is_control", _I32),
-     ("cutout_ok", _I32), ("bandset", _STR), ("theta_e_arcsec", _F64), ("psf_fwhm_used_r", _F64),
-     ("psfsize_g", _F64), ("psfsize_r", _F64), ("psfsize_z", _F64), ("psfdepth_g", _F64),
-     ("psfdepth_r", _F64), ("psfdepth_z", _F64), ("arc_snr", _F64), ("arc_snr_sum", _F64),
-     ("magnification", _F64), ("src_dmag", _F64), ("src_reff_arcsec", _F64),
-     ("lens_mag_r", _F64), ("src_mag_r", _F64), ("control_kind", _STR), ("renderer", _STR),
-     ("stamp_npz", pa.binary())]
-)  # fmt: skip
+    [
+        ("task_id", _STR),
+        ("ra", _F64),
+        ("dec", _F64),
+        ("brickname", _STR),
+        ("is_control", _I32),
+        ("cutout_ok", _I32),
+        ("bandset", _STR),
+        ("theta_e_arcsec", _F64),
+        ("psf_fwhm_used_r", _F64),
+        ("psfsize_g", _F64),
+        ("psfsize_r", _F64),
+        ("psfsize_z", _F64),
+        ("psfdepth_g", _F64),
+        ("psfdepth_r", _F64),
+        ("psfdepth_z", _F64),
+        ("arc_snr", _F64),
+        ("arc_snr_sum", _F64),
+        ("magnification", _F64),
+        ("src_dmag", _F64),
+        ("src_reff_arcsec", _F64),
+        ("lens_mag_r", _F64),
+        ("src_mag_r", _F64),
+        ("control_kind", _STR),
+        ("renderer", _STR),
+        ("stamp_npz", pa.binary()),
+    ]
+)
 
 
 # --- the pixel grid, PSF and noise -------------------------------------------------------
 
 
 def _image_data():
+    # NOTE: lenstronomy is optional (a test extra) and this module is on `transfer-sets --help`.
     from lenstronomy.Data.imaging_data import ImageData
 
     # pixel (32, 32) is the coordinate origin, +x along the column index, +y along the row
     return ImageData(
-        image_data=np.zeros((NPIX, NPIX)), background_rms=1.0, exposure_time=np.inf,
-        ra_at_xy_0=-32 * PIX, dec_at_xy_0=-32 * PIX, transform_pix2angle=np.diag([PIX, PIX]),
-    )  # fmt: skip
+        image_data=np.zeros((NPIX, NPIX)),
+        background_rms=1.0,
+        exposure_time=np.inf,
+        ra_at_xy_0=-32 * PIX,
+        dec_at_xy_0=-32 * PIX,
+        transform_pix2angle=np.diag([PIX, PIX]),
+    )
 
 
 def moffat_kernel(fwhm_arcsec: float, beta: float = MOFFAT_BETA, half: int = 15) -> np.ndarray:
@@ -157,6 +184,7 @@ class _Renderer:
     """lenstronomy models built once per worker (building them dominates a single render)."""
 
     def __init__(self) -> None:
+        # NOTE: lenstronomy imported on use, as in _image_data.
         from lenstronomy.ImSim.image_model import ImageModel
         from lenstronomy.LensModel.lens_model import LensModel
         from lenstronomy.LightModel.light_model import LightModel
@@ -182,6 +210,7 @@ class _Renderer:
 
 
 def _no_psf():
+    # NOTE: lenstronomy imported on use, as in _image_data.
     from lenstronomy.Data.psf import PSF
 
     return PSF(psf_type="NONE")
@@ -195,13 +224,21 @@ def _source(rng: np.random.Generator, theta_e: float) -> dict:
     reff = float(np.clip(rng.lognormal(np.log(0.3), 0.5), 0.08, 1.2))
     num_clumps = int(rng.integers(0, 4))
     return {
-        "x": radius * np.cos(ang), "y": radius * np.sin(ang), "reff": reff,
-        "n": rng.uniform(0.5, 2.0), "e1": e * np.cos(2 * phi), "e2": e * np.sin(2 * phi),
-        "mag_r": rng.uniform(20.5, 24.5), "gr": rng.uniform(0.1, 0.7), "rz": rng.uniform(0.0, 0.6),
+        "x": radius * np.cos(ang),
+        "y": radius * np.sin(ang),
+        "reff": reff,
+        "n": rng.uniform(0.5, 2.0),
+        "e1": e * np.cos(2 * phi),
+        "e2": e * np.sin(2 * phi),
+        "mag_r": rng.uniform(20.5, 24.5),
+        "gr": rng.uniform(0.1, 0.7),
+        "rz": rng.uniform(0.0, 0.6),
         "clump_frac": rng.uniform(0.1, 0.4) if num_clumps else 0.0,
-        "clumps": [(rng.normal(0, reff), rng.normal(0, reff), rng.uniform(0.04, 0.12))
-                   for _ in range(num_clumps)],
-    }  # fmt: skip
+        "clumps": [
+            (rng.normal(0, reff), rng.normal(0, reff), rng.uniform(0.04, 0.12))
+            for _ in range(num_clumps)
+        ],
+    }
 
 
 def _band_scale(mag_r: float, gr: float, rz: float) -> np.ndarray:
@@ -218,8 +255,14 @@ def _arc(r: _Renderer, rng: np.random.Generator, lens: dict, theta_e: float) -> 
         {"theta_E": theta_e, "e1": lens["e1"], "e2": lens["e2"], "center_x": 0.0, "center_y": 0.0},
         {"gamma1": shear * np.cos(2 * sphi), "gamma2": shear * np.sin(2 * sphi)},
     ]
-    kw_src = {"R_sersic": src["reff"], "n_sersic": src["n"], "e1": src["e1"], "e2": src["e2"],
-              "center_x": src["x"], "center_y": src["y"]}  # fmt: skip
+    kw_src = {
+        "R_sersic": src["reff"],
+        "n_sersic": src["n"],
+        "e1": src["e1"],
+        "e2": src["e2"],
+        "center_x": src["x"],
+        "center_y": src["y"],
+    }
     unit = r.sersic.total_flux([{"amp": 1.0, **kw_src}])[0]
     diffuse = r.arc_diffuse.image(
         kwargs_lens=kw_lens, kwargs_source=[{**kw_src, "amp": 1.0 / unit}], unconvolved=True
@@ -250,23 +293,42 @@ def _confuser(r: _Renderer, rng: np.random.Generator, kind: str) -> np.ndarray:
     if kind == "blue_companion":  # a field galaxy: r 20-23.5, blue, n 0.7-2.5
         q = rng.uniform(0.3, 1.0)
         e = (1 - q) / (1 + q)
-        img = r.sersic_image(1.0, R_sersic=float(np.clip(rng.lognormal(np.log(0.45), 0.4), 0.1, 1.5)),
-                             n_sersic=rng.uniform(0.7, 2.5), e1=e * np.cos(2 * phi),
-                             e2=e * np.sin(2 * phi), center_x=x, center_y=y)  # fmt: skip
+        img = r.sersic_image(
+            1.0,
+            R_sersic=float(np.clip(rng.lognormal(np.log(0.45), 0.4), 0.1, 1.5)),
+            n_sersic=rng.uniform(0.7, 2.5),
+            e1=e * np.cos(2 * phi),
+            e2=e * np.sin(2 * phi),
+            center_x=x,
+            center_y=y,
+        )
         scale = _band_scale(rng.uniform(20.0, 23.5), rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.6))
     elif kind == "edge_on":  # thin disk, often overlapping the LRG
         q = rng.uniform(0.08, 0.22)
         e = (1 - q) / (1 + q)
-        img = r.sersic_image(1.0, R_sersic=rng.uniform(0.6, 1.6), n_sersic=1.0,
-                             e1=e * np.cos(2 * phi), e2=e * np.sin(2 * phi),
-                             center_x=0.5 * x, center_y=0.5 * y)  # fmt: skip
+        img = r.sersic_image(
+            1.0,
+            R_sersic=rng.uniform(0.6, 1.6),
+            n_sersic=1.0,
+            e1=e * np.cos(2 * phi),
+            e2=e * np.sin(2 * phi),
+            center_x=0.5 * x,
+            center_y=0.5 * y,
+        )
         scale = _band_scale(rng.uniform(19.5, 22.5), rng.uniform(0.4, 1.0), rng.uniform(0.2, 0.7))
     elif kind == "merger":  # irregular shapelet galaxy, tidal-looking structure
         n_max = 6
         coeffs = rng.normal(0, 1, (n_max + 1) * (n_max + 2) // 2)
         coeffs[0] = 3.0
-        kw = [{"amp": coeffs, "beta": rng.uniform(0.3, 0.7), "n_max": n_max,
-               "center_x": x, "center_y": y}]  # fmt: skip
+        kw = [
+            {
+                "amp": coeffs,
+                "beta": rng.uniform(0.3, 0.7),
+                "n_max": n_max,
+                "center_x": x,
+                "center_y": y,
+            }
+        ]
         img = np.clip(r.irregular.image(kwargs_lens_light=kw, unconvolved=True), 0, None)
         img = img / max(img.sum(), 1e-12)
         scale = _band_scale(rng.uniform(20.0, 22.5), rng.uniform(0.3, 1.2), rng.uniform(0.2, 0.8))
@@ -278,13 +340,61 @@ def _confuser(r: _Renderer, rng: np.random.Generator, kind: str) -> np.ndarray:
     return scale[:, None, None] * img[None]
 
 
+def _observe(
+    model: np.ndarray, arc: np.ndarray, psf: np.ndarray, depth: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """PSF-convolved lens + arc with sky and Poisson noise: ``(image (3, H, W) float32, sky sigma
+    per band)``."""
+    # NOTE: scipy.signal takes ~1 s to import: kept off `transfer-sets --help`.
+    from scipy.signal import fftconvolve
+
+    kernels = [moffat_kernel(p / PSFSIZE_PER_MOFFAT_FWHM) for p in psf]
+    conv = lambda im: np.stack([fftconvolve(im[b], kernels[b], mode="same") for b in range(3)])  # noqa: E731
+    model, arc = conv(model), conv(arc)
+    sigma = sky_sigma(depth, psf)
+    total = model + arc
+    var = sigma[:, None, None] ** 2 + np.clip(total, 0, None) / GAIN_E_PER_NMGY[:, None, None]
+    image = (total + rng.standard_normal(total.shape) * np.sqrt(var)).astype(np.float32)
+    return image, sigma
+
+
+def _truth_columns(kind: str, arc: np.ndarray, sigma: np.ndarray, truth: dict, lens: dict) -> dict:
+    """The arc's truth columns of a lens row (None/0 for the others)."""
+    if kind == "lens":
+        sig_r = sigma[1]
+        return dict(
+            arc_snr=float(arc[1].max() / sig_r),
+            arc_snr_sum=_snr_sum(arc[1], sig_r),
+            magnification=truth["mu"],
+            src_dmag=truth["src_mag_r"] - float(lens["mag"][1]),
+            src_reff_arcsec=truth["src_reff"],
+            src_mag_r=truth["src_mag_r"],
+        )
+    else:
+        return dict(
+            arc_snr=None,
+            arc_snr_sum=None,
+            magnification=None,
+            src_dmag=0.0,
+            src_reff_arcsec=0.0,
+            src_mag_r=None,
+        )
+
+
 def render_system(renderer: _Renderer, kind: str, seed: int) -> dict:
     """Render one system of ``kind``; returns its contract row (without ra/dec/task_id)."""
     rng = np.random.default_rng(seed)
     lens = _lrg(rng)
     psf, depth = _conditions(rng)
-    lrg = renderer.sersic_image(1.0, R_sersic=lens["R_sersic"], n_sersic=lens["n_sersic"],
-                                e1=lens["e1"], e2=lens["e2"], center_x=0.0, center_y=0.0)  # fmt: skip
+    lrg = renderer.sersic_image(
+        1.0,
+        R_sersic=lens["R_sersic"],
+        n_sersic=lens["n_sersic"],
+        e1=lens["e1"],
+        e2=lens["e2"],
+        center_x=0.0,
+        center_y=0.0,
+    )
     model = np.stack([_nmgy(m) * lrg for m in lens["mag"]])
     arc = np.zeros_like(model)
     truth: dict = {}
@@ -294,35 +404,26 @@ def render_system(renderer: _Renderer, kind: str, seed: int) -> dict:
         arc, truth = _arc(renderer, rng, lens, theta_e)
     elif kind != "ordinary":
         model = model + _confuser(renderer, rng, kind)
-    from scipy.signal import fftconvolve  # ~1 s to import: not for `transfer-sets --help`
-
-    kernels = [moffat_kernel(p / PSFSIZE_PER_MOFFAT_FWHM) for p in psf]
-    conv = lambda im: np.stack([fftconvolve(im[b], kernels[b], mode="same") for b in range(3)])  # noqa: E731
-    model, arc = conv(model), conv(arc)
-    sigma = sky_sigma(depth, psf)
-    total = model + arc
-    var = sigma[:, None, None] ** 2 + np.clip(total, 0, None) / GAIN_E_PER_NMGY[:, None, None]
-    image = (total + rng.standard_normal(total.shape) * np.sqrt(var)).astype(np.float32)
+    image, sigma = _observe(model, arc, psf, depth, rng)
     stamp = encode_npz({f"image_{band}": image[i] for i, band in enumerate(BANDS)})
     row = {
-        "is_control": int(kind != "lens"), "cutout_ok": 1, "bandset": "grz",
-        "theta_e_arcsec": theta_e, "psf_fwhm_used_r": float(psf[1]) if kind == "lens" else None,
-        "psfsize_g": float(psf[0]), "psfsize_r": float(psf[1]), "psfsize_z": float(psf[2]),
-        "psfdepth_g": float(depth[0]), "psfdepth_r": float(depth[1]), "psfdepth_z": float(depth[2]),
-        "lens_mag_r": float(lens["mag"][1]), "renderer": "lenstronomy",
-        "control_kind": None if kind == "lens" else kind, "stamp_npz": stamp,
-    }  # fmt: skip
-    if kind == "lens":
-        sig_r = sigma[1]
-        row.update(
-            arc_snr=float(arc[1].max() / sig_r),
-            arc_snr_sum=_snr_sum(arc[1], sig_r),
-            magnification=truth["mu"], src_dmag=truth["src_mag_r"] - float(lens["mag"][1]),
-            src_reff_arcsec=truth["src_reff"], src_mag_r=truth["src_mag_r"],
-        )  # fmt: skip
-    else:
-        row.update(arc_snr=None, arc_snr_sum=None, magnification=None, src_dmag=0.0,
-                   src_reff_arcsec=0.0, src_mag_r=None)  # fmt: skip
+        "is_control": int(kind != "lens"),
+        "cutout_ok": 1,
+        "bandset": "grz",
+        "theta_e_arcsec": theta_e,
+        "psf_fwhm_used_r": float(psf[1]) if kind == "lens" else None,
+        "psfsize_g": float(psf[0]),
+        "psfsize_r": float(psf[1]),
+        "psfsize_z": float(psf[2]),
+        "psfdepth_g": float(depth[0]),
+        "psfdepth_r": float(depth[1]),
+        "psfdepth_z": float(depth[2]),
+        "lens_mag_r": float(lens["mag"][1]),
+        "renderer": "lenstronomy",
+        "control_kind": None if kind == "lens" else kind,
+        "stamp_npz": stamp,
+    }
+    row.update(_truth_columns(kind, arc, sigma, truth, lens))
     return row
 
 
@@ -352,8 +453,12 @@ def _render_range(args: tuple[TransferConfig, int, int]) -> list[dict]:
     for i in range(lo, hi):
         row = render_system(renderer, kinds[i], seeds[i])
         ra, dec = 200.0 + (i % 1000) * 1e-3, -20.0 + (i // 1000) * 1e-3
-        row.update(ra=ra, dec=dec, brickname=f"{int(ra * 10):04d}m{int(-dec * 10):03d}",
-                   task_id=hashlib.sha256(f"transfer:{cfg.seed}:{i}".encode()).hexdigest())  # fmt: skip
+        row.update(
+            ra=ra,
+            dec=dec,
+            brickname=f"{int(ra * 10):04d}m{int(-dec * 10):03d}",
+            task_id=hashlib.sha256(f"transfer:{cfg.seed}:{i}".encode()).hexdigest(),
+        )
         rows.append(row)
     return rows
 
@@ -373,10 +478,6 @@ def write_transfer_sets(
     Returns:
         Rows written per kind.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
     num = len(cfg.kinds())
     jobs = [(cfg, lo, hi) for lo, hi in _chunks(num, 100)]
     rows: list[dict] = []

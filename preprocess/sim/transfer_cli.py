@@ -10,7 +10,7 @@ from haloscope.argparse_util import ConfigCLI
 from haloscope.config import narrow, option
 from haloscope.errors import ConfigError
 from haloscope.log import setup_logging
-from haloscope.preprocess.sim.transfer import TransferConfig
+from haloscope.preprocess.sim.transfer import TransferConfig, write_transfer_sets
 
 __all__ = ["CLI", "TransferSetsOptions", "main"]
 
@@ -54,18 +54,18 @@ def main(argv: list[str]) -> int:
     """
     cfg = CLI.parse(argv)
     setup_logging()
+    # NOTE: probes the optional lenstronomy (a test extra) to refuse with the fix.
     try:
         import lenstronomy  # noqa: F401
     except ImportError:
         raise ConfigError(
             "transfer-sets needs lenstronomy: pip install 'haloscope[test]' (make installs it)"
         ) from None
-    from haloscope.preprocess.sim.transfer import write_transfer_sets
-
     dest = Path(cfg.out) / "region_split=test" / "part-00000.parquet"
     if dest.exists() and not cfg.overwrite:
         raise ConfigError(f"{dest} exists; pass --overwrite to replace it")
-    counts = write_transfer_sets(narrow(cfg, TransferConfig), Path(cfg.out), cfg.num_workers,
-                                 cfg.progress)  # fmt: skip
+    counts = write_transfer_sets(
+        narrow(cfg, TransferConfig), Path(cfg.out), cfg.num_workers, cfg.progress
+    )
     print(json.dumps({"out": str(dest), "rows": sum(counts.values()), "per_kind": counts}))
     return 0

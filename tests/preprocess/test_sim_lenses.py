@@ -38,6 +38,7 @@ from haloscope.preprocess.sim.sources import (
 lenstronomy = pytest.importorskip("lenstronomy")
 from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402
 from lenstronomy.LensModel.Solver.lens_equation_solver import LensEquationSolver  # noqa: E402
+from lenstronomy.LightModel.light_model import LightModel  # noqa: E402
 
 # (theta_E, q, phi, gamma1, gamma2)
 CONFIGS = [
@@ -232,8 +233,6 @@ def test_magnification_map_matches_lenstronomy_total(config):
 
 def _extended_magnification(config, src: dict) -> float:
     """lenstronomy: lensed over intrinsic flux of a Sersic source on a 0.02" grid."""
-    from lenstronomy.LightModel.light_model import LightModel
-
     light = LightModel(["SERSIC_ELLIPSE"])
     kw = [{"amp": 1.0, "e1": 0.0, "e2": 0.0, **src}]
     step = 0.02
