@@ -46,11 +46,30 @@ __all__ = [
 _TMP_SUFFIX = ".tmp"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``).
+
+    ``os.umask`` can only be read by setting it; between the two calls another thread (the
+    checkpoint writer, a loader's pin thread) would create files under umask 0. So it is set
+    and restored once, at import, and ``/proc/self/status`` is preferred when it exists.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
+
+
+_IMPORT_UMASK = os.umask(0o022)
+os.umask(_IMPORT_UMASK)
+
+
 def file_mode() -> int:
     """Permission bits for a new regular file under the process umask (``0o666 & ~umask``)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def is_temp_name(name: str) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 
 import pytest
 
+from haloscope import atomic
 from haloscope.atomic import (
     atomic_open,
     atomic_path,
@@ -135,3 +137,20 @@ def test_check_writable_names_what_the_write_would_fail_on(tmp_path):
 def test_one_check_writable_for_every_stage():
     assert mine.check_writable is eval_cli.check_writable is check_writable
     assert not hasattr(outputs, "check_writable") and not hasattr(failures, "check_writable")
+
+
+def test_file_mode_reads_the_umask_without_setting_it(monkeypatch):
+    """Setting the umask to read it would let another thread create files under umask 0."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status is Linux only (elsewhere the umask read at import is used)")
+    old = os.umask(0o027)
+    try:
+
+        def refuse(_mask):
+            raise AssertionError("file_mode() set the process umask")
+
+        monkeypatch.setattr(atomic.os, "umask", refuse)
+        assert atomic.file_mode() == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
