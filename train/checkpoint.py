@@ -41,8 +41,9 @@ import torch
 
 from haloscope import __version__
 from haloscope.atomic import atomic_open
-from haloscope.errors import CheckpointError
+from haloscope.errors import CheckpointError, ConfigError
 from haloscope.train.failures import WriteErrors
+from haloscope.train.model import build_model
 
 __all__ = [
     "FORMAT",
@@ -72,11 +73,16 @@ def capture_rng(aug_gen: torch.Generator | None) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
         "augment": aug_gen.get_state() if aug_gen is not None else None,
-    }  # fmt: skip
+    }
 
 
 def restore_rng(state: dict[str, Any], aug_gen: torch.Generator | None) -> None:
@@ -120,8 +126,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         OSError: naming ``path`` (full disk, read-only folder); ``path`` is left as it was.
     """
     path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, "haloscope_version": __version__,
-               **{k: to_plain(v) if k in _PLAIN_KEYS else v for k, v in payload.items()}}  # fmt: skip
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "haloscope_version": __version__,
+        **{k: to_plain(v) if k in _PLAIN_KEYS else v for k, v in payload.items()},
+    }
     with atomic_open(path, "wb") as handle:
         sink = WriteErrors(handle)
         try:
@@ -147,10 +157,13 @@ def to_host(value: Any, pinned: dict[tuple, torch.Tensor], key: tuple = ()) -> A
             return value.clone()
         buf = pinned.get(key)
         if buf is None or (buf.shape, buf.stride(), buf.dtype) != (
-            value.shape, value.stride(), value.dtype
-        ):  # fmt: skip
-            buf = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype,
-                                      pin_memory=True)  # fmt: skip
+            value.shape,
+            value.stride(),
+            value.dtype,
+        ):
+            buf = torch.empty_strided(
+                value.shape, value.stride(), dtype=value.dtype, pin_memory=True
+            )
             pinned[key] = buf
         return buf.copy_(value, non_blocking=True)
     if isinstance(value, dict):
@@ -168,8 +181,9 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, paths: Sequence[Path], payload: Callable[[], dict[str, Any]],
-             device: torch.device) -> None:  # fmt: skip
+    def save(
+        self, paths: Sequence[Path], payload: Callable[[], dict[str, Any]], device: torch.device
+    ) -> None:
         """Copy ``payload()`` to the host now and write it to every path in the background.
 
         Waits for the previous write first (its pinned buffers are reused).
@@ -188,8 +202,12 @@ class CheckpointWriter:
         if device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(device))  # after the copies
-        self._thread = threading.Thread(target=self._write, args=(list(paths), state, ready),
-                                        name="checkpoint-writer", daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._write,
+            args=(list(paths), state, ready),
+            name="checkpoint-writer",
+            daemon=True,
+        )
         self._thread.start()
 
     def _write(self, paths: list[Path], state: dict[str, Any], ready: Any) -> None:
@@ -229,8 +247,10 @@ def _load_failure(path: Path, exc: Exception) -> str:
     text = str(exc)
     foreign = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if foreign:  # NOTE: loading it would run its code; haloscope never does (weights_only=True)
-        return (f"checkpoint {path} is not a haloscope checkpoint: it holds Python objects "
-                f"({foreign.group(1)}), not only tensors and plain data")  # fmt: skip
+        return (
+            f"checkpoint {path} is not a haloscope checkpoint: it holds Python objects "
+            f"({foreign.group(1)}), not only tensors and plain data"
+        )
     if path.stat().st_size == 0:
         return f"checkpoint {path} is unreadable or corrupt: the file is empty"
     with open(path, "rb") as handle:
@@ -259,8 +279,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(_load_failure(path, exc)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a haloscope training checkpoint "
-                              f"(no format={FORMAT!r} entry)")  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {path} is not a haloscope training checkpoint (no format={FORMAT!r} entry)"
+        )
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"checkpoint {path} has version {payload.get('version')}; "
@@ -291,9 +312,6 @@ def load_for_inference(
     Raises:
         CheckpointError: missing, corrupt or mismatched checkpoint.
     """
-    from haloscope.errors import ConfigError
-    from haloscope.train.model import build_model
-
     payload = load_checkpoint(path)
     args = dict(payload["model_args"])
     try:

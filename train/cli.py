@@ -32,6 +32,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
 def main(argv: list[str]) -> int:
     """Entry point of ``haloscope train``; returns the process exit code."""
     cfg = parse_config(argv)
-    from haloscope.train.run import run_training  # torch import only after --help/parse
+    # NOTE: imported after parsing: run imports torch, kept off `haloscope train --help`.
+    from haloscope.train.run import run_training
 
     return run_training(cfg)

@@ -47,9 +47,13 @@ class ComputeConfig:
     """bf16 autocast or fp32; auto: bf16 on CUDA, fp32 on CPU. Losses and logits are fp32."""
     step: StepMode = option(
         "auto",
-        switches={"--compile": "compile", "--no-compile": "auto", "--cuda-graphs": "auto",
-                  "--no-cuda-graphs": "eager"},
-    )  # fmt: skip
+        switches={
+            "--compile": "compile",
+            "--no-compile": "auto",
+            "--cuda-graphs": "auto",
+            "--no-cuda-graphs": "eager",
+        },
+    )
     """How a step runs: auto (one CUDA graph per step on CUDA, eager on CPU), graph (CUDA
     only), compile (torch.compile) or eager."""
 
@@ -118,8 +122,9 @@ class DataConfig:
         total = self.val_batch_size if val else self.batch_size
         flag = "--val-batch-size" if val else "--batch-size"
         if total % world_size:
-            raise ConfigError(f"{flag} {total} (the global batch) does not divide evenly over "
-                              f"{world_size} ranks")  # fmt: skip
+            raise ConfigError(
+                f"{flag} {total} (the global batch) does not divide evenly over {world_size} ranks"
+            )
         return total // world_size
 
 

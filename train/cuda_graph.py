@@ -47,10 +47,16 @@ class GraphedCall:
         ValueError: ``device`` is not a CUDA device.
     """
 
-    def __init__(self, fn: Callable[[], Any], device: torch.device, *, warmup_steps: int = 3,
-                 generators: Sequence[torch.Generator] = (),
-                 undo_warmup: Callable[[], Callable[[], None]] | None = None,
-                 name: str = "step") -> None:  # fmt: skip
+    def __init__(
+        self,
+        fn: Callable[[], Any],
+        device: torch.device,
+        *,
+        warmup_steps: int = 3,
+        generators: Sequence[torch.Generator] = (),
+        undo_warmup: Callable[[], Callable[[], None]] | None = None,
+        name: str = "step",
+    ) -> None:
         if torch.device(device).type != "cuda":
             raise ValueError(f"a graphed step needs a CUDA device, got {device}")
         self.fn, self.device, self.warmup_steps = fn, torch.device(device), warmup_steps

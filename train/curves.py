@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from haloscope.atomic import atomic_path
 
@@ -23,8 +25,11 @@ __all__ = ["CURVES_NAME", "read_metrics", "write_curves"]
 
 CURVES_NAME = "curves.png"
 _MAX_POINTS = 2000  # per-step series are averaged into at most this many bins
-_VAL_METRICS = (("val/auroc", "AUROC"), ("val/tpr@fpr1e-3", "TPR @ FPR 1e-3"),
-                ("val/tpr@fpr1e-4", "TPR @ FPR 1e-4"))  # fmt: skip
+_VAL_METRICS = (
+    ("val/auroc", "AUROC"),
+    ("val/tpr@fpr1e-3", "TPR @ FPR 1e-3"),
+    ("val/tpr@fpr1e-4", "TPR @ FPR 1e-4"),
+)
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -64,17 +69,24 @@ def _binned(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(x) <= _MAX_POINTS:
         return x, y
     edges = np.linspace(0, len(x), _MAX_POINTS + 1).astype(int)
-    return (np.array([x[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]),
-            np.array([np.nanmean(y[a:b]) if np.isfinite(y[a:b]).any() else np.nan
-                      for a, b in zip(edges[:-1], edges[1:], strict=True)]))  # fmt: skip
+    return (
+        np.array([x[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]),
+        np.array(
+            [
+                np.nanmean(y[a:b]) if np.isfinite(y[a:b]).any() else np.nan
+                for a, b in zip(edges[:-1], edges[1:], strict=True)
+            ]
+        ),
+    )
 
 
 def _epoch_means(train: list[dict[str, Any]], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``y`` over each epoch's steps, placed at the epoch's end."""
     epochs = np.array([r["epoch"] for r in train])
     ends = np.unique(epochs)
-    means = [np.nanmean(y[epochs == e]) if np.isfinite(y[epochs == e]).any() else np.nan
-             for e in ends]  # fmt: skip
+    means = [
+        np.nanmean(y[epochs == e]) if np.isfinite(y[epochs == e]).any() else np.nan for e in ends
+    ]
     return ends + 1.0, np.array(means)
 
 
@@ -83,8 +95,14 @@ def _plot_loss(ax: Any, train: list[dict], val: list[dict], x: np.ndarray) -> No
     ax.plot(*_binned(x, loss), lw=0.6, alpha=0.35, color="C0", label="train (step)")
     ax.plot(*_epoch_means(train, loss), "o-", ms=3, color="C0", label="train (epoch mean)")
     if val:
-        ax.plot(_values(val, "epoch") + 1, _values(val, "val/loss"), "s--", ms=3, color="C3",
-                label="val")  # fmt: skip
+        ax.plot(
+            _values(val, "epoch") + 1,
+            _values(val, "val/loss"),
+            "s--",
+            ms=3,
+            color="C3",
+            label="val",
+        )
     finite = np.concatenate([loss, _values(val, "val/loss")])
     if np.isfinite(finite).any() and np.nanmin(finite) > 0:
         ax.set_yscale("log")
@@ -114,9 +132,6 @@ def _plot_steps(ax: Any, train: list[dict], x: np.ndarray, key: str, title: str)
 
 
 def _figure(train: list[dict], val: list[dict], title: str) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     (loss, lr), (metrics, wait) = fig.subplots(2, 2, sharex=True)
@@ -142,8 +157,10 @@ def write_curves(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     train, val = read_metrics(run_dir / "metrics.jsonl")
     last = train[-1] if train else {"epoch": 0, "global_step": 0}
-    title = (f"{run_dir.name}: {len(val)} validation(s), epoch {last['epoch']}, "
-             f"global step {last['global_step']}")  # fmt: skip
+    title = (
+        f"{run_dir.name}: {len(val)} validation(s), epoch {last['epoch']}, "
+        f"global step {last['global_step']}"
+    )
     fig = _figure(train, val, title)
     path = run_dir / CURVES_NAME
     with atomic_path(path) as tmp:

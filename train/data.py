@@ -21,8 +21,15 @@ from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv
 from haloscope.train.model import check_meta_cols
 
-__all__ = ["resolve_shards_root", "check_splits", "resolve_meta", "build_readers",
-           "steps_per_epoch", "loader_factory", "preprocess_record"]  # fmt: skip
+__all__ = [
+    "resolve_shards_root",
+    "check_splits",
+    "resolve_meta",
+    "build_readers",
+    "steps_per_epoch",
+    "loader_factory",
+    "preprocess_record",
+]
 
 log = logging.getLogger(__name__)
 _RUN_SHARDS = "run `haloscope shards --data DATA --out SHARDS` first and pass --shards SHARDS"
@@ -59,8 +66,11 @@ def resolve_shards_root(shards: str, data: str | None) -> Path | RemotePath:
 
 def preprocess_record(manifest: Manifest) -> dict[str, Any]:
     """The train manifest's preprocessing settings as stored in checkpoints."""
-    return {**manifest.preprocess, "norm": dict(manifest.norm),
-            "meta_columns": list(manifest.meta_columns)}  # fmt: skip
+    return {
+        **manifest.preprocess,
+        "norm": dict(manifest.norm),
+        "meta_columns": list(manifest.meta_columns),
+    }
 
 
 def check_splits(cfg: TrainConfig, train: Manifest, val: Manifest) -> None:
@@ -74,9 +84,13 @@ def check_splits(cfg: TrainConfig, train: Manifest, val: Manifest) -> None:
         DataError: naming the manifest, the setting, both values and the fix.
     """
     d, cols = cfg.data, cfg.model.meta_cols
-    flags = {"norm_method": d.norm_method, "min_theta_over_psf": d.min_theta_over_psf,
-             "hard_neg_weight": d.hard_neg_weight, "hard_neg_lookup": d.hard_neg_path,
-             "meta_columns": None if cols is None else list(cols)}  # fmt: skip
+    flags = {
+        "norm_method": d.norm_method,
+        "min_theta_over_psf": d.min_theta_over_psf,
+        "hard_neg_weight": d.hard_neg_weight,
+        "hard_neg_lookup": d.hard_neg_path,
+        "meta_columns": None if cols is None else list(cols),
+    }
     given = {k: v for k, v in flags.items() if v is not None}
     check_compatible(train, given, against="the command line")
     check_compatible(val, train, against=f"the train split ({train.split_dir / MANIFEST_NAME})")
@@ -94,13 +108,28 @@ def build_readers(
     cfg: TrainConfig, env: DistEnv, root: Path | RemotePath
 ) -> tuple[ShardReader, ShardReader]:
     """Train reader (shuffled, drop_last) and val reader (exact, padded) of this rank."""
-    common = {"seed": cfg.run.seed, "rank": env.rank, "world_size": env.world_size,
-              "cache_dir": cfg.data.cache_dir}  # fmt: skip
-    train = ShardReader(root / "train", batch_size=cfg.data.per_rank_batch(env.world_size),
-                        shuffle=True, drop_last=True, **common)  # fmt: skip
+    common = {
+        "seed": cfg.run.seed,
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "cache_dir": cfg.data.cache_dir,
+    }
+    train = ShardReader(
+        root / "train",
+        batch_size=cfg.data.per_rank_batch(env.world_size),
+        shuffle=True,
+        drop_last=True,
+        **common,
+    )
     # the val batches carry the per-sample table: validation reports the detectable subset
-    val = ShardReader(root / "val", batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
-                      shuffle=False, drop_last=False, with_table=True, **common)  # fmt: skip
+    val = ShardReader(
+        root / "val",
+        batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
+        shuffle=False,
+        drop_last=False,
+        with_table=True,
+        **common,
+    )
     return train, val
 
 
@@ -118,7 +147,8 @@ def loader_factory(cfg: TrainConfig, env: DistEnv) -> Callable[[ShardReader], Sh
     """``reader -> iterable of batches`` with the configured workers (pinned on CUDA)."""
 
     def make(reader: ShardReader) -> ShardLoader:
-        return build_loader(reader, num_workers=cfg.data.num_workers,
-                            pin_memory=env.device.type == "cuda")  # fmt: skip
+        return build_loader(
+            reader, num_workers=cfg.data.num_workers, pin_memory=env.device.type == "cuda"
+        )
 
     return make

@@ -169,8 +169,10 @@ def gpu_problem(probe: GpuProbe) -> str | None:
         if need is not None and _version(probe.driver) < _version(need):
             reason = f"driver {probe.driver} is too old, CUDA {probe.torch_cuda} needs >= {need}"
         else:
-            reason = (f"driver {probe.driver} is loaded but CUDA does not initialise (device "
-                      "permissions, a GPU in a bad state: see nvidia-smi)")  # fmt: skip
+            reason = (
+                f"driver {probe.driver} is loaded but CUDA does not initialise (device "
+                "permissions, a GPU in a bad state: see nvidia-smi)"
+            )
     return (
         f"this machine has an NVIDIA GPU ({_where(probe)}) but torch {probe.torch_version} "
         f"(CUDA {probe.torch_cuda}) cannot use it: {reason}. `haloscope env` shows the details; "

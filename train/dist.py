@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel
 
 from haloscope.errors import ConfigError
 from haloscope.train import device as gpu
@@ -99,13 +100,29 @@ class Launch:
 
 
 # what torchrun sets; Slurm's per-task variables (srun sets the SLURM_STEP_* ones)
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                 "MASTER_PORT")  # fmt: skip
-SLURM_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
-              "SLURM_STEP_ID", "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
-              "SLURM_NNODES")  # fmt: skip
-_HOW = ("launch one process per task with `srun` (or one torchrun per node: "
-        "`srun torchrun ...`), see docs/cluster.md")  # fmt: skip
+TORCHRUN_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+SLURM_VARS = (
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_STEP_ID",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NNODES",
+)
+_HOW = (
+    "launch one process per task with `srun` (or one torchrun per node: "
+    "`srun torchrun ...`), see docs/cluster.md"
+)
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
@@ -147,8 +164,13 @@ def _slurm_launch(env: Mapping[str, str]) -> Launch:
             f"SLURM_JOB_NODELIST to take the rendezvous host from: set MASTER_ADDR, or {_HOW}"
         )
     port = _int_env(env, "MASTER_PORT", 20000 + _int_env(env, "SLURM_JOB_ID", 0) % 40000)
-    return Launch("srun", _int_env(env, "SLURM_PROCID", 0), _int_env(env, "SLURM_LOCALID", 0),
-                  world, f"tcp://{addr}:{port}")  # fmt: skip
+    return Launch(
+        "srun",
+        _int_env(env, "SLURM_PROCID", 0),
+        _int_env(env, "SLURM_LOCALID", 0),
+        world,
+        f"tcp://{addr}:{port}",
+    )
 
 
 def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
@@ -164,8 +186,12 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
     env = os.environ if environ is None else environ
     if "WORLD_SIZE" in env or "RANK" in env:
         world = _int_env(env, "WORLD_SIZE", 1)
-        return Launch("torchrun" if world > 1 else "single", _int_env(env, "RANK", 0),
-                      _int_env(env, "LOCAL_RANK", 0), world)  # fmt: skip
+        return Launch(
+            "torchrun" if world > 1 else "single",
+            _int_env(env, "RANK", 0),
+            _int_env(env, "LOCAL_RANK", 0),
+            world,
+        )
     if "SLURM_PROCID" in env:
         return _slurm_launch(env)
     return Launch()
@@ -196,8 +222,10 @@ def pick_device(
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if not torch.cuda.is_available():
         problem = gpu.gpu_problem(gpu.probe_gpu())
-        raise ConfigError(f"--device {requested}: CUDA is not available on this machine"
-                          + (f" ({problem})" if problem else ""))  # fmt: skip
+        raise ConfigError(
+            f"--device {requested}: CUDA is not available on this machine"
+            + (f" ({problem})" if problem else "")
+        )
     if requested == "cuda":
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if world_size > 1:
@@ -225,11 +253,16 @@ def init_distributed(device: str = "auto") -> DistEnv:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict = {"device_id": dev} if dev.type == "cuda" else {}
         if launch.init_method is not None:  # srun ranks: no torchrun variables to read
-            kwargs.update(init_method=launch.init_method, rank=launch.rank,
-                          world_size=launch.world_size)  # fmt: skip
+            kwargs.update(
+                init_method=launch.init_method, rank=launch.rank, world_size=launch.world_size
+            )
         torch_dist.init_process_group(backend=backend, **kwargs)
-        log.info("process group up: backend=%s world_size=%d launcher=%s", backend,
-                 launch.world_size, launch.launcher)  # fmt: skip
+        log.info(
+            "process group up: backend=%s world_size=%d launcher=%s",
+            backend,
+            launch.world_size,
+            launch.launcher,
+        )
     rank = launch.rank
     return DistEnv(rank, launch.local_rank, launch.world_size, dev, rank == 0)
 
@@ -297,8 +330,6 @@ def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` when there are several ranks, else ``model``."""
     if not env.is_distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 

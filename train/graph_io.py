@@ -28,13 +28,20 @@ class StaticBatch:
         pad_weight: keep a ``weight`` field that is 1 for loaded rows and 0 for padding.
     """
 
-    def __init__(self, batch_size: int, specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
-                 device: torch.device, *, pad_weight: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        batch_size: int,
+        specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        device: torch.device,
+        *,
+        pad_weight: bool,
+    ) -> None:
         if pad_weight:
             specs = {**specs, "weight": ((), torch.float32)}
         self.batch_size, self.device, self.pad_weight = batch_size, device, pad_weight
-        self.static = {k: torch.zeros((batch_size, *s), dtype=d, device=device)
-                       for k, (s, d) in specs.items()}  # fmt: skip
+        self.static = {
+            k: torch.zeros((batch_size, *s), dtype=d, device=device) for k, (s, d) in specs.items()
+        }
         self.staging = {k: torch.zeros_like(v) for k, v in self.static.items()}
         self.copy_stream = torch.cuda.Stream(device)
         self._copied = torch.cuda.Event()
@@ -42,17 +49,31 @@ class StaticBatch:
         self._staging_free.record(torch.cuda.current_stream(device))
 
     @classmethod
-    def for_batch(cls, batch_size: int, images: torch.Tensor, meta: torch.Tensor,
-                  device: torch.device, *, with_labels: bool) -> StaticBatch:  # fmt: skip
+    def for_batch(
+        cls,
+        batch_size: int,
+        images: torch.Tensor,
+        meta: torch.Tensor,
+        device: torch.device,
+        *,
+        with_labels: bool,
+    ) -> StaticBatch:
         """Buffers shaped like a first batch: images keep their dtype (float16 from shards)."""
-        specs = {"images": (tuple(images.shape[1:]), images.dtype),
-                 "meta": (tuple(meta.shape[1:]), torch.float32)}  # fmt: skip
+        specs = {
+            "images": (tuple(images.shape[1:]), images.dtype),
+            "meta": (tuple(meta.shape[1:]), torch.float32),
+        }
         if with_labels:
             specs["labels"] = ((), torch.float32)
         return cls(batch_size, specs, device, pad_weight=with_labels)
 
-    def load(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor | None = None,
-             weight: torch.Tensor | None = None) -> int:  # fmt: skip
+    def load(
+        self,
+        images: torch.Tensor,
+        meta: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> int:
         """Queue the copy of one batch into ``static``; returns its row count n.
 
         Rows n..batch_size keep old values; with ``pad_weight`` their weight is 0.

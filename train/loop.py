@@ -45,8 +45,17 @@ from haloscope.train.metrics import MetricsWriter, StepWindow, TimeBreakdown
 from haloscope.train.step import EvalStep, TrainStep
 from haloscope.train.validate import EarlyStopping, validate
 
-__all__ = ["TrainState", "RunContext", "PendingRead", "StopFlag", "FitResult", "catch_signals",
-           "start_batches", "checkpoint_payload", "fit"]  # fmt: skip
+__all__ = [
+    "TrainState",
+    "RunContext",
+    "PendingRead",
+    "StopFlag",
+    "FitResult",
+    "catch_signals",
+    "start_batches",
+    "checkpoint_payload",
+    "fit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +160,27 @@ class FitResult:
 
 def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
     """The full resume + inference payload of the current state (tensors not yet copied)."""
-    reader = {**ctx.train_reader.state_dict(), "epoch": state.epoch,
-              "batches_consumed": state.step_in_epoch}  # fmt: skip
+    reader = {
+        **ctx.train_reader.state_dict(),
+        "epoch": state.epoch,
+        "batches_consumed": state.step_in_epoch,
+    }
     return {
         "model": state.raw_model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
-        "progress": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-                     "global_step": state.global_step, "world_size": ctx.env.world_size},
+        "progress": {
+            "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch,
+            "global_step": state.global_step,
+            "world_size": ctx.env.world_size,
+        },
         "loader": {"epoch": state.epoch, "batches_done": state.step_in_epoch, "reader": reader},
         "rng": ckpt.capture_rng(state.aug_gen),
         "early_stopping": state.early.state_dict(),
         "val_metrics": dict(state.val_metrics),
         **ctx.static,
-    }  # fmt: skip
+    }
 
 
 def _save(state: TrainState, ctx: RunContext, *names: str) -> None:
@@ -214,8 +230,14 @@ def _train_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any
     reader = ctx.train_reader
     reader.set_epoch(state.epoch)
     saved = (state.loader_state or {}).get("reader", {})  # checks seed, batch size, ...
-    reader.load_state_dict({**reader.state_dict(), **saved, "epoch": state.epoch,
-                            "batches_consumed": state.step_in_epoch})  # fmt: skip
+    reader.load_state_dict(
+        {
+            **reader.state_dict(),
+            **saved,
+            "epoch": state.epoch,
+            "batches_consumed": state.step_in_epoch,
+        }
+    )
     state.loader_state = None
     reader.span_epochs(ctx.cfg.run.epochs - state.epoch, ctx.steps_per_epoch)
     return start_batches(ctx.make_loader(reader))
@@ -314,14 +336,21 @@ def _log_records(records: list[dict[str, Any]], ctx: RunContext) -> None:
         due = record["global_step"] % cfg.run.log_every == 0
         ctx.writer.write("train", record, to_tensorboard=due)
         if due and env.is_main and not cfg.run.progress:
-            log.info("epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s wait %.0f%%",
-                     record["epoch"], record["step"], ctx.steps_per_epoch, record["train/loss"],
-                     record["train/lr"], record["perf/img_per_s"],
-                     100 * record["perf/data_wait_frac"])  # fmt: skip
+            log.info(
+                "epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s wait %.0f%%",
+                record["epoch"],
+                record["step"],
+                ctx.steps_per_epoch,
+                record["train/loss"],
+                record["train/lr"],
+                record["perf/img_per_s"],
+                100 * record["perf/data_wait_frac"],
+            )
 
 
-def _next_batch(batches: Iterator[dict[str, Any]], state: TrainState,
-                ctx: RunContext) -> tuple[dict[str, Any], float] | None:  # fmt: skip
+def _next_batch(
+    batches: Iterator[dict[str, Any]], state: TrainState, ctx: RunContext
+) -> tuple[dict[str, Any], float] | None:
     """The next train batch and its wait (booked as loader wait); None when a stop signal
     hit the loader."""
     with ctx.timer.phase("loader_wait"):
@@ -350,8 +379,13 @@ def _run_step(batch: dict[str, Any], wait_s: float, state: TrainState, ctx: RunC
     state.global_step += 1
     ctx.timer.num_steps += 1
     assert ctx.window is not None
-    ctx.window.add(epoch=state.epoch, step=state.step_in_epoch, global_step=state.global_step,
-                   lr=lr, wait_s=wait_s)  # fmt: skip
+    ctx.window.add(
+        epoch=state.epoch,
+        step=state.step_in_epoch,
+        global_step=state.global_step,
+        lr=lr,
+        wait_s=wait_s,
+    )
 
 
 def train_one_epoch(state: TrainState, ctx: RunContext, batches: Iterator[dict[str, Any]]) -> bool:
@@ -364,8 +398,13 @@ def train_one_epoch(state: TrainState, ctx: RunContext, batches: Iterator[dict[s
     n = ctx.steps_per_epoch
     if state.step_in_epoch >= n:
         return True
-    bar = tqdm(total=n, initial=state.step_in_epoch, desc=f"epoch {state.epoch}",
-               disable=not (env.is_main and cfg.run.progress), dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=n,
+        initial=state.step_in_epoch,
+        desc=f"epoch {state.epoch}",
+        disable=not (env.is_main and cfg.run.progress),
+        dynamic_ncols=True,
+    )
     try:
         while state.step_in_epoch < n:
             got = _next_batch(batches, state, ctx)
@@ -376,15 +415,21 @@ def train_one_epoch(state: TrainState, ctx: RunContext, batches: Iterator[dict[s
             bar.update(1)
             every = cfg.run.ckpt_every_steps
             ckpt_due = bool(every) and state.global_step % every == 0 and state.step_in_epoch < n
-            must_read = (state.step_in_epoch == n or ckpt_due
-                         or (ctx.stop.signum is not None and not env.is_distributed))  # fmt: skip
+            must_read = (
+                state.step_in_epoch == n
+                or ckpt_due
+                or (ctx.stop.signum is not None and not env.is_distributed)
+            )
             read_due = must_read or len(ctx.window or ()) >= cfg.run.sync_every
             if read_due and _read(state, ctx, lagged=not must_read):
                 return False
             if read_due and ctx.window is not None and ctx.window.last is not None:
                 last = ctx.window.last
-                bar.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}",
-                                img_s=f"{last['perf/img_per_s']:.0f}")  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{last['train/loss']:.4f}",
+                    lr=f"{last['train/lr']:.2e}",
+                    img_s=f"{last['perf/img_per_s']:.0f}",
+                )
             if ckpt_due:
                 _save(state, ctx, "last.pt")
     finally:
@@ -400,20 +445,40 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     if (epoch + 1) % cfg.run.val_every == 0 or is_last:
         ctx.writer.wait_curves()  # the last validation's redraw, done during this epoch
         with ctx.timer.phase("validation"):
-            metrics = validate(state.raw_model, _val_batches(state, ctx), ctx.env,
-                               loss_fn=ctx.loss_fn, channels_last=ctx.channels_last,
-                               step=ctx.eval_step)  # fmt: skip
+            metrics = validate(
+                state.raw_model,
+                _val_batches(state, ctx),
+                ctx.env,
+                loss_fn=ctx.loss_fn,
+                channels_last=ctx.channels_last,
+                step=ctx.eval_step,
+            )
         is_best = state.early.update(metrics, epoch)
         state.val_metrics = {**metrics, "epoch": epoch}
-        ctx.writer.write("val", {"epoch": epoch, "global_step": state.global_step,
-                                 "val/is_best": int(is_best), **metrics})  # fmt: skip
+        ctx.writer.write(
+            "val",
+            {
+                "epoch": epoch,
+                "global_step": state.global_step,
+                "val/is_best": int(is_best),
+                **metrics,
+            },
+        )
         if ctx.env.is_main:
             det = metrics.get("val/det_tpr@fpr1e-3", math.nan)
-            log.info("epoch %d val: %s=%.4f auroc=%.4f tpr@1e-3=%.4f detectable tpr@1e-3=%.4f "
-                     "fpr@0.9=%.4g n=%d%s", epoch, state.early.monitor,
-                     metrics.get(state.early.monitor, math.nan), metrics["val/auroc"],
-                     metrics["val/tpr@fpr1e-3"], det, metrics["val/fpr@tpr0.9"],
-                     int(metrics["val/num"]), " (best)" if is_best else "")  # fmt: skip
+            log.info(
+                "epoch %d val: %s=%.4f auroc=%.4f tpr@1e-3=%.4f detectable tpr@1e-3=%.4f "
+                "fpr@0.9=%.4g n=%d%s",
+                epoch,
+                state.early.monitor,
+                metrics.get(state.early.monitor, math.nan),
+                metrics["val/auroc"],
+                metrics["val/tpr@fpr1e-3"],
+                det,
+                metrics["val/fpr@tpr0.9"],
+                int(metrics["val/num"]),
+                " (best)" if is_best else "",
+            )
         if is_best:
             names.append("best.pt")
     state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -426,14 +491,16 @@ def _epochs(state: TrainState, ctx: RunContext, batches: Iterator[dict[str, Any]
         epoch = state.epoch
         if not train_one_epoch(state, ctx, batches):
             _save(state, ctx, "last.pt")
-            return FitResult("signal", epoch, state.global_step, state.early.best_epoch,
-                             ctx.stop.signum)  # fmt: skip
+            return FitResult(
+                "signal", epoch, state.global_step, state.early.best_epoch, ctx.stop.signum
+            )
         _end_epoch(state, ctx, epoch)
         if state.early.should_stop:
             return FitResult("early_stopped", epoch, state.global_step, state.early.best_epoch)
         if _read_stop(ctx):
-            return FitResult("signal", epoch, state.global_step, state.early.best_epoch,
-                             ctx.stop.signum)  # fmt: skip
+            return FitResult(
+                "signal", epoch, state.global_step, state.early.best_epoch, ctx.stop.signum
+            )
     return FitResult("completed", state.epoch - 1, state.global_step, state.early.best_epoch)
 
 
@@ -473,5 +540,6 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
         ctx.val_batches = None
     timing = ctx.timer.summary(ctx.cfg.data.batch_size)
     ctx.writer.wait_curves()  # NOTE: after the clock: the redraw overlaps the last checkpoint
-    return FitResult(result.reason, result.epoch, result.global_step, result.best_epoch,
-                     result.signum, timing)  # fmt: skip
+    return FitResult(
+        result.reason, result.epoch, result.global_step, result.best_epoch, result.signum, timing
+    )

@@ -31,20 +31,41 @@ from haloscope.atomic import naming
 from haloscope.errors import ConfigError
 from haloscope.train.curves import write_curves
 
-__all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "PHASES", "MetricsWriter", "StepWindow",
-           "TimeBreakdown"]  # fmt: skip
+__all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "PHASES", "MetricsWriter", "StepWindow", "TimeBreakdown"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS: tuple[str, ...] = (
-    "epoch", "step", "global_step", "train/loss", "train/lr", "train/grad_norm",
-    "perf/img_per_s", "perf/step_s", "perf/data_wait_s", "perf/data_wait_frac", "time/wall_s",
-)  # fmt: skip
+    "epoch",
+    "step",
+    "global_step",
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "perf/img_per_s",
+    "perf/step_s",
+    "perf/data_wait_s",
+    "perf/data_wait_frac",
+    "time/wall_s",
+)
 VAL_COLUMNS: tuple[str, ...] = (
-    "epoch", "global_step", "val/num", "val/num_pos", "val/num_neg", "val/loss", "val/auroc",
-    "val/tpr@fpr1e-4", "val/tpr@fpr1e-3", "val/fpr@tpr0.9", "val/det_num_pos", "val/det_auroc",
-    "val/det_tpr@fpr1e-4", "val/det_tpr@fpr1e-3", "val/is_best", "val/wall_s",
-)  # fmt: skip
+    "epoch",
+    "global_step",
+    "val/num",
+    "val/num_pos",
+    "val/num_neg",
+    "val/loss",
+    "val/auroc",
+    "val/tpr@fpr1e-4",
+    "val/tpr@fpr1e-3",
+    "val/fpr@tpr0.9",
+    "val/det_num_pos",
+    "val/det_auroc",
+    "val/det_tpr@fpr1e-4",
+    "val/det_tpr@fpr1e-3",
+    "val/is_best",
+    "val/wall_s",
+)
 
 
 def _clean(value: Any) -> Any:
@@ -67,8 +88,14 @@ class MetricsWriter:
         ConfigError: ``tensorboard=True`` but the package is not installed.
     """
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False,
-                 curves: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        curves: bool = True,
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.curves = curves
@@ -85,6 +112,7 @@ class MetricsWriter:
             "val": self._open_csv("val_metrics.csv", VAL_COLUMNS),
         }
         if tensorboard:
+            # NOTE: tensorboard is an optional extra: imported only for --tensorboard.
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -189,8 +217,15 @@ class StepWindow:
 
     def add(self, *, epoch: int, step: int, global_step: int, lr: float, wait_s: float) -> None:
         """One dispatched step (``step``/``global_step`` counted after it, as in the records)."""
-        self.rows.append({"epoch": epoch, "step": step, "global_step": global_step,
-                          "train/lr": lr, "perf/data_wait_s": wait_s})  # fmt: skip
+        self.rows.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "global_step": global_step,
+                "train/lr": lr,
+                "perf/data_wait_s": wait_s,
+            }
+        )
 
     def take(self) -> tuple[list[dict[str, Any]], float]:
         """The window's rows and host seconds so far; the next window starts empty, now."""
@@ -199,8 +234,13 @@ class StepWindow:
         self.rows, self.t0 = [], now
         return rows, wall_s
 
-    def records(self, values: Sequence[Sequence[float]], *, wall_s: float,
-                rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    def records(
+        self,
+        values: Sequence[Sequence[float]],
+        *,
+        wall_s: float,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
         """Per-step records of the window (or of ``rows`` taken from it earlier).
 
         Without ``rows`` the next window starts here.
@@ -217,9 +257,16 @@ class StepWindow:
         out = []
         for row, (loss, grad_norm) in zip(rows, values, strict=True):
             wait = row["perf/data_wait_s"]
-            out.append({**row, "train/loss": float(loss), "train/grad_norm": float(grad_norm),
-                        "perf/step_s": step_s, "perf/img_per_s": self.batch_size / step_s,
-                        "perf/data_wait_frac": min(1.0, wait / step_s)})  # fmt: skip
+            out.append(
+                {
+                    **row,
+                    "train/loss": float(loss),
+                    "train/grad_norm": float(grad_norm),
+                    "perf/step_s": step_s,
+                    "perf/img_per_s": self.batch_size / step_s,
+                    "perf/data_wait_frac": min(1.0, wait / step_s),
+                }
+            )
         self.last = out[-1] if out else self.last
         return out
 

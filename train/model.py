@@ -57,13 +57,18 @@ class LensFinder(nn.Module):
         self.register_buffer("meta_std", meta_std.detach().float().reshape(num_meta).clone())
         if num_meta:
             self.meta_mlp = nn.Sequential(
-                nn.Linear(num_meta, _HEAD_WIDTH), nn.ReLU(), nn.Dropout(dropout),
-                nn.Linear(_HEAD_WIDTH, _HEAD_WIDTH), nn.ReLU(),
-            )  # fmt: skip
+                nn.Linear(num_meta, _HEAD_WIDTH),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(_HEAD_WIDTH, _HEAD_WIDTH),
+                nn.ReLU(),
+            )
             self.classifier = nn.Sequential(
-                nn.Linear(num_features + _HEAD_WIDTH, _HEAD_WIDTH), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(num_features + _HEAD_WIDTH, _HEAD_WIDTH),
+                nn.ReLU(),
+                nn.Dropout(dropout),
                 nn.Linear(_HEAD_WIDTH, 1),
-            )  # fmt: skip
+            )
         else:
             self.meta_mlp = None
             self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 1))
@@ -134,8 +139,10 @@ def build_model(
             f"got mean {tuple(mean.shape)} and std {tuple(std.shape)}"
         )
     if not (torch.isfinite(std).all() and (std > 0).all() and torch.isfinite(mean).all()):
-        raise ConfigError(f"meta statistics for {list(cols)} must be finite with std > 0: "
-                          f"mean={mean.tolist()} std={std.tolist()}")  # fmt: skip
+        raise ConfigError(
+            f"meta statistics for {list(cols)} must be finite with std > 0: "
+            f"mean={mean.tolist()} std={std.tolist()}"
+        )
     backbone = timm.create_model(
         arch, pretrained=False, num_classes=0, in_chans=3, drop_path_rate=drop_path_rate
     )

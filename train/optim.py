@@ -40,9 +40,11 @@ def build_optimizer(
     """AdamW (fused on CUDA) over ``param_groups``."""
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=(betas[0], betas[1]),
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=(betas[0], betas[1]),
         fused=True if on_cuda else None,
-    )  # fmt: skip
+    )
 
 
 def warmup_steps(total_steps: int, steps: int | None, frac: float) -> int:

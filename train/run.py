@@ -97,8 +97,13 @@ def build_state(
     o = cfg.optim
     optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
     total = cfg.run.epochs * steps
-    scheduler = build_scheduler(optimizer, total_steps=total, lr=o.lr, min_lr=o.min_lr,
-                                warmup=warmup_steps(total, o.warmup_steps, o.warmup_frac))  # fmt: skip
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total,
+        lr=o.lr,
+        min_lr=o.min_lr,
+        warmup=warmup_steps(total, o.warmup_steps, o.warmup_frac),
+    )
     aug_gen = make_generator(cfg.run.seed, env.rank, env.device) if cfg.run.augment else None
     early = EarlyStopping(cfg.run.early_stopping_patience, cfg.run.monitor, warn=env.is_main)
     return TrainState(model, model, optimizer, scheduler, aug_gen, early)
@@ -116,16 +121,22 @@ def restore_state(
     """
     saved = _flat(json.loads(payload["config"]))
     now = _flat(config_to_dict(cfg))
-    diff = sorted(k for k in set(saved) | set(now)
-                  if k not in RESUME_MUTABLE_KEYS and saved.get(k) != now.get(k))  # fmt: skip
+    diff = sorted(
+        k
+        for k in set(saved) | set(now)
+        if k not in RESUME_MUTABLE_KEYS and saved.get(k) != now.get(k)
+    )
     if diff:
         pairs = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
-        raise ConfigError(f"--resume with a different config ({pairs}); start a new --out-dir "
-                          "to change these")  # fmt: skip
+        raise ConfigError(
+            f"--resume with a different config ({pairs}); start a new --out-dir to change these"
+        )
     progress = payload["progress"]
     if progress["world_size"] != env.world_size:
-        raise CheckpointError(f"last.pt was written by {progress['world_size']} ranks, this run "
-                              f"has {env.world_size}; resume with the same number of processes")  # fmt: skip
+        raise CheckpointError(
+            f"last.pt was written by {progress['world_size']} ranks, this run "
+            f"has {env.world_size}; resume with the same number of processes"
+        )
     try:
         state.raw_model.load_state_dict(payload["model"])
         state.optimizer.load_state_dict(payload["optimizer"])
@@ -148,21 +159,41 @@ def _resumes(cfg: TrainConfig, env: DistEnv, run_dir: Path) -> bool:
         return cfg.run.resume == "yes"
     seen = set(all_gather_object((run_dir / "last.pt").is_file(), env))
     if len(seen) > 1:
-        raise ConfigError(f"--resume auto: {run_dir / 'last.pt'} exists on some ranks only; "
-                          "--out-dir must be on a filesystem that every node shares")  # fmt: skip
+        raise ConfigError(
+            f"--resume auto: {run_dir / 'last.pt'} exists on some ranks only; "
+            "--out-dir must be on a filesystem that every node shares"
+        )
     return seen.pop()
 
 
 def _prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume: bool) -> Path:
     run_dir = Path(cfg.run.out_dir)
     if not resume and not cfg.run.overwrite and (run_dir / "last.pt").exists():
-        raise ConfigError(f"--out-dir {run_dir} already holds last.pt: pass --resume to continue "
-                          "it, --overwrite to start over, or choose a new --out-dir")  # fmt: skip
+        raise ConfigError(
+            f"--out-dir {run_dir} already holds last.pt: pass --resume to continue "
+            "it, --overwrite to start over, or choose a new --out-dir"
+        )
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
         atomic_write_text(run_dir / "config.resolved.json", text)
     return run_dir
+
+
+def _log_start(ctx: RunContext, num_train: int, num_val: int) -> None:
+    cfg, env = ctx.cfg, ctx.env
+    log.info(
+        "training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
+        "world_size %d, %s",
+        cfg.model.arch,
+        env.device,
+        num_train,
+        num_val,
+        ctx.steps_per_epoch,
+        cfg.run.epochs,
+        env.world_size,
+        "bf16" if ctx.amp_dtype else "fp32",
+    )
 
 
 def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, RunContext]:
@@ -175,36 +206,63 @@ def _setup(cfg: TrainConfig, env: DistEnv, stop: StopFlag) -> tuple[TrainState, 
     manifest = train_reader.manifest
     tdata.check_splits(cfg, manifest, val_reader.manifest)
     cols, mean, std = tdata.resolve_meta(cfg, manifest)
-    model_args = {"arch": cfg.model.arch, "meta_cols": cols, "meta_mean": mean, "meta_std": std,
-                  "dropout": cfg.model.dropout, "drop_path_rate": cfg.model.drop_path_rate}  # fmt: skip
+    model_args = {
+        "arch": cfg.model.arch,
+        "meta_cols": cols,
+        "meta_mean": mean,
+        "meta_std": std,
+        "dropout": cfg.model.dropout,
+        "drop_path_rate": cfg.model.drop_path_rate,
+    }
     steps = tdata.steps_per_epoch(cfg, train_reader.batches_per_rank())
     state = build_state(cfg, env, model_args, steps)
     if resume:
         # on the CPU: RNG states must stay CPU tensors (optimizer state follows the params)
         restore_state(state, ckpt.load_checkpoint(run_dir / "last.pt"), cfg, env)
-        log.info("resumed from %s at epoch %d step %d", run_dir / "last.pt", state.epoch,
-                 state.step_in_epoch)  # fmt: skip
-    static = {"model_args": model_args, "config": json.dumps(config_to_dict(cfg)),
-              "preprocess": tdata.preprocess_record(manifest),
-              "meta": {"cols": cols, "mean": mean, "std": std}}  # fmt: skip
+        log.info(
+            "resumed from %s at epoch %d step %d",
+            run_dir / "last.pt",
+            state.epoch,
+            state.step_in_epoch,
+        )
+    static = {
+        "model_args": model_args,
+        "config": json.dumps(config_to_dict(cfg)),
+        "preprocess": tdata.preprocess_record(manifest),
+        "meta": {"cols": cols, "mean": mean, "std": std},
+    }
     writer = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.run.tensorboard)
     loss_fn = build_loss(cfg.loss)
     amp, channels_last = amp_dtype_for(cfg, env.device), channels_last_for(cfg, env.device)
-    ctx = RunContext(cfg=cfg, env=env, run_dir=run_dir, train_reader=train_reader,
-                     val_reader=val_reader, make_loader=tdata.loader_factory(cfg, env),
-                     loss_fn=loss_fn, writer=writer, static=static, steps_per_epoch=steps,
-                     amp_dtype=amp, channels_last=channels_last, stop=stop,
-                     step=_train_step(cfg, env, state, loss_fn, amp, channels_last),
-                     eval_step=_eval_step(cfg, env, state, channels_last))  # fmt: skip
-    log.info("training %s on %s: %d train / %d val samples, %d steps/epoch x %d epochs, "
-             "world_size %d, %s", cfg.model.arch, env.device, manifest.num_samples,
-             val_reader.manifest.num_samples, steps, cfg.run.epochs, env.world_size,
-             "bf16" if ctx.amp_dtype else "fp32")  # fmt: skip
+    ctx = RunContext(
+        cfg=cfg,
+        env=env,
+        run_dir=run_dir,
+        train_reader=train_reader,
+        val_reader=val_reader,
+        make_loader=tdata.loader_factory(cfg, env),
+        loss_fn=loss_fn,
+        writer=writer,
+        static=static,
+        steps_per_epoch=steps,
+        amp_dtype=amp,
+        channels_last=channels_last,
+        stop=stop,
+        step=_train_step(cfg, env, state, loss_fn, amp, channels_last),
+        eval_step=_eval_step(cfg, env, state, channels_last),
+    )
+    _log_start(ctx, manifest.num_samples, val_reader.manifest.num_samples)
     return state, ctx
 
 
-def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, loss_fn: LossFn,
-                amp_dtype: torch.dtype | None, channels_last: bool) -> TrainStep:  # fmt: skip
+def _train_step(
+    cfg: TrainConfig,
+    env: DistEnv,
+    state: TrainState,
+    loss_fn: LossFn,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> TrainStep:
     """The run's ``TrainStep``: one CUDA graph per step where it applies (CUDA, no --compile),
     else eager (or compiled) on the DDP-wrapped model.
 
@@ -214,8 +272,9 @@ def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, loss_fn: Loss
     sync = make_grad_sync(env) if cfg.run.cuda_graphs and not cfg.run.compile else None
     kind = "eager"
     if cfg.run.cuda_graphs and not cfg.run.compile:
-        kind = resolve_step_mode("auto", env.device, distributed=env.is_distributed,
-                                 grad_sync=sync is not None)  # fmt: skip
+        kind = resolve_step_mode(
+            "auto", env.device, distributed=env.is_distributed, grad_sync=sync is not None
+        )
     if kind == "graph":
         broadcast_module(state.raw_model, env)
         state.model = state.raw_model
@@ -223,22 +282,35 @@ def _train_step(cfg: TrainConfig, env: DistEnv, state: TrainState, loss_fn: Loss
         state.model, sync = wrap_ddp(state.raw_model, env), None
         kind = "compile" if cfg.run.compile else "eager"
     return make_train_step(
-        state.model, loss_fn, state.optimizer, cfg.data.per_rank_batch(env.world_size),
-        device=env.device, mode=kind, distributed=env.is_distributed, augment=cfg.run.augment,
-        aug_generator=state.aug_gen, bf16=amp_dtype is not None,
-        channels_last=channels_last, max_grad_norm=cfg.optim.grad_clip, grad_sync=sync,
+        state.model,
+        loss_fn,
+        state.optimizer,
+        cfg.data.per_rank_batch(env.world_size),
+        device=env.device,
+        mode=kind,
+        distributed=env.is_distributed,
+        augment=cfg.run.augment,
+        aug_generator=state.aug_gen,
+        bf16=amp_dtype is not None,
+        channels_last=channels_last,
+        max_grad_norm=cfg.optim.grad_clip,
+        grad_sync=sync,
         metrics_slots=cfg.run.sync_every,
-    )  # fmt: skip
+    )
 
 
-def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState,
-               channels_last: bool) -> EvalStep:  # fmt: skip
+def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState, channels_last: bool) -> EvalStep:
     """Validation's step: fp32, a CUDA graph at the per-rank val batch where the training step
     may be graphed (CUDA, no --compile), else eager on the unwrapped model."""
     graph = env.device.type == "cuda" and cfg.run.cuda_graphs and not cfg.run.compile
-    return make_eval_step(state.raw_model, device=env.device, mode="graph" if graph else "eager",
-                          batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
-                          bf16=False, channels_last=channels_last)  # fmt: skip
+    return make_eval_step(
+        state.raw_model,
+        device=env.device,
+        mode="graph" if graph else "eager",
+        batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
+        bf16=False,
+        channels_last=channels_last,
+    )
 
 
 def run_training(cfg: TrainConfig) -> int:
@@ -271,26 +343,48 @@ TIMING_NAME = "time_breakdown.json"
 def _write_timing(result: FitResult, ctx: RunContext) -> None:
     """``RUN/time_breakdown.json`` and a ``kind: "run"`` record in metrics.jsonl (main rank)."""
     t = result.timing
-    doc = {"reason": result.reason, "world_size": ctx.env.world_size,
-           "global_batch_size": ctx.cfg.data.batch_size, "device": str(ctx.env.device),
-           "step_mode": getattr(ctx.step, "mode", None), **t}  # fmt: skip
+    doc = {
+        "reason": result.reason,
+        "world_size": ctx.env.world_size,
+        "global_batch_size": ctx.cfg.data.batch_size,
+        "device": str(ctx.env.device),
+        "step_mode": getattr(ctx.step, "mode", None),
+        **t,
+    }
     ctx.writer.write("run", {"global_step": result.global_step, **doc}, to_tensorboard=False)
     if ctx.env.is_main:
         atomic_write_text(ctx.run_dir / TIMING_NAME, json.dumps(doc, indent=1) + "\n")
-        parts = ", ".join(f"{k} {100 * t[f'time/{k}_frac']:.1f}%"
-                          for k in ("step", "loader_wait", "validation", "checkpoint", "other"))  # fmt: skip
-        log.info("%d steps in %.1f s (first step to last checkpoint), %.0f img/s: %s",
-                 t["run/num_steps"], t["time/total_s"], t["perf/img_per_s"], parts)  # fmt: skip
+        parts = ", ".join(
+            f"{k} {100 * t[f'time/{k}_frac']:.1f}%"
+            for k in ("step", "loader_wait", "validation", "checkpoint", "other")
+        )
+        log.info(
+            "%d steps in %.1f s (first step to last checkpoint), %.0f img/s: %s",
+            t["run/num_steps"],
+            t["time/total_s"],
+            t["perf/img_per_s"],
+            parts,
+        )
 
 
 def _report(result: FitResult, ctx: RunContext) -> int:
     _write_timing(result, ctx)
     if result.reason == "signal":
         name = signal.Signals(result.signum).name if result.signum else "signal"
-        log.warning("stopped by %s at epoch %d, global step %d; %s saved, continue with --resume",
-                    name, result.epoch, result.global_step, ctx.run_dir / "last.pt")  # fmt: skip
+        log.warning(
+            "stopped by %s at epoch %d, global step %d; %s saved, continue with --resume",
+            name,
+            result.epoch,
+            result.global_step,
+            ctx.run_dir / "last.pt",
+        )
         return 130 if result.signum == signal.SIGINT else 0
-    log.info("training %s after epoch %d (global step %d); best epoch %d -> %s",
-             result.reason.replace("_", " "), result.epoch, result.global_step,
-             result.best_epoch, ctx.run_dir / "best.pt")  # fmt: skip
+    log.info(
+        "training %s after epoch %d (global step %d); best epoch %d -> %s",
+        result.reason.replace("_", " "),
+        result.epoch,
+        result.global_step,
+        result.best_epoch,
+        ctx.run_dir / "best.pt",
+    )
     return 0

@@ -33,8 +33,19 @@ from haloscope.train.cuda_graph import GraphedCall, make_capturable
 from haloscope.train.graph_io import StaticBatch
 from haloscope.train.loss import LossFn, build_loss
 
-__all__ = ["StepMode", "GradSync", "StepOptions", "StepMetrics", "train_step", "eval_logits",
-           "TrainStep", "EvalStep", "resolve_step_mode", "make_train_step", "make_eval_step"]  # fmt: skip
+__all__ = [
+    "StepMode",
+    "GradSync",
+    "StepOptions",
+    "StepMetrics",
+    "train_step",
+    "eval_logits",
+    "TrainStep",
+    "EvalStep",
+    "resolve_step_mode",
+    "make_train_step",
+    "make_eval_step",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +156,20 @@ class StepMetrics:
         return restore
 
 
-def train_step(model: nn.Module, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
-               weight: torch.Tensor, *, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
-               options: StepOptions, aug_gen: torch.Generator | None = None,
-               grad_sync: GradSync | None = None,
-               metrics: StepMetrics | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    meta: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    options: StepOptions,
+    aug_gen: torch.Generator | None = None,
+    grad_sync: GradSync | None = None,
+    metrics: StepMetrics | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on one device batch; returns ``(loss, grad_norm)`` 0-d fp32 tensors.
 
     Args:
@@ -191,15 +211,21 @@ def train_step(model: nn.Module, images: torch.Tensor, meta: torch.Tensor, label
 
 
 @torch.no_grad()
-def eval_logits(model: nn.Module, images: torch.Tensor, meta: torch.Tensor, *,
-                amp_dtype: torch.dtype | None = None,
-                channels_last: bool = True) -> torch.Tensor:  # fmt: skip
+def eval_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    meta: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+) -> torch.Tensor:
     """fp32 logits (B,) of a device batch (the model should be in eval mode)."""
     x = images.float()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):  # fmt: skip
+    with torch.autocast(
+        x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    ):
         logits = model(x, meta)
     return logits.float().reshape(-1)
 
@@ -227,10 +253,20 @@ class TrainStep:
         ValueError: graph mode off CUDA, a bad batch size, or a non-capturable optimiser.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
-                 *, device: torch.device | str, mode: str = "eager", batch_size: int = 0,
-                 options: StepOptions | None = None, aug_generator: torch.Generator | None = None,
-                 grad_sync: GradSync | None = None, metrics_slots: int = 50) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn | None,
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device | str,
+        mode: str = "eager",
+        batch_size: int = 0,
+        options: StepOptions | None = None,
+        aug_generator: torch.Generator | None = None,
+        grad_sync: GradSync | None = None,
+        metrics_slots: int = 50,
+    ) -> None:
         self.device, self.mode = torch.device(device), mode
         if mode not in ("eager", "compile", "graph"):
             raise ValueError(f"unknown step mode {mode!r}: use eager, compile or graph")
@@ -251,15 +287,31 @@ class TrainStep:
                 raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
             make_capturable(optimizer, self.device)
 
-    def _call(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
-              weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _call(
+        self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # NOTE: the module global is looked up per call, so tests can wrap train_step
-        return train_step(self.model, images, meta, labels, weight, optimizer=self.optimizer,
-                          loss_fn=self.loss_fn, options=self.options, aug_gen=self.aug_generator,
-                          grad_sync=self.grad_sync, metrics=self.metrics)  # fmt: skip
+        return train_step(
+            self.model,
+            images,
+            meta,
+            labels,
+            weight,
+            optimizer=self.optimizer,
+            loss_fn=self.loss_fn,
+            options=self.options,
+            aug_gen=self.aug_generator,
+            grad_sync=self.grad_sync,
+            metrics=self.metrics,
+        )
 
-    def step(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
-             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def step(
+        self,
+        images: torch.Tensor,
+        meta: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Run one training step on a (pinned host or device) batch.
 
         Args:
@@ -283,8 +335,10 @@ class TrainStep:
         """Snapshot weights, optimiser state and metrics; the returned function restores them."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         weights = [p.detach().clone() for p in params]
-        saved = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
-                 for p, s in self.optimizer.state.items()}  # fmt: skip
+        saved = {
+            p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
+            for p, s in self.optimizer.state.items()
+        }
         restore_metrics = self.metrics.snapshot()
 
         @torch.no_grad()
@@ -299,20 +353,28 @@ class TrainStep:
 
         return restore
 
-    def _graph_step(self, images: torch.Tensor, meta: torch.Tensor, labels: torch.Tensor,
-                    weight: torch.Tensor | None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def _graph_step(
+        self,
+        images: torch.Tensor,
+        meta: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         if self._batch is None:
             self.model.train()
-            self._batch = StaticBatch.for_batch(self.batch_size, images, meta, self.device,
-                                                with_labels=True)  # fmt: skip
+            self._batch = StaticBatch.for_batch(
+                self.batch_size, images, meta, self.device, with_labels=True
+            )
             s = self._batch.static
             aug = self.aug_generator if self.options.augment else None
             gens = [aug] if aug is not None else []  # the default CUDA generator always is
             self._graph = GraphedCall(
                 lambda: self._call(s["images"], s["meta"], s["labels"], s["weight"]),
-                self.device, generators=gens, undo_warmup=self._undo_warmup,
+                self.device,
+                generators=gens,
+                undo_warmup=self._undo_warmup,
                 name=f"training step (batch {self.batch_size})",
-            )  # fmt: skip
+            )
         n = self._batch.load(images, meta, labels, weight)
         if n < self.batch_size:
             self.num_padded_samples += self.batch_size - n
@@ -336,9 +398,16 @@ class EvalStep:
         channels_last: feed the model channels-last images.
     """
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str, batch_size: int,
-                 mode: str = "eager", amp_dtype: torch.dtype | None = None,
-                 channels_last: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: torch.device | str,
+        batch_size: int,
+        mode: str = "eager",
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = True,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in ("eager", "compile", "graph"):
@@ -353,16 +422,21 @@ class EvalStep:
             raise ValueError(f"a graphed step needs a CUDA device, got {self.device}")
 
     def _forward(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return eval_logits(self.model, images, meta, amp_dtype=self.amp_dtype,
-                           channels_last=self.channels_last)  # fmt: skip
+        return eval_logits(
+            self.model, images, meta, amp_dtype=self.amp_dtype, channels_last=self.channels_last
+        )
 
     def _graphed(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         if self._batch is None:
-            self._batch = StaticBatch.for_batch(self.batch_size, images, meta, self.device,
-                                                with_labels=False)  # fmt: skip
+            self._batch = StaticBatch.for_batch(
+                self.batch_size, images, meta, self.device, with_labels=False
+            )
             s = self._batch.static
-            self._graph = GraphedCall(lambda: self._forward(s["images"], s["meta"]), self.device,
-                                      name=f"eval step (batch {self.batch_size})")  # fmt: skip
+            self._graph = GraphedCall(
+                lambda: self._forward(s["images"], s["meta"]),
+                self.device,
+                name=f"eval step (batch {self.batch_size})",
+            )
         n = self._batch.load(images, meta)
         assert self._graph is not None
         return self._graph()[:n].clone()
@@ -384,9 +458,12 @@ class EvalStep:
 
 
 def resolve_step_mode(
-    mode: StepMode, device: torch.device | str, *, distributed: bool = False,
+    mode: StepMode,
+    device: torch.device | str,
+    *,
+    distributed: bool = False,
     grad_sync: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     """Pick the concrete step kind: ``auto`` is graph on CUDA, else eager.
 
     Several ranks can run the graphed step only with a ``grad_sync`` (the gradient
@@ -401,8 +478,10 @@ def resolve_step_mode(
         raise ValueError(f"unknown step mode {mode!r}: use auto, graph, compile or eager")
     graph_ok = device.type == "cuda" and (grad_sync or not distributed)
     if mode == "graph" and not graph_ok:
-        raise ValueError(f"a graphed step needs CUDA and, on several ranks, a gradient sync; "
-                         f"got {device}, ddp={distributed}, grad_sync={grad_sync}")  # fmt: skip
+        raise ValueError(
+            f"a graphed step needs CUDA and, on several ranks, a gradient sync; "
+            f"got {device}, ddp={distributed}, grad_sync={grad_sync}"
+        )
     if mode == "auto":
         return "graph" if graph_ok else "eager"
     return mode
@@ -412,12 +491,23 @@ def _amp(device: torch.device, bf16: bool | None) -> torch.dtype | None:
     return torch.bfloat16 if (device.type == "cuda" if bf16 is None else bf16) else None
 
 
-def make_train_step(model: nn.Module, loss_fn: LossFn | None, optimizer: torch.optim.Optimizer,
-                    batch_size: int, *, device: torch.device | str, mode: StepMode = "auto",
-                    distributed: bool = False, augment: bool = True,
-                    aug_generator: torch.Generator | None = None, bf16: bool | None = None,
-                    channels_last: bool = True, max_grad_norm: float = 1.0,
-                    grad_sync: GradSync | None = None, metrics_slots: int = 50) -> TrainStep:  # fmt: skip
+def make_train_step(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    *,
+    device: torch.device | str,
+    mode: StepMode = "auto",
+    distributed: bool = False,
+    augment: bool = True,
+    aug_generator: torch.Generator | None = None,
+    bf16: bool | None = None,
+    channels_last: bool = True,
+    max_grad_norm: float = 1.0,
+    grad_sync: GradSync | None = None,
+    metrics_slots: int = 50,
+) -> TrainStep:
     """Build the training step: ``graph``, ``compile`` (torch.compile default mode) or ``eager``.
 
     Args:
@@ -428,19 +518,44 @@ def make_train_step(model: nn.Module, loss_fn: LossFn | None, optimizer: torch.o
     """
     device = torch.device(device)
     kind = resolve_step_mode(mode, device, distributed=distributed, grad_sync=grad_sync is not None)
-    options = StepOptions(augment=augment, amp_dtype=_amp(device, bf16),
-                          channels_last=channels_last, max_grad_norm=max_grad_norm)  # fmt: skip
+    options = StepOptions(
+        augment=augment,
+        amp_dtype=_amp(device, bf16),
+        channels_last=channels_last,
+        max_grad_norm=max_grad_norm,
+    )
     log.info("training step: %s (asked %s) on %s", kind, mode, device)
-    return TrainStep(model, loss_fn, optimizer, device=device, mode=kind, batch_size=batch_size,
-                     options=options, aug_generator=aug_generator, grad_sync=grad_sync,
-                     metrics_slots=metrics_slots)  # fmt: skip
+    return TrainStep(
+        model,
+        loss_fn,
+        optimizer,
+        device=device,
+        mode=kind,
+        batch_size=batch_size,
+        options=options,
+        aug_generator=aug_generator,
+        grad_sync=grad_sync,
+        metrics_slots=metrics_slots,
+    )
 
 
-def make_eval_step(model: nn.Module, *, device: torch.device | str, batch_size: int,
-                   mode: StepMode = "auto", bf16: bool | None = None,
-                   channels_last: bool = True) -> EvalStep:  # fmt: skip
+def make_eval_step(
+    model: nn.Module,
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    mode: StepMode = "auto",
+    bf16: bool | None = None,
+    channels_last: bool = True,
+) -> EvalStep:
     """Build the eval step; modes as for ``make_train_step`` (no collectives: per rank)."""
     device = torch.device(device)
     kind = resolve_step_mode(mode, device)
-    return EvalStep(model, device=device, batch_size=batch_size, mode=kind,
-                    amp_dtype=_amp(device, bf16), channels_last=channels_last)  # fmt: skip
+    return EvalStep(
+        model,
+        device=device,
+        batch_size=batch_size,
+        mode=kind,
+        amp_dtype=_amp(device, bf16),
+        channels_last=channels_last,
+    )

@@ -105,8 +105,13 @@ def detectable_flags(table: np.ndarray) -> torch.Tensor:
     """
     labels = np.asarray(table["label"], dtype=np.int8)
     columns = {c: np.asarray(table[c], dtype=np.float64) for c in _TABLE_COLUMNS}
-    frame = ScoresFrame(source="<val batch>", columns=columns, labels=labels,
-                        ranking=np.zeros(labels.size), rank_by="logit")  # fmt: skip
+    frame = ScoresFrame(
+        source="<val batch>",
+        columns=columns,
+        labels=labels,
+        ranking=np.zeros(labels.size),
+        rank_by="logit",
+    )
     assert _DETECTABLE is not None
     subset = detectable_mask(frame, _DETECTABLE)
     mask = subset.mask if subset.mask is not None else np.zeros(labels.size, dtype=bool)
@@ -131,8 +136,11 @@ def compute_val_metrics(
     y = labels.numpy().astype("int8")
     s = logits.double().numpy()
     num_pos = int(y.sum())
-    out: dict[str, float] = {"val/num": float(y.size), "val/num_pos": float(num_pos),
-                             "val/num_neg": float(y.size - num_pos)}  # fmt: skip
+    out: dict[str, float] = {
+        "val/num": float(y.size),
+        "val/num_pos": float(num_pos),
+        "val/num_neg": float(y.size - num_pos),
+    }
     if loss_fn is not None and y.size:
         out["val/loss"] = float(loss_fn(logits, labels))
     p = torch.sigmoid(logits)
@@ -190,8 +198,9 @@ def validate(
         The same flat metrics dict on every rank (plus ``val/wall_s``).
     """
     t0 = time.perf_counter()
-    logits, labels, det = score_batches(model, batches, env.device,
-                                        channels_last=channels_last, step=step)  # fmt: skip
+    logits, labels, det = score_batches(
+        model, batches, env.device, channels_last=channels_last, step=step
+    )
     logits = all_gather_1d(logits.to(env.device), env).cpu()
     labels = all_gather_1d(labels.to(env.device), env).cpu()
     if det is not None:
@@ -244,9 +253,13 @@ class EarlyStopping:
         expected = metrics.get("val/num_neg", math.inf) * fpr
         if expected < MIN_FALSE_POSITIVES:
             self._warned = True
-            log.warning("%s rests on %.1f false positives (%d val controls): best.pt and early "
-                        "stopping follow noise; use more val controls or --monitor tpr@fpr1e-3",
-                        self.monitor, expected, int(metrics["val/num_neg"]))  # fmt: skip
+            log.warning(
+                "%s rests on %.1f false positives (%d val controls): best.pt and early "
+                "stopping follow noise; use more val controls or --monitor tpr@fpr1e-3",
+                self.monitor,
+                expected,
+                int(metrics["val/num_neg"]),
+            )
 
     @property
     def should_stop(self) -> bool:

@@ -31,9 +31,14 @@ GLOBAL_BATCH = 8
 def main(out: str, how: str) -> None:
     env = init_distributed("cpu")
     torch.manual_seed(0)
-    model = build_model(arch="convnext_atto", meta_cols=["psfsize_r", "psfdepth_r"],
-                        meta_mean=[1.3, 24.5], meta_std=[0.2, 0.5], dropout=0.0,
-                        drop_path_rate=0.0)  # fmt: skip
+    model = build_model(
+        arch="convnext_atto",
+        meta_cols=["psfsize_r", "psfdepth_r"],
+        meta_mean=[1.3, 24.5],
+        meta_std=[0.2, 0.5],
+        dropout=0.0,
+        drop_path_rate=0.0,
+    )
     images = torch.randn(GLOBAL_BATCH, 3, 64, 64)
     meta = torch.randn(GLOBAL_BATCH, 2) * 0.2 + torch.tensor([1.3, 24.5])
     labels = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1])
@@ -47,8 +52,9 @@ def main(out: str, how: str) -> None:
             torch.nn.init.normal_(next(model.parameters()))
         broadcast_module(model, env)
         options = StepOptions(augment=False, channels_last=False, max_grad_norm=0.0)
-        step = TrainStep(model, None, opt, device="cpu", options=options,
-                         grad_sync=make_grad_sync(env))  # fmt: skip
+        step = TrainStep(
+            model, None, opt, device="cpu", options=options, grad_sync=make_grad_sync(env)
+        )
         # no clipping: the averaged gradients are compared as they are (a sum instead of a
         # mean would not change Adam's steps much, but it changes these)
         for _ in range(3):
@@ -61,8 +67,16 @@ def main(out: str, how: str) -> None:
     gathered = all_gather_1d(torch.arange(env.rank + 2, dtype=torch.float32) + 10 * env.rank, env)
     if env.is_main:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if how == "sync"}
-        torch.save({"model": model.state_dict(), "init": init, "gathered": gathered,
-                    "losses": losses, "grads": grads}, out)  # fmt: skip
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "init": init,
+                "gathered": gathered,
+                "losses": losses,
+                "grads": grads,
+            },
+            out,
+        )
     shutdown(env)
 
 

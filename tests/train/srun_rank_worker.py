@@ -26,9 +26,14 @@ def main(out: str) -> None:
     try:
         mean = all_reduce_mean({"x": float(env.rank + 1)}, env)["x"]
         gathered = all_gather_1d(torch.arange(env.rank + 1, dtype=torch.float32), env)
-        doc = {"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank,
-               "launcher": detect_launch().launcher, "mean": mean,
-               "gathered": gathered.tolist()}  # fmt: skip
+        doc = {
+            "rank": env.rank,
+            "world_size": env.world_size,
+            "local_rank": env.local_rank,
+            "launcher": detect_launch().launcher,
+            "mean": mean,
+            "gathered": gathered.tolist(),
+        }
         (Path(out) / f"rank{env.rank}.json").write_text(json.dumps(doc))
     finally:
         shutdown(env)

@@ -12,24 +12,36 @@ import torch
 from haloscope.errors import CheckpointError
 from haloscope.train.augment import make_generator
 from haloscope.train.checkpoint import (
+    CheckpointWriter,
     capture_rng,
     load_checkpoint,
     load_for_inference,
-    restore_rng,  # fmt: skip
+    restore_rng,
     save_checkpoint,
 )
 from haloscope.train.model import build_model
 
-ARGS = {"arch": "convnext_atto", "meta_cols": ["psfsize_r", "psfdepth_r"], "meta_mean": [1.3, 24.5],
-        "meta_std": [0.2, 0.5], "dropout": 0.1, "drop_path_rate": 0.1}  # fmt: skip
+ARGS = {
+    "arch": "convnext_atto",
+    "meta_cols": ["psfsize_r", "psfdepth_r"],
+    "meta_mean": [1.3, 24.5],
+    "meta_std": [0.2, 0.5],
+    "dropout": 0.1,
+    "drop_path_rate": 0.1,
+}
 
 
 def _payload(model: torch.nn.Module) -> dict:
-    return {"model": model.state_dict(), "model_args": ARGS, "config": '{"run": {"seed": 1}}',
-            "preprocess": {"norm": {"method": "outer"}, "min_theta_over_psf": 0.5},
-            "meta": {"cols": ARGS["meta_cols"], "mean": ARGS["meta_mean"], "std": ARGS["meta_std"]},
-            "progress": {"epoch": 3, "step_in_epoch": 0, "global_step": 30, "world_size": 1},
-            "val_metrics": {"val/auroc": np.float64(0.9)}, "rng": capture_rng(None)}  # fmt: skip
+    return {
+        "model": model.state_dict(),
+        "model_args": ARGS,
+        "config": '{"run": {"seed": 1}}',
+        "preprocess": {"norm": {"method": "outer"}, "min_theta_over_psf": 0.5},
+        "meta": {"cols": ARGS["meta_cols"], "mean": ARGS["meta_mean"], "std": ARGS["meta_std"]},
+        "progress": {"epoch": 3, "step_in_epoch": 0, "global_step": 30, "world_size": 1},
+        "val_metrics": {"val/auroc": np.float64(0.9)},
+        "rng": capture_rng(None),
+    }
 
 
 def test_inference_model_scores_like_the_trained_one(tmp_path: Path) -> None:
@@ -86,8 +98,6 @@ def test_rng_states_round_trip_through_a_file(tmp_path: Path) -> None:
 
 
 def test_background_writer_snapshots_now_and_surfaces_its_error(tmp_path: Path) -> None:
-    from haloscope.train.checkpoint import CheckpointWriter
-
     model = build_model(**ARGS)
     writer = CheckpointWriter()
     payload = _payload(model)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from haloscope.config import config_to_dict, load_config
 from haloscope.errors import ConfigError
 from haloscope.train.cli import parse_config
-from haloscope.train.config import TrainConfig
+from haloscope.train.config import Monitor, TrainConfig
+from haloscope.train.validate import MONITORS
 
 SEED_COMMAND = """--data {data} --out_dir {out} --hard_neg_path /x/hard_neg_lookup.parquet
 --hard_neg_weight 5 --arch convnext_tiny --epochs 50 --batch_size 256 --lr 3e-4
@@ -33,16 +35,19 @@ def test_precedence_defaults_toml_overrides(tmp_path: Path) -> None:
     assert load_config(TrainConfig, layers=[config_to_dict(cfg)]) == cfg  # round trip
 
 
-@pytest.mark.parametrize("override,match", [
-    ("--optim.lrr=1", "unknown config key optim.lrr"),
-    ("--nope.x=1", "unknown config key nope"),
-    ("--run.epochs=abc", "run.epochs must be of type int"),
-    ("--run.precision=maybe", "run.precision must be one of auto, bf16, fp32"),
-    ("--run.augment=maybe", "run.augment must be of type bool"),
-    ("--loss.name=hinge", "loss.name must be one of"),
-    ("--optim.lr=-1", "--lr must be > 0"),
-    ("optim", "--section.field=value"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("--optim.lrr=1", "unknown config key optim.lrr"),
+        ("--nope.x=1", "unknown config key nope"),
+        ("--run.epochs=abc", "run.epochs must be of type int"),
+        ("--run.precision=maybe", "run.precision must be one of auto, bf16, fp32"),
+        ("--run.augment=maybe", "run.augment must be of type bool"),
+        ("--loss.name=hinge", "loss.name must be one of"),
+        ("--optim.lr=-1", "--lr must be > 0"),
+        ("optim", "--section.field=value"),
+    ],
+)
 def test_bad_keys_and_types_are_config_errors(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config(TrainConfig, overrides=[override])
@@ -109,9 +114,4 @@ def test_help_lists_every_seed_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_monitor_choices_are_the_validation_metrics() -> None:
-    from typing import get_args
-
-    from haloscope.train.config import Monitor
-    from haloscope.train.validate import MONITORS
-
     assert get_args(Monitor) == tuple(MONITORS)

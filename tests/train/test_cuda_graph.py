@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from haloscope.train.cuda_graph import make_capturable
+from haloscope.train.model import build_model
+from haloscope.train.optim import param_groups
 from haloscope.train.step import EvalStep, StepOptions, TrainStep
 from tests.train.test_step import TinyNet, tiny_batch
 
@@ -23,12 +25,10 @@ BF16 = StepOptions(augment=False, amp_dtype=torch.bfloat16)
 
 
 def _convnext_pair(seed: int = 0):
-    from haloscope.train.model import build_model
-    from haloscope.train.optim import param_groups
-
     torch.manual_seed(seed)
-    model = build_model(arch="convnext_tiny", meta_cols=("psfsize_r", "psfdepth_r"),
-                        dropout=0.0, drop_path_rate=0.0)  # fmt: skip
+    model = build_model(
+        arch="convnext_tiny", meta_cols=("psfsize_r", "psfdepth_r"), dropout=0.0, drop_path_rate=0.0
+    )
     models = [copy.deepcopy(model).cuda().to(memory_format=torch.channels_last) for _ in range(2)]
     # as the trainer builds it (fused, not capturable): the graphed step switches it itself
     opts = [torch.optim.AdamW(param_groups(m, 1e-2), lr=3e-4, fused=True) for m in models]
@@ -45,8 +45,9 @@ def _gpu_batches(n: int, batch: int) -> list[tuple[torch.Tensor, ...]]:
 
 
 def _graphed(model, opt, batch: int, options: StepOptions = BF16) -> TrainStep:
-    return TrainStep(model, None, opt, device="cuda", mode="graph", batch_size=batch,
-                     options=options)  # fmt: skip
+    return TrainStep(
+        model, None, opt, device="cuda", mode="graph", batch_size=batch, options=options
+    )
 
 
 def test_resumed_graph_optimizer_state_moves_to_the_device() -> None:

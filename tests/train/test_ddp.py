@@ -52,8 +52,9 @@ def test_two_rank_step_equals_one_rank_on_combined_batch(tmp_path: Path, how: st
 @pytest.mark.dist
 def test_two_rank_cli_run_validates_the_whole_split(tiny_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    argv = tiny_argv(tiny_shards, out, "--epochs", "1", "--max-steps-per-epoch", "2",
-                     "--num-workers", "0")  # fmt: skip
+    argv = tiny_argv(
+        tiny_shards, out, "--epochs", "1", "--max-steps-per-epoch", "2", "--num-workers", "0"
+    )
     _torchrun(2, "-m", "haloscope", "train", *argv)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["kind"] == "val"]

@@ -40,8 +40,14 @@ def test_single_process_without_launcher_variables():
 
 
 def test_torchrun_variables_win_over_slurm():
-    env = {**STEP, "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK": "5", "LOCAL_RANK": "1",
-           "WORLD_SIZE": "8"}  # fmt: skip
+    env = {
+        **STEP,
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "RANK": "5",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+    }
     assert detect_launch(env) == Launch("torchrun", 5, 1, 8, None)
 
 
@@ -51,8 +57,15 @@ def test_srun_ranks_rendezvous_on_the_first_node():
 
 
 def test_srun_step_size_and_explicit_rendezvous_take_precedence():
-    env = {**STEP, "SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "2",
-           "SLURM_STEP_NODELIST": "x[5-6]", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}  # fmt: skip
+    env = {
+        **STEP,
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "16",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_STEP_NODELIST": "x[5-6]",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29400",
+    }
     assert detect_launch(env) == Launch("srun", 0, 0, 2, "tcp://10.0.0.1:29400")
     del env["MASTER_ADDR"]
     assert detect_launch(env).init_method == "tcp://x5:29400"
@@ -93,16 +106,21 @@ def test_two_plain_srun_ranks_form_a_gloo_group(tmp_path: Path) -> None:
     port = _free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
     base = {k: v for k, v in base.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    base |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "SLURM_NTASKS": "2",
-             "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "localhost",
-             "SLURM_JOB_ID": str(port - 20000 + 40000)}  # fmt: skip
+    base |= {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "SLURM_NTASKS": "2",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_JOB_ID": str(port - 20000 + 40000),
+    }
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), str(tmp_path)],
             env={**base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for r in range(2)
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]

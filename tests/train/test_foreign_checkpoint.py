@@ -44,15 +44,24 @@ def _write(path: Path, kind: str) -> Path:
 
 
 # what the one line must say, beyond naming the file
-_REASON = {"plain_dict": "not a haloscope", "custom_class": "Experiment",
-           "pickle": "not a torch checkpoint", "random_bytes": "not a torch checkpoint",
-           "empty": "empty"}  # fmt: skip
+_REASON = {
+    "plain_dict": "not a haloscope",
+    "custom_class": "Experiment",
+    "pickle": "not a torch checkpoint",
+    "random_bytes": "not a torch checkpoint",
+    "empty": "empty",
+}
 
 
 def _haloscope(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "haloscope", *args], capture_output=True,
-                          text=True, timeout=300, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "haloscope", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def _assert_one_line(proc: subprocess.CompletedProcess, verb: str, path: Path, kind: str) -> None:

@@ -15,6 +15,7 @@ from haloscope.train import loop, run
 from haloscope.train import step as tstep
 from haloscope.train.cli import main
 from haloscope.train.loss import build_loss
+from haloscope.train.validate import EarlyStopping
 from tests.train.train_fixtures import make_shards, tiny_argv
 
 
@@ -48,15 +49,21 @@ def test_run_writes_checkpoints_metrics_and_config(tiny_shards: Path, tmp_path: 
     assert 0 <= float(val[0]["val/auroc"]) <= 1
 
 
-def test_early_stopping_on_scripted_metrics(tiny_shards: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_early_stopping_on_scripted_metrics(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """tpr@1e-4: 0.1, 0.3, 0.3 (lower AUROC), 0.2 -> patience 2 stops after epoch 3, best 1."""
     script = iter([(0.1, 0.9), (0.3, 0.8), (0.3, 0.7), (0.2, 0.99), (0.9, 0.99)])
 
     def scripted(*_args, **_kwargs):
         tpr, auc = next(script)
-        return {"val/num": 64.0, "val/tpr@fpr1e-4": tpr, "val/auroc": auc,
-                "val/tpr@fpr1e-3": tpr, "val/fpr@tpr0.9": 0.5}  # fmt: skip
+        return {
+            "val/num": 64.0,
+            "val/tpr@fpr1e-4": tpr,
+            "val/auroc": auc,
+            "val/tpr@fpr1e-3": tpr,
+            "val/fpr@tpr0.9": 0.5,
+        }
 
     monkeypatch.setattr(loop, "validate", scripted)
     out = tmp_path / "r"
@@ -70,8 +77,9 @@ def test_early_stopping_on_scripted_metrics(tiny_shards: Path, tmp_path: Path,
     assert last["early_stopping"] == {"best": [0.3, 0.8], "best_epoch": 1, "num_bad": 2}
 
 
-def test_nonfinite_loss_stops_without_saving_nan(tiny_shards: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_nonfinite_loss_stops_without_saving_nan(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = {"n": 0}
     real = build_loss()
 
@@ -109,13 +117,18 @@ def test_seed_data_flag_and_preprocessing_checks(tiny_shards: Path, tmp_path: Pa
                    "--meta_cols", "psfsize_r,psfdepth_r")[2:] + ["--data", str(tiny_shards)]  # fmt: skip
     assert main(ok) == 0
     lookup = str(tmp_path / "lookup.parquet")
-    for flag, value, key in [("--norm-method", "full", "norm_method"),
-                             ("--min-theta-over-psf", "0.7", "min_theta_over_psf"),
-                             ("--meta-cols", "psfsize_r", "meta_columns"),
-                             ("--hard-neg-weight", "5", "hard_neg_weight"),
-                             ("--hard-neg-path", lookup, "hard_neg_lookup")]:  # fmt: skip
-        with pytest.raises(DataError, match=f"train/manifest.json: .*{key}=.* but the command "
-                                            f"line has {key}=.*haloscope shards"):  # fmt: skip
+    for flag, value, key in [
+        ("--norm-method", "full", "norm_method"),
+        ("--min-theta-over-psf", "0.7", "min_theta_over_psf"),
+        ("--meta-cols", "psfsize_r", "meta_columns"),
+        ("--hard-neg-weight", "5", "hard_neg_weight"),
+        ("--hard-neg-path", lookup, "hard_neg_lookup"),
+    ]:
+        with pytest.raises(
+            DataError,
+            match=f"train/manifest.json: .*{key}=.* but the command "
+            f"line has {key}=.*haloscope shards",
+        ):
             main(tiny_argv(tiny_shards, tmp_path / "d", flag, value))
 
 
@@ -132,8 +145,9 @@ def test_leaky_meta_in_shards_is_refused(tmp_path: Path) -> None:
         main(tiny_argv(root, tmp_path / "r"))
 
 
-def test_bf16_switch_on_cpu_and_epoch_caps(tiny_shards: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_bf16_switch_on_cpu_and_epoch_caps(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--use-bf16 really autocasts on CPU (the seed's flag was a no-op); caps bound the epoch."""
     seen: list[torch.dtype | None] = []
     real = tstep.train_step
@@ -157,8 +171,6 @@ def test_bf16_switch_on_cpu_and_epoch_caps(tiny_shards: Path, tmp_path: Path,
 
 def test_monitor_choice_changes_the_best_epoch(caplog: pytest.LogCaptureFixture) -> None:
     """Same validations, three monitors, three different best epochs; the noise warning."""
-    from haloscope.train.validate import EarlyStopping
-
     seq = [  # (tpr@1e-4, tpr@1e-3, auroc)
         (0.08, 0.10, 0.90),
         (0.05, 0.17, 0.91),
@@ -168,8 +180,15 @@ def test_monitor_choice_changes_the_best_epoch(caplog: pytest.LogCaptureFixture)
     def best(monitor: str) -> int:
         early = EarlyStopping(0, monitor)
         for epoch, (t4, t3, auc) in enumerate(seq):
-            early.update({"val/tpr@fpr1e-4": t4, "val/tpr@fpr1e-3": t3, "val/auroc": auc,
-                          "val/num_neg": 44564.0}, epoch)  # fmt: skip
+            early.update(
+                {
+                    "val/tpr@fpr1e-4": t4,
+                    "val/tpr@fpr1e-3": t3,
+                    "val/auroc": auc,
+                    "val/num_neg": 44564.0,
+                },
+                epoch,
+            )
         return early.best_epoch
 
     with caplog.at_level("WARNING"):
@@ -184,11 +203,15 @@ def test_monitor_choice_changes_the_best_epoch(caplog: pytest.LogCaptureFixture)
         EarlyStopping(1, "loss")
 
 
-def test_unknown_monitor_flag_is_a_one_line_error(tiny_shards: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_unknown_monitor_flag_is_a_one_line_error(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = tiny_argv(tiny_shards, tmp_path / "r", "--monitor", "val_loss")
     with pytest.raises(SystemExit) as exc:  # the flag parser's usage error (exit 2)
         main(argv)
     assert exc.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert "--monitor must be one of tpr@fpr1e-4, tpr@fpr1e-3, auroc, det_tpr@fpr1e-4, det_tpr@fpr1e-3, got 'val_loss'" in line
+    assert (
+        "--monitor must be one of tpr@fpr1e-4, tpr@fpr1e-3, auroc, det_tpr@fpr1e-4, det_tpr@fpr1e-3, got 'val_loss'"
+        in line
+    )

@@ -80,8 +80,15 @@ def test_overfits_a_few_dozen_samples() -> None:
     opt = build_optimizer(model, lr=2e-3, weight_decay=0.0)
     images, meta = torch.randn(24, 3, 64, 64), torch.randn(24, 2) * 0.2 + torch.tensor([1.3, 24.5])
     labels = (torch.arange(24) % 2).float()[torch.randperm(24)]
-    step = make_train_step(model, build_loss(LossConfig(name="bce")), opt, 24, device="cpu",
-                           augment=False, channels_last=False)  # fmt: skip
+    step = make_train_step(
+        model,
+        build_loss(LossConfig(name="bce")),
+        opt,
+        24,
+        device="cpu",
+        augment=False,
+        channels_last=False,
+    )
     losses: list[float] = []
     for _ in range(80):  # stops as soon as memorised (typically ~25 steps)
         losses.append(step.step(images, meta, labels)["loss"].item())

@@ -38,8 +38,9 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["global_step"]: r["train/loss"] for r in rows if r["kind"] == "train"}
 
 
-def test_kill_and_resume_is_bitwise_identical(tiny_shards: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_kill_and_resume_is_bitwise_identical(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # dropout, drop-path and D4 all on; a loader worker process; 4 steps per epoch
     extra = ("--num-workers", "1", "--ckpt-every-steps", "0", "--max-steps-per-epoch", "4")
     full = tmp_path / "full"
@@ -59,8 +60,11 @@ def test_kill_and_resume_is_bitwise_identical(tiny_shards: Path, tmp_path: Path,
     assert main(tiny_argv(tiny_shards, part, *extra, "--resume")) == 0
 
     a, b = _load(full / "last.pt"), _load(part / "last.pt")
-    assert a["progress"] == b["progress"] == {"epoch": 2, "step_in_epoch": 0, "global_step": 8,
-                                              "world_size": 1}  # fmt: skip
+    assert (
+        a["progress"]
+        == b["progress"]
+        == {"epoch": 2, "step_in_epoch": 0, "global_step": 8, "world_size": 1}
+    )
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     for pid, state in a["optimizer"]["state"].items():
@@ -74,8 +78,9 @@ def test_kill_and_resume_is_bitwise_identical(tiny_shards: Path, tmp_path: Path,
     assert all(part_losses[s] == full_losses[s] for s in full_losses)
 
 
-def test_sigint_saves_and_exits_130(tiny_shards: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_sigint_saves_and_exits_130(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # NOTE: whatever this process inherited (default_int_handler, or SIG_IGN when started in
     # the background by a shell) is what the run must leave behind
     before = signal.getsignal(signal.SIGINT)

@@ -20,8 +20,9 @@ from haloscope.train.cli import main
 from tests.train.train_fixtures import tiny_argv
 
 
-def test_state_and_context_are_freed_before_shutdown(tiny_shards: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_state_and_context_are_freed_before_shutdown(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     refs: list[weakref.ref] = []
     alive_at_shutdown: list[bool] = []
     real_setup = trun._setup

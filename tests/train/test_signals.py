@@ -21,8 +21,9 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "haloscope", "train", *argv]
     # its own process group, so the signal reaches the loader worker too (as a terminal's ^C)
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _wait_for_steps(run: Path, proc: subprocess.Popen, steps: int, timeout_s: float = 120) -> None:
@@ -42,8 +43,9 @@ def test_signal_to_process_group_saves_last_and_exits_cleanly(
     tiny_shards: Path, tmp_path: Path, signum: int, code: int
 ) -> None:
     run, log = tmp_path / "run", tmp_path / "log.txt"
-    argv = tiny_argv(tiny_shards, run, "--epochs", "50", "--num-workers", "1",
-                     "--ckpt-every-steps", "0")  # fmt: skip
+    argv = tiny_argv(
+        tiny_shards, run, "--epochs", "50", "--num-workers", "1", "--ckpt-every-steps", "0"
+    )
     proc = _start(argv, log)
     try:
         _wait_for_steps(run, proc, 2)
@@ -72,8 +74,14 @@ def test_an_inherited_sig_ign_is_handed_back(tiny_shards: Path, tmp_path: Path) 
     def ignore_sigint() -> None:  # as a shell does for a background job
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, preexec_fn=ignore_sigint)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=ignore_sigint,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0", "True"], proc.stdout
 

@@ -42,8 +42,13 @@ def test_train_refuses_val_made_otherwise(tmp_path: Path, setting: str) -> None:
     run = tmp_path / "run"
     argv = tiny_argv(root, run, "--epochs", "1", "--max-steps-per-epoch", "1")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "haloscope", "train", *argv], env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "haloscope", "train", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     [line] = proc.stderr.strip().splitlines()

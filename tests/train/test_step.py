@@ -102,8 +102,9 @@ def test_eager_step_equals_hand_written_step() -> None:
     ref = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     gen, ref_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    step = TrainStep(model, None, opt, device="cpu", aug_generator=gen,
-                     options=StepOptions(channels_last=False))  # fmt: skip
+    step = TrainStep(
+        model, None, opt, device="cpu", aug_generator=gen, options=StepOptions(channels_last=False)
+    )
     state: dict = {}
     norms = []
     for t in range(1, 4):
@@ -125,8 +126,10 @@ def test_zero_weight_padding_equals_the_valid_subset() -> None:
     full = TinyNet()
     sub = copy.deepcopy(full)
     opts = StepOptions(augment=False)
-    steps = [TrainStep(m, None, torch.optim.AdamW(m.parameters(), lr=1e-2), device="cpu",
-                       options=opts) for m in (full, sub)]  # fmt: skip
+    steps = [
+        TrainStep(m, None, torch.optim.AdamW(m.parameters(), lr=1e-2), device="cpu", options=opts)
+        for m in (full, sub)
+    ]
     images, meta, labels = tiny_batch(6, seed=3)
     weight = torch.tensor([1.0, 1, 1, 1, 0, 0])
     a = steps[0].step(images, meta, labels, weight)
@@ -147,8 +150,15 @@ def test_every_mode_runs_the_one_step_function(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(tstep, "train_step", spy)
     model = TinyNet()
-    step = make_train_step(model, None, torch.optim.AdamW(model.parameters()), 6, device="cpu",
-                           augment=False, channels_last=False)  # fmt: skip
+    step = make_train_step(
+        model,
+        None,
+        torch.optim.AdamW(model.parameters()),
+        6,
+        device="cpu",
+        augment=False,
+        channels_last=False,
+    )
     step.step(*tiny_batch(6, seed=5))
     assert calls == [StepOptions(augment=False, amp_dtype=None, channels_last=False)]
 

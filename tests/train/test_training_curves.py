@@ -11,6 +11,7 @@ import pytest
 
 from haloscope.train import loop
 from haloscope.train.cli import main
+from haloscope.train.curves import write_curves
 from tests.train.train_fixtures import tiny_argv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,12 +48,29 @@ def test_curves_png_is_redrawn_at_every_validation(
 
 def test_curves_survive_a_resumed_log_and_missing_values(tmp_path: Path) -> None:
     """A resumed run repeats steps in metrics.jsonl; NaN metrics are logged as null."""
-    from haloscope.train.curves import write_curves
-
-    rows = [{"kind": "train", "epoch": 0, "step": s, "global_step": s, "train/loss": 1.0 / s,
-             "train/lr": 1e-4 * s, "perf/data_wait_frac": 0.1} for s in (1, 2, 3, 2, 3, 4)]  # fmt: skip
-    rows.append({"kind": "val", "epoch": 0, "global_step": 4, "val/loss": 0.3, "val/auroc": None,
-                 "val/tpr@fpr1e-4": 0.0, "val/is_best": 1})  # fmt: skip
+    rows = [
+        {
+            "kind": "train",
+            "epoch": 0,
+            "step": s,
+            "global_step": s,
+            "train/loss": 1.0 / s,
+            "train/lr": 1e-4 * s,
+            "perf/data_wait_frac": 0.1,
+        }
+        for s in (1, 2, 3, 2, 3, 4)
+    ]
+    rows.append(
+        {
+            "kind": "val",
+            "epoch": 0,
+            "global_step": 4,
+            "val/loss": 0.3,
+            "val/auroc": None,
+            "val/tpr@fpr1e-4": 0.0,
+            "val/is_best": 1,
+        }
+    )
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = write_curves(tmp_path)
     assert path == tmp_path / "curves.png"

@@ -26,8 +26,14 @@ _FSIZE_LIMIT = 256 * 1024  # bytes: metrics and config fit, a convnext_atto chec
 
 def _train(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "haloscope", "train", *argv], env=env,
-                          capture_output=True, text=True, timeout=300, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "haloscope", "train", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:

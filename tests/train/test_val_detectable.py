@@ -37,8 +37,11 @@ def test_detectable_metrics_rank_the_subset_against_all_controls():
     det = np.r_[np.zeros(n_neg), np.ones(100), np.zeros(n_pos - 100)].astype(np.float32)
     # detectable lenses score high, the faint ones like controls
     logits = np.r_[rng.normal(0, 1, n_neg), rng.normal(4, 1, 100), rng.normal(0, 1, 300)]
-    out = compute_val_metrics(torch.tensor(logits, dtype=torch.float32),
-                              torch.tensor(labels), detectable=torch.tensor(det))  # fmt: skip
+    out = compute_val_metrics(
+        torch.tensor(logits, dtype=torch.float32),
+        torch.tensor(labels),
+        detectable=torch.tensor(det),
+    )
     keep = (det > 0) | (labels == 0)
     y, s = labels[keep].astype(np.int8), logits.astype(np.float32).astype(np.float64)[keep]
     assert out["val/det_num_pos"] == 100
@@ -53,7 +56,8 @@ def test_without_a_table_there_are_no_detectable_keys():
 
 
 def test_no_detectable_lens_leaves_the_rates_out():
-    out = compute_val_metrics(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 1.0]),
-                              detectable=torch.zeros(3))  # fmt: skip
+    out = compute_val_metrics(
+        torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 1.0]), detectable=torch.zeros(3)
+    )
     assert out["val/det_num_pos"] == 0
     assert not any(k.startswith("val/det_") and k != "val/det_num_pos" for k in out)

@@ -31,8 +31,13 @@ def test_bad_shard_in_a_loader_worker_is_one_line(tmp_path: Path) -> None:
     damage(shard)
     argv = tiny_argv(root, tmp_path / "run", "--epochs", "1", "--num-workers", "1")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "haloscope", "train", *argv], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "haloscope", "train", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "worker process" not in proc.stderr, proc.stderr
     [line] = [x for x in proc.stderr.splitlines() if "error" in x.lower()]

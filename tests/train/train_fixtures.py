@@ -13,8 +13,16 @@ from haloscope.shards.write import write_shard
 META_COLS = ["psfsize_r", "psfdepth_r"]
 
 
-def make_split(split_dir: Path, num: int, seed: int, *, split: str, pos_frac: float = 0.3,
-               record_samples: int = 16, num_shards: int = 2) -> None:  # fmt: skip
+def make_split(
+    split_dir: Path,
+    num: int,
+    seed: int,
+    *,
+    split: str,
+    pos_frac: float = 0.3,
+    record_samples: int = 16,
+    num_shards: int = 2,
+) -> None:
     """Write ``num`` samples: lenses carry a ring at radius ~10 px, controls only noise."""
     rng = np.random.default_rng(seed)
     labels = (rng.random(num) < pos_frac).astype(np.uint8)
@@ -31,17 +39,33 @@ def make_split(split_dir: Path, num: int, seed: int, *, split: str, pos_frac: fl
     bounds = np.linspace(0, num, num_shards + 1).astype(int)
     infos = []
     for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        infos.append(write_shard(split_dir / f"shard-{s:06d}.tar", image[lo:hi].astype(np.float16),
-                                 meta[lo:hi], table[lo:hi], record_samples))  # fmt: skip
-    write_manifest(split_dir, build_manifest(
-        split=split, shards=[i.to_json() for i in infos],
-        counts={"lens": int(labels.sum()), "control": int(num - labels.sum())},
-        rejected={}, norm={"method": "outer", "clip": 10.0},
-        meta={"columns": META_COLS, "mean": [1.3, 24.5], "std": [0.2, 0.5]},
-        preprocess={"min_theta_over_psf": 0.5, "hard_neg_lookup": None, "hard_neg_weight": None,
-                    "stamp_px": 64},
-        record_samples=record_samples,
-    ))  # fmt: skip
+        infos.append(
+            write_shard(
+                split_dir / f"shard-{s:06d}.tar",
+                image[lo:hi].astype(np.float16),
+                meta[lo:hi],
+                table[lo:hi],
+                record_samples,
+            )
+        )
+    write_manifest(
+        split_dir,
+        build_manifest(
+            split=split,
+            shards=[i.to_json() for i in infos],
+            counts={"lens": int(labels.sum()), "control": int(num - labels.sum())},
+            rejected={},
+            norm={"method": "outer", "clip": 10.0},
+            meta={"columns": META_COLS, "mean": [1.3, 24.5], "std": [0.2, 0.5]},
+            preprocess={
+                "min_theta_over_psf": 0.5,
+                "hard_neg_lookup": None,
+                "hard_neg_weight": None,
+                "stamp_px": 64,
+            },
+            record_samples=record_samples,
+        ),
+    )
 
 
 def make_shards(root: Path, num_train: int = 96, num_val: int = 64, seed: int = 0) -> Path:
