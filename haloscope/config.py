@@ -45,12 +45,26 @@ __all__ = [
     "ordered_fields",
     "to_toml",
     "narrow",
+    "per_rank",
 ]
 
 T = TypeVar("T")
 _NONE_WORDS = {"none", "null", ""}
 _TRUE_WORDS, _FALSE_WORDS = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 _META = "haloscope.cli"
+
+
+def per_rank(total: int, world_size: int, flag: str = "--batch-size") -> int:
+    """A global batch's share per rank (train, infer, search: one rule, one message).
+
+    Raises:
+        ConfigError: ``total`` does not divide evenly over ``world_size`` ranks.
+    """
+    if total % world_size:
+        raise ConfigError(
+            f"{flag} {total} (the global batch) does not divide evenly over {world_size} ranks"
+        )
+    return total // world_size
 
 
 def option(

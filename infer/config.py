@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from haloscope.errors import ConfigError
+from haloscope.config import per_rank
 from haloscope.train.config import ComputeConfig
 
 __all__ = ["InferConfig"]
@@ -68,12 +68,7 @@ class InferConfig(ComputeConfig):
 
     def per_rank_batch(self, world_size: int) -> int:
         """Images per model call on each rank; the global batch must divide evenly."""
-        if self.batch_size % world_size:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} (the global batch) does not divide "
-                f"evenly over {world_size} ranks"
-            )
-        return self.batch_size // world_size
+        return per_rank(self.batch_size, world_size)
 
     def resolved_model_name(self) -> str:
         """The `model` column: --model-name, else the checkpoint's directory name."""

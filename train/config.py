@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from haloscope.config import option
-from haloscope.errors import ConfigError
+from haloscope.config import option, per_rank
 
 __all__ = [
     "ComputeConfig",
@@ -119,13 +118,9 @@ class DataConfig:
 
     def per_rank_batch(self, world_size: int, *, val: bool = False) -> int:
         """Per-rank batch size; the global batch must divide evenly over ranks."""
-        total = self.val_batch_size if val else self.batch_size
-        flag = "--val-batch-size" if val else "--batch-size"
-        if total % world_size:
-            raise ConfigError(
-                f"{flag} {total} (the global batch) does not divide evenly over {world_size} ranks"
-            )
-        return total // world_size
+        if val:
+            return per_rank(self.val_batch_size, world_size, "--val-batch-size")
+        return per_rank(self.batch_size, world_size)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from haloscope.config import option
-from haloscope.errors import ConfigError
+from haloscope.config import option, per_rank
 from haloscope.train.config import ComputeConfig
 
 __all__ = ["SearchConfig"]
@@ -73,9 +72,4 @@ class SearchConfig(ComputeConfig):
 
     def per_rank_batch(self, world_size: int) -> int:
         """Cutouts per model call on each rank; the global batch must divide evenly."""
-        if self.batch_size % world_size:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} (the global batch) does not divide "
-                f"evenly over {world_size} ranks"
-            )
-        return self.batch_size // world_size
+        return per_rank(self.batch_size, world_size)

@@ -16,10 +16,11 @@ import pytest
 
 from haloscope.argparse_util import META_FLAGS, ConfigCLI, config_flags
 from haloscope.cli import VERBS
-from haloscope.config import cli_meta, option
+from haloscope.config import cli_meta, option, per_rank
 from haloscope.errors import ConfigError
 from haloscope.preprocess.config import PreprocessConfig
 from haloscope.preprocess.convert.cli import parse_config as parse_shards_config
+from haloscope.train.config import DataConfig
 
 # NOTE: bench dispatches to benchmarks that parse their own options (no config yet)
 CONFIG_VERBS = [v for v in VERBS if v != "bench"]
@@ -354,3 +355,21 @@ def test_train_resume_takes_an_optional_value(tmp_path):
     assert cli.parse([*argv, "--config", str(toml)]).run.resume == "no"
     with pytest.raises(SystemExit):
         cli.parse([*argv, "--resume", "later"])
+
+
+def test_every_verb_splits_its_global_batch_by_one_rule():
+    assert per_rank(1024, 4) == 256
+    with pytest.raises(ConfigError, match=r"--batch-size 10 \(the global batch\) does not divide"):
+        per_rank(10, 4)
+    data = DataConfig(batch_size=12, val_batch_size=10)
+    assert data.per_rank_batch(3) == 4
+    with pytest.raises(ConfigError, match=r"--val-batch-size 10 .* over 3 ranks"):
+        data.per_rank_batch(3, val=True)
+    for verb, module in (
+        ("infer", "haloscope.infer.cli"),
+        ("search", "haloscope.infer.search.cli"),
+    ):
+        cfg = importlib.import_module(module).parse_config([*MINIMAL[verb], "--batch-size", "10"])
+        assert cfg.per_rank_batch(2) == 5
+        with pytest.raises(ConfigError, match=r"--batch-size 10 .* over 4 ranks"):
+            cfg.per_rank_batch(4)
