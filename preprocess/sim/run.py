@@ -15,9 +15,10 @@ import json
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -117,22 +118,28 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} exists and is not a directory")
 
 
+@contextlib.contextmanager
+def chunk_results(fn: Callable[[Any], Any], cfg: SimConfig) -> Iterator[Iterator[Any]]:
+    """``fn((cfg, chunk))`` of every chunk, in ``cfg.workers`` spawned processes (in this one
+    for a single worker or chunk), in the order they finish.
+
+    A chunk's exception is re-raised by the iterator; leaving the block terminates the other
+    workers at once (the caller removes their temporaries).
+    """
+    jobs = [(cfg, i) for i in range(cfg.num_chunks)]
+    if cfg.workers == 1 or len(jobs) == 1:
+        yield map(fn, jobs)
+        return
+    with mp.get_context("spawn").Pool(min(cfg.workers, len(jobs))) as pool:
+        yield pool.imap_unordered(fn, jobs)
+
+
 def _run_chunks(cfg: SimConfig, progress: bool) -> dict[str, int]:
     """Write every chunk (in ``cfg.workers`` processes); returns rows written per split."""
     totals = {s: 0 for s in SPLITS}
-    jobs = [(cfg, i) for i in range(cfg.num_chunks)]
     bar = tqdm(total=cfg.rows, unit="row", desc="simulate", disable=not progress)
     try:
-        with contextlib.ExitStack() as stack:
-            if cfg.workers == 1 or len(jobs) == 1:
-                results: Iterator = map(_run_chunk, jobs)
-            else:
-                # NOTE: a chunk's exception is re-raised here; leaving the block terminates
-                # the other workers at once (their temporaries are removed by the caller)
-                pool = stack.enter_context(
-                    mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)))
-                )
-                results = pool.imap_unordered(_run_chunk, jobs)
+        with chunk_results(_run_chunk, cfg) as results:
             for _, counts in results:
                 for split, n in counts.items():
                     totals[split] += n

@@ -22,9 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from haloscope.preprocess.sim.config import BANDS, CONTROL_KINDS, SimConfig
 from haloscope.preprocess.sim.population import Population, draw_population
 from haloscope.preprocess.sim.render import render_batch
 from haloscope.preprocess.sim.rows import galaxy_columns
-from haloscope.preprocess.sim.run import SUMMARY_NAME
+from haloscope.preprocess.sim.run import SUMMARY_NAME, chunk_results
 from haloscope.preprocess.sim.run import _apply_nan_patch as apply_nan_patch  # one rule
 from haloscope.preprocess.sim.table import DEFECTS, binary_array, failed_stamp, stamp_bytes
 
@@ -204,18 +202,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _run_chunks(cfg: SimConfig, progress: bool) -> pa.Table:
     """Write every chunk (in ``cfg.workers`` processes); returns the truth in chunk order."""
-    jobs = [(cfg, i) for i in range(cfg.num_chunks)]
     truths: dict[int, pa.Table] = {}
     bar = tqdm(total=cfg.rows, unit="row", desc="simulate --survey", disable=not progress)
     try:
-        with contextlib.ExitStack() as stack:
-            if cfg.workers == 1 or len(jobs) == 1:
-                results: Iterator = map(_run_chunk, jobs)
-            else:
-                pool = stack.enter_context(
-                    mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)))
-                )
-                results = pool.imap_unordered(_run_chunk, jobs)
+        with chunk_results(_run_chunk, cfg) as results:
             for chunk, truth in results:
                 truths[chunk] = truth
                 bar.update(truth.num_rows)
