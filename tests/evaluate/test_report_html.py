@@ -4,7 +4,6 @@ checked in the HTML and, where a browser exists, rendered by headless Chromium."
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from tests.browser import playwright_and_chromium
 
 HALOSCOPE = str(Path(sys.executable).with_name("haloscope"))
 VIEWER = "https://www.legacysurvey.org/viewer?ra="
@@ -105,18 +106,6 @@ def test_report_html_has_tables_images_and_captioned_galleries(report):
     assert "| metric |" in md and "](gallery/" in md and VIEWER in md
 
 
-def _browser():
-    """Playwright and a Chromium binary, or a skip saying which is missing."""
-    try:  # NOTE: lazy: playwright is an optional test dependency; without it the test skips
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package playwright is not installed")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no chromium executable on PATH")
-    return sync_playwright, chromium
-
-
 _INSPECT = """() => {
   const width = document.documentElement.clientWidth;
   const wide = [...document.querySelectorAll('body *')]
@@ -134,7 +123,7 @@ _INSPECT = """() => {
 
 @pytest.mark.parametrize("width", [1280, 720])
 def test_report_renders_in_headless_chromium(report, width):
-    sync_playwright, chromium = _browser()
+    sync_playwright, chromium = playwright_and_chromium()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
         try:

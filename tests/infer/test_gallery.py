@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from haloscope.errors import DataError
 from haloscope.infer.composite import raw_stamp_rgb
 from haloscope.infer.gallery import GRADES, read_grades, viewer_url, write_gallery
 from haloscope.preprocess.normalize import normalize
+from tests.browser import playwright_and_chromium
 
 
 def _candidates(num: int, seed: int = 0) -> pa.Table:
@@ -45,19 +45,6 @@ def _stamps(num: int, size: int = 64, seed: int = 1) -> np.ndarray:
     return stamps
 
 
-def _browser():
-    """Playwright and a Chromium binary, or a skip saying which is missing."""
-    # NOTE: playwright is an optional test dependency: imported here so a missing one skips.
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package playwright is not installed")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no chromium executable on PATH")
-    return sync_playwright, chromium
-
-
 _TILES = """() => [...document.querySelectorAll('.tile')].map(t => ({
   id: t.dataset.id, rank: Number(t.dataset.rank),
   links: [...t.querySelectorAll('a')].map(a => a.href),
@@ -76,7 +63,7 @@ def page_dir(tmp_path_factory) -> Path:
 
 
 def test_page_shows_ranked_tiles_with_viewer_links_and_images(page_dir):
-    sync_playwright, chromium = _browser()
+    sync_playwright, chromium = playwright_and_chromium()
     table = _candidates(40)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
@@ -99,7 +86,7 @@ def test_page_shows_ranked_tiles_with_viewer_links_and_images(page_dir):
 
 
 def test_graded_tiles_export_a_csv_that_reads_back(page_dir, tmp_path):
-    sync_playwright, chromium = _browser()
+    sync_playwright, chromium = playwright_and_chromium()
     wanted = {"cand00000": "A", "obj,with comma": "not_lens", 'obj "quoted"': "B", "cand00007": "C"}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
@@ -131,7 +118,7 @@ def test_graded_tiles_export_a_csv_that_reads_back(page_dir, tmp_path):
 
 
 def test_thousand_tiles_load_lazily(tmp_path):
-    sync_playwright, chromium = _browser()
+    sync_playwright, chromium = playwright_and_chromium()
     write_gallery(_candidates(1000), _stamps(1000, size=32), tmp_path, top_n=1000)
     assert len(list((tmp_path / "gallery").glob("*.png"))) == 1000
     with sync_playwright() as p:
