@@ -104,16 +104,13 @@ class StepMetrics:
     def read(self, num_steps: int) -> torch.Tensor:
         """The rows of the last ``num_steps`` steps, (num_steps, 2) float32 on the CPU.
 
-        Waits for those steps to finish, and starts the next window at row 0.
+        Waits for those steps to finish (``read_async`` collected at once), and starts the
+        next window at row 0.
 
         Raises:
             ValueError: more steps than the ring holds.
         """
-        if not 0 <= num_steps <= self.slots:
-            raise ValueError(f"can read 0..{self.slots} steps, asked for {num_steps}")
-        out = self.values[:num_steps].cpu()
-        self.count.zero_()
-        return out
+        return self.read_async(num_steps)()
 
     def read_async(self, num_steps: int) -> Callable[[], torch.Tensor]:
         """Start reading the last ``num_steps`` rows without waiting; returns the function
