@@ -30,6 +30,11 @@ _VAL_METRICS = (
     ("val/tpr@fpr1e-3", "TPR @ FPR 1e-3"),
     ("val/tpr@fpr1e-4", "TPR @ FPR 1e-4"),
 )
+# the detectable subset's (train.validate): drawn when the val split has such lenses
+_DET_METRICS = (
+    ("val/det_tpr@fpr1e-3", "detectable TPR @ FPR 1e-3"),
+    ("val/det_tpr@fpr1e-4", "detectable TPR @ FPR 1e-4"),
+)
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -114,6 +119,10 @@ def _plot_val(ax: Any, val: list[dict]) -> None:
     epochs = _values(val, "epoch") + 1
     for i, (key, label) in enumerate(_VAL_METRICS):
         ax.plot(epochs, _values(val, key), "o-", ms=3, color=f"C{i + 1}", label=label)
+    for i, (key, label) in enumerate(_DET_METRICS):
+        values = _values(val, key)
+        if np.isfinite(values).any():
+            ax.plot(epochs, values, "s--", ms=3, color=f"C{i + 2}", label=label)
     best = [e for e, b in zip(epochs, _values(val, "val/is_best"), strict=True) if b == 1]
     if best:
         ax.axvline(best[-1], ls=":", color="k", lw=1, label=f"best.pt (epoch {best[-1] - 1:.0f})")

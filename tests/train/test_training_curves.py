@@ -8,10 +8,11 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from matplotlib import pyplot as plt
 
 from haloscope.train import loop
 from haloscope.train.cli import main
-from haloscope.train.curves import write_curves
+from haloscope.train.curves import _plot_val, write_curves
 from tests.train.train_fixtures import tiny_argv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,3 +76,19 @@ def test_curves_survive_a_resumed_log_and_missing_values(tmp_path: Path) -> None
     path = write_curves(tmp_path)
     assert path == tmp_path / "curves.png"
     _assert_png(path.read_bytes())
+
+
+def test_validation_panel_draws_the_detectable_subset_when_validation_has_it() -> None:
+    base = {"val/auroc": 0.9, "val/tpr@fpr1e-3": 0.3, "val/tpr@fpr1e-4": 0.1, "val/is_best": 1}
+    with_det = [{**base, "epoch": e, "val/det_tpr@fpr1e-3": 0.5 + e / 10} for e in range(3)]
+    labels = {}
+    for name, rows in (("det", with_det), ("plain", [{**base, "epoch": e} for e in range(3)])):
+        fig, ax = plt.subplots()
+        _plot_val(ax, rows)
+        labels[name] = [line.get_label() for line in ax.get_lines()]
+        if name == "det":
+            det = ax.get_lines()[labels[name].index("detectable TPR @ FPR 1e-3")]
+            assert list(det.get_ydata()) == [0.5, 0.6, 0.7]
+        plt.close(fig)
+    assert "detectable TPR @ FPR 1e-4" not in labels["det"]  # no values: not drawn
+    assert not any(label.startswith("detectable") for label in labels["plain"])
