@@ -179,12 +179,11 @@ def _synthetic_rate(ckpt: Path, batch_size: int, seconds: float) -> dict[str, An
     """img/s of the graphed inference step on device-resident batches (the (a) feed)."""
     import torch
 
-    from haloscope.infer.predict import fp32_output_layer
     from haloscope.infer.steps import make_predict_step
     from haloscope.train.checkpoint import load_for_inference
 
     model, _ = load_for_inference(ckpt, "cuda")
-    model = fp32_output_layer(model).to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     step = make_predict_step(model, device="cuda", batch_size=batch_size, mode="graph", bf16=True)
     g = torch.Generator(device="cuda").manual_seed(0)
     images = torch.randn(batch_size, 3, 64, 64, device="cuda", generator=g)

@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "atomic_link",
     "atomic_open",
     "atomic_path",
     "atomic_write_bytes",
@@ -190,6 +192,25 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def atomic_link(src: str | Path, path: str | Path) -> Path:
+    """Make ``path`` hold the finished file ``src``'s bytes, atomically; returns ``path``.
+
+    A hard link where the file system allows it (no second write: the bytes are shared, and
+    since every write of this module replaces a folder entry rather than the bytes behind it,
+    a later write of either path leaves the other as it was); a copy elsewhere.
+
+    Raises:
+        OSError: as ``atomic_path``; ``path`` is left untouched.
+    """
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network and FUSE file systems)
+            shutil.copyfile(src, tmp)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

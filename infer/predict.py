@@ -5,9 +5,11 @@ autocast the final ``Linear(256 -> 1)`` would return a bf16 logit. bf16 keeps 8 
 bits, so logits near 10 are spaced 0.0625 apart and thousands of controls share one value;
 casting that bf16 logit to fp32 afterwards cannot undo the rounding. We therefore run the
 backbone and the hidden head layers under autocast (that is where the time goes) and the
-last ``Linear(., 1)`` outside autocast, in fp32 on fp32-cast inputs. Its output is a
-fp32-rounded dot product of 256 terms, so the logit takes (practically) as many distinct
-values as in a full-fp32 model. ``score = float32(sigmoid(float64(logit)))``.
+last ``Linear(., 1)`` outside autocast, in fp32 on fp32-cast inputs: the model does it
+itself in eval mode (``train.model.LensFinder.forward``, so validation, ``infer`` and
+``search`` score alike). Its output is a fp32-rounded dot product of 256 terms, so the
+logit takes (practically) as many distinct values as in a full-fp32 model.
+``score = float32(sigmoid(float64(logit)))``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -26,52 +27,11 @@ from haloscope.infer.sources import ScoreBatch
 from haloscope.infer.steps import make_predict_step
 from haloscope.infer.tta import tta_logits
 
-__all__ = ["Fp32Output", "fp32_output_layer", "make_forward", "score_batches", "sigmoid32"]
+__all__ = ["make_forward", "score_batches", "sigmoid32"]
 
 log = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class Fp32Output(nn.Module):
-    """Wraps a ``Linear`` so it always computes in fp32, outside any autocast region."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.linear = linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F) any float dtype -> (B, out) float32."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            bias = None if self.linear.bias is None else self.linear.bias.float()
-            return F.linear(x.float(), self.linear.weight.float(), bias)
-
-
-def fp32_output_layer(model: nn.Module) -> nn.Module:
-    """Replace the model's last one-output ``Linear`` (the logit layer) by ``Fp32Output``.
-
-    Args:
-        model: the lens finder (``train.model.LensFinder`` or any module whose logit comes
-            from its last registered ``nn.Linear`` with ``out_features == 1``).
-
-    Returns:
-        The same model object, modified in place.
-
-    Raises:
-        ValueError: the model has no such layer.
-    """
-    if any(isinstance(m, Fp32Output) for m in model.modules()):
-        return model  # already applied
-    target = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.out_features == 1:
-            target = name
-    if target is None:
-        raise ValueError("model has no Linear(., 1) logit layer to run in fp32")
-    parent_name, _, child = target.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, Fp32Output(getattr(parent, child)))
-    return model
 
 
 def make_forward(
@@ -89,8 +49,8 @@ def make_forward(
     CUDA graph per batch on CUDA (short batches padded) and runs eagerly elsewhere.
 
     Args:
-        model: the lens finder, already on ``device`` and with ``fp32_output_layer`` applied
-            (so the logit stays fp32 under autocast and inside a captured graph).
+        model: the lens finder, already on ``device`` (in eval mode its logit layer runs in
+            fp32 outside autocast, also inside a captured graph: ``train.model.LensFinder``).
         device: where inputs live.
         use_bf16: run under bf16 autocast (the output layer stays fp32 regardless).
         step: ``auto``, ``graph``, ``compile`` or ``eager``.

@@ -129,7 +129,6 @@ def _batches(cfg: InferConfig, env, settings: dict[str, Any], stats: sources.Sou
 
 def _load_model(cfg: InferConfig, env):
     model, info = load_for_inference(cfg.ckpt, env.device)
-    predict.fp32_output_layer(model)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model, info

@@ -50,7 +50,7 @@ def make_predict_step(
     """Build the inference step.
 
     Args:
-        model: the lens finder on ``device`` (``infer.predict.fp32_output_layer`` applied).
+        model: the lens finder on ``device``.
         device: where the model lives.
         batch_size: rows per chunk (the graph's static batch).
         mode: ``auto`` (graph on CUDA, eager elsewhere), ``graph``, ``compile`` or ``eager``.

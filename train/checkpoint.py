@@ -17,10 +17,15 @@ dicts). Keys (``FORMAT`` version 1):
 - ``config``: the resolved ``TrainConfig`` as a JSON string;
 - ``preprocess``: the train manifest's preprocessing settings (dict); ``meta``: cols, mean, std.
 
-``CheckpointWriter`` takes the writes off the training step's path: the state is copied to
-host memory (pinned buffers, reused, for device tensors; clones for CPU tensors) in stream
-order, and a background thread waits for those copies and writes the file with
-``save_checkpoint``. One write is in flight at a time; its error is raised by the next
+``CheckpointWriter`` takes the writes off the training step's path. On CUDA the main thread
+only snapshots the state on the device (copies into device buffers kept for the next save,
+queued in stream order: milliseconds); a background thread waits for that snapshot, copies
+it to pinned host buffers on a side stream (so the transfer overlaps the next steps) and
+writes the file with ``save_checkpoint``. On CPU the state is cloned on the main thread.
+When one state goes to several files (last.pt and best.pt) it is serialised once and the
+other files are hard links to it (``atomic.atomic_link``; a copy where the file system has
+no links): every write replaces a folder entry, never the bytes, so a later last.pt leaves
+best.pt as it was. One write is in flight at a time; its error is raised by the next
 ``save`` or by ``join``, as the same exception a direct write would have raised.
 """
 
@@ -40,7 +45,7 @@ import numpy as np
 import torch
 
 from haloscope import __version__
-from haloscope.atomic import atomic_open
+from haloscope.atomic import atomic_link, atomic_open
 from haloscope.errors import CheckpointError, ConfigError
 from haloscope.train.failures import WriteErrors
 from haloscope.train.model import build_model
@@ -55,6 +60,7 @@ __all__ = [
     "load_checkpoint",
     "load_for_inference",
     "to_host",
+    "snapshot",
     "CheckpointWriter",
 ]
 
@@ -173,35 +179,69 @@ def to_host(value: Any, pinned: dict[tuple, torch.Tensor], key: tuple = ()) -> A
     return value
 
 
+def snapshot(value: Any, buffers: dict[tuple, torch.Tensor], key: tuple = ()) -> Any:
+    """``value`` with every tensor copied into a buffer of ``buffers`` on its own device.
+
+    The copies are queued in stream order (device tensors) or made now (CPU tensors), so the
+    result holds the values of this moment while later steps change the state; the buffers
+    are kept by their place in the structure and reused by the next call.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        buf = buffers.get(key)
+        if buf is None or (buf.device, buf.shape, buf.stride(), buf.dtype) != (
+            value.device,
+            value.shape,
+            value.stride(),
+            value.dtype,
+        ):
+            buf = torch.empty_strided(
+                value.shape, value.stride(), dtype=value.dtype, device=value.device
+            )
+            buffers[key] = buf
+        return buf.copy_(value, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v, buffers, (*key, k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v, buffers, (*key, i)) for i, v in enumerate(value))
+    return value
+
+
 class CheckpointWriter:
     """Checkpoint writes in a background thread, one at a time (see the module doc)."""
 
     def __init__(self) -> None:
+        self._device_buffers: dict[tuple, torch.Tensor] = {}
         self._pinned: dict[tuple, torch.Tensor] = {}
+        self._stream: torch.cuda.Stream | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def save(
         self, paths: Sequence[Path], payload: Callable[[], dict[str, Any]], device: torch.device
     ) -> None:
-        """Copy ``payload()`` to the host now and write it to every path in the background.
+        """Snapshot ``payload()`` now and write it to every path in the background.
 
-        Waits for the previous write first (its pinned buffers are reused).
+        Waits for the previous write first (its buffers are reused).
 
         Args:
-            paths: the files to write (each gets the same payload).
+            paths: the files to write (the first is serialised, the others link to it).
             payload: builds the checkpoint dict (its tensors may live on ``device``).
-            device: the training device, on whose current stream the copies are queued.
+            device: the training device, on whose current stream the snapshot is queued.
 
         Raises:
             OSError: the previous write failed (naming its file), as ``save_checkpoint``.
         """
         self.join()
-        state = to_host(payload(), self._pinned)
         ready = None
         if device.type == "cuda":
+            state = snapshot(payload(), self._device_buffers)
             ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(device))  # after the copies
+            ready.record(torch.cuda.current_stream(device))  # after the snapshot copies
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(device)
+        else:
+            state = to_host(payload(), self._pinned)  # CPU tensors: clones, made now
         self._thread = threading.Thread(
             target=self._write,
             args=(list(paths), state, ready),
@@ -213,9 +253,15 @@ class CheckpointWriter:
     def _write(self, paths: list[Path], state: dict[str, Any], ready: Any) -> None:
         try:
             if ready is not None:
-                ready.synchronize()
-            for path in paths:
-                save_checkpoint(path, state)
+                assert self._stream is not None
+                with torch.cuda.stream(self._stream):
+                    self._stream.wait_event(ready)  # the snapshot is complete
+                    state = to_host(state, self._pinned)
+                self._stream.synchronize()
+            first, *others = paths
+            save_checkpoint(first, state)
+            for path in others:
+                atomic_link(first, path)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread by join()
             self._error = exc
 

@@ -12,10 +12,10 @@ One train loader serves the whole run (``ShardReader.span_epochs``: each epoch i
 (seed, epoch) order, from a mid-epoch resume position too) and one val loader every
 validation, so no epoch boundary restarts worker processes. Validation runs the trainer's
 eval step (``train.step.EvalStep``: a CUDA graph of fixed batch shape on CUDA, eager on
-CPU). Checkpoints are copied to host memory on the main thread and written by a background
-thread (``checkpoint.CheckpointWriter``). The time from the first step to the last
-checkpoint is split into step, loader wait, validation, checkpoint and other
-(``metrics.TimeBreakdown``) and returned in ``FitResult.timing``.
+CPU). Checkpoints are snapshotted on the device by the main thread, then copied to the host
+and written by a background thread (``checkpoint.CheckpointWriter``). The time from the
+first step to the last checkpoint is split into step, loader wait, validation, checkpoint
+and other (``metrics.TimeBreakdown``) and returned in ``FitResult.timing``.
 """
 
 from __future__ import annotations
@@ -186,7 +186,9 @@ def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
 def _save(state: TrainState, ctx: RunContext, *names: str) -> None:
     """Queue last.pt/best.pt of the current state; the unread steps are checked first."""
     _read(state, ctx)  # NOTE: a non-finite loss raises here, before anything is saved
-    with ctx.timer.phase("checkpoint"):
+    with ctx.timer.phase("checkpoint", "wait_previous"):
+        ctx.saver.join()  # the previous write (done long ago, unless the disk is slow)
+    with ctx.timer.phase("checkpoint", "snapshot"):
         # every rank's RNG streams (dropout, drop-path, D4), so each rank resumes its own
         rng_per_rank = all_gather_object(ckpt.capture_rng(state.aug_gen), ctx.env)
         if ctx.env.is_main:
@@ -528,7 +530,7 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
             with ctx.timer.phase("loader_wait"):  # the workers start, the first batch comes
                 batches = _train_batches(state, ctx)
         result = _epochs(state, ctx, batches)
-        with ctx.timer.phase("checkpoint"):
+        with ctx.timer.phase("checkpoint", "last_write"):
             ctx.saver.join()  # the last checkpoint is on disk: the run's clock stops here
     except BaseException:
         ctx.saver.close(raising=False)

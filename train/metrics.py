@@ -279,12 +279,15 @@ class TimeBreakdown:
     """Wall time of a run from its start (``start``) to its last checkpoint (``summary``).
 
     ``step`` includes the graph capture and the reads of the device metrics (where the host
-    waits for the GPU); ``checkpoint`` is the main thread's share (state copies, waiting
-    for the previous write); the background writes overlap the steps.
+    waits for the GPU); ``checkpoint`` is the main thread's share (the state snapshot,
+    waiting for the previous write, and at the end the last write); the background writes
+    overlap the steps. A phase may also be booked under a detail name, reported as
+    ``time/<phase>.<detail>_s`` beside (and included in) ``time/<phase>_s``.
     """
 
     def __init__(self) -> None:
         self.spent = dict.fromkeys(PHASES, 0.0)
+        self.detail: dict[str, float] = {}
         self.t0: float | None = None
         self.num_steps = 0
 
@@ -298,13 +301,17 @@ class TimeBreakdown:
         self.spent[phase] += seconds
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Book the time of the block to ``name``."""
+    def phase(self, name: str, detail: str | None = None) -> Iterator[None]:
+        """Book the time of the block to ``name`` (and to ``name.detail``)."""
         t = time.perf_counter()
         try:
             yield
         finally:
-            self.spent[name] += time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            self.spent[name] += seconds
+            if detail is not None:
+                key = f"{name}.{detail}"
+                self.detail[key] = self.detail.get(key, 0.0) + seconds
 
     def summary(self, batch_size: int) -> dict[str, float]:
         """Flat ``time/*`` seconds and fractions and ``perf/img_per_s`` of the whole run."""
@@ -314,6 +321,7 @@ class TimeBreakdown:
         out["time/total_s"] = round(total, 4)
         for k in (*PHASES, "other"):
             out[f"time/{k}_frac"] = round(out[f"time/{k}_s"] / total, 5) if total > 0 else 0.0
+        out.update({f"time/{k}_s": round(v, 4) for k, v in sorted(self.detail.items())})
         out["run/num_steps"] = self.num_steps
         out["run/num_samples"] = self.num_steps * batch_size
         out["perf/img_per_s"] = round(self.num_steps * batch_size / total, 2) if total else 0.0

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import timm
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from haloscope.errors import ConfigError
 from haloscope.preprocess.schema import check_meta_columns as check_meta_cols
@@ -91,7 +92,8 @@ class LensFinder(nn.Module):
             meta: (B, M) raw meta values in the model's column order (None when M == 0).
 
         Returns:
-            (B,) logits (the autocast dtype under autocast; cast to fp32 for scoring).
+            (B,) logits: in eval mode always fp32 (the logit layer runs outside autocast, so
+            scores under bf16 autocast have no bf16 ties); in train mode the autocast dtype.
         """
         feats = self.backbone(images)  # (B, F)
         if self.meta_mlp is not None:
@@ -100,7 +102,16 @@ class LensFinder(nn.Module):
                 raise ValueError(f"model expects meta (B, {self.num_meta}), got {got}")
             z = self.standardize_meta(meta).to(feats.dtype)
             feats = torch.cat([feats, self.meta_mlp(z)], dim=1)
-        return self.classifier(feats).squeeze(1)
+        *hidden, logit = self.classifier
+        for layer in hidden:
+            feats = layer(feats)
+        if self.training:  # the measured recipe: the loss takes the autocast logit
+            return logit(feats).squeeze(1)
+        # scoring: the logit layer in fp32 outside autocast, so a bf16 backbone adds no ties
+        # (a bf16 logit has 8 significant bits: reference B3/B4, docs/inference.md)
+        with torch.autocast(feats.device.type, enabled=False):
+            bias = None if logit.bias is None else logit.bias.float()
+            return F.linear(feats.float(), logit.weight.float(), bias).squeeze(1)
 
 
 def build_model(

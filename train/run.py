@@ -300,15 +300,16 @@ def _train_step(
 
 
 def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState, channels_last: bool) -> EvalStep:
-    """Validation's step: fp32, a CUDA graph at the per-rank val batch where the training step
-    may be graphed (CUDA, no --compile), else eager on the unwrapped model."""
+    """Validation's step: bf16 autocast on CUDA with the model's fp32 logit layer (as infer
+    scores the test split; no bf16 ties), a CUDA graph at the per-rank val batch where the
+    training step may be graphed (CUDA, no --compile), else eager fp32 on the unwrapped model."""
     graph = env.device.type == "cuda" and cfg.run.cuda_graphs and not cfg.run.compile
     return make_eval_step(
         state.raw_model,
         device=env.device,
         mode="graph" if graph else "eager",
         batch_size=cfg.data.per_rank_batch(env.world_size, val=True),
-        bf16=False,
+        bf16=None,
         channels_last=channels_last,
     )
 

@@ -1,12 +1,14 @@
 """Validation over the whole val split (sharded over ranks, gathered) and early stopping.
 
-Each rank scores its share of the val split in fp32 (no autocast) with the reader in exact
-eval mode, through the trainer's eval step (``train.step.EvalStep``: one CUDA graph per
-batch on CUDA, eager on CPU; the reader's batches all have the same shape, padding rows
-marked ``valid == False``). The logits stay on the device until the last batch; then the
-padding rows are dropped, logits and labels from every rank are gathered, and every rank
-computes the same metrics with ``haloscope.evaluate.metrics`` (exact tie handling), so the
-early-stopping decision is identical on all ranks.
+Each rank scores its share of the val split with the reader in exact eval mode, through the
+trainer's eval step (``train.step.EvalStep``: one CUDA graph per batch on CUDA, eager on CPU;
+the reader's batches all have the same shape, padding rows marked ``valid == False``). On
+CUDA it runs under bf16 autocast with the model's fp32 logit layer, the numerics ``haloscope
+infer`` scores the test split with (no bf16 ties); fp32 elsewhere. The logits stay on the
+device until the last batch; then the padding rows are dropped, logits and labels from every
+rank are gathered, and every rank computes the same metrics with
+``haloscope.evaluate.metrics`` (exact tie handling), so the early-stopping decision is
+identical on all ranks.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Ensemble:
 def load_ensemble(
     paths: Sequence[str], device: torch.device, *, use_bf16: bool, step: str, batch_size: int
 ) -> Ensemble:
-    """Load every checkpoint (fp32 logit layer, channels-last on CUDA) and its forward.
+    """Load every checkpoint (channels-last on CUDA) and its forward.
 
     Raises:
         CheckpointError: unreadable checkpoint, or checkpoints trained with different
@@ -100,7 +100,6 @@ def load_ensemble(
     forwards, infos, first = [], [], None
     for path in paths:
         model, info = load_for_inference(path, device)
-        predict.fp32_output_layer(model)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         settings = checkpoint_settings(info)

@@ -1,4 +1,5 @@
-"""Scoring numerics: the fp32 logit layer keeps bf16 autocast from creating score ties."""
+"""Scoring numerics: the model's fp32 logit layer (eval mode) keeps bf16 autocast from creating
+score ties."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from haloscope.infer.predict import Fp32Output, fp32_output_layer, make_forward, sigmoid32
+from haloscope.infer.predict import make_forward, sigmoid32
 from haloscope.train.model import build_model
 
 N = 512
@@ -36,24 +37,29 @@ def _bf16_representable(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_naive_bf16_autocast_quantises_logits(model_and_inputs):
-    """The seed's bug, reproduced: an autocast output layer gives bf16-rounded logits."""
+    """The seed's bug, reproduced: an autocast logit layer (the model in train mode, as the
+    training step runs it) gives bf16-rounded logits."""
     model, images, meta = model_and_inputs
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        naive = model(images, meta).float()
+    model.train()
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            naive = model(images, meta)
+    finally:
+        model.eval()
+    assert naive.dtype == torch.bfloat16
+    naive = naive.float()
     fp32 = make_forward(model, torch.device("cpu"), use_bf16=False)(images, meta)
     assert bool(_bf16_representable(naive).all())
     assert naive.unique().numel() < fp32.unique().numel()  # the ties the control shows
 
 
 def test_bf16_scoring_adds_no_ties(model_and_inputs):
-    """With the fp32 logit layer, bf16 autocast has exactly as many distinct scores as fp32."""
+    """In eval mode, bf16 autocast has exactly as many distinct scores as fp32."""
     model, images, meta = model_and_inputs
     fp32_logits = make_forward(model, torch.device("cpu"), use_bf16=False)(images, meta)
-    fp32_output_layer(model)
-    try:
-        bf16_logits = make_forward(model, torch.device("cpu"), use_bf16=True)(images, meta)
-    finally:  # undo the in-place wrap for the other tests of this module
-        model.classifier[-1] = model.classifier[-1].linear
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(images[:4], meta[:4]).dtype == torch.float32  # the model's own rule
+    bf16_logits = make_forward(model, torch.device("cpu"), use_bf16=True)(images, meta)
     assert bf16_logits.dtype == torch.float32
     # fp32-rounded, not bf16-rounded: most logits are not bf16 values
     assert float(_bf16_representable(bf16_logits).float().mean()) < 0.1
@@ -65,21 +71,6 @@ def test_bf16_scoring_adds_no_ties(model_and_inputs):
     )
     # and the bf16 model still computes the same function (backbone error only)
     assert torch.allclose(bf16_logits, fp32_logits, atol=0.5 + 0.05 * fp32_logits.abs().max())
-
-
-def test_fp32_output_layer_wraps_the_logit_linear_only():
-    model = build_model(arch="convnext_atto", meta_cols=("psfsize_r",))
-    fp32_output_layer(model)
-    wrapped = [m for m in model.modules() if isinstance(m, Fp32Output)]
-    assert len(wrapped) == 1 and wrapped[0].linear.out_features == 1
-    assert model.classifier[-1] is wrapped[0]
-    fp32_output_layer(model)  # idempotent
-    assert sum(isinstance(m, Fp32Output) for m in model.modules()) == 1
-
-
-def test_fp32_output_layer_refuses_models_without_a_logit_layer():
-    with pytest.raises(ValueError, match="logit layer"):
-        fp32_output_layer(torch.nn.Sequential(torch.nn.Linear(4, 3)))
 
 
 def test_sigmoid32_is_stable_and_exact():

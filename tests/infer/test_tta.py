@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from haloscope.infer.predict import fp32_output_layer, make_forward
+from haloscope.infer.predict import make_forward
 from haloscope.infer.tta import NUM_D4, d4_transform, d4_views, tta_logits
 from haloscope.train.model import build_model
 
@@ -18,7 +18,7 @@ def forward():
     )
     with torch.no_grad():
         model.classifier[-1].weight.mul_(20.0)
-    return make_forward(fp32_output_layer(model), torch.device("cpu"), use_bf16=False)
+    return make_forward(model, torch.device("cpu"), use_bf16=False)
 
 
 def _symmetric(n: int) -> torch.Tensor:

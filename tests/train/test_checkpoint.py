@@ -122,3 +122,54 @@ def test_background_writer_snapshots_now_and_surfaces_its_error(tmp_path: Path) 
     with pytest.raises(type(direct.value)):  # or at the next save, which waits first
         writer.save([tmp_path / "c.pt"], lambda: payload, torch.device("cpu"))
     writer.close(raising=False)  # nothing left in flight
+
+
+def test_one_state_to_two_files_is_written_once_and_later_saves_leave_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model(**ARGS)
+    writer = CheckpointWriter()
+    payload = _payload(model)
+    want = {k: v.clone() for k, v in payload["model"].items()}
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    writer.save([last, best], lambda: payload, torch.device("cpu"))
+    writer.join()
+    assert last.stat().st_ino == best.stat().st_ino  # a hard link: serialised once
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    writer.save([last], lambda: _payload(model), torch.device("cpu"))  # a later epoch
+    writer.join()
+    assert last.stat().st_ino != best.stat().st_ino
+    kept = load_checkpoint(best)["model"]
+    assert all(torch.equal(kept[k], v) for k, v in want.items())  # best.pt as it was
+    key = "classifier.0.weight"
+    assert not torch.equal(load_checkpoint(last)["model"][key], kept[key])
+
+    def no_links(*_args: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr("haloscope.atomic.os.link", no_links)  # e.g. some network file systems
+    writer.save([last, best], lambda: _payload(model), torch.device("cpu"))
+    writer.join()
+    assert last.stat().st_ino != best.stat().st_ino and last.read_bytes() == best.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+@pytest.mark.gpu
+def test_cuda_writer_snapshots_on_the_device_before_the_next_steps(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = build_model(**ARGS).cuda()
+    writer = CheckpointWriter()
+    payload = _payload(model)
+    want = {k: v.detach().cpu().clone() for k, v in payload["model"].items()}
+    writer.save([tmp_path / "a.pt", tmp_path / "b.pt"], lambda: payload, torch.device("cuda"))
+    with torch.no_grad():  # queued right after the snapshot, before the thread copies it
+        for _ in range(20):
+            for p in model.parameters():
+                p.mul_(1.5).add_(1.0)
+    writer.join()
+    for name in ("a.pt", "b.pt"):
+        got = load_checkpoint(tmp_path / name)["model"]
+        assert all(torch.equal(got[k], v) for k, v in want.items())
