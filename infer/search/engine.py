@@ -5,8 +5,8 @@ workers, each read as ``Piece``s) -> ``score_stream`` (every model of the ensemb
 piece, optional D4 TTA) -> ``PartWriter`` (a chunk's rows, scored and rejected, written as
 ``parts/part-<rank>-<chunk>.parquet`` atomically once its last piece is scored).
 
-On CUDA the loop never waits for the GPU between batches: the loader's pin thread pins each
-piece, its host-to-device copy runs on a side stream (overlapping the previous piece's
+On CUDA the loop never waits for the GPU between batches: a pool of pin threads page-locks
+each piece, its host-to-device copy runs on a side stream (overlapping the previous piece's
 model call), its logits are copied back to pinned host memory without blocking and an event
 marks them; a piece is finished (and its chunk possibly written) only when ``LAG`` newer
 pieces have been launched, so reading, copying and part writing overlap the model.
@@ -147,6 +147,12 @@ def _first(item: Any) -> Any:
     return item
 
 
+PIN_THREADS = 4
+"""Threads that page-lock decoded pieces on CUDA (one thread, the DataLoader's, page-faults
+and copies ~75k cutouts/s on an H200 host: about the graphed model's rate, so it would set
+the pace; the copies release the GIL and scale with threads)."""
+
+
 def iter_pieces(
     source: SearchInput,
     chunks: Sequence[Chunk],
@@ -155,8 +161,8 @@ def iter_pieces(
     *,
     pin_memory: bool = False,
 ) -> Iterable[Piece]:
-    """This rank's pieces, decoded in ``num_workers`` processes (0: here), pinned by the
-    loader's pin thread when ``pin_memory`` (CUDA)."""
+    """This rank's pieces, decoded in ``num_workers`` processes (0: here), page-locked in
+    order by ``PIN_THREADS`` threads when ``pin_memory`` (CUDA)."""
     stream = ChunkStream(source, chunks, batch_size)
     if num_workers == 0 or not chunks:
         return stream
@@ -167,9 +173,34 @@ def iter_pieces(
         num_workers=workers,
         collate_fn=_first,
         prefetch_factor=4,
-        pin_memory=pin_memory,
     )
-    return worker_batches(iter(loader))  # a worker's error as one line
+    pieces = worker_batches(iter(loader))  # a worker's error as one line
+    return _pinned(pieces, PIN_THREADS, 2 * PIN_THREADS) if pin_memory else pieces
+
+
+def _pinned(pieces: Iterator[Piece], threads: int, ahead: int) -> Iterator[Piece]:
+    """``pieces`` page-locked by a pool of ``threads``, in order, at most ``ahead`` in flight."""
+    device = torch.cuda.current_device()
+    pool = ThreadPoolExecutor(
+        max_workers=threads,
+        thread_name_prefix="search-pin",
+        initializer=torch.cuda.set_device,
+        initargs=(device,),
+    )
+    queued: deque = deque()
+    try:
+        for piece in pieces:
+            queued.append(pool.submit(piece.pin_memory))
+            if len(queued) >= ahead:
+                yield queued.popleft().result()
+        while queued:
+            yield queued.popleft().result()
+    finally:
+        for future in queued:
+            future.cancel()
+        pool.shutdown(wait=True)
+        if hasattr(pieces, "close"):
+            pieces.close()  # shut the loader workers down
 
 
 @dataclass
