@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,9 @@ __all__ = [
     "write_fits",
     "write_catalog",
     "search",
+    "search_command",
+    "search_nodes",
+    "free_port",
 ]
 
 TRUTH = (
@@ -85,17 +92,70 @@ def write_catalog(table: pa.Table, path: Path, ids: list[str]) -> Path:
     return path
 
 
-def search(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``haloscope search ARGS`` in a subprocess (torchrun with gloo when nproc > 1)."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 f"--nproc-per-node={nproc}", "-m", "haloscope"]
-                if nproc > 1 else [sys.executable, "-m", "haloscope"])  # fmt: skip
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def search_command(
+    *args: str, nproc: int = 1, nnodes: int = 1, node_rank: int = 0, master_port: int = 0
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of ``haloscope search ARGS``: one process, torchrun --standalone
+    (nnodes 1, nproc > 1), or node ``node_rank`` of ``nnodes`` torchruns meeting at
+    127.0.0.1:``master_port`` (a static rendezvous, as one torchrun per node on a cluster)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes > 1:
+        launcher = [*torchrun, f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+                    "--master-addr=127.0.0.1", f"--master-port={master_port}",
+                    "-m", "haloscope"]  # fmt: skip
+    elif nproc > 1:
+        launcher = [*torchrun, "--standalone", "-m", "haloscope"]
+    else:
+        launcher = [sys.executable, "-m", "haloscope"]
     # NOTE: one intra-op thread: oneDNN convolutions sum in a thread-count-dependent order
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*launcher, "search", *args, "--device", "cpu", "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return [*launcher, "search", *args, "--device", "cpu", "--no-progress"], env
+
+
+def search(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``haloscope search ARGS`` in a subprocess (torchrun with gloo when nproc > 1)."""
+    argv, env = search_command(*args, nproc=nproc)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def search_nodes(
+    *args: str, nnodes: int = 2, nproc: int = 1, timeout: float = 120
+) -> list[subprocess.CompletedProcess]:
+    """``haloscope search ARGS`` as ``nnodes`` torchruns started side by side, node 0 first,
+    all with the same command line and rendezvous (a fresh port); one result per node.
+
+    A node still running after ``timeout`` seconds (a hung rendezvous) is killed with its
+    ranks (its own process group) and returns -SIGKILL, with what it had printed.
+    """
+    port = free_port()
+    procs = []
+    for node in range(nnodes):
+        argv, env = search_command(
+            *args, nproc=nproc, nnodes=nnodes, node_rank=node, master_port=port
+        )
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env, start_new_session=True))  # fmt: skip
+    deadline = time.monotonic() + timeout
+    outputs: dict[int, tuple[str, str]] = {}
+    try:
+        for i, proc in enumerate(procs):
+            outputs[i] = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for i, proc in enumerate(procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            if i not in outputs:
+                outputs[i] = proc.communicate()
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, *outputs[i]) for i, p in enumerate(procs)
+    ]
