@@ -444,7 +444,8 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     cfg = ctx.cfg
     names = ["last.pt"]
     is_last = epoch + 1 == cfg.run.epochs
-    if (epoch + 1) % cfg.run.val_every == 0 or is_last:
+    validated = (epoch + 1) % cfg.run.val_every == 0 or is_last
+    if validated:
         ctx.writer.wait_curves()  # the last validation's redraw, done during this epoch
         with ctx.timer.phase("validation"):
             metrics = validate(
@@ -465,6 +466,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
                 "val/is_best": int(is_best),
                 **metrics,
             },
+            redraw=False,  # after the checkpoint's snapshot (below): matplotlib holds the GIL
         )
         if ctx.env.is_main:
             det = metrics.get("val/det_tpr@fpr1e-3", math.nan)
@@ -485,6 +487,8 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
             names.append("best.pt")
     state.epoch, state.step_in_epoch = epoch + 1, 0
     _save(state, ctx, *names)
+    if validated:
+        ctx.writer.redraw_curves()  # overlaps the next epoch's steps
 
 
 def _epochs(state: TrainState, ctx: RunContext, batches: Iterator[dict[str, Any]]) -> FitResult:

@@ -148,9 +148,10 @@ def _first(item: Any) -> Any:
 
 
 PIN_THREADS = 4
-"""Threads that page-lock decoded pieces on CUDA (one thread, the DataLoader's, page-faults
-and copies ~75k cutouts/s on an H200 host: about the graphed model's rate, so it would set
-the pace; the copies release the GIL and scale with threads)."""
+"""Threads that page-lock decoded pieces on CUDA. On an H200 host one thread already keeps
+up with the graphed ConvNeXt-Tiny step (71k cutouts/s, ``bench/results/search_gpu.json``:
+1 and 4 threads both at 1.00 of it); the page faults and copies release the GIL, so more
+threads leave headroom for faster devices and smaller models."""
 
 
 def iter_pieces(

@@ -58,3 +58,23 @@ def test_curves_are_redrawn_in_the_background_and_errors_surface(tmp_path: Path)
         w.wait_curves()
     w.wait_curves()  # raised once
     w.close()
+
+
+def test_a_val_record_may_leave_the_redraw_for_later(tmp_path: Path) -> None:
+    """The trainer writes the val row before its checkpoint snapshot and starts the redraw
+    after it (matplotlib's hold on the GIL would slow the snapshot's many small copies)."""
+    w = MetricsWriter(tmp_path)
+    w.write("train", {"epoch": 0, "step": 1, "global_step": 1, "train/loss": 0.5})
+    w.write("val", {"epoch": 0, "global_step": 1, "val/auroc": 0.9, "val/is_best": 1}, redraw=False)
+    w.wait_curves()
+    assert not (tmp_path / "curves.png").exists()  # no redraw was started
+    w.redraw_curves()
+    w.wait_curves()
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    w.close()
+    off = MetricsWriter(tmp_path / "off", curves=False)
+    off.write("val", {"epoch": 0, "global_step": 1, "val/auroc": 0.9, "val/is_best": 1})
+    off.redraw_curves()
+    off.wait_curves()
+    assert not (tmp_path / "off" / "curves.png").exists()
+    off.close()
