@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -175,9 +176,45 @@ def _prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume: bool) -> Path:
         )
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _remove_earlier_run(run_dir)
         text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
         atomic_write_text(run_dir / "config.resolved.json", text)
     return run_dir
+
+
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "metrics.jsonl",
+    "metrics.csv",
+    "val_metrics.csv",
+    "curves.png",
+    "time_breakdown.json",
+)
+"""What a run writes in OUT_DIR besides its config (and the ``tb`` folder)."""
+
+
+def _remove_earlier_run(run_dir: Path) -> None:
+    """A fresh start (``--overwrite``, or an earlier run killed before its first checkpoint)
+    replaces the earlier run's files: the metric files are appended to, and would otherwise
+    mix both runs' rows; a stale best.pt would stand until the first validation."""
+    stale = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    tb = run_dir / "tb"
+    if tb.is_dir():
+        stale.append(tb)
+    if not stale:
+        return
+    log.info(
+        "%s: starting afresh, removing the earlier run's %s",
+        run_dir,
+        ", ".join(p.name for p in stale),
+    )
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _log_start(ctx: RunContext, num_train: int, num_val: int) -> None:

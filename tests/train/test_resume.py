@@ -106,3 +106,19 @@ def test_resume_refusals(
     (run / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable or corrupt"):
         main(tiny_argv(tiny_shards, run, "--resume"))
+
+
+def test_a_fresh_start_replaces_the_earlier_runs_files(tiny_shards: Path, tmp_path: Path) -> None:
+    """--overwrite starts over: metrics.jsonl/csv hold one run's rows, not both runs'."""
+    run = tmp_path / "r"
+    assert main(tiny_argv(tiny_shards, run, "--num-workers", "0")) == 0
+    first = (run / "metrics.jsonl").read_text()
+    first_val = (run / "val_metrics.csv").read_text()
+    (run / "notes.txt").write_text("the user's own file")
+    assert main(tiny_argv(tiny_shards, run, "--num-workers", "0", "--overwrite")) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in rows if r["kind"] == "train"]
+    assert steps == sorted(set(steps))  # each step once: the first run's rows are gone
+    assert len(rows) == len(first.splitlines())
+    assert (run / "val_metrics.csv").read_text().count("\n") == first_val.count("\n")
+    assert (run / "notes.txt").read_text() == "the user's own file"  # only the run's files
