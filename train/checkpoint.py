@@ -5,6 +5,8 @@ dicts). Keys (``FORMAT`` version 1):
 
 - ``format`` ("haloscope-train"), ``version`` (1), ``haloscope_version``;
 - ``model``: the unwrapped model's state_dict (incl. buffers ``meta_mean``/``meta_std``);
+- ``ema_model`` (only with ``--ema-decay``): the moving average of the weights
+  (``train.ema``), a state_dict with ``model``'s keys; inference loads it when present;
 - ``model_args``: kwargs of ``build_model`` (arch, meta_cols, meta_mean, meta_std, dropout,
   drop_path_rate);
 - ``optimizer``, ``scheduler``: their state_dicts;
@@ -342,7 +344,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_for_inference(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the trained model for scoring.
+    """Rebuild the trained model for scoring: with the moving average of the weights
+    (``ema_model``) when the run kept one (``--ema-decay``; validation chose best.pt by it),
+    else with its weights (``model``).
 
     Args:
         path: ``best.pt`` or ``last.pt``.
@@ -353,7 +357,8 @@ def load_for_inference(
         (B, 3, 64, 64) normalised as the shards are and raw meta (B, M) in
         ``info["meta_cols"]`` order; ``info`` has ``arch``, ``meta_cols``, ``meta_mean``,
         ``meta_std``, ``preprocess`` (the train manifest's settings), ``config`` (dict),
-        ``epoch``, ``global_step``, ``val_metrics``, ``path``.
+        ``epoch``, ``global_step``, ``val_metrics``, ``path``, ``weights`` (``ema_model``
+        or ``model``: the key the weights came from).
 
     Raises:
         CheckpointError: missing, corrupt or mismatched checkpoint.
@@ -364,8 +369,11 @@ def load_for_inference(
         model = build_model(**args)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {exc}") from None
+    weights = "ema_model" if "ema_model" in payload else "model"
+    if weights == "ema_model":
+        log.info("%s: loading the moving average of the weights (ema_model)", path)
     try:
-        model.load_state_dict(payload["model"], strict=True)
+        model.load_state_dict(payload[weights], strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(
@@ -384,5 +392,6 @@ def load_for_inference(
         "epoch": progress.get("epoch"),
         "global_step": progress.get("global_step"),
         "val_metrics": payload.get("val_metrics"),
+        "weights": weights,
     }
     return model, info

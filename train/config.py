@@ -180,6 +180,11 @@ class OptimConfig:
     """Learning rate at the end of the cosine."""
     grad_clip: float = 1.0
     """Max global gradient norm; 0 disables clipping."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights, updated after every optimiser step t with
+    decay min(ema_decay, (1+t)/(10+t)); validation, early stopping, best.pt and inference then
+    use the averaged weights. 0: off; else in (0, 1), e.g. 0.999. A --resume may not change
+    it."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -196,6 +201,8 @@ class OptimConfig:
             raise ValueError(f"--min-lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if self.grad_clip < 0:
             raise ValueError(f"--grad-clip must be >= 0, got {self.grad_clip}")
+        if self.ema_decay != 0.0 and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True, kw_only=True)

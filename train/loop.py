@@ -39,6 +39,7 @@ from haloscope.shards.read import ShardReader
 from haloscope.train import checkpoint as ckpt
 from haloscope.train.config import TrainConfig
 from haloscope.train.dist import DistEnv, all_gather_object, all_reduce_mean
+from haloscope.train.ema import WeightEMA
 from haloscope.train.failures import worker_batches
 from haloscope.train.loss import LossFn
 from haloscope.train.metrics import MetricsWriter, StepWindow, TimeBreakdown
@@ -70,11 +71,17 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     aug_gen: torch.Generator | None
     early: EarlyStopping
+    ema: WeightEMA | None = None  # the weights' moving average (--ema-decay), or None
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
     val_metrics: dict[str, float] = field(default_factory=dict)
     loader_state: dict[str, Any] | None = None  # reader position to restore (resume only)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model validation scores: the weights' moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.raw_model
 
 
 @dataclass(kw_only=True)
@@ -159,7 +166,8 @@ class FitResult:
 
 
 def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
-    """The full resume + inference payload of the current state (tensors not yet copied)."""
+    """The full resume + inference payload of the current state (tensors not yet copied);
+    with ``--ema-decay`` the averaged weights go in ``ema_model``, beside ``model``."""
     reader = {
         **ctx.train_reader.state_dict(),
         "epoch": state.epoch,
@@ -179,6 +187,7 @@ def checkpoint_payload(state: TrainState, ctx: RunContext) -> dict[str, Any]:
         "rng": ckpt.capture_rng(state.aug_gen),
         "early_stopping": state.early.state_dict(),
         "val_metrics": dict(state.val_metrics),
+        **({"ema_model": state.ema.module.state_dict()} if state.ema is not None else {}),
         **ctx.static,
     }
 
@@ -449,7 +458,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
         ctx.writer.wait_curves()  # the last validation's redraw, done during this epoch
         with ctx.timer.phase("validation"):
             metrics = validate(
-                state.raw_model,
+                state.eval_model,
                 _val_batches(state, ctx),
                 ctx.env,
                 loss_fn=ctx.loss_fn,

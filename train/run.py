@@ -35,6 +35,7 @@ from haloscope.train.dist import (
     shutdown,
     wrap_ddp,
 )
+from haloscope.train.ema import WeightEMA
 from haloscope.train.loop import FitResult, RunContext, StopFlag, TrainState, catch_signals, fit
 from haloscope.train.loss import LossFn, build_loss
 from haloscope.train.metrics import MetricsWriter
@@ -89,7 +90,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def build_state(
     cfg: TrainConfig, env: DistEnv, model_args: dict[str, Any], steps: int
 ) -> TrainState:
-    """Fresh model, optimiser, schedule, augmentation generator and early stopping."""
+    """Fresh model, optimiser, schedule, augmentation generator, early stopping, and the
+    weights' moving average (``--ema-decay``; a copy of the fresh model, the same on every
+    rank)."""
     seed_everything(cfg.run.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     model = build_model(**model_args).to(env.device)
     if channels_last_for(cfg, env.device):
@@ -107,7 +110,17 @@ def build_state(
     )
     aug_gen = make_generator(cfg.run.seed, env.rank, env.device) if cfg.run.augment else None
     early = EarlyStopping(cfg.run.early_stopping_patience, cfg.run.monitor, warn=env.is_main)
-    return TrainState(model, model, optimizer, scheduler, aug_gen, early)
+    ema = WeightEMA(model, o.ema_decay) if o.ema_decay > 0 else None
+    if ema is not None:
+        log.info(
+            "EMA of the weights, decay %g: validation, best.pt and inference use it", o.ema_decay
+        )
+    return TrainState(model, model, optimizer, scheduler, aug_gen, early, ema)
+
+
+ADDED_KEYS: dict[str, Any] = {"optim.ema_decay": 0.0}
+"""Config keys added after checkpoints were first written, with the value that older runs
+ran with: a checkpoint whose config lacks one resumes as if it held that value."""
 
 
 def restore_state(
@@ -120,7 +133,7 @@ def restore_state(
             may not change.
         CheckpointError: different world size, or state that does not fit the model.
     """
-    saved = _flat(json.loads(payload["config"]))
+    saved = {**ADDED_KEYS, **_flat(json.loads(payload["config"]))}
     now = _flat(config_to_dict(cfg))
     diff = sorted(
         k
@@ -142,6 +155,8 @@ def restore_state(
         state.raw_model.load_state_dict(payload["model"])
         state.optimizer.load_state_dict(payload["optimizer"])
         state.scheduler.load_state_dict(payload["scheduler"])
+        if state.ema is not None:
+            state.ema.load_state_dict(payload["ema_model"], progress["global_step"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"last.pt does not fit this model/optimiser: {exc}") from None
     state.early.load_state_dict(payload["early_stopping"])
@@ -333,16 +348,18 @@ def _train_step(
         max_grad_norm=cfg.optim.grad_clip,
         grad_sync=sync,
         metrics_slots=cfg.run.sync_every,
+        ema=state.ema,
     )
 
 
 def _eval_step(cfg: TrainConfig, env: DistEnv, state: TrainState, channels_last: bool) -> EvalStep:
     """Validation's step: bf16 autocast on CUDA with the model's fp32 logit layer (as infer
     scores the test split; no bf16 ties), a CUDA graph at the per-rank val batch where the
-    training step may be graphed (CUDA, no --compile), else eager fp32 on the unwrapped model."""
+    training step may be graphed (CUDA, no --compile), else eager fp32 on the unwrapped model
+    (the weights' moving average with --ema-decay: ``TrainState.eval_model``)."""
     graph = env.device.type == "cuda" and cfg.run.cuda_graphs and not cfg.run.compile
     return make_eval_step(
-        state.raw_model,
+        state.eval_model,
         device=env.device,
         mode="graph" if graph else "eager",
         batch_size=cfg.data.per_rank_batch(env.world_size, val=True),

@@ -4,8 +4,9 @@
 D4-augment on the device, forward under autocast, the fp32 loss per sample weighted by
 ``weight`` (``sum(w * l) / sum(w)``: zero-weight rows pad a static batch without changing
 the gradient, as ConvNeXt normalises per sample), backward, the gradient all-reduce of a
-graphed multi-rank run, global-norm clipping, the optimiser step, and the step's loss and
-gradient norm written into device buffers (``StepMetrics``). It has no host syncs and no
+graphed multi-rank run, global-norm clipping, the optimiser step, the update of the weights'
+moving average (``train.ema``, with ``--ema-decay``), and the step's loss and gradient norm
+written into device buffers (``StepMetrics``). It has no host syncs and no
 branch on data, so every mode runs this same function:
 
 - ``eager``: called as is (CPU runs, ``--no-cuda-graphs``, DDP-wrapped models);
@@ -30,6 +31,7 @@ from torch import nn
 
 from haloscope.train.augment import D4_SIZE, d4_transform
 from haloscope.train.cuda_graph import GraphedCall, make_capturable
+from haloscope.train.ema import WeightEMA
 from haloscope.train.graph_io import StaticBatch
 from haloscope.train.loss import LossFn, build_loss
 
@@ -166,6 +168,7 @@ def train_step(
     aug_gen: torch.Generator | None = None,
     grad_sync: GradSync | None = None,
     metrics: StepMetrics | None = None,
+    ema: WeightEMA | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on one device batch; returns ``(loss, grad_norm)`` 0-d fp32 tensors.
 
@@ -181,6 +184,7 @@ def train_step(
         aug_gen: generator of the D4 draws (None: the device's default one).
         grad_sync: gradient averaging over ranks for an unwrapped model, or None.
         metrics: device buffers that receive ``(loss, grad_norm)``, or None.
+        ema: the moving average of the weights to update after the optimiser step, or None.
     """
     optimizer.zero_grad(set_to_none=True)
     x = images.float()
@@ -201,6 +205,8 @@ def train_step(
     max_norm = options.max_grad_norm if options.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
+    if ema is not None:
+        ema.update()
     loss, grad_norm = loss.detach(), grad_norm.detach()
     if metrics is not None:
         metrics.record(loss, grad_norm)
@@ -245,6 +251,7 @@ class TrainStep:
         aug_generator: generator of the D4 draws (the trainer's per-rank one).
         grad_sync: gradient averaging over ranks for an unwrapped model (graph under torchrun).
         metrics_slots: steps the device metrics ring holds between reads.
+        ema: the moving average of the weights, updated after every optimiser step, or None.
 
     Raises:
         ValueError: graph mode off CUDA, a bad batch size, or a non-capturable optimiser.
@@ -263,6 +270,7 @@ class TrainStep:
         aug_generator: torch.Generator | None = None,
         grad_sync: GradSync | None = None,
         metrics_slots: int = 50,
+        ema: WeightEMA | None = None,
     ) -> None:
         self.device, self.mode = torch.device(device), mode
         if mode not in ("eager", "compile", "graph"):
@@ -274,7 +282,7 @@ class TrainStep:
         self.model, self.optimizer = model, optimizer
         self.loss_fn = loss_fn if loss_fn is not None else build_loss()
         self.options = options if options is not None else StepOptions()
-        self.aug_generator, self.grad_sync = aug_generator, grad_sync
+        self.aug_generator, self.grad_sync, self.ema = aug_generator, grad_sync, ema
         self.metrics = StepMetrics(metrics_slots, self.device)
         self.batch_size, self.num_padded_samples = batch_size, 0
         self._batch: StaticBatch | None = None
@@ -300,6 +308,7 @@ class TrainStep:
             aug_gen=self.aug_generator,
             grad_sync=self.grad_sync,
             metrics=self.metrics,
+            ema=self.ema,
         )
 
     def step(
@@ -329,7 +338,8 @@ class TrainStep:
         return {"loss": loss, "grad_norm": norm}
 
     def _undo_warmup(self) -> Callable[[], None]:
-        """Snapshot weights, optimiser state and metrics; the returned function restores them."""
+        """Snapshot weights, optimiser state, metrics and the weights' moving average; the
+        returned function restores them."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         weights = [p.detach().clone() for p in params]
         saved = {
@@ -337,6 +347,7 @@ class TrainStep:
             for p, s in self.optimizer.state.items()
         }
         restore_metrics = self.metrics.snapshot()
+        restore_ema = self.ema.snapshot() if self.ema is not None else None
 
         @torch.no_grad()
         def restore() -> None:  # in place: the graph keeps these addresses
@@ -347,6 +358,8 @@ class TrainStep:
                     if isinstance(value, torch.Tensor):
                         value.copy_(saved[p][key]) if p in saved else value.zero_()
             restore_metrics()
+            if restore_ema is not None:
+                restore_ema()
 
         return restore
 
@@ -504,6 +517,7 @@ def make_train_step(
     max_grad_norm: float = 1.0,
     grad_sync: GradSync | None = None,
     metrics_slots: int = 50,
+    ema: WeightEMA | None = None,
 ) -> TrainStep:
     """Build the training step: ``graph``, ``compile`` (torch.compile default mode) or ``eager``.
 
@@ -533,6 +547,7 @@ def make_train_step(
         aug_generator=aug_generator,
         grad_sync=grad_sync,
         metrics_slots=metrics_slots,
+        ema=ema,
     )
 
 
