@@ -21,7 +21,8 @@ class SearchConfig(ComputeConfig):
 
     input: str
     """Cutouts to score: unlabelled parquet (a file, a folder or a glob), a folder of Legacy
-    Survey FITS cutouts (with --catalog), or shards of `haloscope shards --unlabelled`."""
+    Survey FITS cutouts (with --catalog), or shards of `haloscope shards --unlabelled`, also
+    at an http(s):// or s3:// URL (the split folder or its root)."""
     ckpt: tuple[str, ...] = option(nargs="+", metavar="CKPT.pt")
     """Checkpoint(s) of `haloscope train`; several form an ensemble (mean logit, each
     model's logit kept as logit_<k>); all must share one preprocessing."""
@@ -29,8 +30,12 @@ class SearchConfig(ComputeConfig):
     """Output folder: parts/ while scoring, then candidates.parquet, top<N>.csv,
     rejects.parquet, summary.json, candidates.html. Re-running the same command resumes."""
     input_kind: Literal["auto", "parquet", "fits", "shards"] = "auto"
-    """What --input is; auto: a folder with manifest.json (or search/manifest.json) is
-    shards, a folder of *.fits[.gz|.fz] files is FITS, anything else parquet."""
+    """What --input is; auto: a folder with manifest.json (or search/manifest.json), or a
+    URL, is shards, a folder of *.fits[.gz|.fz] files is FITS, anything else parquet."""
+    cache_dir: str | None = None
+    """With a URL --input (http(s)://, s3://): local folder caching whole shards, verified by
+    sha256 and shared by workers and runs (docs/search.md); not given: OUT/shard-cache. Unused
+    (a warning) for a local --input."""
     catalog: str | None = None
     """FITS input only: parquet or CSV with a `file` (file name) or `id` (file name without
     suffix) column and the checkpoint's meta columns (optional: ra, dec)."""

@@ -11,11 +11,17 @@ not depend on the number of ranks or loader workers.
 Parquet rows are prepared by ``preprocess.convert.unlabelled.prepare_unlabelled`` (the stamp
 decoding and normalisation of the converter), shards through the shard reader's record index
 (``shards.index.open_shard``), FITS files by ``infer.search.fits``.
+
+An unlabelled shard split may also be a URL (``http(s)://``, ``s3://``: ``shards/remote.py``):
+its manifest is read first (``URL/manifest.json``, else ``URL/search/manifest.json``), then each
+shard is downloaded whole into a verified ``ShardCache`` (by whichever loader worker reads it
+first; the others wait on the shard's lock) and read from there exactly as a local shard.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from haloscope.errors import ConfigError, ContractError
+from haloscope.errors import ConfigError, ContractError, DataError
 from haloscope.preprocess.convert.unlabelled import (
     SEARCH_SPLIT,
     list_parquet,
@@ -35,6 +41,7 @@ from haloscope.preprocess.convert.unlabelled import (
 from haloscope.preprocess.decode import decode_stamps
 from haloscope.shards.index import open_shard
 from haloscope.shards.manifest import MANIFEST_NAME, Manifest, check_compatible, load_manifest
+from haloscope.shards.remote import RemotePath, ShardCache, Source, is_url, open_source
 
 __all__ = ["FITS_SUFFIXES", "Chunk", "Piece", "SearchInput", "detect_kind", "open_input"]
 
@@ -92,8 +99,11 @@ def _is_fits(path: Path) -> bool:
 
 
 def detect_kind(spec: str) -> str:
-    """``shards`` (a split folder or root with ``search/``), ``fits`` (a folder of FITS
-    files) or ``parquet`` (anything else: a file, a folder or a glob)."""
+    """``shards`` (a split folder or root with ``search/``, or any URL: only shard splits
+    are read from one), ``fits`` (a folder of FITS files) or ``parquet`` (anything else: a
+    file, a folder or a glob)."""
+    if is_url(spec):
+        return "shards"
     path = Path(spec)
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file() or (path / SEARCH_SPLIT / MANIFEST_NAME).is_file():
@@ -204,19 +214,71 @@ class ParquetInput(SearchInput):
         return stamps
 
 
+def _not_found(exc: DataError) -> bool:
+    """A remote read's error says the object does not exist (``shards/remote.py``'s wording)."""
+    return ": not found (" in str(exc)
+
+
+def _remote_manifest(url: str) -> Manifest:
+    """The manifest at ``url``: the split folder, or a root whose ``search/`` holds it (no
+    listing: ``url/manifest.json`` is tried, then ``url/search/manifest.json``).
+
+    Raises:
+        DataError: neither exists (one line naming both), the server cannot be reached, or
+            the manifest is not a shard manifest.
+    """
+    root = RemotePath(url)
+    tried = [root / MANIFEST_NAME, root / SEARCH_SPLIT / MANIFEST_NAME]
+    for split_dir in (root, root / SEARCH_SPLIT):
+        try:
+            return load_manifest(split_dir)
+        except DataError as exc:
+            if not str(exc).startswith(f"{split_dir / MANIFEST_NAME}: no manifest"):
+                raise
+    raise DataError(
+        f"--input {url}: no shard manifest at {tried[0]} nor at {tried[1]} (is it a split of "
+        "`haloscope shards --unlabelled`, or its root, and is the upload complete?)"
+    )
+
+
 class ShardInput(SearchInput):
     """A shard split (``haloscope shards --unlabelled`` writes ``<root>/search/``); chunk =
-    shard. Its preprocessing must be the checkpoint's (``check_compatible``)."""
+    shard. Its preprocessing must be the checkpoint's (``check_compatible``).
+
+    At a URL each shard is fetched whole into ``cache_dir`` (a ``ShardCache``, made on first
+    use, so opening the input writes nothing) and read from there."""
 
     kind = "shards"
 
-    def __init__(self, spec: str, settings: dict[str, Any], *, id_column: str = "auto") -> None:
+    def __init__(
+        self,
+        spec: str,
+        settings: dict[str, Any],
+        *,
+        id_column: str = "auto",
+        cache_dir: str | Path | None = None,
+    ) -> None:
         super().__init__(spec, settings, id_column=id_column)
-        root = Path(spec)
-        split_dir = root if (root / MANIFEST_NAME).is_file() else root / SEARCH_SPLIT
-        self.manifest: Manifest = load_manifest(split_dir)
+        self.source: Source | None = None
+        self.cache_dir: Path | None = None
+        self._cache: ShardCache | None = None
+        if is_url(spec):
+            if cache_dir is None:
+                raise ConfigError(f"--input {spec} is a URL: give --cache-dir")
+            self.manifest: Manifest = _remote_manifest(spec)
+            self.source = open_source(self.manifest.split_dir)
+            self.cache_dir = Path(cache_dir)
+        else:
+            root = Path(spec)
+            split_dir = root if (root / MANIFEST_NAME).is_file() else root / SEARCH_SPLIT
+            self.manifest = load_manifest(split_dir)
         wanted = {k: settings[k] for k in ("norm", "meta_columns", "stamp_px") if k in settings}
         check_compatible(self.manifest, wanted, against=f"checkpoint {settings.get('ckpt')}")
+
+    @property
+    def is_remote(self) -> bool:
+        """The split is read from a URL through the shard cache."""
+        return self.source is not None
 
     def chunks(self) -> list[Chunk]:
         return [
@@ -225,15 +287,30 @@ class ShardInput(SearchInput):
         ]
 
     def identity(self) -> dict[str, Any]:
+        if self.is_remote:  # the split's URL (root or split folder alike) and its shards
+            return {
+                "kind": self.kind,
+                "url": str(self.manifest.split_dir),
+                "shards": [s["sha256"] for s in self.manifest.shards],
+            }
         return {
             "kind": self.kind,
-            "manifest": str(self.manifest.split_dir.resolve()),
+            "manifest": str(Path(self.manifest.split_dir).resolve()),
             "shards": [s["sha256"] for s in self.manifest.shards],
         }
 
+    def _local_path(self, chunk: Chunk) -> Path:
+        """The chunk's shard file: itself, or (URL) its verified copy in the cache."""
+        if self.source is None:
+            return Path(chunk.source)
+        if self._cache is None:  # here: in the loader worker (or the gallery's process)
+            assert self.cache_dir is not None
+            self._cache = ShardCache(self.cache_dir)
+        return self._cache.fetch(self.source, self.manifest.shards[chunk.group])
+
     def _arrays(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         entry = self.manifest.shards[chunk.group]
-        views = open_shard(Path(chunk.source), entry["records"], len(self.meta_cols))
+        views = open_shard(self._local_path(chunk), entry["records"], len(self.meta_cols))
         return (
             np.concatenate([v.image for v in views]),
             np.concatenate([v.meta for v in views]),
@@ -265,8 +342,21 @@ class ShardInput(SearchInput):
 
     @property
     def extra_rejects(self) -> pa.Table | None:
-        path = self.manifest.split_dir / "rejects.parquet"
-        return pq.read_table(path) if path.is_file() else None
+        if self.source is None:
+            path = Path(self.manifest.split_dir) / "rejects.parquet"
+            return pq.read_table(path) if path.is_file() else None
+        try:
+            data = self.source.read("rejects.parquet")
+        except DataError as exc:
+            if _not_found(exc):
+                return None
+            raise
+        try:
+            return pq.read_table(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(
+                f"{self.source.describe('rejects.parquet')}: unreadable ({exc})"
+            ) from None
 
 
 def open_input(
@@ -277,8 +367,12 @@ def open_input(
     id_column: str = "auto",
     catalog: str | None = None,
     chunk_size: int = 4096,
+    cache_dir: str | Path | None = None,
 ) -> SearchInput:
     """The input of ``--input`` (``kind``: ``auto``, ``parquet``, ``fits`` or ``shards``).
+
+    A URL is read as an unlabelled shard split, its shards cached in ``cache_dir`` (unused
+    for a local input).
 
     Raises:
         ConfigError: ``--catalog`` given for a non-FITS input, or missing for FITS.
@@ -286,6 +380,11 @@ def open_input(
     """
     if kind == "auto":
         kind = detect_kind(spec)
+    if is_url(spec) and kind != "shards":
+        raise ConfigError(
+            f"--input {spec} is a URL: only shard splits of `haloscope shards --unlabelled` "
+            f"are read from a URL, not --input-kind {kind}"
+        )
     if kind != "fits" and catalog is not None:
         raise ConfigError(f"--catalog is for a folder of FITS cutouts; --input {spec} is {kind}")
     if kind == "fits":
@@ -301,7 +400,7 @@ def open_input(
             spec, settings, id_column=id_column, catalog=catalog, chunk_size=chunk_size
         )
     if kind == "shards":
-        return ShardInput(spec, settings, id_column=id_column)
+        return ShardInput(spec, settings, id_column=id_column, cache_dir=cache_dir)
     if not Path(spec).exists() and not glob.glob(spec):
         raise ContractError(f"--input {spec}: no such file, folder or glob match")
     return ParquetInput(spec, settings, id_column=id_column)

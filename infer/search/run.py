@@ -1,12 +1,12 @@
 """One search: process group, out folder and fingerprint, this rank's chunks, then the outputs.
 
 Resume. ``--out`` holds ``search.json`` with a fingerprint of the checkpoints (sha256), the
-input (files, sizes, mtimes, or shard sha256s), TTA and precision; a re-run with another
-fingerprint is refused (one line), so parts of two searches never mix. A chunk is finished
-exactly when its part file exists (written atomically), so a search killed at any point and
-re-run scores only the chunks without one and never writes a chunk twice; temporary files
-of a killed run are removed first. The world size may change between runs (parts are found
-by chunk number, whichever rank wrote them).
+input (files, sizes, mtimes, or the shard split's folder or URL and its shard sha256s), TTA
+and precision; a re-run with another fingerprint is refused (one line), so parts of two
+searches never mix. A chunk is finished exactly when its part file exists (written
+atomically), so a search killed at any point and re-run scores only the chunks without one
+and never writes a chunk twice; temporary files of a killed run are removed first. The world
+size may change between runs (parts are found by chunk number, whichever rank wrote them).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from haloscope.infer.search import engine, merge
 from haloscope.infer.search.config import SearchConfig
 from haloscope.infer.search.inputs import SearchInput, open_input
 from haloscope.log import setup_logging
+from haloscope.shards.remote import is_url
 from haloscope.shards.write import sha256_file
 from haloscope.train.dist import (
     all_gather_object,
@@ -36,10 +37,19 @@ from haloscope.train.dist import (
     shutdown,
 )
 
-__all__ = ["FINGERPRINT_NAME", "fingerprint", "prepare_out", "run_search"]
+__all__ = [
+    "CACHE_NAME",
+    "FINGERPRINT_NAME",
+    "cache_dir",
+    "fingerprint",
+    "prepare_out",
+    "run_search",
+]
 
 log = logging.getLogger(__name__)
 FINGERPRINT_NAME = "search.json"
+CACHE_NAME = "shard-cache"
+"""A URL input's shard cache inside --out when no --cache-dir is given."""
 
 
 def _sha256(path: str) -> str:
@@ -111,6 +121,11 @@ def _gather_rows(rows: int, env) -> int:
     return sum(int(r) for r in all_gather_object(rows, env))
 
 
+def cache_dir(cfg: SearchConfig) -> Path:
+    """Where a URL input's shards are cached: --cache-dir, else ``OUT/shard-cache``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.out) / CACHE_NAME
+
+
 def _open(cfg: SearchConfig, env, batch: int) -> tuple[engine.Ensemble, SearchInput]:
     """The ensemble of ``cfg.ckpt`` and the input read with its preprocessing."""
     ensemble = engine.load_ensemble(
@@ -128,6 +143,7 @@ def _open(cfg: SearchConfig, env, batch: int) -> tuple[engine.Ensemble, SearchIn
         id_column=cfg.id_column,
         catalog=cfg.catalog,
         chunk_size=cfg.chunk_size,
+        cache_dir=cache_dir(cfg),
     )
     return ensemble, source
 
@@ -222,6 +238,8 @@ def run_search(cfg: SearchConfig) -> Path | None:
     try:
         batch = cfg.per_rank_batch(env.world_size)
         check_writable(out, folder=True)  # every rank: none is left waiting for another
+        if cfg.cache_dir is not None and not is_url(cfg.input):
+            log.warning("--cache-dir %s unused: --input %s is local", cfg.cache_dir, cfg.input)
         ensemble, source = _open(cfg, env, batch)
         chunks = source.chunks()
         doc = fingerprint(cfg, source.identity())
