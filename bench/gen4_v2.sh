@@ -37,7 +37,8 @@ W=${W:-$(nproc)}
 LOADER_WORKERS=${LOADER_WORKERS:-8}
 DEVICE=${DEVICE:-cuda}
 ARCH=${ARCH:-convnext_tiny}
-DEADLINE_S=${DEADLINE_S:-0}  # > 0: stop training this many seconds after the script started
+DEADLINE_S=${DEADLINE_S:-0}  # > 0: stop training this many seconds after START_S (a date +%s)
+START_S=${START_S:-$(date +%s)}  # a wrapper passes its own start, so the deadline is the call's
 SIM_ARGS=${SIM_ARGS:---quantize 4}
 WHOLE_RUN_GEN=${WHOLE_RUN_GEN:-gen4}  # the generation trained through bench gpu --whole-run
 WHOLE_RUN_NEEDS_S=${WHOLE_RUN_NEEDS_S:-420}  # with DEADLINE_S: seconds a whole run needs
@@ -47,7 +48,7 @@ PY=${PY:-python3}
 H="$PY -m haloscope"
 TRAIN_ARGS=${TRAIN_ARGS:---arch $ARCH --epochs $EPOCHS --batch-size $BATCH --lr $LR --seed $SEED --num-workers $LOADER_WORKERS --val-batch-size 1024 --monitor det_tpr@fpr1e-3}
 mkdir -p "$WORK" "$RES"
-t0=$(date +%s)
+t0=$START_S
 stage() { echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 left() { echo $(( DEADLINE_S - ($(date +%s) - t0) )); }
 

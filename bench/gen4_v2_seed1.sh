@@ -16,6 +16,7 @@ set -euo pipefail
 export WORK=${WORK:-/tmp/g4}
 export RES=${RES:-$WORK/results}
 export SEED=1 TEST_ROWS=250000
+export START_S=${START_S:-$(date +%s)}  # DEADLINE_S counts from here, simulation included
 PY=${PY:-python3}
 W=${W:-$(nproc)}
 SIM="--seed 2 --workers $W --selection-frac 0 --control-frac 0.85 --split-fracs 0,0,1 --no-progress ${SIM_ARGS:---quantize 4}"
