@@ -151,7 +151,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def to_host(value: Any, pinned: dict[tuple, torch.Tensor], key: tuple = ()) -> Any:
+def to_host(value: Any, pinned: dict[tuple, torch.Tensor]) -> Any:
     """A copy of ``value`` (nested dicts/lists/tuples of tensors and plain data) on the host.
 
     Device tensors are copied without blocking into pinned buffers kept in ``pinned`` (by
@@ -159,53 +159,46 @@ def to_host(value: Any, pinned: dict[tuple, torch.Tensor], key: tuple = ()) -> A
     copies are queued in stream order, so they hold the values of this moment even though
     later steps change the state: wait for the stream (an event) before reading them.
     """
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.device.type == "cpu":
-            return value.clone()
-        buf = pinned.get(key)
-        if buf is None or (buf.shape, buf.stride(), buf.dtype) != (
-            value.shape,
-            value.stride(),
-            value.dtype,
-        ):
-            buf = torch.empty_strided(
-                value.shape, value.stride(), dtype=value.dtype, pin_memory=True
-            )
-            pinned[key] = buf
-        return buf.copy_(value, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_host(v, pinned, (*key, k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_host(v, pinned, (*key, i)) for i, v in enumerate(value))
-    return value
+    return _copy_into(value, pinned, (), host=True)
 
 
-def snapshot(value: Any, buffers: dict[tuple, torch.Tensor], key: tuple = ()) -> Any:
+def snapshot(value: Any, buffers: dict[tuple, torch.Tensor]) -> Any:
     """``value`` with every tensor copied into a buffer of ``buffers`` on its own device.
 
     The copies are queued in stream order (device tensors) or made now (CPU tensors), so the
     result holds the values of this moment while later steps change the state; the buffers
     are kept by their place in the structure and reused by the next call.
     """
+    return _copy_into(value, buffers, (), host=False)
+
+
+def _copy_into(value: Any, buffers: dict[tuple, torch.Tensor], key: tuple, *, host: bool) -> Any:
+    """``to_host`` (``host``: pinned host buffers, CPU tensors cloned) or ``snapshot``
+    (buffers on each tensor's own device) of ``value``; ``key`` is its place in the
+    structure, the key of its buffer."""
     if isinstance(value, torch.Tensor):
         value = value.detach()
+        if host and value.device.type == "cpu":
+            return value.clone()
+        device = torch.device("cpu") if host else value.device
         buf = buffers.get(key)
         if buf is None or (buf.device, buf.shape, buf.stride(), buf.dtype) != (
-            value.device,
+            device,
             value.shape,
             value.stride(),
             value.dtype,
         ):
             buf = torch.empty_strided(
-                value.shape, value.stride(), dtype=value.dtype, device=value.device
+                value.shape, value.stride(), dtype=value.dtype, device=device, pin_memory=host
             )
             buffers[key] = buf
         return buf.copy_(value, non_blocking=True)
     if isinstance(value, dict):
-        return {k: snapshot(v, buffers, (*key, k)) for k, v in value.items()}
+        return {k: _copy_into(v, buffers, (*key, k), host=host) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(snapshot(v, buffers, (*key, i)) for i, v in enumerate(value))
+        return type(value)(
+            _copy_into(v, buffers, (*key, i), host=host) for i, v in enumerate(value)
+        )
     return value
 
 

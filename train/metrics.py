@@ -88,6 +88,9 @@ class MetricsWriter:
         ConfigError: ``tensorboard=True`` but the package is not installed.
     """
 
+    FILES: tuple[str, ...] = ("metrics.jsonl", "metrics.csv", "val_metrics.csv")
+    """The files it appends to in the run directory (all records, train steps, validations)."""
+
     def __init__(
         self,
         run_dir: str | Path,
@@ -106,10 +109,11 @@ class MetricsWriter:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        jsonl, train_csv, val_csv = self.FILES
+        self._jsonl = open(self.run_dir / jsonl, "a", buffering=1)  # noqa: SIM115
         self._csv = {
-            "train": self._open_csv("metrics.csv", TRAIN_COLUMNS),
-            "val": self._open_csv("val_metrics.csv", VAL_COLUMNS),
+            "train": self._open_csv(train_csv, TRAIN_COLUMNS),
+            "val": self._open_csv(val_csv, VAL_COLUMNS),
         }
         if tensorboard:
             # NOTE: tensorboard is an optional extra: imported only for --tensorboard.

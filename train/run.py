@@ -26,6 +26,7 @@ from haloscope.train import checkpoint as ckpt
 from haloscope.train import data as tdata
 from haloscope.train.augment import make_generator
 from haloscope.train.config import RESUME_MUTABLE_KEYS, TrainConfig
+from haloscope.train.curves import CURVES_NAME
 from haloscope.train.dist import (
     DistEnv,
     all_gather_object,
@@ -198,15 +199,9 @@ def _prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume: bool) -> Path:
     return run_dir
 
 
-RUN_FILES = (
-    "last.pt",
-    "best.pt",
-    "metrics.jsonl",
-    "metrics.csv",
-    "val_metrics.csv",
-    "curves.png",
-    "time_breakdown.json",
-)
+TIMING_NAME = "time_breakdown.json"
+"""The run's time breakdown (``metrics.TimeBreakdown``), written next to the checkpoints."""
+RUN_FILES = ("last.pt", "best.pt", *MetricsWriter.FILES, CURVES_NAME, TIMING_NAME)
 """What a run writes in OUT_DIR besides its config (and the ``tb`` folder)."""
 
 
@@ -389,10 +384,6 @@ def run_training(cfg: TrainConfig) -> int:
         # by shutdown) before the process group is destroyed
         state = ctx = None
         shutdown(env)
-
-
-TIMING_NAME = "time_breakdown.json"
-"""The run's time breakdown (``metrics.TimeBreakdown``), written next to the checkpoints."""
 
 
 def _write_timing(result: FitResult, ctx: RunContext) -> None:
