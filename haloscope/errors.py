@@ -7,6 +7,7 @@ __all__ = [
     "ContractError",
     "ConfigError",
     "DataError",
+    "MissingDataError",
     "CheckpointError",
     "OutputBusyError",
 ]
@@ -30,6 +31,11 @@ class ConfigError(HaloscopeError, ValueError):
 
 class DataError(HaloscopeError, ValueError):
     """Data on disk is unusable: corrupt shard, manifest mismatch, empty lookup, ..."""
+
+
+class MissingDataError(DataError):
+    """The data asked for does not exist (a manifest, a shard or a file at a URL or path):
+    callers that may try another place catch this rather than reading the message."""
 
 
 class CheckpointError(HaloscopeError, ValueError):

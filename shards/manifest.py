@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from haloscope.atomic import atomic_write_text
-from haloscope.errors import DataError
+from haloscope.errors import DataError, MissingDataError
 from haloscope.shards.remote import RemotePath, open_source, split_location
 from haloscope.shards.schema import RECORD_SAMPLES, SCHEMA_VERSION
 from haloscope.shards.write import sha256_file
@@ -111,15 +111,13 @@ def _read_doc(split_dir: Path | RemotePath) -> dict[str, Any]:
             source = open_source(split_dir)
             try:
                 text = source.read(MANIFEST_NAME).decode()
-            except DataError as exc:
-                if ": not found" in str(exc):
-                    raise DataError(missing) from None
-                raise
+            except MissingDataError:
+                raise MissingDataError(missing) from None
         else:
             text = path.read_text()
         return json.loads(text)
     except FileNotFoundError:
-        raise DataError(missing) from None
+        raise MissingDataError(missing) from None
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise

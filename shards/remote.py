@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from haloscope.atomic import atomic_write_bytes
-from haloscope.errors import ConfigError, DataError
+from haloscope.errors import ConfigError, DataError, MissingDataError
 
 __all__ = [
     "RemotePath",
@@ -177,7 +177,7 @@ def _retried(policy: RetryPolicy, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except _Missing as exc:
-            raise DataError(
+            raise MissingDataError(
                 f"{what}: not found ({exc}); the manifest lists it: is the URL "
                 "right and the upload complete?"
             ) from None

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from haloscope.errors import ConfigError, ContractError, DataError
+from haloscope.errors import ConfigError, ContractError, DataError, MissingDataError
 from haloscope.preprocess.convert.unlabelled import (
     SEARCH_SPLIT,
     list_parquet,
@@ -214,11 +214,6 @@ class ParquetInput(SearchInput):
         return stamps
 
 
-def _not_found(exc: DataError) -> bool:
-    """A remote read's error says the object does not exist (``shards/remote.py``'s wording)."""
-    return ": not found (" in str(exc)
-
-
 def _remote_manifest(url: str) -> Manifest:
     """The manifest at ``url``: the split folder, or a root whose ``search/`` holds it (no
     listing: ``url/manifest.json`` is tried, then ``url/search/manifest.json``).
@@ -232,9 +227,8 @@ def _remote_manifest(url: str) -> Manifest:
     for split_dir in (root, root / SEARCH_SPLIT):
         try:
             return load_manifest(split_dir)
-        except DataError as exc:
-            if not str(exc).startswith(f"{split_dir / MANIFEST_NAME}: no manifest"):
-                raise
+        except MissingDataError:
+            continue
     raise DataError(
         f"--input {url}: no shard manifest at {tried[0]} nor at {tried[1]} (is it a split of "
         "`haloscope shards --unlabelled`, or its root, and is the upload complete?)"
@@ -347,10 +341,8 @@ class ShardInput(SearchInput):
             return pq.read_table(path) if path.is_file() else None
         try:
             data = self.source.read("rejects.parquet")
-        except DataError as exc:
-            if _not_found(exc):
-                return None
-            raise
+        except MissingDataError:
+            return None
         try:
             return pq.read_table(io.BytesIO(data))
         except (pa.ArrowInvalid, OSError) as exc:
