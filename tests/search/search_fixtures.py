@@ -17,6 +17,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from astropy.io import fits
 
+from haloscope.cli import main as haloscope
 from haloscope.preprocess.decode import decode_stamps
 from tests.infer.infer_fixtures import make_checkpoint, make_rows
 from tests.preprocess.contract_rows import to_table
@@ -90,6 +91,20 @@ def write_catalog(table: pa.Table, path: Path, ids: list[str]) -> Path:
     )
     pcsv.write_csv(cat, path)
     return path
+
+
+def search_here(*args: str) -> int:
+    """``haloscope search`` in this process on the CPU (no workers, no bar); its exit code."""
+    return haloscope(["search", *args, "--device", "cpu", "--no-progress", "--num-workers", "0"])
+
+
+def error_line(capsys) -> str:
+    """The one ``haloscope ...`` line a refused command printed (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("haloscope ")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def free_port() -> int:

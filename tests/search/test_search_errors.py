@@ -14,7 +14,9 @@ from astropy.io import fits
 from haloscope.cli import main as haloscope
 from tests.preprocess.contract_rows import npz_bytes
 from tests.search.search_fixtures import (
+    error_line,
     make_checkpoint,
+    search_here,
     unlabelled_table,
     write_fits,
     write_parquet,
@@ -22,21 +24,12 @@ from tests.search.search_fixtures import (
 
 
 def _search(*args: str) -> int:
-    return haloscope(["search", *args, "--device", "cpu", "--no-progress", "--num-workers", "0",
-                      "--batch-size", "8"])  # fmt: skip
+    return search_here(*args, "--batch-size", "8")
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "run" / "best.pt")
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("haloscope ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _bad_parquet_rows(table: pa.Table) -> tuple[pa.Table, dict[int, str]]:
@@ -195,7 +188,7 @@ def test_bad_invocations_are_one_line(tmp_path, ckpt, capsys, case, expect):
     else:
         rc = _search(*argv)
     assert rc == 2
-    assert expect in _error_line(capsys)
+    assert expect in error_line(capsys)
 
 
 def test_train_refuses_unlabelled_shards(tmp_path, capsys):
@@ -208,7 +201,7 @@ def test_train_refuses_unlabelled_shards(tmp_path, capsys):
     rc = haloscope(["train", "--shards", str(tmp_path / "shards"), "--device", "cpu",
                     "--out-dir", str(tmp_path / "run")])  # fmt: skip
     assert rc == 2
-    assert "unlabelled" in _error_line(capsys)
+    assert "unlabelled" in error_line(capsys)
 
 
 def test_shards_of_other_preprocessing_are_refused(tmp_path, ckpt, capsys):
@@ -223,4 +216,4 @@ def test_shards_of_other_preprocessing_are_refused(tmp_path, ckpt, capsys):
         )
         == 2
     )
-    assert "norm" in _error_line(capsys)
+    assert "norm" in error_line(capsys)

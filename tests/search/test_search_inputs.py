@@ -14,6 +14,7 @@ from tests.infer.infer_fixtures import make_dataset
 from tests.search.search_fixtures import (
     TRUTH,
     make_checkpoint,
+    search_here,
     unlabelled_table,
     write_catalog,
     write_fits,
@@ -22,7 +23,7 @@ from tests.search.search_fixtures import (
 
 
 def _search(*args: str) -> int:
-    return haloscope(["search", *args, "--device", "cpu", "--no-progress", "--num-workers", "0"])
+    return search_here(*args)
 
 
 def _logits(out) -> dict[str, float]:

@@ -15,9 +15,11 @@ import torch
 from haloscope.cli import main as haloscope
 from tests.infer.infer_fixtures import assert_tables_identical
 from tests.search.search_fixtures import (
+    error_line,
     free_port,
     make_checkpoint,
     search,
+    search_here,
     unlabelled_table,
     write_parquet,
 )
@@ -88,16 +90,7 @@ def test_url_equals_local_each_shard_fetched_once_and_rerun_resumes(split):
 
 
 def _search(*args: str) -> int:
-    return haloscope(["search", *args, "--device", "cpu", "--no-progress", "--num-workers", "0",
-                      "--batch-size", "8"])  # fmt: skip
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("haloscope ")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return search_here(*args, "--batch-size", "8")
 
 
 def test_url_errors_are_one_line(split, capsys, tmp_path):
@@ -111,22 +104,22 @@ def test_url_errors_are_one_line(split, capsys, tmp_path):
     with http_server(bad) as (url, _):
         assert _search("--input", f"{url}/nothing", "--ckpt", ckpt,
                        "--out", str(tmp_path / "o1")) != 0  # fmt: skip
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert f"{url}/nothing/manifest.json" in line
         assert f"{url}/nothing/search/manifest.json" in line
 
         assert _search("--input", f"{url}/shards", "--ckpt", ckpt,
                        "--out", str(tmp_path / "o2")) != 0  # fmt: skip
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert "sha256 differs from the manifest (corrupt shard)" in line
         assert shard.name in line
 
         assert _search("--input", f"{url}/shards", "--input-kind", "parquet", "--ckpt", ckpt,
                        "--out", str(tmp_path / "o3")) == 2  # fmt: skip
-        assert "only shard splits" in _error_line(capsys)
+        assert "only shard splits" in error_line(capsys)
     nobody = f"http://127.0.0.1:{free_port()}/shards"
     assert _search("--input", nobody, "--ckpt", ckpt, "--out", str(tmp_path / "o4")) != 0
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{nobody}/manifest.json" in line and "gave up after 3 attempts" in line
 
 
