@@ -1,11 +1,16 @@
-"""Markdown table of the arms of ``bench/recipe_gpu.sh`` (issue 17's ablations).
+"""Markdown tables of the arms of ``bench/recipe_gpu.sh`` (issue 17's ablations).
 
-Usage: ``python bench/recipe_table.py RESULTS_DIR [--target 0.25]``. Reads, for every arm
+Usage: ``python bench/recipe_table.py RESULTS_DIR [--target 0.25]`` reads, for every arm
 folder: ``stratified_fpr.json`` (``haloscope eval``), ``metrics.jsonl`` (the run's val rows)
 and ``time_breakdown.json`` (the trainer's timing), and prints one row per arm: the test
 TPR at FPR 1e-4 / 1e-3 with 95% intervals on the detectable subset and on all injections,
 AUROC, the run's wall time, and the time to reach a validation target (val tpr@fpr1e-3 over
 all val injections, read at each validation).
+
+``--time-to-quality [--targets 0.75,0.8,0.83] [--key val/det_tpr@fpr1e-3]`` needs only the
+val rows: per arm (every folder with a ``metrics.jsonl``), the run's seconds from its start
+to the first validation at or above each target (the validation's own time included), the
+best value and its epoch, and the run's time and img/s.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def arm_row(arm: Path, target: float) -> dict | None:
     det, allp = doc["detectable"], doc["global"]
     vals = _val_rows(arm / "metrics.jsonl")
     timing = arm / "time_breakdown.json"
-    wall = json.loads(timing.read_text()).get("total_s") if timing.is_file() else None
+    wall = json.loads(timing.read_text()).get("time/total_s") if timing.is_file() else None
     return {
         "arm": arm.name,
         "det_1e4": _tpr(det, 1e-4),
@@ -75,11 +80,55 @@ def arm_row(arm: Path, target: float) -> dict | None:
     }
 
 
+def ttq_row(arm: Path, key: str, targets: list[float]) -> dict | None:
+    """One arm's time-to-quality figures from its val rows, or None without any."""
+    vals = _val_rows(arm / "metrics.jsonl")
+    if not vals:
+        return None
+    best = max(vals, key=lambda r: r.get(key, float("-inf")))
+    timing = arm / "time_breakdown.json"
+    t = json.loads(timing.read_text()) if timing.is_file() else {}
+    return {
+        "arm": arm.name,
+        "to": [_time_to(vals, key, x) for x in targets],
+        "best": best.get(key),
+        "best_epoch": best.get("epoch"),
+        "validations": len(vals),
+        "batch": t.get("global_batch_size"),
+        "run_s": t.get("time/total_s", vals[-1]["time/wall_s"]),
+        "img_s": t.get("perf/img_per_s"),
+    }
+
+
+def time_to_quality(results: Path, key: str, targets: list[float]) -> int:
+    rows = [r for d in sorted(results.iterdir()) if d.is_dir() and (r := ttq_row(d, key, targets))]
+    if not rows:
+        print(f"no arm with val rows in metrics.jsonl under {results}", file=sys.stderr)
+        return 1
+    print(f"Seconds from the run's start to the first validation with {key} >= target.\n")
+    heads = [f"s to {x:g}" for x in targets]
+    print("| arm | batch | " + " | ".join(heads) + " | best (epoch) | validations | run s | img/s |")
+    print("|---|---|" + "---|" * len(heads) + "---|---|---|---|")
+    for r in rows:
+        cells = [r["arm"], str(r["batch"] or "-")]
+        cells += [f"{s:.0f}" if s is not None else "not reached" for s in r["to"]]
+        cells += [f"{r['best']:.3f} ({r['best_epoch']})", str(r["validations"]),
+                  f"{r['run_s']:.0f}", f"{r['img_s']:.0f}" if r["img_s"] else "-"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path)
     p.add_argument("--target", type=float, default=0.25, help="val tpr@fpr1e-3 target")
+    p.add_argument("--time-to-quality", action="store_true",
+                   help="only the time-to-quality table, from the val rows")  # fmt: skip
+    p.add_argument("--targets", default="0.75,0.8,0.83", help="with --time-to-quality")
+    p.add_argument("--key", default="val/det_tpr@fpr1e-3", help="with --time-to-quality")
     a = p.parse_args(argv)
+    if a.time_to_quality:
+        return time_to_quality(a.results, a.key, [float(x) for x in a.targets.split(",")])
     rows = [r for d in sorted(a.results.iterdir()) if d.is_dir() and (r := arm_row(d, a.target))]
     if not rows:
         print(f"no arm with stratified_fpr.json under {a.results}", file=sys.stderr)
