@@ -107,7 +107,9 @@ def time_to_quality(results: Path, key: str, targets: list[float]) -> int:
         return 1
     print(f"Seconds from the run's start to the first validation with {key} >= target.\n")
     heads = [f"s to {x:g}" for x in targets]
-    print("| arm | batch | " + " | ".join(heads) + " | best (epoch) | validations | run s | img/s |")
+    print(
+        "| arm | batch | " + " | ".join(heads) + " | best (epoch) | validations | run s | img/s |"
+    )
     print("|---|---|" + "---|" * len(heads) + "---|---|---|---|")
     for r in rows:
         cells = [r["arm"], str(r["batch"] or "-")]
