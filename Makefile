@@ -159,6 +159,7 @@ bench: $(STAMP)
 	$(HALO) bench loader --out bench/results/loader.json
 	$(HALO) bench convert --out bench/results/convert.json
 	$(HALO) bench simulate --out bench/results/simulate.json
+	$(HALO) bench gil --out bench/results/gil.json
 
 clean:
 	rm -rf data/mock data/shards runs

@@ -1,7 +1,7 @@
 """``haloscope bench``: run one benchmark and write its JSON result.
 
 Each benchmark is a module that exposes ``run_bench(out_path: str, **options) -> dict``:
-``loader``, ``convert``, ``simulate``, ``gpu`` and ``multigpu`` all live in this package
+``loader``, ``convert``, ``simulate``, ``gpu``, ``search``, ``gil`` and ``multigpu`` all live in this package
 (``bench/``; ``gpu --whole-run`` is ``whole_run``); this module only dispatches. A benchmark
 with options of its own also exposes ``parse_options(argv) -> dict`` (the words after the
 benchmark's name; ``haloscope bench NAME --help`` lists them).
@@ -38,6 +38,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "search": (
         "haloscope.bench.search",
         "search cutouts/s per core (parquet, FITS); --gpu: from shards vs the graphed step",
+    ),
+    "gil": (
+        "haloscope.bench.gil",
+        "the training loop's small-call rate beside a curves redraw (thread vs process) and a checkpoint write",
     ),
     "multigpu": (
         "haloscope.bench.multigpu",

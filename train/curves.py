@@ -4,13 +4,19 @@ Four panels over epochs: train loss (every step, its epoch means, and the val lo
 rate, the val metrics (AUROC, TPR at FPR 1e-3 and 1e-4, best epoch marked) and the fraction of
 each step spent waiting for the loader. matplotlib's Agg canvas is used directly (no pyplot,
 no global backend), and the PNG is written atomically, so a reader (the eval report) never
-sees half a picture. ``MetricsWriter`` calls ``write_curves`` on the main rank only.
+sees half a picture. ``MetricsWriter`` (main rank only) asks a child process to redraw:
+``python -m haloscope.train.curves --serve RUN_DIR`` redraws once per line read from stdin
+and answers one line, ``ok`` or the error. A process, not a thread: matplotlib holds the GIL
+for the whole redraw, and a thread drawing beside the training loop slowed the loop's small
+per-step calls about twentyfold (``bench/gil.py``), so the GPU went without work.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from matplotlib.figure import Figure
 
 from haloscope.atomic import atomic_path
 
-__all__ = ["CURVES_NAME", "read_metrics", "write_curves"]
+__all__ = ["CURVES_NAME", "read_metrics", "write_curves", "serve"]
 
 CURVES_NAME = "curves.png"
 _MAX_POINTS = 2000  # per-step series are averaged into at most this many bins
@@ -175,3 +181,30 @@ def write_curves(run_dir: str | Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def serve(run_dir: str | Path) -> int:
+    """Redraw ``run_dir/curves.png`` once per line of stdin; answer ``ok`` or the error, one
+    line each, on stdout. Ends at a ``quit`` line or the end of stdin (the writer died; a
+    loader worker forked after this process started may hold stdin open a little longer)."""
+    try:
+        os.nice(10)  # the training process and its loader come first
+    except OSError:
+        pass
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        try:
+            write_curves(run_dir)
+            answer = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure is one line for the writer
+            answer = " ".join(str(exc).split()) or type(exc).__name__
+        print(answer, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--serve":
+        print("usage: python -m haloscope.train.curves --serve RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(serve(sys.argv[2]))

@@ -4,9 +4,9 @@
 call a no-op). Train steps go to ``metrics.csv`` (fixed columns ``TRAIN_COLUMNS``),
 validations to ``val_metrics.csv``, and both to ``metrics.jsonl`` with a ``kind`` field;
 the run's time breakdown goes to ``metrics.jsonl`` as one ``kind: "run"`` record. Every
-validation record also redraws ``curves.png`` from ``metrics.jsonl`` (``train.curves``), in
-a background thread (about a second of matplotlib that would otherwise stop the steps);
-``wait_curves`` waits for it and re-raises its error.
+validation record also redraws ``curves.png`` from ``metrics.jsonl`` in a child process
+(``train.curves``: about a second of matplotlib, which in this process would hold the GIL
+and starve the training loop); ``wait_curves`` waits for it and re-raises its error.
 
 ``StepWindow`` holds what the host knows of the steps whose loss and gradient norm still
 sit on the device (``train.step.StepMetrics``), and turns both into per-step records when
@@ -20,7 +20,8 @@ import csv
 import json
 import logging
 import math
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from typing import Any
 
 from haloscope.atomic import naming
 from haloscope.errors import ConfigError
-from haloscope.train.curves import write_curves
+from haloscope.train.curves import CURVES_NAME
 
 __all__ = ["TRAIN_COLUMNS", "VAL_COLUMNS", "PHASES", "MetricsWriter", "StepWindow", "TimeBreakdown"]
 
@@ -104,8 +105,8 @@ class MetricsWriter:
         self.curves = curves
         self._t0 = time.time()
         self._tb = None
-        self._curves_thread: threading.Thread | None = None
-        self._curves_error: BaseException | None = None
+        self._curves_proc: subprocess.Popen | None = None
+        self._curves_pending = False
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,33 +176,72 @@ class MetricsWriter:
                     self._tb.add_scalar(key, value, step)
 
     def redraw_curves(self) -> None:
-        """Start redrawing ``curves.png`` from ``metrics.jsonl`` in a background thread (when
-        enabled with ``curves``); waits for the redraw in flight first."""
+        """Start redrawing ``curves.png`` from ``metrics.jsonl`` in the run's curves process
+        (when enabled with ``curves``; started at the first redraw); waits for the redraw in
+        flight first."""
         if not (self.enabled and self.curves):
             return
-        self.wait_curves()  # one redraw at a time (matplotlib objects are not shared)
-
-        def draw() -> None:
-            try:
-                write_curves(self.run_dir)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by wait_curves
-                self._curves_error = exc
-
-        self._curves_thread = threading.Thread(target=draw, name="curves", daemon=True)
-        self._curves_thread.start()
+        self.wait_curves()  # one redraw at a time
+        proc = self._curves_proc
+        if proc is None or proc.poll() is not None:
+            proc = self._curves_proc = subprocess.Popen(
+                [sys.executable, "-m", "haloscope.train.curves", "--serve", str(self.run_dir)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,  # a Ctrl-C reaches the trainer, which closes it
+            )
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write("draw\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died: wait_curves reports it
+        self._curves_pending = True
 
     def wait_curves(self) -> None:
         """Wait for the redraw of ``curves.png`` in flight.
 
         Raises:
-            OSError: the redraw could not write ``curves.png`` (naming it).
+            OSError: the redraw could not write ``curves.png``, or its process ended (naming
+                the file).
         """
-        if self._curves_thread is not None:
-            self._curves_thread.join()
-            self._curves_thread = None
-        error, self._curves_error = self._curves_error, None
-        if error is not None:
-            raise error
+        if not self._curves_pending:
+            return
+        self._curves_pending = False
+        proc = self._curves_proc
+        assert proc is not None and proc.stdout is not None
+        answer = proc.stdout.readline().strip()
+        if answer == "ok":
+            return
+        if not answer:  # end of its stdout: the process is gone
+            self._stop_curves()
+            answer = f"the curves process ended (exit code {proc.returncode})"
+        raise OSError(f"could not redraw {self.run_dir / CURVES_NAME}: {answer}")
+
+    def _stop_curves(self) -> None:
+        """End the curves process (a ``quit`` line), killing it if it does not end."""
+        proc, self._curves_proc = self._curves_proc, None
+        if proc is None:
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except (BrokenPipeError, OSError):
+                pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def close(self) -> None:
         """Wait for the curves, flush and close every file (a curves error is only logged)."""
@@ -210,7 +250,8 @@ class MetricsWriter:
         try:
             self.wait_curves()
         except Exception as exc:  # noqa: BLE001 - closing after another error: log only
-            log.warning("could not redraw %s: %s", self.run_dir / "curves.png", exc)
+            log.warning("%s", exc)
+        self._stop_curves()
         self._jsonl.close()
         for handle, _ in self._csv.values():
             handle.close()

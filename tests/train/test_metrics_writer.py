@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,63 @@ def test_disabled_writer_writes_nothing(tmp_path: Path) -> None:
 def test_tensorboard_missing_is_a_clear_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package"):
         MetricsWriter(tmp_path, tensorboard=True)
+
+
+def _train_and_val_rows(w: MetricsWriter) -> None:
+    for step in (1, 2):
+        w.write("train", {"epoch": 0, "step": step, "global_step": step, "train/loss": 0.5})
+    w.write("val", {"epoch": 0, "global_step": 2, "val/auroc": 0.9, "val/is_best": 1})
+
+
+def test_the_redraw_runs_in_another_process(tmp_path: Path, monkeypatch) -> None:
+    """matplotlib in the trainer's process would hold its GIL and starve the loop
+    (bench/gil.py): the drawing must happen in the curves process, not here."""
+    import haloscope.train.curves as curves
+
+    def here(*_a, **_k):
+        raise AssertionError("curves drawn in the training process")
+
+    monkeypatch.setattr(curves, "write_curves", here)
+    w = MetricsWriter(tmp_path)
+    _train_and_val_rows(w)
+    w.wait_curves()
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    proc = w._curves_proc
+    assert proc is not None and proc.pid != os.getpid() and proc.poll() is None
+    w.close()
+    assert proc.returncode == 0  # close() ended it (a quit line), no kill
+
+
+def test_a_curves_process_that_dies_is_one_error_and_then_replaced(tmp_path: Path) -> None:
+    w = MetricsWriter(tmp_path)
+    _train_and_val_rows(w)
+    w.wait_curves()
+    first = w._curves_proc
+    assert first is not None
+    first.send_signal(signal.SIGKILL)  # dead between redraws: the next redraw starts another
+    first.wait()
+    w.redraw_curves()
+    w.wait_curves()
+    second = w._curves_proc
+    assert second is not None and second.pid != first.pid
+    w.redraw_curves()
+    second.send_signal(signal.SIGKILL)  # dead while drawing (a redraw takes >= 0.3 s)
+    with pytest.raises(OSError, match=r"curves\.png: the curves process ended \(exit code -9\)"):
+        w.wait_curves()
+    (tmp_path / "curves.png").unlink()
+    w.redraw_curves()
+    w.wait_curves()
+    assert w._curves_proc is not None and w._curves_proc.pid not in (first.pid, second.pid)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    w.close()
+
+
+def test_curves_module_usage_is_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "haloscope.train.curves"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "usage: python -m haloscope.train.curves --serve RUN_DIR"
 
 
 def test_curves_are_redrawn_in_the_background_and_errors_surface(tmp_path: Path) -> None:
