@@ -11,7 +11,8 @@ Helpers that run beside the loop in the same process share its GIL. Measured her
 - ``curves_process``: beside ``MetricsWriter``'s curves process redrawing in a loop (the
   trainer now: ``train.curves.serve``);
 - ``checkpoint_thread``: beside a thread writing a ConvNeXt-Tiny + AdamW sized state (84M
-  float32 values in 540 tensors) with ``torch.save`` in a loop (the checkpoint writer).
+  float32 values in 540 tensors) with the trainer's ``save_checkpoint`` in a loop (what the
+  checkpoint writer thread does once per save).
 
 Each is reported as a ratio to ``alone`` measured in the same run (the machines are noisy);
 the metrics file redrawn is a 10-epoch run's size (6,100 step rows, 10 validations).
@@ -91,6 +92,7 @@ def _metrics_file(run_dir: Path, steps: int = 6100, epochs: int = 10) -> None:
 
 
 def run_bench(out_path: str, seconds: float = 3.0) -> dict[str, Any]:
+    from haloscope.train.checkpoint import save_checkpoint
     from haloscope.train.curves import write_curves
     from haloscope.train.metrics import MetricsWriter
 
@@ -116,7 +118,7 @@ def run_bench(out_path: str, seconds: float = 3.0) -> dict[str, Any]:
             writer.close()
         state = {f"p{i}": torch.randn(84_000_000 // 540) for i in range(540)}
         ckpt = run_dir / "ckpt.pt"
-        save_rate, saves = _beside(lambda: torch.save(state, ckpt), seconds)
+        save_rate, saves = _beside(lambda: save_checkpoint(ckpt, {"model": state}), seconds)
     result = {
         "bench": "gil",
         "what": "rate of a loop of small torch calls beside each helper, / alone (same run)",
