@@ -455,7 +455,7 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     is_last = epoch + 1 == cfg.run.epochs
     validated = (epoch + 1) % cfg.run.val_every == 0 or is_last
     if validated:
-        ctx.writer.wait_curves()  # the last validation's redraw, done during this epoch
+        _wait_curves(ctx)  # the last validation's redraw, done during this epoch
         with ctx.timer.phase("validation"):
             metrics = validate(
                 state.eval_model,
@@ -498,6 +498,15 @@ def _end_epoch(state: TrainState, ctx: RunContext, epoch: int) -> None:
     _save(state, ctx, *names)
     if validated:
         ctx.writer.redraw_curves()  # overlaps the next epoch's steps
+
+
+def _wait_curves(ctx: RunContext) -> None:
+    """Wait for the curves redraw in flight; a failed one is a warning: the picture is not
+    worth the run (a full disk stops the run at its next checkpoint, naming the file)."""
+    try:
+        ctx.writer.wait_curves()
+    except OSError as exc:
+        log.warning("%s; training goes on", exc)
 
 
 def _epochs(state: TrainState, ctx: RunContext, batches: Iterator[dict[str, Any]]) -> FitResult:
@@ -554,7 +563,7 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
                 it.close()  # type: ignore[union-attr]
         ctx.val_batches = None
     timing = ctx.timer.summary(ctx.cfg.data.batch_size)
-    ctx.writer.wait_curves()  # NOTE: after the clock: the redraw overlaps the last checkpoint
+    _wait_curves(ctx)  # NOTE: after the clock: the redraw overlaps the last checkpoint
     return FitResult(
         result.reason, result.epoch, result.global_step, result.best_epoch, result.signum, timing
     )

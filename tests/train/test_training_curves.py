@@ -47,6 +47,33 @@ def test_curves_png_is_redrawn_at_every_validation(
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+def test_a_failed_redraw_is_a_warning_and_training_goes_on(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """The curves are a convenience: a redraw that fails (its process killed, a full disk)
+    must not end a long run; the checkpoints are what matter, and they are written."""
+    from haloscope.train.metrics import MetricsWriter
+
+    calls: list[int] = []
+
+    def failing(self) -> None:
+        if self._curves_pending:
+            calls.append(1)
+            self._curves_pending = False
+            raise OSError(
+                f"could not redraw {self.run_dir / 'curves.png'}: the curves process ended"
+            )
+
+    monkeypatch.setattr(MetricsWriter, "wait_curves", failing)
+    run = tmp_path / "run"
+    assert main(tiny_argv(tiny_shards, run, "--epochs", "2", "--max-steps-per-epoch", "2")) == 0
+    assert len(calls) == 2  # both validations' redraws failed
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    err = capfd.readouterr().err
+    warned = [line for line in err.splitlines() if "could not redraw" in line]
+    assert len(warned) == 2 and all(line.endswith("; training goes on") for line in warned)
+
+
 def test_curves_survive_a_resumed_log_and_missing_values(tmp_path: Path) -> None:
     """A resumed run repeats steps in metrics.jsonl; NaN metrics are logged as null."""
     rows = [
