@@ -40,7 +40,12 @@ __all__ = ["parse_options", "run_bench"]
 
 
 def parse_options(argv: list[str]) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="haloscope bench gil", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="haloscope bench gil",
+        description="What the trainer's helpers cost its loop's host side: the rate of a loop "
+        "of small torch calls alone, beside a curves.png redraw in a thread and in the curves "
+        "process, and beside a checkpoint write in a thread (ratios to alone, one run).",
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     return vars(p.parse_args(argv))
 
