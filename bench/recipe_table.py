@@ -54,6 +54,19 @@ def _time_to(vals: list[dict], key: str, target: float) -> float | None:
     return next((r["time/wall_s"] for r in vals if r.get(key, 0.0) >= target), None)
 
 
+def _timing(arm: Path) -> dict:
+    """The run's ``time_breakdown.json`` ({} when it has none)."""
+    path = arm / "time_breakdown.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _run_s(timing: dict, vals: list[dict]) -> float | None:
+    """The run's seconds: its timed total, else its last validation's time, else None."""
+    if "time/total_s" in timing:
+        return timing["time/total_s"]
+    return vals[-1]["time/wall_s"] if vals else None
+
+
 def arm_row(arm: Path, target: float) -> dict | None:
     """One arm's figures, or None when its eval has not run."""
     ev = arm / "stratified_fpr.json"
@@ -62,8 +75,6 @@ def arm_row(arm: Path, target: float) -> dict | None:
     doc = json.loads(ev.read_text())
     det, allp = doc["detectable"], doc["global"]
     vals = _val_rows(arm / "metrics.jsonl")
-    timing = arm / "time_breakdown.json"
-    wall = json.loads(timing.read_text()).get("time/total_s") if timing.is_file() else None
     return {
         "arm": arm.name,
         "det_1e4": _tpr(det, 1e-4),
@@ -75,7 +86,7 @@ def arm_row(arm: Path, target: float) -> dict | None:
         "controls": det["N"],
         "det_lenses": det["num_lenses"],
         "best_val": max((r.get("val/tpr@fpr1e-3", 0.0) for r in vals), default=None),
-        "wall_s": wall if wall is not None else (vals[-1]["time/wall_s"] if vals else None),
+        "wall_s": _run_s(_timing(arm), vals),
         "to_target_s": _time_to(vals, "val/tpr@fpr1e-3", target),
     }
 
@@ -86,8 +97,7 @@ def ttq_row(arm: Path, key: str, targets: list[float]) -> dict | None:
     if not vals:
         return None
     best = max(vals, key=lambda r: r.get(key, float("-inf")))
-    timing = arm / "time_breakdown.json"
-    t = json.loads(timing.read_text()) if timing.is_file() else {}
+    t = _timing(arm)
     return {
         "arm": arm.name,
         "to": [_time_to(vals, key, x) for x in targets],
@@ -95,7 +105,7 @@ def ttq_row(arm: Path, key: str, targets: list[float]) -> dict | None:
         "best_epoch": best.get("epoch"),
         "validations": len(vals),
         "batch": t.get("global_batch_size"),
-        "run_s": t.get("time/total_s", vals[-1]["time/wall_s"]),
+        "run_s": _run_s(t, vals),
         "img_s": t.get("perf/img_per_s"),
     }
 

@@ -229,13 +229,13 @@ class MetricsWriter:
             assert proc.stdin is not None
             proc.stdin.write("quit\n")
             proc.stdin.flush()
-        except (BrokenPipeError, OSError):
+        except OSError:  # BrokenPipeError among them: it is gone
             pass
         for stream in (proc.stdin, proc.stdout):
             try:
                 if stream is not None:
                     stream.close()
-            except (BrokenPipeError, OSError):
+            except OSError:  # BrokenPipeError among them: it is gone
                 pass
         try:
             proc.wait(timeout=30)

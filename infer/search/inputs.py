@@ -223,14 +223,15 @@ def _remote_manifest(url: str) -> Manifest:
             the manifest is not a shard manifest.
     """
     root = RemotePath(url)
-    tried = [root / MANIFEST_NAME, root / SEARCH_SPLIT / MANIFEST_NAME]
-    for split_dir in (root, root / SEARCH_SPLIT):
+    split_dirs = (root, root / SEARCH_SPLIT)
+    for split_dir in split_dirs:
         try:
             return load_manifest(split_dir)
         except MissingDataError:
             continue
+    first, second = (d / MANIFEST_NAME for d in split_dirs)
     raise DataError(
-        f"--input {url}: no shard manifest at {tried[0]} nor at {tried[1]} (is it a split of "
+        f"--input {url}: no shard manifest at {first} nor at {second} (is it a split of "
         "`haloscope shards --unlabelled`, or its root, and is the upload complete?)"
     )
 
