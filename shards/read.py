@@ -365,14 +365,21 @@ class ShardReader(IterableDataset):
             self._open.popitem(last=False)
         return views
 
-    def _alloc(self, shared: bool) -> dict[str, torch.Tensor]:
-        b = self.batch_size
-        shapes = {
-            "image": ((b, 3, STAMP_PX, STAMP_PX), torch.float16),
-            "label": ((b,), torch.float32),
-            "meta": ((b, self.num_meta), torch.float32),
-            "valid": ((b,), torch.bool),
+    def _shapes(self, rows: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {
+            "image": ((rows, 3, STAMP_PX, STAMP_PX), torch.float16),
+            "label": ((rows,), torch.float32),
+            "meta": ((rows, self.num_meta), torch.float32),
+            "valid": ((rows,), torch.bool),
         }
+
+    def zeros_batch(self, rows: int = 1) -> dict[str, torch.Tensor]:
+        """A batch of ``rows`` zero rows with this reader's fields, shapes and dtypes (what a
+        graphed step is captured from before the first real batch arrives)."""
+        return {k: torch.zeros(shape, dtype=dt) for k, (shape, dt) in self._shapes(rows).items()}
+
+    def _alloc(self, shared: bool) -> dict[str, torch.Tensor]:
+        shapes = self._shapes(self.batch_size)
         if self._pin_out and not shared:  # gather straight into (cached) pinned memory
             return {
                 k: torch.empty(shape, dtype=dt, pin_memory=True)
@@ -500,6 +507,9 @@ class ShardLoader:
         return self.reader.batches_per_rank() - self.reader.start_batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Start the workers now (they fork and begin reading at once, before the first
+        ``next``) and return the iterator of the batches; closing it, or dropping it, shuts
+        the workers down."""
         reader = self.reader
         start = reader.start_batch
         pinned = self.pin_memory and self.num_workers == 0
@@ -517,6 +527,14 @@ class ShardLoader:
         )
         batches = iter(loader)  # workers fork here, taking the view's resume position along
         reader.clear_start_batch()  # the view has it
+        return self._handed_out(batches, start)
+
+    def _handed_out(
+        self, batches: Iterator[dict[str, Any]], start: int
+    ) -> Iterator[dict[str, Any]]:
+        # NOTE: a generator holding the DataLoader iterator: closed before its first batch,
+        # it drops that iterator, and torch shuts the workers down
+        reader = self.reader
         for i, batch in enumerate(batches):
             batch = self._own(batch)
             reader.mark_consumed(start + i + 1)

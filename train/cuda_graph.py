@@ -84,10 +84,14 @@ class GraphedCall:
         self.graph = graph
         log.info("captured the %s in a CUDA graph", self.name)
 
-    def __call__(self) -> Any:
-        """Replay (capturing first if needed); returns the graph's output tensors."""
+    def capture(self) -> None:
+        """Warm up and capture now (once; later calls do nothing), without a replay."""
         if self.graph is None:
             self._capture()
+
+    def __call__(self) -> Any:
+        """Replay (capturing first if needed); returns the graph's output tensors."""
+        self.capture()
         assert self.graph is not None
         self.graph.replay()
         return self.out

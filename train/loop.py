@@ -207,33 +207,24 @@ def _save(state: TrainState, ctx: RunContext, *names: str) -> None:
 
 
 def start_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Start a loader (forking its workers) RNG-neutrally and shielded from stop signals.
+    """Start a loader (forking its workers, which begin reading at once) RNG-neutrally and
+    shielded from stop signals; returns without waiting for the first batch.
 
     The DataLoader draws its worker base seed from the global torch RNG when its iterator
-    starts (at the first ``next``); that draw is undone so dropout and stochastic depth see
-    the same stream in a resumed run. The stop signals are blocked while the workers fork, so
-    the workers inherit the block and never die of a signal sent to the whole process group
-    (a terminal's Ctrl-C, ``kill -- -PGID``): only the main process handles it. A worker's
-    error is re-raised with its own message once the workers are shut down
+    starts (``ShardLoader.__iter__``); that draw is undone so dropout and stochastic depth
+    see the same stream in a resumed run. The stop signals are blocked while the workers
+    fork, so the workers inherit the block and never die of a signal sent to the whole
+    process group (a terminal's Ctrl-C, ``kill -- -PGID``): only the main process handles
+    it. A worker's error is re-raised with its own message once the workers are shut down
     (``failures.worker_batches``: blocking SIGTERM, they would otherwise outlive the run).
     """
     rng = torch.get_rng_state()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-    it = worker_batches(iter(batches))  # a worker's error as one line, workers shut down
     try:
-        first = next(it)
-    except StopIteration:
-        return iter(())
+        return worker_batches(iter(batches))  # iter() forks the workers, inside the block
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         torch.set_rng_state(rng)
-    return _chain(first, it)
-
-
-def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    # a generator, so that close() reaches the loader and shuts its workers down
-    yield first
-    yield from rest
 
 
 def _train_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
@@ -254,6 +245,18 @@ def _train_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any
     return start_batches(ctx.make_loader(reader))
 
 
+def _prepare_steps(state: TrainState, ctx: RunContext) -> None:
+    """Capture the graphed steps (train, and validation's when one is due) from zero batches
+    of the readers' shapes while the loaders' workers read their first batches; eager and
+    compiled steps have nothing to prepare."""
+    template = ctx.train_reader.zeros_batch()
+    with ctx.timer.phase("step", "capture"):
+        ctx.step.prepare(template["image"], template["meta"])
+    if _validations_left(state.epoch, ctx):
+        with ctx.timer.phase("validation", "capture"):
+            ctx.eval_step.prepare(template["image"], template["meta"])
+
+
 def _validations_left(epoch: int, ctx: RunContext) -> int:
     run = ctx.cfg.run
     return sum(
@@ -261,13 +264,18 @@ def _validations_left(epoch: int, ctx: RunContext) -> int:
     )
 
 
-def _val_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
-    """This validation's batches (the whole val split of this rank), from the one val loader."""
+def _start_val(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
+    """The one val loader of the run's remaining validations, started on first use."""
     if ctx.val_batches is None:
         ctx.val_reader.set_epoch(0)
         ctx.val_reader.span_epochs(_validations_left(state.epoch, ctx))
         ctx.val_batches = start_batches(ctx.make_loader(ctx.val_reader))
-    return itertools.islice(ctx.val_batches, ctx.val_reader.batches_per_rank())
+    return ctx.val_batches
+
+
+def _val_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any]]:
+    """This validation's batches (the whole val split of this rank), from the one val loader."""
+    return itertools.islice(_start_val(state, ctx), ctx.val_reader.batches_per_rank())
 
 
 def _current_lr(scheduler: torch.optim.lr_scheduler.LRScheduler) -> float:
@@ -549,8 +557,11 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
     batches: Iterator[dict[str, Any]] = iter(())
     try:
         if state.epoch < ctx.cfg.run.epochs:
-            with ctx.timer.phase("loader_wait"):  # the workers start, the first batch comes
+            with ctx.timer.phase("loader_wait", "start"):  # fork only: the workers read on
                 batches = _train_batches(state, ctx)
+                if _validations_left(state.epoch, ctx):
+                    _start_val(state, ctx)  # its first batches wait for the first validation
+            _prepare_steps(state, ctx)  # the graph captures overlap the workers' first reads
         result = _epochs(state, ctx, batches)
         with ctx.timer.phase("checkpoint", "last_write"):
             ctx.saver.join()  # the last checkpoint is on disk: the run's clock stops here

@@ -338,10 +338,12 @@ PHASES: tuple[str, ...] = ("step", "loader_wait", "validation", "checkpoint")
 class TimeBreakdown:
     """Wall time of a run from its start (``start``) to its last checkpoint (``summary``).
 
-    ``step`` includes the graph capture and the reads of the device metrics (where the host
-    waits for the GPU); ``checkpoint`` is the main thread's share (the state snapshot,
-    waiting for the previous write, and at the end the last write); the background writes
-    overlap the steps. A phase may also be booked under a detail name, reported as
+    ``step`` includes the graph capture (``step.capture``, at the start, while the loaders'
+    workers read their first batches; ``validation.capture`` likewise) and the reads of the
+    device metrics (where the host waits for the GPU); ``loader_wait`` includes the loaders'
+    start (``loader_wait.start``: forking the workers) and the wait for a batch, the first one
+    included; ``checkpoint`` is the main thread's share (the state snapshot, waiting for the
+    previous write, and at the end the last write); the background writes overlap the steps. A phase may also be booked under a detail name, reported as
     ``time/<phase>.<detail>_s`` beside (and included in) ``time/<phase>_s``.
     """
 

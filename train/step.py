@@ -363,6 +363,41 @@ class TrainStep:
 
         return restore
 
+    def prepare(self, images: torch.Tensor, meta: torch.Tensor) -> None:
+        """Capture the graph now (graph mode; eager and compile: nothing), from a batch of
+        zeros shaped like ``images`` (n,3,H,W) and ``meta`` (n,M) row for row, so that the
+        first step replays it. The capture's warm-up steps are undone (``_undo_warmup``)."""
+        if self.mode != "graph" or self._graph is not None:
+            return
+        self.model.train()
+        rows = (self.batch_size,)
+        self._build_graph(images, meta)
+        assert self._batch is not None and self._graph is not None
+        zeros = torch.zeros(rows, device=self.device)
+        self._batch.load(
+            images.new_zeros(rows + images.shape[1:], device=self.device),
+            meta.new_zeros(rows + meta.shape[1:], device=self.device),
+            zeros,
+            torch.ones_like(zeros),
+        )
+        self._graph.capture()
+
+    def _build_graph(self, images: torch.Tensor, meta: torch.Tensor) -> None:
+        """The static batch (shaped like ``images``, ``meta``) and the (uncaptured) graph."""
+        self._batch = StaticBatch.for_batch(
+            self.batch_size, images, meta, self.device, with_labels=True
+        )
+        s = self._batch.static
+        aug = self.aug_generator if self.options.augment else None
+        gens = [aug] if aug is not None else []  # the default CUDA generator always is
+        self._graph = GraphedCall(
+            lambda: self._call(s["images"], s["meta"], s["labels"], s["weight"]),
+            self.device,
+            generators=gens,
+            undo_warmup=self._undo_warmup,
+            name=f"training step (batch {self.batch_size})",
+        )
+
     def _graph_step(
         self,
         images: torch.Tensor,
@@ -372,19 +407,8 @@ class TrainStep:
     ) -> dict[str, torch.Tensor]:
         if self._batch is None:
             self.model.train()
-            self._batch = StaticBatch.for_batch(
-                self.batch_size, images, meta, self.device, with_labels=True
-            )
-            s = self._batch.static
-            aug = self.aug_generator if self.options.augment else None
-            gens = [aug] if aug is not None else []  # the default CUDA generator always is
-            self._graph = GraphedCall(
-                lambda: self._call(s["images"], s["meta"], s["labels"], s["weight"]),
-                self.device,
-                generators=gens,
-                undo_warmup=self._undo_warmup,
-                name=f"training step (batch {self.batch_size})",
-            )
+            self._build_graph(images, meta)
+        assert self._batch is not None
         n = self._batch.load(images, meta, labels, weight)
         if n < self.batch_size:
             self.num_padded_samples += self.batch_size - n
@@ -436,17 +460,40 @@ class EvalStep:
             self.model, images, meta, amp_dtype=self.amp_dtype, channels_last=self.channels_last
         )
 
+    def prepare(self, images: torch.Tensor, meta: torch.Tensor) -> None:
+        """Capture the graph now (graph mode; eager and compile: nothing), from a batch of
+        zeros shaped like ``images`` and ``meta`` row for row, so the first call replays it."""
+        if self.mode != "graph" or self._graph is not None:
+            return
+        self._build_graph(images, meta)
+        assert self._batch is not None and self._graph is not None
+        rows = (self.batch_size,)
+        self._batch.load(
+            images.new_zeros(rows + images.shape[1:], device=self.device),
+            meta.new_zeros(rows + meta.shape[1:], device=self.device),
+        )
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            self._graph.capture()
+        finally:
+            self.module.train(was_training)
+
+    def _build_graph(self, images: torch.Tensor, meta: torch.Tensor) -> None:
+        self._batch = StaticBatch.for_batch(
+            self.batch_size, images, meta, self.device, with_labels=False
+        )
+        s = self._batch.static
+        self._graph = GraphedCall(
+            lambda: self._forward(s["images"], s["meta"]),
+            self.device,
+            name=f"eval step (batch {self.batch_size})",
+        )
+
     def _graphed(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         if self._batch is None:
-            self._batch = StaticBatch.for_batch(
-                self.batch_size, images, meta, self.device, with_labels=False
-            )
-            s = self._batch.static
-            self._graph = GraphedCall(
-                lambda: self._forward(s["images"], s["meta"]),
-                self.device,
-                name=f"eval step (batch {self.batch_size})",
-            )
+            self._build_graph(images, meta)
+        assert self._batch is not None
         n = self._batch.load(images, meta)
         assert self._graph is not None
         return self._graph()[:n].clone()

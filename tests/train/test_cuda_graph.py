@@ -155,3 +155,43 @@ def test_graphed_resume_from_a_graphed_runs_checkpoint(tmp_path) -> None:
         moved = math.sqrt(sum(float((a - m).float().norm() ** 2) for a, _, m in triples))
     # the last 3 steps moved both the same way: a lost Adam state or lr would not
     assert moved > 0 and diff < 0.05 * moved
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_prepared_graphs_match_graphs_captured_from_the_first_batch() -> None:
+    """``fit`` captures the graphs from zero batches while the loaders start: the warm-up
+    leaves no trace (weights, optimiser state, metrics ring), and the steps and logits that
+    follow match those of graphs captured from the first real batch."""
+    (m_a, m_b), (o_a, o_b) = _convnext_pair(seed=4)
+    lazy, prepared = _graphed(m_a, o_a, 64), _graphed(m_b, o_b, 64)
+    batches = _gpu_batches(5, 64)
+    start = [p.detach().clone() for p in m_b.parameters()]
+    prepared.prepare(batches[0][0][:1], batches[0][1][:1].float())
+    assert prepared._graph is not None and prepared._graph.graph is not None  # captured
+    assert all(torch.equal(p, s) for p, s in zip(m_b.parameters(), start, strict=True))
+    for state in o_b.state.values():
+        assert float(state["step"]) == 0 and not state["exp_avg"].any()
+    losses = []
+    for images, meta, labels in batches:
+        a = float(lazy.step(images, meta, labels)["loss"])
+        b = float(prepared.step(images, meta, labels)["loss"])
+        losses.append((a, b))
+    for a, b in losses:
+        assert b == pytest.approx(a, rel=1e-3, abs=1e-5)
+    assert prepared.metrics.read(5)[:, 0].tolist() == pytest.approx([b for _, b in losses], rel=0)
+    triples = list(zip(m_a.parameters(), m_b.parameters(), start, strict=True))
+    with torch.no_grad():
+        diff = math.sqrt(sum(float((a - b).float().norm() ** 2) for a, b, _ in triples))
+        moved = math.sqrt(sum(float((b - s).float().norm() ** 2) for _, b, s in triples))
+    assert moved > 0 and diff < 0.01 * moved  # the same updates, up to cudnn's choices
+    images, meta, _ = batches[0]
+    eager = EvalStep(m_b, device="cuda", batch_size=64)
+    graphed = EvalStep(m_b, device="cuda", batch_size=64, mode="graph")
+    graphed.prepare(images[:1], meta[:1])
+    assert m_b.training  # given back in its mode after the capture
+    for n in (64, 20):
+        torch.testing.assert_close(
+            graphed.logits(images[:n], meta[:n]), eager.logits(images[:n], meta[:n]),
+            rtol=1e-4, atol=1e-4,
+        )  # fmt: skip
