@@ -250,10 +250,10 @@ def _prepare_steps(state: TrainState, ctx: RunContext) -> None:
     of the readers' shapes while the loaders' workers read their first batches; eager and
     compiled steps have nothing to prepare."""
     template = ctx.train_reader.zeros_batch()
-    with ctx.timer.phase("step", "capture"):
+    with ctx.timer.setup_phase("capture"):
         ctx.step.prepare(template["image"], template["meta"])
     if _validations_left(state.epoch, ctx):
-        with ctx.timer.phase("validation", "capture"):
+        with ctx.timer.setup_phase("eval_capture"):
             ctx.eval_step.prepare(template["image"], template["meta"])
 
 
@@ -552,16 +552,16 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
         DataError: a non-finite loss or a damaged shard.
         OSError: a checkpoint could not be written (naming the file).
     """
-    ctx.timer.start()
     ctx.window = StepWindow(ctx.cfg.data.batch_size)
     batches: Iterator[dict[str, Any]] = iter(())
     try:
         if state.epoch < ctx.cfg.run.epochs:
-            with ctx.timer.phase("loader_wait", "start"):  # fork only: the workers read on
+            with ctx.timer.setup_phase("loader_start"):  # fork only: the workers read on
                 batches = _train_batches(state, ctx)
                 if _validations_left(state.epoch, ctx):
                     _start_val(state, ctx)  # its first batches wait for the first validation
             _prepare_steps(state, ctx)  # the graph captures overlap the workers' first reads
+        ctx.timer.start()  # the first step
         result = _epochs(state, ctx, batches)
         with ctx.timer.phase("checkpoint", "last_write"):
             ctx.saver.join()  # the last checkpoint is on disk: the run's clock stops here

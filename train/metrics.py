@@ -336,22 +336,35 @@ PHASES: tuple[str, ...] = ("step", "loader_wait", "validation", "checkpoint")
 
 
 class TimeBreakdown:
-    """Wall time of a run from its start (``start``) to its last checkpoint (``summary``).
+    """Wall time of a run from its first step (``start``) to its last checkpoint (``summary``),
+    and the setup before it.
 
-    ``step`` includes the graph capture (``step.capture``, at the start, while the loaders'
-    workers read their first batches; ``validation.capture`` likewise) and the reads of the
-    device metrics (where the host waits for the GPU); ``loader_wait`` includes the loaders'
-    start (``loader_wait.start``: forking the workers) and the wait for a batch, the first one
-    included; ``checkpoint`` is the main thread's share (the state snapshot, waiting for the
-    previous write, and at the end the last write); the background writes overlap the steps. A phase may also be booked under a detail name, reported as
+    The setup (``setup_phase``, reported as ``time/setup_s`` and ``time/setup.<name>_s``,
+    outside the total) is what the run does once before its first step: starting the
+    loaders (forking their workers, which then read their first batches) and capturing the
+    graphed train and eval steps meanwhile. ``step`` includes the reads of the device metrics
+    (where the host waits for the GPU); ``loader_wait`` every wait for a batch, the first
+    one included; ``checkpoint`` is the main thread's share (the state snapshot, waiting for
+    the previous write, and at the end the last write); the background writes overlap the
+    steps. A phase may also be booked under a detail name, reported as
     ``time/<phase>.<detail>_s`` beside (and included in) ``time/<phase>_s``.
     """
 
     def __init__(self) -> None:
         self.spent = dict.fromkeys(PHASES, 0.0)
         self.detail: dict[str, float] = {}
+        self.setup: dict[str, float] = {}
         self.t0: float | None = None
         self.num_steps = 0
+
+    @contextmanager
+    def setup_phase(self, name: str) -> Iterator[None]:
+        """Book the time of the block to the setup before the first step, as ``name``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.setup[name] = self.setup.get(name, 0.0) + time.perf_counter() - t
 
     def start(self) -> None:
         """Start the clock (once; later calls do nothing)."""
@@ -384,6 +397,8 @@ class TimeBreakdown:
         for k in (*PHASES, "other"):
             out[f"time/{k}_frac"] = round(out[f"time/{k}_s"] / total, 5) if total > 0 else 0.0
         out.update({f"time/{k}_s": round(v, 4) for k, v in sorted(self.detail.items())})
+        out["time/setup_s"] = round(sum(self.setup.values()), 4)
+        out.update({f"time/setup.{k}_s": round(v, 4) for k, v in sorted(self.setup.items())})
         out["run/num_steps"] = self.num_steps
         out["run/num_samples"] = self.num_steps * batch_size
         out["perf/img_per_s"] = round(self.num_steps * batch_size / total, 2) if total else 0.0

@@ -405,9 +405,11 @@ def _write_timing(result: FitResult, ctx: RunContext) -> None:
             for k in ("step", "loader_wait", "validation", "checkpoint", "other")
         )
         log.info(
-            "%d steps in %.1f s (first step to last checkpoint), %.0f img/s: %s",
+            "%d steps in %.1f s (first step to last checkpoint, after %.1f s of setup: loader "
+            "start and graph captures), %.0f img/s: %s",
             t["run/num_steps"],
             t["time/total_s"],
+            t["time/setup_s"],
             t["perf/img_per_s"],
             parts,
         )

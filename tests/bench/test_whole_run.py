@@ -38,6 +38,14 @@ def test_whole_run_json_is_consistent(tiny_shards: Path, tmp_path: Path) -> None
     assert run["time/validation_s"] > 0 and run["time/checkpoint_s"] > 0
     ratio = run["perf/img_per_s"] / synth["img_per_s"]
     assert doc["whole_run_over_synthetic"] == pytest.approx(ratio, abs=1e-4)
+    setup = run["time/setup_s"]  # loader start and captures, before the first step
+    parts = ("loader_start", "capture", "eval_capture")
+    assert setup > 0 and setup == pytest.approx(
+        sum(run[f"time/setup.{k}_s"] for k in parts), abs=1e-3
+    )
+    with_setup = 96 / (total + setup) / synth["img_per_s"]
+    assert doc["whole_run_with_setup_over_synthetic"] == pytest.approx(with_setup, abs=1e-4)
+    assert doc["whole_run_with_setup_over_synthetic"] < doc["whole_run_over_synthetic"]
     assert doc["settings"]["train_args"] == train_args
     kept = tmp_path / "whole_run"  # --work-dir keeps the run (a recipe scores its best.pt)
     assert run["run_dir"] == str(kept) and (kept / "best.pt").is_file()
