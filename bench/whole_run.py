@@ -180,8 +180,8 @@ def run_whole_run(out_path: str, *, shards: str | None, device: str = "cuda",
             run = whole_run(root, Path(tmp) / "run", **kw)
     rate = synthetic["img_per_s"]
     ratio = run["perf/img_per_s"] / rate if rate else 0.0
-    with_setup = run["time/total_s"] + run.get("time/setup_s", 0.0)
-    ratio_setup = run["run/num_samples"] / with_setup / rate if rate and with_setup else 0.0
+    with_setup = run["time/total_s"] + run["time/setup_s"]
+    ratio_setup = run["run/num_samples"] / with_setup / rate if rate else 0.0
     doc = {"env": _env(dev), "settings": {"shards": str(root), "arch": arch,
            "batch_size": batch_size, "device": device, "synthetic_seconds": seconds,
            "train_args": train_args}, "synthetic": synthetic, "whole_run": run,

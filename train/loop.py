@@ -245,14 +245,14 @@ def _train_batches(state: TrainState, ctx: RunContext) -> Iterator[dict[str, Any
     return start_batches(ctx.make_loader(reader))
 
 
-def _prepare_steps(state: TrainState, ctx: RunContext) -> None:
+def _prepare_steps(ctx: RunContext, validating: bool) -> None:
     """Capture the graphed steps (train, and validation's when one is due) from zero batches
     of the readers' shapes while the loaders' workers read their first batches; eager and
     compiled steps have nothing to prepare."""
     template = ctx.train_reader.zeros_batch()
     with ctx.timer.setup_phase("capture"):
         ctx.step.prepare(template["image"], template["meta"])
-    if _validations_left(state.epoch, ctx):
+    if validating:
         with ctx.timer.setup_phase("eval_capture"):
             ctx.eval_step.prepare(template["image"], template["meta"])
 
@@ -556,11 +556,12 @@ def fit(state: TrainState, ctx: RunContext) -> FitResult:
     batches: Iterator[dict[str, Any]] = iter(())
     try:
         if state.epoch < ctx.cfg.run.epochs:
+            validating = _validations_left(state.epoch, ctx) > 0
             with ctx.timer.setup_phase("loader_start"):  # fork only: the workers read on
                 batches = _train_batches(state, ctx)
-                if _validations_left(state.epoch, ctx):
+                if validating:
                     _start_val(state, ctx)  # its first batches wait for the first validation
-            _prepare_steps(state, ctx)  # the graph captures overlap the workers' first reads
+            _prepare_steps(ctx, validating)  # the captures overlap the workers' first reads
         ctx.timer.start()  # the first step
         result = _epochs(state, ctx, batches)
         with ctx.timer.phase("checkpoint", "last_write"):

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +335,18 @@ PHASES: tuple[str, ...] = ("step", "loader_wait", "validation", "checkpoint")
 """Where a run's time goes; ``other`` is the rest (metrics, logging, epoch transitions)."""
 
 
+@contextmanager
+def _booked(*places: tuple[dict[str, float], str]) -> Iterator[None]:
+    """Add the wall time of the block to ``totals[key]`` for each ``(totals, key)``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - t
+        for totals, key in places:
+            totals[key] = totals.get(key, 0.0) + seconds
+
+
 class TimeBreakdown:
     """Wall time of a run from its first step (``start``) to its last checkpoint (``summary``),
     and the setup before it.
@@ -357,14 +369,9 @@ class TimeBreakdown:
         self.t0: float | None = None
         self.num_steps = 0
 
-    @contextmanager
-    def setup_phase(self, name: str) -> Iterator[None]:
+    def setup_phase(self, name: str) -> AbstractContextManager[None]:
         """Book the time of the block to the setup before the first step, as ``name``."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.setup[name] = self.setup.get(name, 0.0) + time.perf_counter() - t
+        return _booked((self.setup, name))
 
     def start(self) -> None:
         """Start the clock (once; later calls do nothing)."""
@@ -375,18 +382,11 @@ class TimeBreakdown:
         """Book ``seconds`` to ``phase``."""
         self.spent[phase] += seconds
 
-    @contextmanager
-    def phase(self, name: str, detail: str | None = None) -> Iterator[None]:
+    def phase(self, name: str, detail: str | None = None) -> AbstractContextManager[None]:
         """Book the time of the block to ``name`` (and to ``name.detail``)."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds = time.perf_counter() - t
-            self.spent[name] += seconds
-            if detail is not None:
-                key = f"{name}.{detail}"
-                self.detail[key] = self.detail.get(key, 0.0) + seconds
+        if detail is None:
+            return _booked((self.spent, name))
+        return _booked((self.spent, name), (self.detail, f"{name}.{detail}"))
 
     def summary(self, batch_size: int) -> dict[str, float]:
         """Flat ``time/*`` seconds and fractions and ``perf/img_per_s`` of the whole run."""

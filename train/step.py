@@ -465,13 +465,8 @@ class EvalStep:
         zeros shaped like ``images`` and ``meta`` row for row, so the first call replays it."""
         if self.mode != "graph" or self._graph is not None:
             return
-        self._build_graph(images, meta)
-        assert self._batch is not None and self._graph is not None
-        rows = (self.batch_size,)
-        self._batch.load(
-            images.new_zeros(rows + images.shape[1:], device=self.device),
-            meta.new_zeros(rows + meta.shape[1:], device=self.device),
-        )
+        self._build_graph(images, meta)  # its static buffers start as zeros
+        assert self._graph is not None
         was_training = self.module.training
         self.module.eval()
         try:
